@@ -1,0 +1,34 @@
+# Two commands a user needs: `make demo` and `make test`. Both install what they need.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+WORK ?= work
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench lint clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bankflow demo --work-root $(WORK)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not bench" -q
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -m bench -s -q tests/benchmarks
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(WORK) .pytest_cache
