@@ -1,0 +1,200 @@
+"""``bankflow``: the command line. Heavy imports happen inside each command (fast --help)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_WORK_ROOT = "work"
+
+
+def _prefect_env(work_root: Path) -> None:
+    """Keep Prefect's state (database, logs, results) under the work root, not ~/.prefect.
+
+    A user who already points PREFECT_HOME / PREFECT_API_URL somewhere keeps that.
+    Must run before prefect is imported.
+    """
+    os.environ.setdefault("PREFECT_HOME", str((work_root / ".prefect").resolve()))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # A fresh ephemeral server needs ~20 s to start on 2 cores (DESIGN §7).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config", required=True, help="pipeline config YAML (e.g. flows/configs/demo.yaml)"
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set dataset.root=/data/ava (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--work-root", default=DEFAULT_WORK_ROOT, help="where stage outputs go")
+
+
+def cmd_world(args: argparse.Namespace) -> int:
+    from stages.world import WorldConfig, build_world
+
+    config = WorldConfig.default(seed=args.seed)
+    summary = build_world(Path(args.out), config)
+    print(summary)
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from stages.data import DatasetConfig, check_dataset
+
+    if args.dataset_config:
+        config = DatasetConfig.from_yaml(args.dataset_config)
+        config = config.model_copy(update={"root": Path(args.dataset_dir)})
+    else:
+        config = DatasetConfig(root=Path(args.dataset_dir))
+    report = check_dataset(config)
+    print(report.format_summary())
+    if not report.ok:
+        print(f"\n{len(report.problems)} problem(s):", file=sys.stderr)
+        for problem in report.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run_pipeline(args: argparse.Namespace, *, until: str | None, force: list[str]) -> int:
+    work_root = Path(args.work_root)
+    _prefect_env(work_root)
+    from flows.pipeline import pipeline
+    from stages.pipeline import format_summary
+
+    summary = pipeline(
+        config=str(args.config), overrides=list(args.overrides), work_root=str(work_root),
+        until=until, force=force,
+    )  # fmt: skip
+    print(format_summary(summary))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_pipeline(args, until=args.until, force=[])
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    # One stage = the pipeline up to it: upstream outputs are found (or built), this
+    # stage runs (or is served from cache unless --force).
+    return _run_pipeline(args, until=args.name, force=[args.name] if args.force else [])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stages.config import packaged_config
+
+    work_root = Path(args.work_root)
+    args.config = str(packaged_config("demo"))
+    args.overrides = [f"dataset.root={(work_root / 'world').resolve()}", *args.overrides]
+    return _run_pipeline(args, until=None, force=[])
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from stages.config import load_config
+    from stages.pipeline import PipelineRun, dry_runner, run_pipeline
+
+    config = load_config(args.config, args.overrides)
+    run = PipelineRun(config=config, work_root=Path(args.work_root), runner=dry_runner)
+    # Status only looks; it must not write summary.json over a real run's.
+    summary = run_pipeline(run, write=False)
+    print(f"{'stage':<12} {'key':<17} {'state':<8} {'bytes':>12} {'seconds':>8}  output")
+    for name, rec in summary["stages"].items():
+        st = rec["summary"]["status"]
+        secs = f"{st['seconds']:.1f}" if st["seconds"] is not None else "-"
+        print(
+            f"{name:<12} {rec['key']:<17} {st['state']:<8} {st['bytes']:>12} {secs:>8}  {rec['uri']}"
+        )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from stages.evaluate.cli import eval_main
+
+    return eval_main(args.rest)
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    from featurestore import store_info, store_verify
+
+    if args.action == "info":
+        print(store_info(args.url))
+        return 0
+    report = store_verify(args.url)
+    print("ok" if report.ok else "\n".join(report.problems))
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bankflow",
+        description="Two-stage feature-bank action detection as cached, restartable stages.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("world", help="build the synthetic demo world (an AVA-format dataset)")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("data", help="dataset tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    c = data_sub.add_parser("check", help="validate an AVA-format dataset directory")
+    c.add_argument("dataset_dir")
+    c.add_argument("--dataset-config", help="YAML with DatasetConfig fields (file names, offset)")
+    c.set_defaults(func=cmd_data_check)
+
+    p = sub.add_parser("run", help="run the pipeline through the embedded Prefect")
+    _add_config_args(p)
+    p.add_argument("--until", help="stop after this stage")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("stage", help="run one stage (its inputs are found or built first)")
+    p.add_argument("name")
+    _add_config_args(p)
+    p.add_argument("--force", action="store_true", help="recompute even if published")
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("demo", help="build the demo world and run the pipeline on it")
+    p.add_argument("--work-root", default=DEFAULT_WORK_ROOT)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("status", help="each stage's key and whether its output is published")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "eval", help="AVA frame-mAP: bankflow eval GT PRED --labelmap L [--excluded E]",
+        add_help=False,
+    )  # fmt: skip
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("store", help="feature store tools")
+    p.add_argument("action", choices=["info", "verify"])
+    p.add_argument("url")
+    p.set_defaults(func=cmd_store)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from stages.config import ConfigError
+    from stages.data.errors import DataError, DataErrors
+    from stages.framework import StageError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError, DataErrors, StageError) as exc:
+        print(f"bankflow: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The pipeline's stage names, in order, and the stages built so far.
+
+A plain dict from name to :class:`stages.framework.Stage`: the CLI and the Prefect task
+look stages up here by the names users type (``bankflow stage detect``).
+"""
+
+from __future__ import annotations
+
+from stages import detect, extract, track
+from stages.evaluate import stage as evaluate
+from stages.framework import Stage
+
+# Every stage name the pipeline knows (DESIGN §1), in order; used by --until and the
+# work-root layout. Stages of later issues are listed before they are built.
+STAGE_ORDER = (
+    "detect", "track", "finetune", "extract", "train", "dump",
+    "train_bank", "rebalance", "ensemble", "evaluate", "report",
+)  # fmt: skip
+
+STAGES: dict[str, Stage] = {
+    detect.STAGE.name: detect.STAGE,
+    track.STAGE.name: track.STAGE,
+    extract.STAGE.name: extract.STAGE,
+    evaluate.STAGE.name: evaluate.STAGE,
+}

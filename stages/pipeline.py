@@ -1,0 +1,220 @@
+"""The pipeline as a sequence of stage calls (DESIGN §1), independent of Prefect.
+
+``run_pipeline`` is the one place that says which stage feeds which. It is executed with
+a *runner*: ``flows.pipeline`` passes one that submits each stage as a Prefect task,
+``bankflow status`` passes one that only computes keys, and tests may run stages
+directly. Every run writes ``<work_root>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+
+from stages import detect, extract, track
+from stages.catalog import STAGE_ORDER, STAGES
+from stages.config import PipelineConfig
+from stages.data import DatasetConfig
+from stages.fingerprint import dataset_fingerprint
+from stages.framework import (
+    StageRef,
+    output_dir,
+    run_stage,
+    stage_key,
+    stage_status,
+    write_json_atomic,
+)
+
+log = logging.getLogger("bankflow.pipeline")
+
+SUMMARY_FILE = "summary.json"
+
+
+class Runner(Protocol):
+    def __call__(
+        self,
+        stage: str,
+        config: BaseModel,
+        inputs: dict[str, StageRef],
+        work_root: Path,
+        force: bool,
+    ) -> tuple[StageRef, bool]: ...
+
+
+def direct_runner(
+    stage: str, config: BaseModel, inputs: dict[str, StageRef], work_root: Path, force: bool
+) -> tuple[StageRef, bool]:
+    """Run a stage in this process, without Prefect."""
+    ref = run_stage(STAGES[stage], config, inputs, work_root, force=force)
+    return ref, ref.cached
+
+
+def dry_runner(
+    stage: str, config: BaseModel, inputs: dict[str, StageRef], work_root: Path, force: bool
+) -> tuple[StageRef, bool]:
+    """Compute the key a stage would have, run nothing (for ``bankflow status``)."""
+    key = stage_key(STAGES[stage], config, inputs)
+    status = stage_status(work_root, STAGES[stage], key)
+    ref = StageRef(
+        stage=stage, key=key, uri=str(output_dir(work_root, stage, key)), digest="",
+        summary={"status": status}, cached=status["state"] == "cached",
+        seconds=status["seconds"] or 0.0,
+    )  # fmt: skip
+    return ref, ref.cached
+
+
+class UntilReached(Exception):
+    """Raised after the ``--until`` stage has run; ends the pipeline early."""
+
+
+@dataclass
+class PipelineRun:
+    config: PipelineConfig
+    work_root: Path
+    runner: Runner = direct_runner
+    until: str | None = None
+    force: frozenset[str] = frozenset()
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refs: dict[str, StageRef] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        for name in [self.until, *self.force]:
+            if name is not None and name not in STAGE_ORDER:
+                raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_ORDER)}")
+        self.work_root = Path(self.work_root)
+
+    def stage(self, name: str, config: BaseModel, inputs: dict[str, StageRef]) -> StageRef:
+        t0 = time.perf_counter()
+        ref, cached = self.runner(name, config, inputs, self.work_root, name in self.force)
+        self.refs[name] = ref
+        self.records[name] = {
+            "key": ref.key,
+            "uri": ref.uri,
+            "cached": cached,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "compute_seconds": round(ref.seconds, 3),
+            "summary": ref.summary,
+        }
+        if name == self.until:
+            raise UntilReached(name)
+        return ref
+
+    def summary(self) -> dict[str, Any]:
+        summary: dict[str, Any] = {
+            "config": self.config.name,
+            "work_root": str(self.work_root),
+            "finished": dt.datetime.now(dt.UTC).isoformat(),
+            "seconds": round(time.perf_counter() - self.started, 3),
+            "stages": self.records,
+            "models": {},
+            "detector": {},
+        }
+        det = self.records.get("detect", {}).get("summary", {})
+        evaluated = det.get(self.config.evaluate.split) or {}
+        if "ap50" in evaluated:
+            summary["detector"] = {"ap50": evaluated["ap50"], "recall": evaluated["recall"]}
+        return summary
+
+    def write_summary(self) -> Path:
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        path = self.work_root / SUMMARY_FILE
+        write_json_atomic(path, self.summary())
+        return path
+
+
+def world_matches(root: Path, world: BaseModel) -> bool:
+    """True when ``root`` holds a finished world built from exactly this config.
+
+    ``world.json`` is written last by the generator, so its presence means complete.
+    """
+    marker = root / "world.json"
+    if not marker.is_file():
+        return False
+    built = json.loads(marker.read_text()).get("config")
+    wanted = json.loads(json.dumps(world.model_dump(mode="json")))
+    if built != wanted:
+        raise ValueError(
+            f"{root} holds a demo world built with another config ({marker}); "
+            "choose another dataset.root or delete it"
+        )
+    return True
+
+
+def prepare_dataset(config: PipelineConfig) -> tuple[DatasetConfig, str]:
+    """The dataset config and its fingerprint; builds the demo world first if configured."""
+    root = Path(config.dataset.root)
+    if config.world is not None:
+        from stages.world import build_world
+
+        if not world_matches(root, config.world):
+            log.info("building the demo world at %s", root)
+            build_world(root, config.world)
+    dataset = config.dataset.model_copy(update={"root": root.resolve()})
+    return dataset, dataset_fingerprint(dataset)
+
+
+def dataset_section(config: PipelineConfig, dataset: DatasetConfig, fingerprint: str):
+    """Stage configs of the stages that read the dataset: their own section + the dataset."""
+
+    def section(stage_config_type: type[BaseModel], name: str) -> BaseModel:
+        return stage_config_type.model_validate(
+            {"dataset": dataset, "dataset_fingerprint": fingerprint, name: getattr(config, name)}
+        )
+
+    return section
+
+
+def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
+    """dataset -> detect -> … (later stages join as they land). Returns the summary."""
+    cfg = run.config
+    try:
+        dataset, fingerprint = prepare_dataset(cfg)
+        section = dataset_section(cfg, dataset, fingerprint)
+        persons = run.stage("detect", section(detect.DetectStageConfig, "detect"), {})
+        actors = run.stage("track", section(track.TrackStageConfig, "track"), {"detect": persons})
+        features = run.stage(
+            "extract", section(extract.ExtractStageConfig, "extract"), {"track": actors}
+        )
+        del features  # consumed by the heads (next issue)
+    except UntilReached:
+        pass
+    if write:
+        run.write_summary()
+    return run.summary()
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A plain-text table of stages and results, for the terminal."""
+    lines = [f"{'stage':<12} {'key':<17} {'cached':<7} {'seconds':>8}  output"]
+    for name, rec in summary["stages"].items():
+        lines.append(
+            f"{name:<12} {rec['key']:<17} {('yes' if rec['cached'] else 'no'):<7} "
+            f"{rec['seconds']:>8.1f}  {rec['uri']}"
+        )
+    det = summary["stages"].get("detect", {}).get("summary", {})
+    if det:
+        lines.append("")
+        lines.append(f"{'persons':<8} {'split':<6} {'boxes':>7} {'AP@0.5':>7} {'recall':>7}")
+        for split, rec in det.items():
+            ap = f"{rec['ap50']:.3f}" if "ap50" in rec else "-"
+            recall = f"{rec['recall']:.3f}" if "recall" in rec else "-"
+            lines.append(f"{'':<8} {split:<6} {rec['boxes']:>7} {ap:>7} {recall:>7}")
+    for name, model in summary.get("models", {}).items():
+        lines.append(f"model {name}: val mAP {model.get('val_map')}")
+    lines.append("")
+    lines.append(
+        f"total {summary['seconds']:.1f} s; summary: {summary['work_root']}/{SUMMARY_FILE}"
+    )
+    return "\n".join(lines)
+
+
+def load_summary(work_root: Path | str) -> dict[str, Any]:
+    return json.loads((Path(work_root) / SUMMARY_FILE).read_text())
