@@ -1,0 +1,107 @@
+"""AVA-val-sized evaluation time (run: pytest tests/benchmarks -m bench -s).
+
+~57k keyframes, 60 classes, 2-3 GT persons per keyframe with 1-3 actions each, and
+~1M detection rows (3-4 boxes per keyframe, ~5 classes each). Prints the read time
+and the evaluation time separately; the target is < 10 s for the evaluation.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+from stages.data.ava import read_detections_csv, read_gt_csv
+from stages.data.types import LabelMap
+from stages.evaluate.ava import evaluate_ava
+
+N_VIDEOS = 64
+KEYFRAMES_PER_VIDEO = 897  # 902..1798
+CLASSES = np.arange(1, 61)
+
+
+def _write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
+    options = pacsv.WriteOptions(include_header=False, quoting_style="none")
+    pacsv.write_csv(pa.table(columns), path, write_options=options)
+
+
+def _make_case(out: Path, rng: np.random.Generator) -> tuple[Path, Path, LabelMap]:
+    n_kf = N_VIDEOS * KEYFRAMES_PER_VIDEO
+    kf_video = np.repeat(np.array([f"vid{v:08d}xyz" for v in range(N_VIDEOS)]), KEYFRAMES_PER_VIDEO)
+    kf_time = np.tile(np.arange(902, 902 + KEYFRAMES_PER_VIDEO), N_VIDEOS)
+    # GT persons: 2-3 per keyframe, each with 1-3 actions from a long-tailed distribution.
+    persons = rng.integers(2, 4, n_kf)
+    p_kf = np.repeat(np.arange(n_kf), persons)
+    xy = rng.uniform(0, 0.6, (p_kf.size, 2))
+    wh = rng.uniform(0.1, 0.4, (p_kf.size, 2))
+    p_box = np.column_stack([xy, xy + wh])
+    freq = 1.0 / np.arange(1, 61) ** 1.2
+    acts = rng.integers(1, 4, p_kf.size)
+    g_p = np.repeat(np.arange(p_kf.size), acts)
+    g_cls = rng.choice(CLASSES, size=g_p.size, p=freq / freq.sum())
+    gt_path = out / "gt.csv"
+    _write_csv(
+        gt_path,
+        {
+            "v": kf_video[p_kf[g_p]],
+            "t": kf_time[p_kf[g_p]],
+            "x1": p_box[g_p, 0].round(3),
+            "y1": p_box[g_p, 1].round(3),
+            "x2": p_box[g_p, 2].round(3),
+            "y2": p_box[g_p, 3].round(3),
+            "a": g_cls,
+            "p": g_p % 3,
+        },
+    )
+    # Detections: every GT person jittered plus one spurious box, ~5 classes per box.
+    d_kf = np.concatenate([p_kf, np.arange(n_kf)])
+    d_box = np.concatenate(
+        [p_box + rng.normal(0, 0.03, p_box.shape), rng.uniform(0.3, 0.6, (n_kf, 4))]
+    )
+    d_box[:, 2:] = np.maximum(d_box[:, 2:], d_box[:, :2] + 0.05)
+    per_box = 5
+    r_box = np.repeat(np.arange(d_kf.size), per_box)
+    r_cls = rng.choice(CLASSES, size=r_box.size, p=freq / freq.sum())
+    det_path = out / "det.csv"
+    _write_csv(
+        det_path,
+        {
+            "v": kf_video[d_kf[r_box]],
+            "t": kf_time[d_kf[r_box]],
+            "x1": d_box[r_box, 0].clip(0, 1).round(3),
+            "y1": d_box[r_box, 1].clip(0, 1).round(3),
+            "x2": d_box[r_box, 2].clip(0, 1).round(3),
+            "y2": d_box[r_box, 3].clip(0, 1).round(3),
+            "a": r_cls,
+            "s": rng.random(r_box.size).round(4),
+        },
+    )
+    labelmap = LabelMap(
+        ids=CLASSES.copy(),
+        names=tuple(f"c{i}" for i in CLASSES),
+        label_types=(None,) * CLASSES.size,
+    )
+    return gt_path, det_path, labelmap
+
+
+@pytest.mark.bench
+def test_bench_ava_val_sized(tmp_path):
+    gt_path, det_path, labelmap = _make_case(tmp_path, np.random.default_rng(0))
+    start = time.perf_counter()
+    gt = read_gt_csv(gt_path, strict=False)
+    det = read_detections_csv(det_path, strict=False)
+    read_s = time.perf_counter() - start
+    start = time.perf_counter()
+    result = evaluate_ava(gt, det, labelmap)
+    eval_s = time.perf_counter() - start
+    print(
+        f"\nAVA-val-sized: {result.counts['gt_keyframes']} keyframes, {len(gt)} GT rows, "
+        f"{len(det)} detection rows, {len(result.per_class)} classes"
+    )
+    print(f"read {read_s:.2f} s, evaluate {eval_s:.2f} s, mAP {result.mAP:.4f}")
+    assert len(det) > 900_000 and len(result.per_class) == 60
+    assert eval_s < 10.0

@@ -1,0 +1,189 @@
+"""Hand-made cases, one per rule of the AVA protocol (see stages/evaluate/ava.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stages.evaluate.ava import evaluate_ava, evaluate_ava_files
+from tests.evaluate.cases import excluded, labelmap, table
+
+A = (0.1, 0.1, 0.4, 0.4)
+B = (0.5, 0.1, 0.8, 0.4)
+FAR = (0.6, 0.6, 0.9, 0.9)
+# IoU(A, A_SHIFT) = 0.3*0.24 / (0.09 + 0.072 - 0.072) = 0.8 (0.3 wide, 0.24 of height shared)
+A_SHIFT = (0.1, 0.16, 0.4, 0.4)
+
+
+def ap1(gt_rows, det_rows, **kw):
+    return evaluate_ava(table(gt_rows), table(det_rows), labelmap([1, 2]), **kw).per_class[1]
+
+
+def test_perfect_detection_scores_one():
+    assert ap1([("v", 902, *A, 1)], [("v", 902, *A, 1, 0.9)]) == 1.0
+
+
+def test_cap_keeps_the_earlier_row_on_equal_scores():
+    gt = [("v", 902, *A, 1)]
+    fps = [("v", 902, *FAR, 1, 0.5)] * 50
+    tp = [("v", 902, *A, 1, 0.5)]
+    assert ap1(gt, tp + fps) == 1.0  # kept, and ranked first among the ties
+    assert ap1(gt, fps + tp) == 0.0  # the 51st row with an equal score is cut
+    # 2018 has no cap: the TP survives but ranks last among 51 equal scores.
+    assert ap1(gt, fps + tp, protocol="2018") == pytest.approx(1 / 51)
+    assert ap1(gt, fps + tp, max_per_keyframe=51) == pytest.approx(1 / 51)
+
+
+def test_cap_counts_all_classes_of_the_keyframe():
+    gt = [("v", 902, *A, 1)]
+    other = [("v", 902, *FAR, 2, 0.9)] * 50
+    assert ap1(gt, [*other, ("v", 902, *A, 1, 0.1)]) == 0.0
+    # Another keyframe's detections do not count against this one.
+    other_kf = [("v", 903, *FAR, 2, 0.9)] * 50
+    assert ap1(gt, [*other_kf, ("v", 902, *A, 1, 0.1)]) == 1.0
+
+
+def test_cap_happens_before_invalid_boxes_are_dropped():
+    gt = [("v", 902, *A, 1)]
+    invalid = [("v", 902, 0.5, 0.5, 0.5, 0.9, 2, 0.9)] * 50  # x1 == x2
+    assert ap1(gt, [*invalid, ("v", 902, *A, 1, 0.1)]) == 0.0
+
+
+def test_invalid_detection_boxes_are_dropped_not_false_positives():
+    gt = [("v", 902, *A, 1)]
+    dets = [("v", 902, 0.4, 0.1, 0.1, 0.4, 1, 0.99), ("v", 902, 0.1, 0.4, 0.4, 0.4, 1, 0.98)]
+    result = evaluate_ava(table(gt), table([*dets, ("v", 902, *A, 1, 0.5)]), labelmap([1]))
+    assert result.per_class[1] == 1.0
+    assert result.num_detections[1] == 1
+    assert result.counts["invalid_detection_rows"] == 2
+
+
+def test_gt_boxes_are_not_validated():
+    # A degenerate GT box still counts as GT (recall can only reach 1/2).
+    gt = [("v", 902, *A, 1), ("v", 902, 0.5, 0.5, 0.5, 0.5, 1)]
+    assert ap1(gt, [("v", 902, *A, 1, 0.9)]) == 0.5
+
+
+def test_excluded_keyframes_drop_gt_and_detections():
+    gt = [("v", 902, *A, 1), ("v", 903, *A, 1)]
+    dets = [("v", 902, *A, 1, 0.9), ("v", 903, *FAR, 1, 0.95)]
+    assert ap1(gt, dets) == pytest.approx(0.25)  # FP first, then TP: P=1/2 at R=1/2
+    ex = excluded([("v", 903)])
+    result = evaluate_ava(table(gt), table(dets), labelmap([1]), ex)
+    assert result.per_class[1] == 1.0
+    assert result.num_gt[1] == 1
+    # The 2020 protocol uses no exclusions file.
+    assert evaluate_ava(table(gt), table(dets), labelmap([1]), ex, protocol="2020").per_class[
+        1
+    ] == pytest.approx(0.25)
+
+
+def test_detection_on_keyframe_without_gt_is_false_positive():
+    gt = [("v", 902, *A, 1)]
+    dets = [("v", 902, *A, 1, 0.5), ("w", 902, *A, 1, 0.9)]
+    assert ap1(gt, dets) == 0.5
+    assert ap1(gt, dets, protocol="2018") == 0.5
+    # 2020 ignores detections on keyframes absent from the GT.
+    assert ap1(gt, dets, protocol="2020") == 1.0
+
+
+def test_detection_on_gt_keyframe_of_another_class_is_false_positive_in_2020():
+    gt = [("v", 902, *A, 1), ("v", 903, *A, 2)]
+    dets = [("v", 902, *A, 1, 0.5), ("v", 903, *A, 1, 0.9)]
+    assert ap1(gt, dets, protocol="2020") == 0.5
+
+
+def test_no_fall_back_to_the_next_best_gt():
+    # Both detections overlap A best; the second also overlaps B enough but may not take it.
+    b_near = (0.1, 0.1, 0.45, 0.4)  # IoU with A = 0.857
+    gt = [("v", 902, *A, 1), ("v", 902, *b_near, 1)]
+    dets = [("v", 902, *A, 1, 0.9), ("v", 902, *A_SHIFT, 1, 0.8)]
+    # second det: IoU(A_SHIFT, A) = 0.8 > IoU(A_SHIFT, b_near) = 0.686 >= 0.5 -> FP
+    assert ap1(gt, dets) == 0.5
+
+
+def test_best_gt_tie_goes_to_the_first_gt_row():
+    gt = [("v", 902, *A, 1), ("v", 902, *A, 1)]  # duplicate GT rows each count
+    one = [("v", 902, *A, 1, 0.9)]
+    assert ap1(gt, one) == 0.5
+    # The second identical detection picks the first GT again (argmax), already matched.
+    assert ap1(gt, [*one, ("v", 902, *A, 1, 0.8)]) == 0.5
+
+
+def test_matching_is_in_score_order_not_file_order():
+    gt = [("v", 902, *A, 1)]
+    dets = [("v", 902, *A_SHIFT, 1, 0.3), ("v", 902, *A, 1, 0.9)]
+    # The better-scored row matches first; the other is a FP ranked after it.
+    assert ap1(gt, dets) == 1.0
+
+
+def test_class_without_detections_scores_zero_and_counts():
+    gt = [("v", 902, *A, 1), ("v", 902, *A, 2)]
+    result = evaluate_ava(table(gt), table([("v", 902, *A, 1, 0.9)]), labelmap([1, 2, 3]))
+    assert result.per_class == {1: 1.0, 2: 0.0}  # class 3 has no GT: left out
+    assert result.mAP == 0.5
+
+
+def test_rows_outside_the_labelmap_are_dropped():
+    gt = [("v", 902, *A, 1), ("v", 902, *B, 7)]
+    dets = [("v", 902, *B, 7, 0.99), ("v", 902, *A, 1, 0.5)]
+    result = evaluate_ava(table(gt), table(dets), labelmap([1]))
+    assert result.per_class == {1: 1.0}
+
+
+def test_iou_threshold_option():
+    gt = [("v", 902, *A, 1)]
+    det = [("v", 902, *A_SHIFT, 1, 0.9)]  # IoU 0.8
+    assert ap1(gt, det) == 1.0
+    assert ap1(gt, det, iou_threshold=0.8) == 1.0  # >= threshold
+    assert ap1(gt, det, iou_threshold=0.81) == 0.0
+    with pytest.raises(ValueError, match="iou_threshold"):
+        ap1(gt, det, iou_threshold=0.0)
+
+
+def test_bad_protocol_is_rejected():
+    with pytest.raises(ValueError, match="protocol"):
+        ap1([("v", 902, *A, 1)], [], protocol="2017")
+
+
+def test_groups_follow_label_types():
+    lm = labelmap([1, 2, 3], ["PERSON_MOVEMENT", "OBJECT_MANIPULATION", "PERSON_MOVEMENT"])
+    gt = [("v", 902, *A, 1), ("v", 902, *A, 2), ("v", 902, *A, 3)]
+    dets = [("v", 902, *A, 1, 0.9), ("v", 902, *A, 2, 0.9)]
+    result = evaluate_ava(table(gt), table(dets), lm)
+    assert result.groups == {"pose": 0.5, "object_manipulation": 1.0}
+
+
+def test_files_7_columns_and_zero_padded_timestamps(tmp_path):
+    (tmp_path / "gt.csv").write_text("v1,0902,0.1,0.1,0.4,0.4,1,0\nv1,0903,0.1,0.1,0.4,0.4,1,0\n")
+    # 7-column rows score 1.0; "902" and "0902" are the same keyframe.
+    (tmp_path / "det.csv").write_text("v1,902,0.1,0.1,0.4,0.4,1\nv1,903,0.6,0.6,0.9,0.9,1\n")
+    (tmp_path / "ex.csv").write_text("")
+    (tmp_path / "labels.pbtxt").write_text(
+        'label {\n  name: "stand"\n  label_id: 1\n  label_type: PERSON_MOVEMENT\n}\n'
+    )
+    result = evaluate_ava_files(
+        tmp_path / "gt.csv", tmp_path / "det.csv", tmp_path / "labels.pbtxt", tmp_path / "ex.csv"
+    )
+    # Both rows score 1.0: the TP (first row) ranks first, then the FP; recall 1/2.
+    assert result.per_class == {1: 0.5}
+    assert result.groups == {"pose": 0.5}
+    assert result.num_detections == {1: 2}
+
+
+def test_non_finite_score_names_file_and_line(tmp_path):
+    from stages.data.errors import DataError
+
+    (tmp_path / "gt.csv").write_text("v1,0902,0.1,0.1,0.4,0.4,1,0\n")
+    (tmp_path / "det.csv").write_text(
+        "v1,902,0.1,0.1,0.4,0.4,1,0.5\nv1,902,0.1,0.1,0.4,0.4,1,nan\n"
+    )
+    (tmp_path / "l.pbtxt").write_text('item {\n  name: "a"\n  id: 1\n}\n')
+    with pytest.raises(DataError, match=r"det\.csv:2"):
+        evaluate_ava_files(tmp_path / "gt.csv", tmp_path / "det.csv", tmp_path / "l.pbtxt")
+
+
+def test_empty_detections_give_zero():
+    result = evaluate_ava(table([("v", 902, *A, 1)]), table([]), labelmap([1]))
+    assert result.per_class == {1: 0.0}
+    assert np.isnan(evaluate_ava(table([]), table([]), labelmap([1])).mAP)
