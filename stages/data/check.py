@@ -1,0 +1,327 @@
+"""``check_dataset``: validate a whole AVA-format dataset and report every problem.
+
+Unlike the readers, which raise on the first bad row, this collects every problem
+(CSV rows, label map, missing or broken videos, timestamps outside their video) so that
+``bankflow data check`` can list them all at once, as ``file:line: what is wrong``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .ava import check_detections_csv, check_excluded_csv, check_gt_csv
+from .dataset import (
+    DATASET_YAML,
+    DatasetConfig,
+    infer_timestamp_offset,
+    unique_keyframes,
+)
+from .errors import DataError, DataErrors
+from .labelmap import labelmap_problems
+from .types import NO_ACTION, NO_PERSON, BoxTable, LabelMap
+from .videos import VIDEO_EXTENSIONS, VideoInfo, check_frame_decodes, find_video, probe_video
+
+
+@dataclass(frozen=True)
+class ClassCount:
+    """GT boxes (rows) of one label id in one split."""
+
+    id: int
+    name: str
+    count: int
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """Counts for one split (GT unless noted).
+
+    Attributes:
+        videos: distinct videos in the GT.
+        keyframes: distinct (video, timestamp) pairs in the GT.
+        persons: distinct persons per keyframe (by person id, or by box for rows
+            without one), i.e. the number of person boxes to detect.
+        boxes: GT rows (one per person and action).
+        excluded: excluded keyframes listed.
+        proposals: proposal rows, or None when the split has no proposal file.
+        class_counts: GT rows per label id: every label map id, then unknown ids.
+    """
+
+    name: str
+    videos: int
+    keyframes: int
+    persons: int
+    boxes: int
+    excluded: int
+    proposals: int | None
+    class_counts: tuple[ClassCount, ...]
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`check_dataset` found. ``ok`` is True when there are no problems."""
+
+    root: Path
+    problems: list[DataError] = field(default_factory=list)
+    splits: dict[str, SplitSummary] = field(default_factory=dict)
+    labelmap: LabelMap | None = None
+    timestamp_offset: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_for_problems(self) -> None:
+        """Raise :class:`DataErrors` listing every problem, if there are any."""
+        if self.problems:
+            raise DataErrors(self.problems)
+
+    def format_problems(self) -> str:
+        """One ``file:line: what is wrong`` per line."""
+        return "\n".join(str(p) for p in self.problems)
+
+    def format_summary(self) -> str:
+        """A readable table: per-split counts, then GT boxes per class and split."""
+        classes = "?" if self.labelmap is None else str(len(self.labelmap))
+        offset = "unknown" if self.timestamp_offset is None else f"{self.timestamp_offset:g} s"
+        lines = [
+            f"dataset {self.root}",
+            f"label map: {classes} classes; timestamp offset: {offset}",
+        ]
+        if self.splits:
+            head = ("split", "videos", "keyframes", "persons", "boxes", "excluded", "proposals")
+            rows = [
+                (
+                    s.name,
+                    *(str(v) for v in (s.videos, s.keyframes, s.persons, s.boxes, s.excluded)),
+                    "-" if s.proposals is None else str(s.proposals),
+                )
+                for s in self.splits.values()
+            ]
+            lines += ["", *_table(head, rows)]
+            lines += ["", "GT boxes per class:", *_class_table(list(self.splits.values()))]
+        status = "ok" if self.ok else f"{len(self.problems)} problem(s)"
+        lines += ["", f"status: {status}"]
+        return "\n".join(lines)
+
+
+def _table(
+    head: tuple[str, ...], rows: list[tuple[str, ...]], *, text_columns: int = 1
+) -> list[str]:
+    """Columns padded to width: the first ``text_columns`` left-aligned, numbers right."""
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+    def fmt(row: tuple[str, ...]) -> str:
+        cells = [
+            c.ljust(w) if i < text_columns else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        return "  ".join(cells).rstrip()
+
+    return [fmt(head), *(fmt(r) for r in rows)]
+
+
+def _class_table(splits: list[SplitSummary]) -> list[str]:
+    ids: dict[int, str] = {}
+    for s in splits:
+        for c in s.class_counts:
+            ids.setdefault(c.id, c.name)
+    counts = {s.name: {c.id: c.count for c in s.class_counts} for s in splits}
+    head = ("id", "name", *(s.name for s in splits))
+    rows = [
+        (str(i), name, *(str(counts[s.name].get(i, 0)) for s in splits)) for i, name in ids.items()
+    ]
+    return _table(head, rows, text_columns=2)
+
+
+def _summarize(
+    name: str,
+    gt: BoxTable | None,
+    excluded: int,
+    proposals: BoxTable | None,
+    labelmap: LabelMap | None,
+) -> SplitSummary:
+    gt = BoxTable.empty() if gt is None else gt
+    videos, _ = unique_keyframes(gt.video, gt.timestamp)
+    ids = [] if labelmap is None else labelmap.ids.tolist()
+    present, counts = np.unique(gt.action[gt.action != NO_ACTION], return_counts=True)
+    by_id = dict(zip(present.tolist(), counts.tolist(), strict=True))
+    class_counts = [
+        ClassCount(i, labelmap.name(i) if labelmap and i in labelmap else "?", by_id.get(i, 0))
+        for i in [*ids, *sorted(set(by_id) - set(ids))]
+    ]
+    return SplitSummary(
+        name=name,
+        videos=len(set(videos.tolist())),
+        keyframes=int(videos.shape[0]),
+        persons=_count_persons(gt),
+        boxes=len(gt),
+        excluded=excluded,
+        proposals=None if proposals is None else len(proposals),
+        class_counts=tuple(class_counts),
+    )
+
+
+def _count_persons(gt: BoxTable) -> int:
+    """Distinct persons per keyframe: by person id where given, else by box."""
+    if len(gt) == 0:
+        return 0
+    _, video = np.unique(gt.video.astype(str), return_inverse=True)
+    has_id = gt.person != NO_PERSON
+    # Boxes are compared at 1e-4 (finer than AVA's 3 decimals) so float noise is ignored.
+    box = np.round(gt.boxes * 1e4).astype(np.int64)
+    by_id = np.stack([video, gt.timestamp, gt.person], axis=1)[has_id]
+    by_box = np.column_stack([video, gt.timestamp, box])[~has_id]
+    return len(np.unique(by_id, axis=0)) + len(np.unique(by_box, axis=0))
+
+
+def check_dataset(config: DatasetConfig | str | Path) -> DatasetReport:
+    """Validate every file of a dataset and collect every problem (never stops early).
+
+    Checks: the config and ``dataset.yaml``; the label map (syntax, missing/duplicate
+    ids); every GT, excluded and proposal CSV (columns, numbers, boxes, NaN, empty
+    files, action ids missing from the label map); that every video named in a CSV has
+    a file that decord opens and whose last needed frame decodes; the timestamp offset
+    (given or inferred); that every keyframe lies inside its video.
+    """
+    if not isinstance(config, DatasetConfig):
+        config = DatasetConfig(root=Path(config))
+    report = DatasetReport(root=config.root)
+    problems = report.problems
+    if not config.root.is_dir():
+        problems.append(DataError(config.root, None, "dataset directory does not exist"))
+        return report
+    try:
+        config = config.resolved()
+    except DataError as err:
+        problems.append(err)
+
+    labelmap_path = config.annotation_path(config.labelmap)
+    labelmap: LabelMap | None = None
+    if labelmap_path.is_file():
+        labelmap, found = labelmap_problems(labelmap_path)
+        problems.extend(found)
+    else:
+        problems.append(DataError(labelmap_path, None, "label map not found (set labelmap)"))
+    report.labelmap = labelmap
+    problems.extend(_class_list_problems(config, labelmap))
+
+    located: list[BoxTable] = []  # every table whose rows must lie inside a video
+    for split, files in config.splits.items():
+        gt = proposals = None
+        n_excluded = 0
+        if files.gt is not None:
+            path = config.annotation_path(files.gt)
+            if path.is_file():
+                gt, found = check_gt_csv(path, labelmap=labelmap)
+                problems.extend(found)
+            else:
+                problems.append(DataError(path, None, f"GT file of split {split!r} not found"))
+        if files.excluded is not None and config.annotation_path(files.excluded).is_file():
+            excluded, found = check_excluded_csv(config.annotation_path(files.excluded))
+            problems.extend(found)
+            n_excluded = 0 if excluded is None else len(excluded.timestamp)
+        if files.proposals is not None and config.annotation_path(files.proposals).is_file():
+            proposals, found = check_detections_csv(
+                config.annotation_path(files.proposals), labelmap=labelmap
+            )
+            problems.extend(found)
+        located += [t for t in (gt, proposals) if t is not None]
+        report.splits[split] = _summarize(split, gt, n_excluded, proposals, labelmap)
+
+    infos = _probe_videos(config, located, problems)
+    offset = config.timestamp_offset
+    if offset is None:
+        durations = {v: info.duration for v, info in infos.items()}
+        try:
+            offset = infer_timestamp_offset(located, durations)
+        except DataError as err:
+            problems.append(err)
+    report.timestamp_offset = offset
+    if offset is not None:
+        _check_keyframes_in_videos(located, infos, float(offset), problems)
+    return report
+
+
+def _class_list_problems(config: DatasetConfig, labelmap: LabelMap | None) -> list[DataError]:
+    if labelmap is None:
+        return []
+    yaml_path = config.root / DATASET_YAML
+    where = yaml_path if yaml_path.is_file() else config.root
+    out = []
+    for name in ("evaluated_classes", "exclusive_classes"):
+        ids = getattr(config, name)
+        unknown = [i for i in ids or [] if i not in labelmap]
+        if unknown:
+            out.append(DataError(where, None, f"{name} {unknown} are not ids of {labelmap.source}"))
+    return out
+
+
+def _probe_videos(
+    config: DatasetConfig, tables: list[BoxTable], problems: list[DataError]
+) -> dict[str, VideoInfo]:
+    """Open every video named in ``tables`` once; a missing file is reported at the first
+    row naming it."""
+    first_row: dict[str, tuple[BoxTable, int]] = {}
+    for table in tables:
+        names, first = np.unique(table.video.astype(str), return_index=True)
+        for name, row in sorted(
+            zip(names.tolist(), first.tolist(), strict=True), key=lambda x: x[1]
+        ):
+            first_row.setdefault(name, (table, row))
+    exts = "|".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
+    infos: dict[str, VideoInfo] = {}
+    for video, (table, row) in first_row.items():
+        path = find_video(config.videos_path, video)
+        if path is None:
+            problems.append(
+                DataError(
+                    table.source,
+                    int(table.line[row]),
+                    f"video {video!r} has no file {config.videos_path}/{video}.<{exts}>",
+                )
+            )
+            continue
+        try:
+            infos[video] = probe_video(path)
+        except DataError as err:
+            problems.append(err)
+    return infos
+
+
+def _check_keyframes_in_videos(
+    tables: list[BoxTable], infos: dict[str, VideoInfo], offset: float, problems: list[DataError]
+) -> None:
+    """Report keyframes outside their video (once per keyframe and file) and decode the
+    last frame each video needs."""
+    last_needed: dict[str, float] = {}
+    for table in tables:
+        _, video_index = np.unique(table.video.astype(str), return_inverse=True)
+        keys = np.stack([video_index.astype(np.int64), table.timestamp], axis=1)
+        _, first = np.unique(keys, axis=0, return_index=True)
+        for row in np.sort(first).tolist():
+            video = str(table.video[row])
+            info = infos.get(video)
+            if info is None:
+                continue  # missing or unreadable video: already reported
+            seconds = float(table.timestamp[row]) - offset
+            if 0 <= seconds <= info.duration:
+                last_needed[video] = max(last_needed.get(video, 0.0), seconds)
+                continue
+            problems.append(
+                DataError(
+                    table.source,
+                    int(table.line[row]),
+                    f"timestamp {int(table.timestamp[row])} is outside video {video!r} "
+                    f"({info.duration:.2f} s long, offset {offset:g}): expected "
+                    f"{offset:g} <= t <= {offset + info.duration:.2f}",
+                )
+            )
+    for video, seconds in last_needed.items():
+        info = infos[video]
+        try:
+            check_frame_decodes(info.path, info.frame_at(seconds))
+        except DataError as err:
+            problems.append(err)

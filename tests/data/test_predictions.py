@@ -1,0 +1,149 @@
+"""Prediction writers (AVA CSV, Parquet) and the MMAction2 proposal pickle."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.data import (
+    NO_ACTION,
+    NO_PERSON,
+    BoxTable,
+    DataError,
+    read_detections_csv,
+    read_mmaction_proposals,
+    read_predictions_parquet,
+    write_predictions_csv,
+    write_predictions_parquet,
+)
+from stages.data.atomic import atomic_path
+
+
+def _predictions() -> BoxTable:
+    return BoxTable(
+        video=np.array(["-5KQ66BBWC4", "0042", "0042"], dtype=object),
+        timestamp=np.array([902, 1798, 1798]),
+        boxes=np.array([[0.1234, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0.25, 0.3, 0.75, 0.9]]),
+        action=np.array([12, 80, NO_ACTION]),
+        person=np.array([NO_PERSON, 3, NO_PERSON]),
+        score=np.array([0.912345678, 0.00041, 0.00012]),
+        line=np.array([1, 2, 3]),
+    )
+
+
+def test_csv_is_ava_format_and_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "pred.csv"
+    write_predictions_csv(path, _predictions())
+    assert path.read_text().splitlines() == [
+        "-5KQ66BBWC4,0902,0.123,0.200,0.500,0.600,12,0.912346",
+        "0042,1798,0.000,0.000,1.000,1.000,80,0.00041",
+        "0042,1798,0.250,0.300,0.750,0.900,,0.00012",
+    ]
+    back = read_detections_csv(path)
+    assert back.video.tolist() == ["-5KQ66BBWC4", "0042", "0042"]
+    assert back.timestamp.tolist() == [902, 1798, 1798]
+    np.testing.assert_allclose(back.boxes, np.round(_predictions().boxes, 3))
+    assert back.action.tolist() == [12, 80, NO_ACTION]
+    # small scores keep their order (a %.3f score would tie them at 0.000)
+    assert back.score[1] > back.score[2] > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"]
+    write_predictions_csv(tmp_path / "empty.csv", BoxTable.empty())
+    assert (tmp_path / "empty.csv").read_bytes() == b""
+
+
+def test_csv_float_format_is_configurable(tmp_path: Path) -> None:
+    path = tmp_path / "pred.csv"
+    write_predictions_csv(path, _predictions(), float_format="%.5f", score_format="%.2f")
+    assert (
+        path.read_text().splitlines()[0]
+        == "-5KQ66BBWC4,0902,0.12340,0.20000,0.50000,0.60000,12,0.91"
+    )
+
+
+def test_parquet_round_trip_is_exact(tmp_path: Path) -> None:
+    path = tmp_path / "pred.parquet"
+    original = _predictions()
+    write_predictions_parquet(path, original)
+    back = read_predictions_parquet(path)
+    assert back.video.tolist() == original.video.tolist()
+    for name in ("timestamp", "boxes", "action", "person", "score"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(original, name))
+    assert back.line.tolist() == [1, 2, 3] and back.source == str(path)
+    empty = tmp_path / "empty.parquet"
+    write_predictions_parquet(empty, BoxTable.empty())
+    assert len(read_predictions_parquet(empty)) == 0
+
+
+def test_parquet_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(DataError, match=r"bad.parquet: cannot read Parquet predictions"):
+        read_predictions_parquet(bad)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    partial = tmp_path / "partial.parquet"
+    pq.write_table(pa.table({"video": ["a"], "timestamp": [1]}), partial)
+    with pytest.raises(DataError, match=r"partial.parquet: missing columns \['x1'"):
+        read_predictions_parquet(partial)
+
+
+def test_failed_write_leaves_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "pred.csv"
+    path.write_text("old\n")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash mid-write")
+    assert path.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["pred.csv"]
+
+
+def _proposal_pickle(tmp_path: Path) -> Path:
+    path = tmp_path / "proposals.pkl"
+    data = {
+        "-5KQ66BBWC4,0902": np.array(
+            [[0.1, 0.2, 0.5, 0.6, 0.9], [0.2, 0.2, 0.4, 0.9, 0.3]], np.float32
+        ),
+        "0042,1798": np.array([[0.0, 0.0, 1.0, 1.0]]),  # N,4: score 1.0
+        "0042,1799": np.zeros((0, 5)),  # a keyframe without proposals
+    }
+    path.write_bytes(pickle.dumps(data))
+    return path
+
+
+def test_mmaction_proposals_need_opt_in(tmp_path: Path) -> None:
+    path = _proposal_pickle(tmp_path)
+    with pytest.raises(
+        DataError, match=r"proposals.pkl: refusing to unpickle: .*runs code.*trust_pickle=True"
+    ):
+        read_mmaction_proposals(path)
+
+
+def test_mmaction_proposals_read_with_opt_in(tmp_path: Path) -> None:
+    table = read_mmaction_proposals(_proposal_pickle(tmp_path), trust_pickle=True)
+    assert table.video.tolist() == ["-5KQ66BBWC4", "-5KQ66BBWC4", "0042"]
+    assert table.timestamp.tolist() == [902, 902, 1798]
+    np.testing.assert_allclose(table.boxes[1], [0.2, 0.2, 0.4, 0.9], rtol=1e-6)
+    np.testing.assert_allclose(table.score, [0.9, 0.3, 1.0], rtol=1e-6)
+    assert (table.action == NO_ACTION).all() and (table.person == NO_PERSON).all()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ([1, 2], r"expected a dict of 'video_id,timestamp' keys, got list"),
+        ({"nocomma": np.zeros((1, 5))}, r"key 'nocomma' is not 'video_id,timestamp'"),
+        (
+            {"v,0902": np.zeros((2, 3))},
+            r"key 'v,0902': expected an array \[N, 4\] or \[N, 5\], got shape \(2, 3\)",
+        ),
+    ],
+)
+def test_mmaction_proposal_errors(tmp_path: Path, data: object, message: str) -> None:
+    path = tmp_path / "p.pkl"
+    path.write_bytes(pickle.dumps(data))
+    with pytest.raises(DataError, match=message):
+        read_mmaction_proposals(path, trust_pickle=True)
