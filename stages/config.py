@@ -19,6 +19,7 @@ from stages.detect import DetectConfig
 from stages.evaluate.stage import EvaluateConfig
 from stages.extract import ExtractConfig
 from stages.track import TrackConfig
+from stages.train import TrainSection
 from stages.world import WorldConfig
 
 
@@ -39,6 +40,7 @@ class PipelineConfig(BaseModel):
     detect: DetectConfig = DetectConfig()
     track: TrackConfig = TrackConfig()
     extract: ExtractConfig = ExtractConfig()
+    train: TrainSection = TrainSection()
     evaluate: EvaluateConfig = EvaluateConfig()
 
 

@@ -139,8 +139,10 @@ def build_schema(
         weights_sha256=weights_sha,
         detector_key=detector_key,
         clip={
-            "frames": cfg.num_frames, "stride": cfg.frame_stride,
-            "fps": cfg.target_fps, "short_side": cfg.short_side,
+            "frames": cfg.num_frames,
+            "stride": cfg.frame_stride,
+            "fps": cfg.target_fps,
+            "short_side": cfg.short_side,
         },  # fmt: skip
         context_shape=(channels, *grid),
         pooled_dim=channels,
@@ -216,8 +218,12 @@ class VideoExtractor:
                 stop = start + len(b)
                 keyframes.append(
                     KeyframeFeatures(
-                        video_id=video_id, timestamp=int(t), context=context[k].numpy(),
-                        boxes=b, scores=actors["score"][r], track=actors["track"][r],
+                        video_id=video_id,
+                        timestamp=int(t),
+                        context=context[k].numpy(),
+                        boxes=b,
+                        scores=actors["score"][r],
+                        track=actors["track"][r],
                         pooled=pooled[start:stop].numpy(),
                         roi=roi[start:stop].numpy() if self.cfg.store_roi else None,
                         roi_t=None if roi_t is None else roi_t[start:stop].numpy(),

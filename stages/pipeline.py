@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from stages import detect, extract, track
+from stages import detect, extract, track, train
 from stages.catalog import STAGE_ORDER, STAGES
 from stages.config import PipelineConfig
 from stages.data import DatasetConfig
@@ -84,6 +84,7 @@ class PipelineRun:
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     refs: dict[str, StageRef] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    pending_runs: dict[str, int] = field(default_factory=dict)  # stage -> runs still to come
 
     def __post_init__(self) -> None:
         for name in [self.until, *self.force]:
@@ -91,11 +92,15 @@ class PipelineRun:
                 raise ValueError(f"unknown stage {name!r}; stages are {', '.join(STAGE_ORDER)}")
         self.work_root = Path(self.work_root)
 
-    def stage(self, name: str, config: BaseModel, inputs: dict[str, StageRef]) -> StageRef:
+    def stage(
+        self, name: str, config: BaseModel, inputs: dict[str, StageRef], *, label: str | None = None
+    ) -> StageRef:
+        """Run one stage; ``label`` names one of several runs of a stage (``train:acar``)."""
         t0 = time.perf_counter()
         ref, cached = self.runner(name, config, inputs, self.work_root, name in self.force)
-        self.refs[name] = ref
-        self.records[name] = {
+        record_name = f"{name}:{label}" if label else name
+        self.refs[record_name] = ref
+        self.records[record_name] = {
             "key": ref.key,
             "uri": ref.uri,
             "cached": cached,
@@ -103,9 +108,15 @@ class PipelineRun:
             "compute_seconds": round(ref.seconds, 3),
             "summary": ref.summary,
         }
-        if name == self.until:
+        if name == self.until and not self._more_runs_of(name):
             raise UntilReached(name)
         return ref
+
+    def _more_runs_of(self, name: str) -> bool:
+        """Several runs of one stage (train per head) all finish before ``--until`` stops."""
+        left = self.pending_runs.get(name, 1) - 1
+        self.pending_runs[name] = left
+        return left > 0
 
     def summary(self) -> dict[str, Any]:
         summary: dict[str, Any] = {
@@ -117,6 +128,21 @@ class PipelineRun:
             "models": {},
             "detector": {},
         }
+        for record_name, rec in self.records.items():
+            stage, _, label = record_name.partition(":")
+            if stage in ("train", "train_bank", "rebalance") and label:
+                summ = rec["summary"]
+                summary["models"][label] = {
+                    "stage": stage,
+                    "head": summ.get("head"),
+                    "bank": summ.get("bank"),
+                    "val_map": summ.get("val_map"),
+                    "group_map": summ.get("group_map"),
+                    "prior_map": summ.get("prior_map"),
+                    "parameters": summ.get("parameters"),
+                    "train_seconds": summ.get("train_seconds"),
+                    "predictions_csv": summ.get("predictions_csv"),
+                }
         det = self.records.get("detect", {}).get("summary", {})
         evaluated = det.get(self.config.evaluate.split) or {}
         if "ap50" in evaluated:
@@ -183,7 +209,12 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
         features = run.stage(
             "extract", section(extract.ExtractStageConfig, "extract"), {"track": actors}
         )
-        del features  # consumed by the heads (next issue)
+        run.pending_runs["train"] = len(cfg.train.runs)
+        for name, head_run in cfg.train.runs.items():
+            head_config = train.TrainStageConfig(
+                dataset=dataset, dataset_fingerprint=fingerprint, name=name, run=head_run
+            )
+            run.stage("train", head_config, {"extract": features}, label=name)
     except UntilReached:
         pass
     if write:
@@ -207,8 +238,20 @@ def format_summary(summary: dict[str, Any]) -> str:
             ap = f"{rec['ap50']:.3f}" if "ap50" in rec else "-"
             recall = f"{rec['recall']:.3f}" if "recall" in rec else "-"
             lines.append(f"{'':<8} {split:<6} {rec['boxes']:>7} {ap:>7} {recall:>7}")
-    for name, model in summary.get("models", {}).items():
-        lines.append(f"model {name}: val mAP {model.get('val_map')}")
+    models = summary.get("models", {})
+    if models:
+        lines.append("")
+        lines.append(
+            f"{'model':<14} {'head':<10} {'params':>9} {'train s':>8} {'val mAP':>8} "
+            f"{'prior':>6}  groups"
+        )
+        for name, m in models.items():
+            groups = " ".join(f"{g}={v:.3f}" for g, v in (m.get("group_map") or {}).items())
+            lines.append(
+                f"{name:<14} {m['head'] or '-':<10} {m['parameters'] or 0:>9} "
+                f"{m['train_seconds'] or 0:>8.1f} {m['val_map'] or 0:>8.3f} "
+                f"{m['prior_map'] or 0:>6.3f}  {groups}"
+            )
     lines.append("")
     lines.append(
         f"total {summary['seconds']:.1f} s; summary: {summary['work_root']}/{SUMMARY_FILE}"

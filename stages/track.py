@@ -53,6 +53,12 @@ class TrackStageConfig(BaseModel):
     track: TrackConfig
 
 
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU [N, M] between every box of ``a`` [N, 4] and every box of ``b`` [M, 4]."""
+    n, m = len(a), len(b)
+    return pairwise_iou(np.repeat(a, m, axis=0), np.tile(b, (n, 1))).reshape(n, m)
+
+
 def link_tracks(
     timestamps: np.ndarray, boxes: np.ndarray, *, min_iou: float, max_gap: int
 ) -> np.ndarray:
@@ -75,7 +81,7 @@ def link_tracks(
         alive = [tr for tr in open_tracks if t - tr[1] <= max_gap + 1]
         assigned: set[int] = set()
         if alive:
-            iou = pairwise_iou(boxes[rows], np.stack([tr[2] for tr in alive]))
+            iou = iou_matrix(boxes[rows], np.stack([tr[2] for tr in alive]))
             r, c = linear_sum_assignment(-iou)
             for i, j in zip(r, c, strict=True):
                 if iou[i, j] >= min_iou:
@@ -152,7 +158,7 @@ def _match_to_gt(det: dict[str, np.ndarray], gt: dict[str, np.ndarray]) -> np.nd
         g_rows = gt_key.get(kf)
         if not g_rows:
             continue
-        iou = pairwise_iou(det["boxes"][d_rows], gt["boxes"][g_rows])
+        iou = iou_matrix(det["boxes"][d_rows], gt["boxes"][g_rows])
         r, c = linear_sum_assignment(-iou)
         for i, j in zip(r, c, strict=True):
             if iou[i, j] >= 0.5:

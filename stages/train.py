@@ -1,0 +1,183 @@
+"""train: a stage-1 head over cached features (one stage run per head config).
+
+Reads the extract stage's feature stores, labels actors from the GT (IoU >= 0.5), trains
+the head with the one loop of :mod:`stages.train_loop` (resumable per epoch), measures
+val frame-mAP every epoch with the project's evaluator, and writes the val predictions
+as AVA CSV and Parquet (``predictions/<split>.csv``), which the evaluate stage and
+ensembles read. The prior-only baseline (every box scored by the training class
+frequencies) is measured on the same boxes for comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from models.heads import build_head
+from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
+from stages.data.predictions import write_predictions_csv, write_predictions_parquet
+from stages.evaluate.ava import evaluate_ava
+from stages.evaluate.stage import PREDICTIONS_DIR
+from stages.extract import store_path
+from stages.framework import Stage, StageContext, StageError, output_dir
+from stages.head_data import KeyframeSource, SplitIndex, build_index, open_split
+from stages.train_loop import OptimConfig, TrainData, predict, train
+
+CODE_VERSION = "1"
+HEAD_FILE = "head.pt"
+HISTORY_FILE = "history.json"
+
+log = logging.getLogger("bankflow.train")
+
+
+class HeadRunConfig(BaseModel):
+    """One head training run (``train.runs.<name>`` in the pipeline config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    head: str = "linear"
+    head_kwargs: dict[str, Any] = {}
+    optim: OptimConfig = OptimConfig()
+    train_split: str = "train"
+    val_split: str = "val"
+    label_iou: float = 0.5  # IoU with a GT box that gives a detected box its labels
+    preload: bool = True  # hold the split's features in RAM (small stores)
+    top_k: int | None = None  # keep only the k best classes per box in the predictions
+
+
+class TrainSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    runs: dict[str, HeadRunConfig] = {"linear": HeadRunConfig()}
+
+
+class TrainStageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetConfig
+    dataset_fingerprint: str
+    name: str
+    run: HeadRunConfig
+
+
+def evaluated_labelmap(dataset: Dataset, config: DatasetConfig) -> LabelMap:
+    labelmap = dataset.labelmap
+    if config.evaluated_classes:
+        labelmap = labelmap.subset(config.evaluated_classes)
+    return labelmap
+
+
+def predictions_table(
+    index: SplitIndex, scores: np.ndarray, labelmap: LabelMap, top_k: int | None
+) -> BoxTable:
+    """One row per (actor box, class) — AVA's prediction format — optionally top-k only."""
+    n_actors, n_classes = scores.shape
+    counts = np.diff(index.actor_offset)
+    video = np.repeat(index.video, counts)
+    timestamp = np.repeat(index.timestamp, counts)
+    if top_k is not None and top_k < n_classes:
+        keep = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        actor = np.repeat(np.arange(n_actors), top_k)
+        cls = keep.reshape(-1)
+    else:
+        actor = np.repeat(np.arange(n_actors), n_classes)
+        cls = np.tile(np.arange(n_classes), n_actors)
+    rows = len(actor)
+    return BoxTable(
+        video=video[actor],
+        timestamp=timestamp[actor],
+        boxes=index.boxes[actor].astype(np.float64),
+        action=np.asarray(labelmap.ids, dtype=np.int64)[cls],
+        person=np.full(rows, -1, dtype=np.int64),
+        score=scores[actor, cls].astype(np.float64),
+        line=np.arange(1, rows + 1, dtype=np.int64),
+    )
+
+
+def prior_scores(train_labels: np.ndarray, n_actors: int) -> np.ndarray:
+    """The prior-only baseline: every actor scored by the training class frequencies."""
+    freq = train_labels.mean(axis=0) if len(train_labels) else np.zeros(train_labels.shape[1])
+    return np.tile(freq.astype(np.float32), (n_actors, 1))
+
+
+def compute(ctx: StageContext) -> dict[str, Any]:
+    cfg: TrainStageConfig = ctx.config  # type: ignore[assignment]
+    run = cfg.run
+    dataset = Dataset.open(cfg.dataset)
+    labelmap = evaluated_labelmap(dataset, cfg.dataset)
+    exclusive_ids = set(int(i) for i in dataset.exclusive_ids)
+    exclusive = [k for k, c in enumerate(labelmap.ids) if int(c) in exclusive_ids]
+    features_uri = ctx.input("extract").uri
+
+    train_store = open_split(store_path(features_uri, run.train_split))
+    val_store = open_split(store_path(features_uri, run.val_split))
+    schema = train_store.schema
+    train_index = build_index(
+        train_store, dataset.gt(run.train_split), labelmap, label_iou=run.label_iou
+    )
+    val_index = build_index(val_store, None, labelmap)
+    if not len(train_index):
+        raise StageError(f"train: {features_uri} holds no {run.train_split!r} keyframes")
+    data = TrainData(
+        train=KeyframeSource(train_store, train_index, preload=run.preload),
+        val=KeyframeSource(val_store, val_index, preload=run.preload),
+        exclusive=exclusive,
+        use_roi=schema.roi_shape is not None,
+        use_roi_t=schema.roi_t_shape is not None,
+    )
+    torch.manual_seed(run.optim.seed)
+    model = build_head(
+        run.head, in_channels=schema.pooled_dim, num_classes=len(labelmap), **run.head_kwargs
+    )
+    gt_val = dataset.gt(run.val_split)
+    excluded_val = dataset.excluded(run.val_split)
+
+    def val_map(scores: np.ndarray) -> Any:
+        table = predictions_table(val_index, scores, labelmap, run.top_k)
+        return evaluate_ava(gt_val, table, labelmap, excluded_val), table
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        result, _ = val_map(predict(m, data.val, data))
+        return {"val_map": result.mAP}
+
+    t0 = time.perf_counter()
+    history = train(model, data, run.optim, ctx.staging / "checkpoints", evaluate=evaluate)
+    train_seconds = time.perf_counter() - t0
+    result, table = val_map(predict(model, data.val, data))
+    prior, _ = val_map(prior_scores(train_index.labels, len(val_index.boxes)))
+
+    out = ctx.staging / PREDICTIONS_DIR
+    out.mkdir(exist_ok=True)
+    write_predictions_csv(out / f"{run.val_split}.csv", table)
+    write_predictions_parquet(out / f"{run.val_split}.parquet", table)
+    torch.save({"head": run.head, "kwargs": run.head_kwargs, "state": model.state_dict(),
+                "in_channels": schema.pooled_dim, "classes": labelmap.ids.tolist()},
+               ctx.staging / HEAD_FILE)  # fmt: skip
+    (ctx.staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+    (ctx.staging / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
+    return {
+        "name": cfg.name,
+        "head": run.head,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "train_seconds": round(train_seconds, 2),
+        "val_map": result.mAP,
+        "group_map": result.groups,
+        "prior_map": prior.mAP,
+        "epochs": len(history),
+        "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
+        "predictions_csv": str(
+            output_dir(ctx.work_root, ctx.stage, ctx.key) / PREDICTIONS_DIR / f"{run.val_split}.csv"
+        ),
+    }  # fmt: skip
+
+
+STAGE = Stage(
+    name="train", code_version=CODE_VERSION, config_type=TrainStageConfig,
+    compute=compute, resumable=True,
+)  # fmt: skip
