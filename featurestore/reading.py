@@ -1,0 +1,216 @@
+"""Reading a feature store: whole videos, time windows, keyframes, batches, actor rows.
+
+Per video, the small arrays (timestamps, actor_offset, boxes, scores, track: ~24 bytes per
+actor, ~16 MB for all of AVA) are read once and cached in memory; the large ones (context,
+pooled, roi, roi_t) are read slice by slice. Every zarr call from synchronous code hops to
+zarr's event-loop thread (~1 ms here), so ``read_keyframes`` issues all slices of a batch as
+one concurrent call instead of one call per array per keyframe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.core.sync import sync
+
+from featurestore.errors import StoreError, where
+from featurestore.features import KeyframeFeatures, VideoFeatures
+from featurestore.schema import StoreSchema
+
+SMALL_ARRAYS = ("timestamps", "actor_offset", "boxes", "scores", "track")
+
+
+class KeyframeNotFoundError(StoreError, KeyError):
+    """A keyframe timestamp (or video) that the store does not hold."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0])
+
+
+class StoreReading:
+    """Read methods of ``FeatureStore`` (a mixin: the store provides the attributes below)."""
+
+    url: str
+    schema: StoreSchema
+    _videos: zarr.Group
+    _arrays: dict[tuple[str, str], zarr.Array]
+    _small: dict[str, dict[str, np.ndarray]]
+    videos: Callable[..., list[str]]  # FeatureStore.videos(complete_only=True)
+
+    def _forget(self, video_id: str) -> None:
+        self._small.pop(video_id, None)
+        for key in [k for k in self._arrays if k[0] == video_id]:
+            del self._arrays[key]
+
+    def _video_group(self, video_id: str) -> zarr.Group:
+        try:
+            return self._videos[video_id]
+        except KeyError as exc:
+            raise KeyframeNotFoundError(
+                f"{where(self.url, video_id)}: no such video in the store"
+            ) from exc
+
+    def array(self, video_id: str, name: str) -> zarr.Array:
+        """The (cached) zarr array ``name`` of ``video_id``."""
+        key = (video_id, name)
+        if key not in self._arrays:
+            group = self._video_group(video_id)
+            try:
+                self._arrays[key] = group[name]
+            except KeyError as exc:
+                raise StoreError(f"{where(self.url, video_id, name)}: array is missing") from exc
+        return self._arrays[key]
+
+    def _small_arrays(self, video_id: str) -> dict[str, np.ndarray]:
+        if video_id not in self._small:
+            arrays = [self.array(video_id, name).async_array for name in SMALL_ARRAYS]
+            values = _gather([a.getitem(slice(None)) for a in arrays])
+            self._small[video_id] = dict(zip(SMALL_ARRAYS, values, strict=True))
+        return self._small[video_id]
+
+    def index(self, video_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """(timestamps int32 [K], actor_offset int64 [K+1]) of a video, cached."""
+        small = self._small_arrays(video_id)
+        return small["timestamps"], small["actor_offset"]
+
+    def _large_names(self) -> list[str]:
+        names = ["pooled"]
+        if self.schema.roi_shape is not None:
+            names.append("roi")
+        if self.schema.roi_t_shape is not None:
+            names.append("roi_t")
+        return names
+
+    def _read_rows(self, video_id: str, k0: int, k1: int) -> VideoFeatures:
+        """Keyframe rows [k0, k1) and their actors, reading only those slices."""
+        small = self._small_arrays(video_id)
+        offsets = small["actor_offset"]
+        a0, a1 = int(offsets[k0]), int(offsets[k1])
+        names = ["context", *self._large_names()]
+        slices = [slice(k0, k1)] + [slice(a0, a1)] * (len(names) - 1)
+        values = _gather(
+            [
+                self.array(video_id, n).async_array.getitem(s)
+                for n, s in zip(names, slices, strict=True)
+            ]
+        )
+        return VideoFeatures(
+            timestamps=small["timestamps"][k0:k1].copy(),
+            actor_offset=offsets[k0 : k1 + 1] - offsets[k0],
+            boxes=small["boxes"][a0:a1].copy(),
+            scores=small["scores"][a0:a1].copy(),
+            track=small["track"][a0:a1].copy(),
+            **dict(zip(names, values, strict=True)),
+        )
+
+    def read_video(self, video_id: str) -> VideoFeatures:
+        """All arrays of one video."""
+        timestamps, _ = self.index(video_id)
+        return self._read_rows(video_id, 0, len(timestamps))
+
+    def read_window(self, video_id: str, t_start: float, t_end: float) -> VideoFeatures:
+        """Keyframes with ``t_start <= timestamp <= t_end`` (seconds), possibly none."""
+        timestamps, _ = self.index(video_id)
+        k0 = int(np.searchsorted(timestamps, t_start, side="left"))
+        k1 = int(np.searchsorted(timestamps, t_end, side="right"))
+        return self._read_rows(video_id, k0, max(k0, k1))
+
+    def keyframe_row(self, video_id: str, timestamp: int) -> int:
+        """Row of ``timestamp`` in the video's arrays; KeyframeNotFoundError if absent."""
+        timestamps, _ = self.index(video_id)
+        row = int(np.searchsorted(timestamps, timestamp))
+        if row >= len(timestamps) or timestamps[row] != timestamp:
+            span = f", {timestamps[0]}..{timestamps[-1]}" if len(timestamps) else ""
+            raise KeyframeNotFoundError(
+                f"{where(self.url, video_id)}: no keyframe at timestamp {timestamp} "
+                f"(stored: {len(timestamps)} keyframes{span})"
+            )
+        return row
+
+    def read_keyframe(self, video_id: str, timestamp: int) -> KeyframeFeatures:
+        """One keyframe's context map and actors."""
+        row = self.keyframe_row(video_id, timestamp)
+        return self._read_rows(video_id, row, row + 1).keyframe(video_id, 0)
+
+    def read_keyframes(self, items: Sequence[tuple[str, int]]) -> list[KeyframeFeatures]:
+        """Many ``(video_id, timestamp)`` keyframes (a training batch) in one concurrent read.
+
+        Returns them in the order given; raises KeyframeNotFoundError for an absent one.
+        """
+        names = ["context", *self._large_names()]
+        plan: list[tuple[str, int, int, int]] = []
+        reads: list[Any] = []
+        for video_id, timestamp in items:
+            row = self.keyframe_row(video_id, timestamp)
+            offsets = self._small_arrays(video_id)["actor_offset"]
+            a0, a1 = int(offsets[row]), int(offsets[row + 1])
+            plan.append((video_id, row, a0, a1))
+            for name in names:
+                sel = slice(row, row + 1) if name == "context" else slice(a0, a1)
+                reads.append(self.array(video_id, name).async_array.getitem(sel))
+        values = iter(_gather(reads))
+        out = []
+        for video_id, row, a0, a1 in plan:
+            large = {name: next(values) for name in names}
+            small = self._small_arrays(video_id)
+            out.append(
+                KeyframeFeatures(
+                    video_id=video_id,
+                    timestamp=int(small["timestamps"][row]),
+                    context=large.pop("context")[0],
+                    boxes=small["boxes"][a0:a1].copy(),
+                    scores=small["scores"][a0:a1].copy(),
+                    track=small["track"][a0:a1].copy(),
+                    **large,
+                )
+            )
+        return out
+
+    def read_pooled(self, video_id: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Pooled features [len(rows), C] of actor rows (any order, repeats allowed)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        n_actors = int(self.index(video_id)[1][-1])
+        if rows.size and (rows.min() < 0 or rows.max() >= n_actors):
+            raise StoreError(
+                f"{where(self.url, video_id, 'pooled')}: actor rows must be in [0, {n_actors}), "
+                f"got {rows.min()}..{rows.max()}"
+            )
+        arr = self.array(video_id, "pooled")
+        if rows.size == 0:
+            return np.zeros((0, self.schema.pooled_dim), dtype=arr.dtype)
+        unique, inverse = np.unique(rows, return_inverse=True)
+        # An orthogonal selection decodes each touched chunk once, whatever the row order.
+        return arr.get_orthogonal_selection((unique,))[inverse.reshape(-1)]
+
+    def actor_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every actor of every complete video: (video id str [N], keyframe row [N], actor row [N]).
+
+        Rows are within the video's arrays; videos in sorted order, actors in stored order.
+        """
+        vids, kf_rows, actor_rows = [], [], []
+        for video_id in self.videos():
+            _, offsets = self.index(video_id)
+            counts = np.diff(offsets)
+            vids.append(np.full(int(offsets[-1]), video_id, dtype=object))
+            kf_rows.append(np.repeat(np.arange(len(counts), dtype=np.int64), counts))
+            actor_rows.append(np.arange(int(offsets[-1]), dtype=np.int64))
+        if not vids:
+            return np.zeros(0, dtype=str), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return (
+            np.concatenate(vids).astype(str),
+            np.concatenate(kf_rows),
+            np.concatenate(actor_rows),
+        )
+
+
+def _gather(coros: list[Any]) -> list[np.ndarray]:
+    """Run zarr reads concurrently on zarr's event loop; numpy arrays in input order."""
+
+    async def run() -> list[Any]:
+        return list(await asyncio.gather(*coros))
+
+    return [np.asarray(v) for v in sync(run())] if coros else []

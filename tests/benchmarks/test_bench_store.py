@@ -1,0 +1,138 @@
+"""Feature store throughput: writing videos and reading random training batches.
+
+Run: ``.venv/bin/python -m pytest tests/benchmarks/test_bench_store.py -m bench -s``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurestore import FeatureStore, StoreSchema, VideoFeatures, format_bytes
+
+N_VIDEOS, N_KEYFRAMES, N_ACTORS, C, GRID, BATCH, N_BATCHES = 50, 60, 3, 256, 8, 64, 10
+
+
+def _schema() -> StoreSchema:
+    return StoreSchema(
+        backbone="bench",
+        weights_sha256=None,
+        detector_key=None,
+        clip={"frames": 32, "stride": 2, "fps": 30.0, "short_side": 256},
+        context_shape=(C, GRID, GRID),
+        pooled_dim=C,
+    )
+
+
+def _video(rng: np.random.Generator) -> VideoFeatures:
+    a = N_KEYFRAMES * N_ACTORS
+    # Post-ReLU activations: about half zeros, as a real backbone gives (affects zstd).
+    relu = lambda *shape: np.maximum(rng.standard_normal(shape), 0).astype(np.float16)  # noqa: E731
+    xy = rng.uniform(0, 0.5, (a, 2))
+    return VideoFeatures(
+        timestamps=np.arange(902, 902 + N_KEYFRAMES, dtype=np.int32),
+        context=relu(N_KEYFRAMES, C, GRID, GRID),
+        actor_offset=np.arange(0, a + 1, N_ACTORS, dtype=np.int64),
+        boxes=np.concatenate([xy, xy + 0.3], axis=1).astype(np.float32),
+        scores=np.ones(a, np.float32),
+        track=np.zeros(a, np.int32),
+        pooled=relu(a, C),
+    )
+
+
+def _batch_from_store(store: FeatureStore, picks: list[tuple[str, int]]) -> int:
+    nbytes = 0
+    for video_id, t in picks:
+        kf = store.read_keyframe(video_id, t)
+        nbytes += kf.context.nbytes + kf.pooled.nbytes + kf.boxes.nbytes
+    return nbytes
+
+
+def _batch_from_memory(videos: dict[str, VideoFeatures], picks: list[tuple[str, int]]) -> int:
+    nbytes = 0
+    for video_id, t in picks:
+        v = videos[video_id]
+        row = int(np.searchsorted(v.timestamps, t))
+        a0, a1 = v.actor_offset[row], v.actor_offset[row + 1]
+        context, pooled, boxes = (
+            v.context[row].copy(),
+            v.pooled[a0:a1].copy(),
+            v.boxes[a0:a1].copy(),
+        )
+        nbytes += context.nbytes + pooled.nbytes + boxes.nbytes
+    return nbytes
+
+
+def _batch_from_store_concurrent(store: FeatureStore, picks: list[tuple[str, int]]) -> int:
+    batch = store.read_keyframes(picks)
+    return sum(kf.context.nbytes + kf.pooled.nbytes + kf.boxes.nbytes for kf in batch)
+
+
+def _timed(fn, *args) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t0
+
+
+@pytest.mark.bench
+@pytest.mark.parametrize(
+    ("chunk_target_bytes", "compression"),
+    [(1 << 20, "none"), (256 << 10, "none"), (64 << 10, "none"), (1 << 20, "zstd")],
+)
+def test_bench_store_write_and_batches(
+    tmp_path: Path, chunk_target_bytes: int, compression: str
+) -> None:
+    rng = np.random.default_rng(0)
+    videos = {f"vid{i:03d}": _video(rng) for i in range(N_VIDEOS)}
+    raw = sum(a.nbytes for v in videos.values() for a in v.arrays().values())
+    url = tmp_path / "bench.zarr"
+    store = FeatureStore.create(
+        url,
+        _schema(),
+        provenance={},
+        expected_videos=list(videos),
+        chunk_target_bytes=chunk_target_bytes,
+        compression=compression,
+    )
+    t0 = time.perf_counter()
+    for video_id, feats in videos.items():
+        store.write_video(video_id, feats)
+    store.finalize()
+    write_s = time.perf_counter() - t0
+
+    reader = FeatureStore.open(url)
+    ids = list(videos)
+    batches = [
+        [(ids[rng.integers(N_VIDEOS)], 902 + int(rng.integers(N_KEYFRAMES))) for _ in range(BATCH)]
+        for _ in range(N_BATCHES)
+    ]
+    for video_id in ids:  # warm the handle cache, as a training loop would after epoch 1
+        reader.index(video_id)
+    got, loop_s = _timed(lambda: sum(_batch_from_store(reader, b) for b in batches))
+    got_c, conc_s = _timed(lambda: sum(_batch_from_store_concurrent(reader, b) for b in batches))
+    want, mem_s = _timed(lambda: sum(_batch_from_memory(videos, b) for b in batches))
+    assert got == got_c == want
+
+    print(
+        f"\n[store bench] chunk target {format_bytes(chunk_target_bytes)}, {compression}: "
+        f"{N_VIDEOS} videos × "
+        f"{N_KEYFRAMES} keyframes × {N_ACTORS} actors, context {C}×{GRID}×{GRID} f16"
+    )
+    for name in ("context", "pooled", "boxes"):
+        arr = reader.array("vid000", name)
+        per_chunk = int(np.prod(arr.chunks)) * arr.dtype.itemsize
+        print(f"  chunk {name:8s} {arr.chunks} = {format_bytes(per_chunk)} uncompressed")
+    print(
+        f"  write {format_bytes(raw)} in {write_s:.2f} s = {format_bytes(raw / write_s)}/s "
+        f"({write_s / N_VIDEOS * 1e3:.1f} ms/video); on disk {format_bytes(reader.nbytes())}"
+    )
+    print(f"  batch = {BATCH} random keyframes, {format_bytes(want / N_BATCHES)}:")
+    for label, secs in (("read_keyframe loop", loop_s), ("read_keyframes", conc_s)):
+        print(
+            f"    {label:18s} {secs / N_BATCHES * 1e3:7.1f} ms/batch = "
+            f"{format_bytes(want / secs)}/s, {secs / mem_s:.0f}× numpy"
+        )
+    print(f"    {'numpy in memory':18s} {mem_s / N_BATCHES * 1e3:7.2f} ms/batch")
