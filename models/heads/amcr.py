@@ -1,0 +1,217 @@
+"""AMCRNet stage-1 head: PosNet + multi-scale context + BHOI (Zhu et al., IJCAI-23, §3.2).
+
+Pipeline for one batch of B keyframes with N actors:
+
+1. **PosNet** (eq. 2): a learned input ``Input_pos`` [1, 1, h0, w0] goes through narrow
+   (2-channel) stacked dilated 3x3 convolutions whose receptive field covers the map, then
+   a 1x1 convolution to C channels: ``Pos`` [1, C, H, W]. Zero padding is what lets the
+   convolutions encode absolute position (Islam et al., cited by the paper).
+2. **Actor tokens** (eq. 3): ``A_i + Pos_person_i`` where ``Pos_person_i`` is the
+   average of a RoIAlign (``roi_size`` x ``roi_size``) of ``Pos`` over the actor box.
+3. **Context module** (eq. 4): adaptive average pools with output sizes 3, 5, 7 over the
+   context map and over ``Pos``: M = 9 + 25 + 49 = 83 context tokens ``Context_j +
+   Pos_context_j`` per keyframe.
+4. **BHOI** (eq. 5): ``num_layers`` multi-head self-attention blocks over the sequence
+   [actors (padded to the keyframe maximum, masked) ; contexts]; the actor tokens of the
+   last block give the high-order interaction feature H (``HeadOutput.features``), the
+   classifier maps them to logits.
+
+Choices where the paper is vague, with reasons:
+
+* Actor feature ``A``: the paper average-pools an 8x8 RoIAlign; the feature store keeps the
+  7x7 RoIAlign + max-pool (``batch.pooled``), which we use as is.
+* ``hidden_dim=1280``: eq. 5 computes Q, K, V with a 1x1 conv but gives no width. Table 1's
+  head sizes (AMCRNet R50 148-149 M, slim 73.2-73.4 M, SlowFast-R50 backbone ~34 M) fit a
+  token width d ~ 1280: 6 blocks x 12 d^2 (MLP ratio 4) ~ 118 M and 4 blocks x 6 d^2 (ratio
+  1) ~ 39 M. So a shared linear layer projects the C-wide tokens (after adding the positional
+  embeddings, which are C-wide per eq. 2) to d before the blocks.
+* Depth and MLP ratio: 6 blocks, ratio 4 by default; "slim" = 4 blocks, ratio 1 (§4.2),
+  built by ``amcr_slim_head``.
+* Blocks are pre-norm (ViT style, as "MHSA module with MLP dilation" suggests), 8 heads
+  (not given), with a final LayerNorm; no dropout inside (not mentioned), dropout 0.5 before
+  the classifier as the SlowFast AVA heads use.
+* PosNet: stem 3x3 conv 1->2, ``posnet_blocks`` dilated 3x3 convs 2->2 with dilations
+  1, 2, 4, 8 (receptive field 33 > 16x22 res5 maps), ReLU between, 1x1 conv 2->C. Because
+  maps differ in size across datasets, the learned input (``pos_input_size``, default the
+  AVA res5 size 16x22) is bilinearly resized to the context map's H x W before PosNet;
+  the paper argues against interpolating a fixed *embedding*, and resizing the *input*
+  keeps the embedding computed by convolutions at the actual size.
+* Context pools are average pools ("self-adapted pooling layers", no kind given).
+
+RoI pooling uses ``torchvision.ops.roi_align`` with the normalized boxes scaled by
+(W, H) into feature-map coordinates, ``spatial_scale=1.0`` and ``aligned=True``
+(pixel-centre model: a box edge at x covers sampling points from x - 0.5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import roi_align
+
+from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.ragged import pad_actors, unpad_actors
+from models.heads.relation_transformer import RelationEncoderLayer
+
+
+def feature_map_rois(boxes: Tensor, batch_index: Tensor, height: int, width: int) -> Tensor:
+    """Normalized boxes [N, 4] -> RoIs [N, 5] ``(k, x1, y1, x2, y2)`` in map coordinates."""
+    scale = boxes.new_tensor([width, height, width, height])
+    return torch.cat([batch_index.to(boxes.dtype).unsqueeze(1), boxes * scale], dim=1)
+
+
+class PosNet(nn.Module):
+    """Learned positional embedding of a feature map (AMCRNet eq. 2).
+
+    Args:
+        out_channels: C, the width of the embedding.
+        width: channels of the narrow dilated convolutions (paper: 2).
+        num_blocks: dilated 3x3 convolutions with dilation 1, 2, 4, ... (2**k).
+        input_size: (h0, w0) of the learned input, resized to the requested map size.
+    """
+
+    def __init__(
+        self, *, out_channels: int, width: int, num_blocks: int, input_size: tuple[int, int]
+    ) -> None:
+        super().__init__()
+        self.input = nn.Parameter(torch.randn(1, 1, *input_size))
+        self.stem = nn.Conv2d(1, width, kernel_size=3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Conv2d(width, width, kernel_size=3, padding=2**k, dilation=2**k)
+            for k in range(num_blocks)
+        )
+        self.out = nn.Conv2d(width, out_channels, kernel_size=1)
+
+    def forward(self, height: int, width: int) -> Tensor:
+        """Returns Pos: Tensor[1, C, height, width]."""
+        x = self.input
+        if tuple(x.shape[-2:]) != (height, width):
+            x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+        x = F.relu(self.stem(x))
+        for block in self.blocks:
+            x = F.relu(block(x))
+        return self.out(x)
+
+
+class AMCRHead(nn.Module):
+    """AMCRNet short-term head (PosNet, multi-scale context, BHOI).
+
+    Reads ``batch.context`` [B, C, H, W], ``batch.pooled`` [N, C], ``batch.boxes`` [N, 4],
+    ``batch.batch_index`` [N]. Returns logits [N, K]; ``features`` [N, hidden_dim], the
+    high-order interaction feature (BHOI output of each actor, what HR-AFB stores together
+    with the movement feature ``batch.pooled``); ``attention["bhoi"]`` [N, M], the last
+    block's head-averaged attention from each actor to the M context tokens, ordered
+    scale by scale (3x3, then 5x5, then 7x7, each row-major).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        hidden_dim: int = 1280,
+        num_layers: int = 6,
+        num_heads: int = 8,
+        mlp_ratio: float = 4.0,
+        context_scales: Sequence[int] = (3, 5, 7),
+        posnet_width: int = 2,
+        posnet_blocks: int = 4,
+        pos_input_size: tuple[int, int] = (16, 22),
+        roi_size: int = 7,
+        dropout: float = 0.0,
+        classifier_dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if not context_scales or min(context_scales) < 1:
+            raise ValueError(f"context_scales must be positive sizes, got {context_scales}")
+        self.in_channels = in_channels
+        self.context_scales = tuple(int(s) for s in context_scales)
+        self.roi_size = roi_size
+        self.posnet = PosNet(
+            out_channels=in_channels,
+            width=posnet_width,
+            num_blocks=posnet_blocks,
+            input_size=pos_input_size,
+        )
+        self.project = nn.Linear(in_channels, hidden_dim)
+        self.blocks = nn.ModuleList(
+            RelationEncoderLayer(
+                dim=hidden_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                dropout=dropout,
+                norm_first=True,
+            )
+            for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.dropout = nn.Dropout(classifier_dropout)
+        self.classifier = nn.Linear(hidden_dim, num_classes)
+
+    @property
+    def num_context_tokens(self) -> int:
+        return sum(s * s for s in self.context_scales)
+
+    def _check(self, batch: ActorBatch) -> None:
+        c = self.in_channels
+        if batch.context.dim() != 4 or batch.context.shape[1] != c:
+            raise ValueError(
+                f"AMCRHead: batch.context must be [B, {c}, H, W], got {tuple(batch.context.shape)}"
+            )
+        if batch.pooled.dim() != 2 or batch.pooled.shape[1] != c:
+            raise ValueError(
+                f"AMCRHead: batch.pooled must be [N, {c}], got {tuple(batch.pooled.shape)}"
+            )
+        if batch.boxes.shape != (batch.num_actors, 4):
+            raise ValueError(
+                f"AMCRHead: batch.boxes must be [{batch.num_actors}, 4], "
+                f"got {tuple(batch.boxes.shape)}"
+            )
+
+    def multiscale_context(self, context: Tensor, pos: Tensor) -> Tensor:
+        """Eq. 4: context [B, C, H, W] + Pos [1, C, H, W] -> tokens [B, M, C]."""
+        tokens = []
+        for s in self.context_scales:
+            pooled = F.adaptive_avg_pool2d(context, s) + F.adaptive_avg_pool2d(pos, s)
+            tokens.append(pooled.flatten(2))  # (B, C, s*s)
+        return torch.cat(tokens, dim=2).transpose(1, 2)
+
+    def actor_positions(self, pos: Tensor, boxes: Tensor) -> Tensor:
+        """Eq. 3: average of the RoIAlign of Pos [1, C, H, W] over each box -> [N, C]."""
+        _, _, h, w = pos.shape
+        rois = feature_map_rois(boxes, boxes.new_zeros(boxes.shape[0]), h, w)
+        crops = roi_align(pos, rois, self.roi_size, spatial_scale=1.0, aligned=True)
+        return crops.mean(dim=(2, 3))
+
+    def forward(self, batch: ActorBatch) -> HeadOutput:
+        self._check(batch)
+        context = batch.context
+        _, _, h, w = context.shape
+        pos = self.posnet(h, w).to(context.dtype)  # (1, C, H, W)
+        actors = batch.pooled + self.actor_positions(pos, batch.boxes)  # (N, C)
+        ctx = self.multiscale_context(context, pos)  # (B, M, C)
+        padded, mask = pad_actors(actors, batch.batch_index, batch.num_keyframes)  # (B, A, C)
+        a, m = padded.shape[1], ctx.shape[1]
+        x = self.project(torch.cat([padded, ctx], dim=1))  # (B, A+M, D)
+        # padded actor slots are ignored as keys; context tokens are always real
+        ignore = torch.cat([~mask, mask.new_zeros(mask.shape[0], m)], dim=1)
+        weights = x.new_zeros(x.shape[0], a + m, a + m)
+        for block in self.blocks:
+            x, weights = block(x, ignore)
+        x = self.norm(x)
+        features = unpad_actors(x[:, :a], mask)  # (N, D)
+        to_context = unpad_actors(weights[:, :a, a:], mask)  # (N, M)
+        logits = self.classifier(self.dropout(features))
+        return HeadOutput(logits=logits, features=features, attention={"bhoi": to_context})
+
+
+def amcr_slim_head(*, in_channels: int, num_classes: int, **overrides: Any) -> AMCRHead:
+    """AMCRNet-slim (§4.2): 4 MHSA blocks instead of 6 and MLP ratio 1 instead of 4."""
+    kwargs: dict[str, Any] = {"num_layers": 4, "mlp_ratio": 1.0, **overrides}
+    return AMCRHead(in_channels=in_channels, num_classes=num_classes, **kwargs)

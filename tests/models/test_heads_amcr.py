@@ -1,0 +1,172 @@
+"""AMCRNet head: shapes, actor permutation, padding masks, gradients, overfitting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.heads.amcr import AMCRHead, PosNet, amcr_slim_head
+from models.heads.batch import ActorBatch
+
+C, K, H, W = 16, 6, 4, 6
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops run faster on one thread than two contending ones on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_batch(counts: list[int], *, seed: int = 0) -> ActorBatch:
+    """Random keyframes with ``counts[b]`` actors each (boxes inside the image)."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(counts)
+    batch_index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    xy = torch.rand(n, 2, generator=g) * 0.5
+    boxes = torch.cat([xy, xy + 0.2 + 0.3 * torch.rand(n, 2, generator=g)], dim=1)
+    return ActorBatch(
+        context=torch.randn(len(counts), C, H, W, generator=g),
+        pooled=torch.randn(n, C, generator=g),
+        boxes=boxes,
+        batch_index=batch_index,
+    )
+
+
+def keyframe(batch: ActorBatch, k: int) -> ActorBatch:
+    """The sub-batch holding only keyframe ``k`` of ``batch``."""
+    sel = batch.batch_index == k
+    return ActorBatch(
+        context=batch.context[k : k + 1],
+        pooled=batch.pooled[sel],
+        boxes=batch.boxes[sel],
+        batch_index=torch.zeros(int(sel.sum()), dtype=torch.long),
+    )
+
+
+def tiny_head(**kw) -> AMCRHead:
+    args = dict(
+        in_channels=C, num_classes=K, hidden_dim=32, num_layers=2, num_heads=4, classifier_dropout=0
+    )
+    return AMCRHead(**{**args, **kw})
+
+
+@pytest.mark.parametrize("counts", [[1], [3], [1, 4, 2], [2, 0, 1]])
+def test_shapes(counts: list[int]) -> None:
+    torch.manual_seed(0)
+    head = tiny_head().eval()
+    batch = make_batch(counts)
+    out = head(batch)
+    n = sum(counts)
+    assert out.logits.shape == (n, K)
+    assert out.features is not None and out.features.shape == (n, 32)
+    attn = out.attention["bhoi"]
+    assert attn.shape == (n, 9 + 25 + 49) == (n, head.num_context_tokens)
+    # rows are the actor->context part of a softmax over actors + contexts
+    assert bool((attn >= 0).all()) and bool((attn.sum(1) <= 1 + 1e-5).all())
+    assert torch.isfinite(out.logits).all()
+
+
+def test_classifier_maps_features_to_logits() -> None:
+    torch.manual_seed(0)
+    head = tiny_head().eval()
+    out = head(make_batch([2, 3]))
+    torch.testing.assert_close(head.classifier(out.features), out.logits)
+
+
+def test_permuting_actors_permutes_logits() -> None:
+    torch.manual_seed(0)
+    head = tiny_head().eval()
+    batch = make_batch([2, 4])
+    perm = torch.tensor([1, 0, 5, 3, 2, 4])  # within keyframes
+    permuted = ActorBatch(
+        context=batch.context,
+        pooled=batch.pooled[perm],
+        boxes=batch.boxes[perm],
+        batch_index=batch.batch_index,
+    )
+    torch.testing.assert_close(head(permuted).logits, head(batch).logits[perm])
+    torch.testing.assert_close(
+        head(permuted).attention["bhoi"], head(batch).attention["bhoi"][perm]
+    )
+
+
+def test_other_keyframes_and_padding_change_nothing() -> None:
+    torch.manual_seed(0)
+    head = tiny_head().eval()
+    batch = make_batch([1, 5, 2])
+    together = head(batch)
+    for k in range(3):
+        alone = head(keyframe(batch, k))
+        sel = batch.batch_index == k
+        torch.testing.assert_close(alone.logits, together.logits[sel], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(alone.features, together.features[sel], atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_reach_every_parameter() -> None:
+    torch.manual_seed(0)
+    head = tiny_head().train()
+    out = head(make_batch([1, 3, 2]))
+    (out.logits.square().mean() + out.features.mean()).backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None, name
+        assert bool(p.grad.abs().sum() > 0), name
+
+
+def test_overfits_a_few_keyframes() -> None:
+    torch.manual_seed(0)
+    head = tiny_head(num_layers=1).train()
+    batch = make_batch([1, 2, 3, 2], seed=1)
+    labels = (torch.rand(batch.num_actors, K) < 0.4).float()
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(60):
+        loss = F.binary_cross_entropy_with_logits(head(batch).logits, labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.02
+
+
+def test_posnet_resizes_its_learned_input_to_any_map() -> None:
+    torch.manual_seed(0)
+    net = PosNet(out_channels=C, width=2, num_blocks=4, input_size=(16, 22))
+    assert net(16, 22).shape == (1, C, 16, 22)
+    assert net(5, 9).shape == (1, C, 5, 9)
+    # zero padding makes the embedding position dependent even for a constant input
+    with torch.no_grad():
+        net.input.fill_(1.0)
+    pos = net(8, 8)
+    assert not torch.allclose(pos[..., 0, 0], pos[..., 4, 4])
+
+
+def test_slim_variant_and_defaults() -> None:
+    slim = amcr_slim_head(in_channels=C, num_classes=K, hidden_dim=32, num_heads=4)
+    assert len(slim.blocks) == 4
+    assert slim.blocks[0].mlp[0].out_features == 32  # MLP ratio 1
+    full = AMCRHead(in_channels=C, num_classes=K, hidden_dim=32, num_heads=4)
+    assert len(full.blocks) == 6
+    assert full.blocks[0].mlp[0].out_features == 128  # MLP ratio 4
+    assert full.context_scales == (3, 5, 7)
+
+
+def test_wrong_channels_raise_a_clear_error() -> None:
+    head = tiny_head()
+    batch = make_batch([2])
+    bad = ActorBatch(
+        context=batch.context[:, :8],
+        pooled=batch.pooled,
+        boxes=batch.boxes,
+        batch_index=batch.batch_index,
+    )
+    with pytest.raises(ValueError, match=r"batch.context must be \[B, 16, H, W\]"):
+        head(bad)
+
+
+def test_pinned_values_under_seed_0() -> None:
+    torch.manual_seed(0)
+    logits = tiny_head().eval()(make_batch([2])).logits
+    expected = torch.tensor([-0.33508, -0.41611, 0.63518])
+    torch.testing.assert_close(logits[0, :3], expected, atol=1e-4, rtol=1e-4)
