@@ -1,0 +1,90 @@
+"""ACRN: first-order actor-context relation maps (ACAR-Net §3.2, after Sun et al. 2018).
+
+Every actor feature A^i [C] is tiled over the H x W locations of the keyframe's context
+map X [C, H, W], concatenated with it and convolved into a relation map F^i [d, H, W]
+that says, per location, how the actor relates to that piece of the scene.
+
+Choices where ACAR §3.2 / §4.1 are vague:
+- Both inputs are first reduced to ``reduce_dim`` channels (1x1 conv for X, a linear layer
+  for A^i, the same map on a vector) so the concatenation is 2 * reduce_dim wide rather
+  than 2C = 4608 on SlowFast res5; default 1024.
+- "Applying convolutions": a 1x1 conv (2 * reduce_dim -> d) + ReLU, then a 3x3 conv
+  (d -> d, padding 1 so F^i keeps X's H x W layout that HR2O attends over) + ReLU; d = 512
+  as for all ACAR feature maps. The 1x1 conv on the concatenation is computed as
+  ``W_a A^i + W_x X`` (it is linear), so the tiled [N, 2r, H, W] tensor is never built.
+- Classifier input (``features``): the reduced actor feature concatenated with the
+  spatial average of F^i, [N, reduce_dim + d]: ACRN keeps the actor's own appearance next
+  to its relation features; dropout 0.5 before the single FC (SlowFast-Det).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from models.heads.batch import ActorBatch, HeadOutput
+
+
+class ActorContextRelation(nn.Module):
+    """The first-order relation encoder shared by ACRN and ACAR (Fig. 2, "ACAR-Net*")."""
+
+    def __init__(self, *, in_channels: int, reduce_dim: int = 1024, dim: int = 512) -> None:
+        super().__init__()
+        self.reduce_context = nn.Conv2d(in_channels, reduce_dim, kernel_size=1)
+        self.reduce_actor = nn.Linear(in_channels, reduce_dim)
+        # The 1x1 conv over [A^i tiled, X], split into its actor and context halves.
+        self.relate_actor = nn.Linear(reduce_dim, dim, bias=False)
+        self.relate_context = nn.Conv2d(reduce_dim, dim, kernel_size=1)
+        self.refine = nn.Conv2d(dim, dim, kernel_size=3, padding=1)
+        self.relu = nn.ReLU(inplace=False)
+
+    def reduce(self, batch: ActorBatch) -> tuple[Tensor, Tensor]:
+        """(actor Tensor[N, reduce_dim], context Tensor[B, reduce_dim, H, W])."""
+        if batch.pooled.shape[0] != batch.batch_index.shape[0]:
+            raise ValueError(
+                f"pooled has {batch.pooled.shape[0]} actors but batch_index has "
+                f"{batch.batch_index.shape[0]}"
+            )
+        return self.reduce_actor(batch.pooled), self.reduce_context(batch.context)
+
+    def relate(self, actor: Tensor, context: Tensor, batch_index: Tensor) -> Tensor:
+        """F^i = ReLU(conv3x3(ReLU(conv1x1([A^i tiled, X_b(i)])))): Tensor[N, d, H, W]."""
+        ctx = self.relate_context(context)[batch_index.long()]  # [N, d, H, W]
+        act = self.relate_actor(actor)[:, :, None, None]  # [N, d, 1, 1], tiled by broadcast
+        return self.relu(self.refine(self.relu(ctx + act)))
+
+    def forward(self, batch: ActorBatch) -> Tensor:
+        actor, context = self.reduce(batch)
+        return self.relate(actor, context, batch.batch_index)
+
+
+class ACRNHead(nn.Module):
+    """Actor-centric relation head: classify each actor from its first-order relation map.
+
+    Output ``features``: Tensor[N, reduce_dim + dim] = [reduced A^i, mean_{x,y} F^i].
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        reduce_dim: int = 1024,
+        dim: int = 512,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.encoder = ActorContextRelation(in_channels=in_channels, reduce_dim=reduce_dim, dim=dim)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(reduce_dim + dim, num_classes)
+
+    def first_order(self, batch: ActorBatch) -> Tensor:
+        """First-order relation maps F^i: Tensor[N, dim, H, W] (what the ACFB bank stores)."""
+        return self.encoder(batch)
+
+    def forward(self, batch: ActorBatch) -> HeadOutput:
+        actor, context = self.encoder.reduce(batch)
+        maps = self.encoder.relate(actor, context, batch.batch_index)  # [N, d, H, W]
+        feats = torch.cat([actor, maps.mean(dim=(2, 3))], dim=1)  # [N, r + d]
+        logits = self.classifier(self.dropout(feats))
+        return HeadOutput(logits=logits, features=feats)

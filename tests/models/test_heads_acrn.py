@@ -1,0 +1,126 @@
+"""ACRNHead: first-order actor-context relation maps, classified from their pooled maps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models.heads.acrn import ACRNHead
+from models.heads.batch import ActorBatch
+from models.losses import ava_loss
+
+C, K, H, W = 16, 5, 4, 6
+# logits[0, :3] of a seed-0 tiny head on make_batch([2]) (torch 2.14 CPU).
+PINNED = [-0.335538, 0.272282, -0.820923]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops on a shared 2-core box: one intra-op thread is ~20x faster than contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_batch(counts: list[int], seed: int = 0) -> ActorBatch:
+    """Random keyframes (C x H x W context) with ``counts[b]`` actors in keyframe b."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(counts)
+    xy = torch.rand(n, 2, generator=g) * 0.6
+    wh = torch.rand(n, 2, generator=g) * 0.3 + 0.1
+    return ActorBatch(
+        context=torch.randn(len(counts), C, H, W, generator=g),
+        pooled=torch.randn(n, C, generator=g),
+        boxes=torch.cat([xy, xy + wh], dim=1),
+        batch_index=torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)),
+    )
+
+
+def tiny_head(**kwargs) -> ACRNHead:
+    return ACRNHead(in_channels=C, num_classes=K, reduce_dim=12, dim=8, **kwargs)
+
+
+@pytest.mark.parametrize("counts", [[1], [4], [2, 1, 3]])
+def test_shapes(counts: list[int]) -> None:
+    head = tiny_head()
+    batch = make_batch(counts)
+    out = head(batch)
+    n = sum(counts)
+    assert out.logits.shape == (n, K)
+    assert out.features is not None and out.features.shape == (n, 12 + 8)
+    assert head.first_order(batch).shape == (n, 8, H, W)
+    assert head.classifier.out_features == K
+
+
+def test_first_order_map_is_local_to_the_context_location() -> None:
+    head = tiny_head().eval()
+    batch = make_batch([2])
+    before = head.first_order(batch)
+    batch.context[0, :, 0, 0] += 5.0  # change the scene at the top-left cell only
+    after = head.first_order(batch)
+    changed = (after - before).abs().sum(dim=(0, 1)) > 0  # [H, W]
+    # 1x1 conv then a 3x3 conv: only the 2x2 neighbourhood of (0, 0) can move.
+    assert changed[:2, :2].any() and not changed[2:, :].any() and not changed[:, 2:].any()
+
+
+def test_actor_feature_is_tiled_over_every_location() -> None:
+    head = tiny_head().eval()
+    batch = make_batch([2])
+    before = head.first_order(batch)
+    batch.pooled[0] += 3.0
+    after = head.first_order(batch)
+    assert ((after[0] - before[0]).abs().sum(dim=0) > 0).all()
+    assert torch.equal(after[1], before[1])  # ACRN has no actor-actor term
+
+
+def test_keyframe_alone_equals_keyframe_in_bigger_batch() -> None:
+    head = tiny_head().eval()
+    batch = make_batch([3, 2, 5])
+    alone = ActorBatch(
+        context=batch.context[1:2],
+        pooled=batch.pooled[3:5],
+        boxes=batch.boxes[3:5],
+        batch_index=torch.zeros(2, dtype=torch.long),
+    )
+    assert torch.allclose(head(batch).logits[3:5], head(alone).logits, atol=1e-5)
+
+
+def test_permuting_actors_permutes_logits() -> None:
+    head = tiny_head().eval()
+    batch = make_batch([2, 3])
+    order = torch.tensor([0, 1, 4, 2, 3])
+    permuted = ActorBatch(
+        context=batch.context,
+        pooled=batch.pooled[order],
+        boxes=batch.boxes[order],
+        batch_index=batch.batch_index,
+    )
+    assert torch.allclose(head(permuted).logits, head(batch).logits[order], atol=1e-5)
+
+
+def test_gradients_reach_every_parameter() -> None:
+    head = tiny_head()
+    head(make_batch([2, 3])).logits.square().sum().backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_overfits_tiny_set() -> None:
+    torch.manual_seed(0)
+    batch = make_batch([2, 3, 1], seed=1)
+    targets = (torch.rand(6, K) > 0.5).float()
+    head = tiny_head(dropout=0.0)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        loss = ava_loss(head(batch).logits, targets, exclusive=[], mode="bce")
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_pinned_values() -> None:
+    torch.manual_seed(0)
+    logits = tiny_head().eval()(make_batch([2])).logits
+    assert torch.allclose(logits[0, :3], torch.tensor(PINNED), atol=1e-5)

@@ -1,0 +1,144 @@
+"""PCCAHead: pooled actor queries cross-attending to a 9x9 RoIAlign of the box x2."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision.ops import roi_align
+
+from models.heads.batch import ActorBatch
+from models.heads.pcca import PCCAHead, enlarged_box_rois
+from models.losses import ava_loss
+
+C, K, H, W = 16, 5, 4, 6
+# logits[0, :3] of a seed-0 tiny head on make_batch([2]) (torch 2.14 CPU).
+PINNED = [0.196237, -0.369941, 0.626459]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny ops on a shared 2-core box: one intra-op thread is ~20x faster than contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_batch(counts: list[int], seed: int = 0) -> ActorBatch:
+    """Random keyframes (C x H x W context) with ``counts[b]`` actors in keyframe b."""
+    g = torch.Generator().manual_seed(seed)
+    n = sum(counts)
+    xy = torch.rand(n, 2, generator=g) * 0.6
+    wh = torch.rand(n, 2, generator=g) * 0.3 + 0.1
+    return ActorBatch(
+        context=torch.randn(len(counts), C, H, W, generator=g),
+        pooled=torch.randn(n, C, generator=g),
+        boxes=torch.cat([xy, xy + wh], dim=1),
+        batch_index=torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)),
+    )
+
+
+def tiny_head(**kwargs) -> PCCAHead:
+    return PCCAHead(in_channels=C, num_classes=K, dim=16, num_heads=4, **kwargs)
+
+
+@pytest.mark.parametrize("counts", [[1], [4], [2, 1, 3]])
+def test_shapes(counts: list[int]) -> None:
+    out = tiny_head().eval()(make_batch(counts))  # eval: MHA returns post-dropout weights
+    n = sum(counts)
+    assert out.logits.shape == (n, K)
+    assert out.features is not None and out.features.shape == (n, 16)
+    att = out.attention["pcca"]
+    assert att.shape == (n, 3, 4, 9, 9)  # actors, layers, heads, h, w
+    assert torch.allclose(att.sum(dim=(3, 4)), torch.ones(n, 3, 4), atol=1e-5)
+
+
+def test_enlarged_box_keeps_centre_and_clips_to_image() -> None:
+    boxes = torch.tensor([[0.2, 0.2, 0.4, 0.6], [0.8, 0.8, 1.0, 1.0]])
+    rois = enlarged_box_rois(boxes, torch.tensor([0, 3]), height=4, width=6, scale=2.0)
+    # [0.1, 0.0, 0.5, 0.8] and [0.7, 0.7, 1.0, 1.0] in (W, H) = (6, 4) cells.
+    expected = torch.tensor([[0, 0.6, 0.0, 3.0, 3.2], [3, 4.2, 2.8, 6.0, 4.0]])
+    assert torch.allclose(rois, expected, atol=1e-6)
+
+
+def test_context_tokens_are_roi_align_of_the_enlarged_box() -> None:
+    head = tiny_head()
+    batch = make_batch([1, 2])
+    tokens = head.context_tokens(batch)
+    assert tokens.shape == (3, 81, C)
+    rois = enlarged_box_rois(batch.boxes, batch.batch_index, H, W, 2.0)
+    ref = roi_align(batch.context, rois, output_size=9, spatial_scale=1.0, aligned=True)
+    assert torch.allclose(tokens[2], ref[2].flatten(1).T)
+
+
+def test_context_outside_the_enlarged_box_is_ignored() -> None:
+    head = tiny_head().eval()
+    batch = make_batch([1])
+    batch.boxes[0] = torch.tensor([0.0, 0.0, 0.2, 0.2])  # x2 box: cells x < 1.8, y < 1.2
+    before = head(batch).logits
+    batch.context[0, :, :, 4:] += 5.0  # far right of the map
+    assert torch.allclose(head(batch).logits, before, atol=1e-6)
+    batch.context[0, :, 0, 0] += 5.0  # inside the window
+    assert not torch.allclose(head(batch).logits, before, atol=1e-4)
+
+
+def test_keyframe_alone_equals_keyframe_in_bigger_batch() -> None:
+    head = tiny_head().eval()
+    batch = make_batch([3, 2, 5])
+    alone = ActorBatch(
+        context=batch.context[1:2],
+        pooled=batch.pooled[3:5],
+        boxes=batch.boxes[3:5],
+        batch_index=torch.zeros(2, dtype=torch.long),
+    )
+    assert torch.allclose(head(batch).logits[3:5], head(alone).logits, atol=1e-5)
+
+
+def test_permuting_actors_permutes_logits() -> None:
+    head = tiny_head().eval()
+    batch = make_batch([2, 3])
+    order = torch.tensor([1, 0, 4, 2, 3])
+    permuted = ActorBatch(
+        context=batch.context,
+        pooled=batch.pooled[order],
+        boxes=batch.boxes[order],
+        batch_index=batch.batch_index,
+    )
+    assert torch.allclose(head(permuted).logits, head(batch).logits[order], atol=1e-5)
+
+
+@pytest.mark.parametrize("position_embedding", [True, False])
+def test_gradients_reach_every_parameter(position_embedding: bool) -> None:
+    head = tiny_head(position_embedding=position_embedding)
+    head(make_batch([2, 3])).logits.square().sum().backward()
+    names = [name for name, _ in head.named_parameters()]
+    assert ("position" in names) == position_embedding
+    for name, p in head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_overfits_tiny_set() -> None:
+    torch.manual_seed(0)
+    batch = make_batch([2, 3, 1], seed=1)
+    targets = (torch.rand(6, K) > 0.5).float()
+    head = tiny_head(dropout=0.0, attn_dropout=0.0)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        loss = ava_loss(head(batch).logits, targets, exclusive=[], mode="bce")
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+
+
+def test_bad_hyper_parameters_are_named() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        PCCAHead(in_channels=C, num_classes=K, dim=10, num_heads=4)
+    with pytest.raises(ValueError, match="box_scale"):
+        PCCAHead(in_channels=C, num_classes=K, dim=16, num_heads=4, box_scale=0.0)
+
+
+def test_pinned_values() -> None:
+    torch.manual_seed(0)
+    logits = tiny_head().eval()(make_batch([2])).logits
+    assert torch.allclose(logits[0, :3], torch.tensor(PINNED), atol=1e-5)
