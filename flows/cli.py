@@ -17,6 +17,8 @@ def _prefect_env(work_root: Path) -> None:
     Must run before prefect is imported.
     """
     os.environ.setdefault("PREFECT_HOME", str((work_root / ".prefect").resolve()))
+    # Prefect does not create missing parents of its home (then its database cannot open).
+    Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

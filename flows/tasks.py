@@ -90,8 +90,9 @@ def submit_stage(call: StageCall) -> tuple[StageRef, bool]:
     """Run ``call`` as a Prefect task; returns (reference, served from Prefect's cache)."""
     storage = results_dir(call.work_root)
     storage.mkdir(parents=True, exist_ok=True)
+    # The cache record (metadata + result) lives in the result storage; giving the policy
+    # the same directory as key_storage would overwrite the result with its metadata.
     configured = stage_task.with_options(
-        cache_policy=StageKeyPolicy().configure(key_storage=storage),
         result_storage=storage,
         refresh_cache=call.force,
     )

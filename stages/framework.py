@@ -249,11 +249,11 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
+def write_json_atomic(path: Path, value: Any, *, sort_keys: bool = True) -> None:
     """Write JSON to ``path`` via a temporary file and a rename (never half-written)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True, default=str)
+        json.dump(value, f, indent=2, sort_keys=sort_keys, default=str)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -286,7 +286,7 @@ def run_stage(
         if existing is not None:
             log.info("stage %s: cached at %s", stage.name, final)
             return existing
-    for name, ref in inputs.items():
+    for _name, ref in inputs.items():
         require_output(ref)
 
     staging = work_root / stage.name / STAGING_DIR / key

@@ -152,7 +152,7 @@ class PipelineRun:
     def write_summary(self) -> Path:
         self.work_root.mkdir(parents=True, exist_ok=True)
         path = self.work_root / SUMMARY_FILE
-        write_json_atomic(path, self.summary())
+        write_json_atomic(path, self.summary(), sort_keys=False)  # keep pipeline order
         return path
 
 

@@ -90,7 +90,8 @@ def get_batch(
 
 
 def step_loss(model: nn.Module, batch, targets: torch.Tensor, data: TrainData, cfg: OptimConfig):
-    out = model(batch)
+    # Heads with auxiliary losses on the labels (IGMN's DAM) take them in forward.
+    out = model(batch, labels=targets) if getattr(model, "needs_labels", False) else model(batch)
     loss = ava_loss(out.logits, targets, exclusive=data.exclusive, mode=cfg.loss)
     for aux in out.aux_losses.values():
         loss = loss + aux
