@@ -122,14 +122,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_store(args: argparse.Namespace) -> int:
-    from featurestore import store_info, store_verify
+    from featurestore import export_hdf5, import_hdf5, store_info, store_verify
 
+    if args.action in ("export", "import") and not args.target:
+        print(f"bankflow store {args.action}: a target is required", file=sys.stderr)
+        return 2
     if args.action == "info":
         print(store_info(args.url))
-        return 0
-    report = store_verify(args.url)
-    print("ok" if report.ok else "\n".join(report.problems))
-    return 0 if report.ok else 1
+    elif args.action == "verify":
+        report = store_verify(args.url)
+        print("ok" if report.ok else "\n".join(report.problems))
+        return 0 if report.ok else 1
+    elif args.action == "export":
+        n = export_hdf5(args.url, args.target)
+        print(f"exported {args.url} -> {args.target} ({n} videos)")
+    else:  # import: url is the HDF5 file, target the new store
+        import_hdf5(args.url, args.target)
+        print(f"imported {args.url} -> {args.target}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -178,9 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("store", help="feature store tools")
-    p.add_argument("action", choices=["info", "verify"])
-    p.add_argument("url")
+    p = sub.add_parser(
+        "store",
+        help="feature stores: info|verify STORE, export STORE OUT.h5, import IN.h5 STORE",
+    )
+    p.add_argument("action", choices=["info", "verify", "export", "import"])
+    p.add_argument("url", help="a store URL (path, file://, s3://…); for import the .h5 file")
+    p.add_argument("target", nargs="?", help="export: the .h5 to write; import: the new store")
     p.set_defaults(func=cmd_store)
     return parser
 

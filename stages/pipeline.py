@@ -22,6 +22,7 @@ from stages import detect, extract, track, train
 from stages.catalog import STAGE_ORDER, STAGES
 from stages.config import PipelineConfig
 from stages.data import DatasetConfig
+from stages.evaluate import stage as evaluate
 from stages.fingerprint import dataset_fingerprint
 from stages.framework import (
     StageRef,
@@ -207,14 +208,21 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
         persons = run.stage("detect", section(detect.DetectStageConfig, "detect"), {})
         actors = run.stage("track", section(track.TrackStageConfig, "track"), {"detect": persons})
         features = run.stage(
-            "extract", section(extract.ExtractStageConfig, "extract"), {"track": actors}
+            "extract",
+            section(extract.ExtractStageConfig, "extract"),
+            {"track": actors, "detect": persons},
         )
+        models: dict[str, StageRef] = {}
         run.pending_runs["train"] = len(cfg.train.runs)
         for name, head_run in cfg.train.runs.items():
             head_config = train.TrainStageConfig(
                 dataset=dataset, dataset_fingerprint=fingerprint, name=name, run=head_run
             )
-            run.stage("train", head_config, {"extract": features}, label=name)
+            models[name] = run.stage("train", head_config, {"extract": features}, label=name)
+        run.pending_runs["evaluate"] = len(models)
+        for name, predictions in models.items():
+            eval_config = section(evaluate.EvaluateStageConfig, "evaluate")
+            run.stage("evaluate", eval_config, {"predictions": predictions}, label=name)
     except UntilReached:
         pass
     if write:
@@ -251,6 +259,20 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"{name:<14} {m['head'] or '-':<10} {m['parameters'] or 0:>9} "
                 f"{m['train_seconds'] or 0:>8.1f} {m['val_map'] or 0:>8.3f} "
                 f"{m['prior_map'] or 0:>6.3f}  {groups}"
+            )
+    evaluations = {
+        name.partition(":")[2]: rec
+        for name, rec in summary["stages"].items()
+        if name.startswith("evaluate:")
+    }
+    if evaluations:
+        lines.append("")
+        lines.append(f"{'evaluation':<14} {'split':<6} {'frame-mAP@0.5':>13}  report")
+        for name, rec in evaluations.items():
+            ev = rec["summary"]
+            lines.append(
+                f"{name:<14} {ev.get('split', '-'):<6} {ev.get('mAP', float('nan')):>13.4f}  "
+                f"{rec['uri']}/metrics.md"
             )
     lines.append("")
     lines.append(

@@ -40,7 +40,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_first_run_computes_every_stage_and_writes_summary(two_runs):
     work, first, summary, _, _ = two_runs
-    assert list(summary["stages"]) == ["detect", "track", "extract", "train:linear"]
+    assert list(summary["stages"]) == ["detect", "track", "extract", "train:linear", "evaluate:linear"]
     for name, rec in summary["stages"].items():
         assert rec["cached"] is False, name
         assert Path(rec["uri"]).is_dir() and (Path(rec["uri"]) / "COMPLETE.json").is_file()
@@ -52,6 +52,11 @@ def test_first_run_computes_every_stage_and_writes_summary(two_runs):
     assert Path(model["predictions_csv"]).is_file()
     assert 0.0 < summary["detector"]["ap50"] <= 1.0
     assert "train:linear" in first.stdout and "val mAP" in first.stdout
+    evaluation = summary["stages"]["evaluate:linear"]
+    assert evaluation["summary"]["mAP"] == pytest.approx(model["val_map"], abs=1e-9)
+    for name in ("metrics.json", "metrics.md", "per_class_ap.png"):
+        assert (Path(evaluation["uri"]) / name).is_file()
+    assert "frame-mAP@0.5" in first.stdout
     # Prefect's state lives under the work root, not ~/.prefect.
     assert (work / "w" / ".prefect").is_dir()
 
