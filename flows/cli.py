@@ -99,14 +99,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from stages.config import load_config
-    from stages.pipeline import PipelineRun, dry_runner, run_pipeline
+    from stages.pipeline import PipelineRun, dry_runner, iter_runs, run_pipeline
 
     config = load_config(args.config, args.overrides)
     run = PipelineRun(config=config, work_root=Path(args.work_root), runner=dry_runner)
     # Status only looks; it must not write summary.json over a real run's.
     summary = run_pipeline(run, write=False)
     print(f"{'stage':<12} {'key':<17} {'state':<8} {'bytes':>12} {'seconds':>8}  output")
-    for name, rec in summary["stages"].items():
+    for name, rec in iter_runs(summary):
         st = rec["summary"]["status"]
         secs = f"{st['seconds']:.1f}" if st["seconds"] is not None else "-"
         print(

@@ -7,16 +7,18 @@ Prefect task whose cache key is the stage key (:mod:`flows.tasks`).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel
 
 from flows.tasks import StageCall, submit_stage
 from stages.config import load_config, packaged_config
 from stages.framework import StageRef
-from stages.pipeline import PipelineRun, run_pipeline
+from stages.pipeline import PipelineRun, iter_runs, run_pipeline
 
 
 def prefect_runner(
@@ -43,4 +45,30 @@ def pipeline(
         config=cfg, work_root=Path(work_root), runner=prefect_runner,
         until=until, force=frozenset(force or []),
     )  # fmt: skip
-    return run_pipeline(run)
+    summary = run_pipeline(run)
+    publish_artifacts(summary)
+    return summary
+
+
+def _artifact_key(text: str) -> str:
+    # Prefect artifact keys: lowercase letters, digits and dashes only.
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def publish_artifacts(summary: dict[str, Any]) -> None:
+    """Tables of models and stage runs, and each evaluation's Markdown report, on the run."""
+    models = [
+        {"model": name, **{k: m.get(k) for k in ("head", "bank", "val_map", "prior_map")}}
+        for name, m in summary.get("models", {}).items()
+    ]
+    if models:
+        create_table_artifact(models, key="bankflow-models", description="val frame-mAP per model")
+    stages = [
+        {"stage": name, "key": rec["key"], "cached": rec["cached"], "seconds": rec["seconds"]}
+        for name, rec in iter_runs(summary)
+    ]
+    create_table_artifact(stages, key="bankflow-stages", description="stage keys and timings")
+    for name, rec in summary["stages"].get("evaluate", {}).get("runs", {}).items():
+        report = Path(rec["uri"]) / "metrics.md"
+        if report.is_file():
+            create_markdown_artifact(report.read_text(), key=_artifact_key(f"evaluation-{name}"))

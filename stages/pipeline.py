@@ -9,6 +9,7 @@ directly. Every run writes ``<work_root>/summary.json``.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import time
@@ -125,7 +126,7 @@ class PipelineRun:
             "work_root": str(self.work_root),
             "finished": dt.datetime.now(dt.UTC).isoformat(),
             "seconds": round(time.perf_counter() - self.started, 3),
-            "stages": self.records,
+            "stages": self._stage_entries(),
             "models": {},
             "detector": {},
         }
@@ -149,6 +150,32 @@ class PipelineRun:
         if "ap50" in evaluated:
             summary["detector"] = {"ap50": evaluated["ap50"], "recall": evaluated["recall"]}
         return summary
+
+    def _stage_entries(self) -> dict[str, dict[str, Any]]:
+        """``stages.<name>`` of summary.json: one entry per stage; a stage run several times
+        (``train`` per head) has its runs under ``runs`` and totals at the top."""
+        entries: dict[str, dict[str, Any]] = {}
+        for record_name, rec in self.records.items():
+            stage, _, label = record_name.partition(":")
+            if not label:
+                entries[stage] = rec
+                continue
+            group = entries.setdefault(stage, {"runs": {}})
+            group["runs"][label] = rec
+        for stage, group in entries.items():
+            if "runs" not in group:
+                continue
+            runs = list(group["runs"].values())
+            keys = [r["key"] for r in runs]
+            single = len(runs) == 1
+            group.update(
+                key=keys[0] if single else hashlib.sha256("+".join(keys).encode()).hexdigest()[:16],
+                uri=runs[0]["uri"] if single else str(self.work_root / stage),
+                cached=all(r["cached"] for r in runs),
+                seconds=round(sum(r["seconds"] for r in runs), 3),
+            )
+            group["runs"] = group.pop("runs")  # after the totals, for readability
+        return entries
 
     def write_summary(self) -> Path:
         self.work_root.mkdir(parents=True, exist_ok=True)
@@ -230,10 +257,20 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
     return run.summary()
 
 
+def iter_runs(summary: dict[str, Any]):
+    """(name, record) for every stage run in a summary: ``detect``, ``train:acar``, …"""
+    for stage, entry in summary["stages"].items():
+        if "runs" in entry:
+            for label, rec in entry["runs"].items():
+                yield f"{stage}:{label}", rec
+        else:
+            yield stage, entry
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A plain-text table of stages and results, for the terminal."""
     lines = [f"{'stage':<12} {'key':<17} {'cached':<7} {'seconds':>8}  output"]
-    for name, rec in summary["stages"].items():
+    for name, rec in iter_runs(summary):
         lines.append(
             f"{name:<12} {rec['key']:<17} {('yes' if rec['cached'] else 'no'):<7} "
             f"{rec['seconds']:>8.1f}  {rec['uri']}"
@@ -260,11 +297,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"{m['train_seconds'] or 0:>8.1f} {m['val_map'] or 0:>8.3f} "
                 f"{m['prior_map'] or 0:>6.3f}  {groups}"
             )
-    evaluations = {
-        name.partition(":")[2]: rec
-        for name, rec in summary["stages"].items()
-        if name.startswith("evaluate:")
-    }
+    evaluations = summary["stages"].get("evaluate", {}).get("runs", {})
     if evaluations:
         lines.append("")
         lines.append(f"{'evaluation':<14} {'split':<6} {'frame-mAP@0.5':>13}  report")

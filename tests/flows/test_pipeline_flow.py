@@ -40,7 +40,13 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_first_run_computes_every_stage_and_writes_summary(two_runs):
     work, first, summary, _, _ = two_runs
-    assert list(summary["stages"]) == ["detect", "track", "extract", "train:linear", "evaluate:linear"]
+    assert list(summary["stages"]) == [
+        "detect",
+        "track",
+        "extract",
+        "train:linear",
+        "evaluate:linear",
+    ]
     for name, rec in summary["stages"].items():
         assert rec["cached"] is False, name
         assert Path(rec["uri"]).is_dir() and (Path(rec["uri"]) / "COMPLETE.json").is_file()
