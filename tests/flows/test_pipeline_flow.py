@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from stages.pipeline import iter_runs
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = Path(__file__).parent / "tiny.yaml"
 
@@ -40,14 +42,10 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_first_run_computes_every_stage_and_writes_summary(two_runs):
     work, first, summary, _, _ = two_runs
-    assert list(summary["stages"]) == [
-        "detect",
-        "track",
-        "extract",
-        "train:linear",
-        "evaluate:linear",
-    ]
-    for name, rec in summary["stages"].items():
+    assert list(summary["stages"]) == ["detect", "track", "extract", "train", "evaluate"]
+    assert list(summary["stages"]["train"]["runs"]) == ["linear"]
+    assert summary["stages"]["train"]["key"] == summary["stages"]["train"]["runs"]["linear"]["key"]
+    for name, rec in iter_runs(summary):
         assert rec["cached"] is False, name
         assert Path(rec["uri"]).is_dir() and (Path(rec["uri"]) / "COMPLETE.json").is_file()
         assert Path(rec["uri"]).parent.name == name.split(":")[0]
@@ -58,7 +56,7 @@ def test_first_run_computes_every_stage_and_writes_summary(two_runs):
     assert Path(model["predictions_csv"]).is_file()
     assert 0.0 < summary["detector"]["ap50"] <= 1.0
     assert "train:linear" in first.stdout and "val mAP" in first.stdout
-    evaluation = summary["stages"]["evaluate:linear"]
+    evaluation = summary["stages"]["evaluate"]["runs"]["linear"]
     assert evaluation["summary"]["mAP"] == pytest.approx(model["val_map"], abs=1e-9)
     for name in ("metrics.json", "metrics.md", "per_class_ap.png"):
         assert (Path(evaluation["uri"]) / name).is_file()
@@ -71,10 +69,11 @@ def test_first_run_computes_every_stage_and_writes_summary(two_runs):
 def test_second_run_in_new_process_is_served_from_cache(two_runs):
     _, _, summary1, _, summary2 = two_runs
     assert list(summary2["stages"]) == list(summary1["stages"])
-    for name, rec in summary2["stages"].items():
+    first = dict(iter_runs(summary1))
+    for name, rec in iter_runs(summary2):
         assert rec["cached"] is True, name
-        assert rec["key"] == summary1["stages"][name]["key"]
-        assert rec["uri"] == summary1["stages"][name]["uri"]
+        assert rec["key"] == first[name]["key"]
+        assert rec["uri"] == first[name]["uri"]
     assert summary2["models"]["linear"]["val_map"] == summary1["models"]["linear"]["val_map"]
 
 
@@ -91,8 +90,8 @@ def test_changed_head_config_reruns_only_that_training(two_runs, tmp_path):
     for name in ("detect", "track", "extract"):
         assert summary["stages"][name]["cached"] is True
         assert summary["stages"][name]["key"] == summary1["stages"][name]["key"]
-    assert summary["stages"]["train:linear"]["cached"] is False
-    assert summary["stages"]["train:linear"]["key"] != summary1["stages"]["train:linear"]["key"]
+    assert summary["stages"]["train"]["cached"] is False
+    assert summary["stages"]["train"]["key"] != summary1["stages"]["train"]["key"]
 
 
 @pytest.mark.slow
