@@ -4,13 +4,18 @@ A split is a list of keyframes (video, timestamp) with a ragged set of actors ea
 are assigned to every actor box by IoU >= ``label_iou`` with the GT boxes of the same
 keyframe (1.0 for GT-box actors), as multi-hot vectors over the label map's classes.
 Features are read through :class:`KeyframeSource`: all in RAM (``preload``, the default
-for small stores) or per batch from the store (large stores; only the batch's chunks).
+for small stores) or per batch from the store (large stores; only the batch's chunks),
+in which case :func:`iter_batches` reads the next batches in a background thread.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -19,6 +24,8 @@ from featurestore import FeatureStore, KeyframeFeatures
 from models.heads.batch import ActorBatch
 from stages.data import BoxTable, LabelMap
 from stages.track import iou_matrix
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -44,12 +51,40 @@ class SplitIndex:
     def actors(self, k: int) -> slice:
         return slice(int(self.actor_offset[k]), int(self.actor_offset[k + 1]))
 
+    def subset(self, keyframes: Sequence[int] | np.ndarray) -> SplitIndex:
+        """The index of the chosen keyframes only (in the given order)."""
+        keyframes = np.asarray(keyframes, dtype=np.int64).reshape(-1)
+        if keyframes.size and (keyframes.min() < 0 or keyframes.max() >= len(self)):
+            raise IndexError(f"keyframes must be in [0, {len(self)}), got {keyframes.tolist()}")
+        rows = [np.arange(self.actor_offset[k], self.actor_offset[k + 1]) for k in keyframes]
+        actor = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+        counts = np.diff(self.actor_offset)[keyframes]
+        return SplitIndex(
+            video=self.video[keyframes],
+            timestamp=self.timestamp[keyframes],
+            actor_offset=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            boxes=self.boxes[actor],
+            scores=self.scores[actor],
+            labels=self.labels[actor],
+        )
+
 
 def assign_labels(
     video: str, timestamp: int, boxes: np.ndarray, gt_rows: np.ndarray, gt: BoxTable,
     class_index: dict[int, int], iou: float,
 ) -> np.ndarray:  # fmt: skip
-    """Multi-hot [n, C] for the n actor boxes of one keyframe."""
+    """Multi-hot float32 [n, C] for the n actor boxes [n, 4] of one keyframe.
+
+    Actor ``i`` gets the action of GT row ``r`` (one row per (person, action), as in AVA
+    CSVs) when IoU(box i, box r) >= ``iou``; GT actions outside ``class_index`` (id ->
+    dense column) are ignored. ``gt_rows`` are the rows of ``gt`` at this keyframe.
+    """
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(
+            f"{video},{int(timestamp):04d}: actor boxes must have shape [n, 4], got {boxes.shape}"
+        )
+    if not 0.0 < iou <= 1.0:
+        raise ValueError(f"{video},{int(timestamp):04d}: label IoU must be in (0, 1], got {iou}")
     labels = np.zeros((len(boxes), len(class_index)), dtype=np.float32)
     if not len(gt_rows) or not len(boxes):
         return labels
@@ -116,6 +151,59 @@ class KeyframeSource:
             return [self._cache[int(k)] for k in keyframes]
         items = [(str(self.index.video[k]), int(self.index.timestamp[k])) for k in keyframes]
         return self.store.read_keyframes(items)
+
+
+def iter_batches(
+    source: KeyframeSource,
+    batches: Sequence[np.ndarray],
+    read: Callable[[np.ndarray], T],
+    prefetch: int = 2,
+) -> Iterator[T]:
+    """``read(batch)`` for each batch of keyframe indices, in order.
+
+    For a store-backed source (``preload=False``) with ``prefetch > 0`` a background thread
+    reads up to ``prefetch`` batches ahead into a bounded queue: the store's reads (zarr's
+    event loop, decompression) and the collation overlap the step instead of adding to it.
+    A read error is raised here, in the consumer; leaving the loop early stops the thread.
+    """
+    if source.preload or prefetch <= 0 or len(batches) <= 1:
+        for keyframes in batches:
+            yield read(keyframes)
+        return
+    slots: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def put(item: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for keyframes in batches:
+                if not put(("batch", read(keyframes))):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            put(("error", exc))
+
+    thread = threading.Thread(target=work, name="bankflow-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = slots.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item  # type: ignore[misc]
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
 
 
 def collate(features: list[KeyframeFeatures], *, use_roi: bool, use_roi_t: bool) -> ActorBatch:

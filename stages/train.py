@@ -5,7 +5,12 @@ the head with the one loop of :mod:`stages.train_loop` (resumable per epoch), me
 val frame-mAP every epoch with the project's evaluator, and writes the val predictions
 as AVA CSV and Parquet (``predictions/<split>.csv``), which the evaluate stage and
 ensembles read. The prior-only baseline (every box scored by the training class
-frequencies) is measured on the same boxes for comparison.
+frequencies) is measured on the same boxes for comparison and reported beside the head's
+mAP (``prior_map`` in the summary, ``prior`` in ``metrics.json``).
+
+Output files: ``head.pt`` (weights + build arguments), ``history.json`` (per epoch),
+``events.jsonl`` (the same, written as each epoch ends), ``metrics.json``,
+``predictions/<val split>.{csv,parquet}`` and ``checkpoints/epoch_<last>.pt``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from models.heads import build_head
 from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
@@ -29,9 +34,12 @@ from stages.framework import Stage, StageContext, StageError, output_dir
 from stages.head_data import KeyframeSource, SplitIndex, build_index, open_split
 from stages.train_loop import OptimConfig, TrainData, predict, train
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: events.jsonl, prior in metrics.json
 HEAD_FILE = "head.pt"
 HISTORY_FILE = "history.json"
+EVENTS_FILE = "events.jsonl"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
 
 log = logging.getLogger("bankflow.train")
 
@@ -46,9 +54,11 @@ class HeadRunConfig(BaseModel):
     optim: OptimConfig = OptimConfig()
     train_split: str = "train"
     val_split: str = "val"
-    label_iou: float = 0.5  # IoU with a GT box that gives a detected box its labels
+    # IoU with a GT box that gives a detected box its labels
+    label_iou: float = Field(0.5, gt=0.0, le=1.0)
     preload: bool = True  # hold the split's features in RAM (small stores)
-    top_k: int | None = None  # keep only the k best classes per box in the predictions
+    # keep only the k best classes per box in the predictions (None: every class)
+    top_k: int | None = Field(None, ge=1)
 
 
 class TrainSection(BaseModel):
@@ -76,8 +86,18 @@ def evaluated_labelmap(dataset: Dataset, config: DatasetConfig) -> LabelMap:
 def predictions_table(
     index: SplitIndex, scores: np.ndarray, labelmap: LabelMap, top_k: int | None
 ) -> BoxTable:
-    """One row per (actor box, class) — AVA's prediction format — optionally top-k only."""
+    """One row per (actor box, class) — AVA's prediction format — optionally top-k only.
+
+    ``scores`` float [A, C] for the A actors of ``index`` (classes in label-map order).
+    Rows are grouped by actor in index order; with ``top_k`` each actor keeps its k best
+    classes, best first (ties: label-map order), so the table has A × min(k, C) rows.
+    """
     n_actors, n_classes = scores.shape
+    if n_actors != len(index.boxes) or n_classes != len(labelmap):
+        raise ValueError(
+            f"scores have shape {scores.shape}; expected ({len(index.boxes)} actors, "
+            f"{len(labelmap)} classes)"
+        )
     counts = np.diff(index.actor_offset)
     video = np.repeat(index.video, counts)
     timestamp = np.repeat(index.timestamp, counts)
@@ -101,7 +121,8 @@ def predictions_table(
 
 
 def prior_scores(train_labels: np.ndarray, n_actors: int) -> np.ndarray:
-    """The prior-only baseline: every actor scored by the training class frequencies."""
+    """The prior-only baseline: float32 [n_actors, C], every actor scored by the fraction
+    of training actors (``train_labels`` multi-hot [A, C]) that carry each class."""
     freq = train_labels.mean(axis=0) if len(train_labels) else np.zeros(train_labels.shape[1])
     return np.tile(freq.astype(np.float32), (n_actors, 1))
 
@@ -147,7 +168,10 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         return {"val_map": result.mAP}
 
     t0 = time.perf_counter()
-    history = train(model, data, run.optim, ctx.staging / "checkpoints", evaluate=evaluate)
+    history = train(
+        model, data, run.optim, ctx.staging / CHECKPOINT_DIR, evaluate=evaluate,
+        events=ctx.staging / EVENTS_FILE,
+    )  # fmt: skip
     train_seconds = time.perf_counter() - t0
     result, table = val_map(predict(model, data.val, data))
     prior, _ = val_map(prior_scores(train_index.labels, len(val_index.boxes)))
@@ -160,7 +184,9 @@ def compute(ctx: StageContext) -> dict[str, Any]:
                 "in_channels": schema.pooled_dim, "classes": labelmap.ids.tolist()},
                ctx.staging / HEAD_FILE)  # fmt: skip
     (ctx.staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
-    (ctx.staging / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
+    metrics = {**result.to_json(), "prior": prior.to_json()}
+    (ctx.staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    log.info("%s: val mAP %.4f (prior-only baseline %.4f)", cfg.name, result.mAP, prior.mAP)
     return {
         "name": cfg.name,
         "head": run.head,

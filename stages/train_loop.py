@@ -4,10 +4,20 @@ Heads differ; the loop doesn't. Each epoch visits the training keyframes in an o
 from ``(seed, epoch)``, so a run resumed from its last epoch checkpoint (model, optimizer,
 scheduler, RNG) continues exactly as an uninterrupted one would: on CPU the final weights
 are bitwise equal.
+
+Per-epoch figures go to the returned history and, as they happen, to an append-only JSON
+lines file (``events.jsonl``: one object per event, flushed at once) that a shell can
+``tail -f`` or a notebook can poll. TensorBoard is deliberately not a dependency; the
+JSON lines carry the same scalars and any plotting tool reads them.
+
+With a store-backed source (``preload=False``) the next batches are read and collated in
+a background thread (:func:`stages.head_data.iter_batches`) while the head computes, so
+the store's per-call latency stays off the step time.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -19,11 +29,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from models.losses import ava_loss, ava_scores
-from stages.head_data import KeyframeSource, SplitIndex, collate, jitter_boxes
+from stages.head_data import KeyframeSource, SplitIndex, collate, iter_batches, jitter_boxes
 
 log = logging.getLogger("bankflow.train")
 
@@ -31,17 +41,20 @@ log = logging.getLogger("bankflow.train")
 class OptimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = 6
-    batch_keyframes: int = 16  # keyframes per step (all actors of each keyframe together)
+    epochs: int = Field(6, ge=1)
+    # keyframes per step (all actors of each keyframe together)
+    batch_keyframes: int = Field(16, ge=1)
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.9  # SGD
-    weight_decay: float = 1e-4  # SlowFast-Det / ACAR use 1e-7..1e-4; AdamW default here
-    warmup_epochs: float = 0.5
+    lr: float = Field(1e-3, gt=0)
+    momentum: float = Field(0.9, ge=0)  # SGD
+    # SlowFast-Det / ACAR use 1e-7..1e-4; AdamW default here
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
     schedule: Literal["cosine", "step"] = "cosine"
     step_epochs: list[int] = []  # step schedule: lr × 0.1 at each
-    grad_clip: float = 5.0
-    box_jitter: float = 0.0  # edge noise as a fraction of box size (heads that pool boxes)
+    grad_clip: float = Field(5.0, ge=0)  # 0: no clipping
+    # edge noise as a fraction of box size (heads that pool boxes)
+    box_jitter: float = Field(0.0, ge=0, lt=0.5)
     loss: Literal["ava", "bce"] = "ava"
     seed: int = 0
 
@@ -83,13 +96,57 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 def get_batch(
     source: KeyframeSource, keyframes: np.ndarray, data: TrainData
 ) -> tuple[Any, torch.Tensor]:
+    """The :class:`ActorBatch` of ``keyframes`` and its multi-hot targets [N, C]."""
     index: SplitIndex = source.index
     batch = collate(source.get(keyframes), use_roi=data.use_roi, use_roi_t=data.use_roi_t)
-    targets = torch.from_numpy(np.concatenate([index.labels[index.actors(k)] for k in keyframes]))
+    c = index.labels.shape[1]
+    rows = [index.labels[index.actors(int(k))] for k in keyframes]
+    targets = torch.from_numpy(np.concatenate(rows) if rows else np.zeros((0, c), np.float32))
     return batch, targets
 
 
-def step_loss(model: nn.Module, batch, targets: torch.Tensor, data: TrainData, cfg: OptimConfig):
+def epoch_batches(order: np.ndarray, batch_keyframes: int) -> list[np.ndarray]:
+    """``order`` cut into consecutive batches of ``batch_keyframes`` (the last may be short)."""
+    return [order[s : s + batch_keyframes] for s in range(0, len(order), batch_keyframes)]
+
+
+class EventLog:
+    """Append-only JSON lines, one object per event, flushed as written.
+
+    ``{"event": "epoch", "epoch": 3, "loss": …, "val_map": …, "time": <unix s>}``. On
+    resume the file is rewritten from the checkpoint's history first, so it never holds an
+    epoch twice nor one the checkpoint does not know.
+    """
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def restart(self, history: list[dict[str, Any]]) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        lines = "".join(_event_line("epoch", record) for record in history)
+        tmp.write_text(lines)
+        os.replace(tmp, self.path)
+
+    def write(self, event: str, fields: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(_event_line(event, fields))
+            f.flush()
+
+
+def _event_line(event: str, fields: dict[str, Any]) -> str:
+    payload = {"event": event, **fields}
+    payload.setdefault("time", round(time.time(), 3))
+    return json.dumps(payload, default=str) + "\n"
+
+
+def step_loss(
+    model: nn.Module, batch: Any, targets: torch.Tensor, data: TrainData, cfg: OptimConfig
+) -> torch.Tensor:
+    """Scalar loss of one batch: the AVA loss plus the head's auxiliary terms."""
     # Heads with auxiliary losses on the labels (IGMN's DAM) take them in forward.
     out = model(batch, labels=targets) if getattr(model, "needs_labels", False) else model(batch)
     loss = ava_loss(out.logits, targets, exclusive=data.exclusive, mode=cfg.loss)
@@ -99,14 +156,48 @@ def step_loss(model: nn.Module, batch, targets: torch.Tensor, data: TrainData, c
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
+    # Written aside and renamed: a kill mid-save leaves the previous checkpoint intact.
+    tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a checkpoint of another run)."""
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     found = sorted(ckpt_dir.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     return found[-1] if found else None
+
+
+def _checkpoint_identity(cfg: OptimConfig, n: int) -> dict[str, Any]:
+    """What a checkpoint must share with the run resuming it (same data order, schedule)."""
+    return {"optim": cfg.model_dump(mode="json"), "train_keyframes": n}
+
+
+def _resume(
+    last: Path,
+    identity: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+) -> tuple[list[dict[str, Any]], int]:
+    """Load ``last`` into the run's objects; returns (history, first epoch to run)."""
+    state = torch.load(last, weights_only=False)
+    if state.get("identity") != identity:
+        raise TrainingError(
+            f"{last}: checkpoint of another run (its optimizer config / training keyframes "
+            f"{state.get('identity')} differ from this run's {identity}); remove "
+            f"{last.parent} to start over"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["history"], int(state["data_order"]["next_epoch"])
 
 
 def train(
@@ -117,12 +208,23 @@ def train(
     *,
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    events: Path | None = None,
+    prefetch: int = 2,
 ) -> list[dict[str, Any]]:
     """Train ``model`` for ``cfg.epochs``, resuming from the newest epoch checkpoint.
+
+    Every epoch ends with a checkpoint ``ckpt_dir/epoch_<k>.pt`` holding the model,
+    optimizer, scheduler, the box-jitter generator and torch RNG states, the history and
+    the data order (``epoch_order(n, seed, epoch)`` of the next epoch); only the newest
+    is kept. ``events`` (``events.jsonl``) receives a JSON line per epoch as it ends.
+    ``prefetch``: batches read ahead in a background thread for a store-backed source
+    (0: read in the loop).
 
     Returns the per-epoch history (loss, lr, seconds, and ``evaluate``'s figures).
     """
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ckpt_dir.glob(".*.tmp"):  # a save interrupted by a kill
+        stale.unlink()
     torch.manual_seed(cfg.seed)
     optimizer = make_optimizer(model, cfg)
     n = len(data.train.index)
@@ -131,28 +233,38 @@ def train(
         optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch)
     )
     generator = torch.Generator().manual_seed(cfg.seed)
+    identity = _checkpoint_identity(cfg, n)
+    log_events = EventLog(events)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     last = latest_checkpoint(ckpt_dir)
     if last is not None:
-        state = torch.load(last, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        history, start_epoch = state["history"], state["epoch"] + 1
+        history, start_epoch = _resume(last, identity, model, optimizer, scheduler, generator)
         log.info("resuming from %s (epoch %d)", last, start_epoch)
+        log_events.restart(history)
+        log_events.write("resume", {"epoch": start_epoch, "checkpoint": last.name})
+    else:
+        log_events.restart([])
+        log_events.write(
+            "start", {"epochs": cfg.epochs, "keyframes": n, "steps_per_epoch": steps_per_epoch}
+        )
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        order = epoch_order(n, cfg.seed, epoch)
+        batches = epoch_batches(epoch_order(n, cfg.seed, epoch), cfg.batch_keyframes)
         losses = []
-        for start in range(0, n, cfg.batch_keyframes):
-            batch, targets = get_batch(data.train, order[start : start + cfg.batch_keyframes], data)
+        for step, (batch, targets) in enumerate(
+            iter_batches(data.train, batches, lambda kf: get_batch(data.train, kf, data), prefetch)
+        ):
             batch.boxes = jitter_boxes(batch.boxes, cfg.box_jitter, generator)
             loss = step_loss(model, batch, targets, data, cfg)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite loss {float(loss.detach())} at epoch {epoch}, step {step} "
+                    f"(lr {optimizer.param_groups[0]['lr']:.3g}); lower optim.lr or check "
+                    "the features for NaN/inf"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -180,8 +292,12 @@ def train(
                 "torch_rng": torch.get_rng_state(),
                 "history": history,
                 "epoch": epoch,
+                "data_order": {"seed": cfg.seed, "next_epoch": epoch + 1},
+                "identity": identity,
             },
         )
+        # The event follows the checkpoint: an epoch in events.jsonl is never lost.
+        log_events.write("epoch", record)
         # Older checkpoints are not needed to resume; keep the directory small.
         for old in ckpt_dir.glob("epoch_*.pt"):
             if int(old.stem.split("_")[1]) < epoch:
@@ -193,16 +309,25 @@ def train(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, source: KeyframeSource, data: TrainData, *, batch_keyframes: int = 32
+    model: nn.Module,
+    source: KeyframeSource,
+    data: TrainData,
+    *,
+    batch_keyframes: int = 32,
+    prefetch: int = 2,
 ) -> np.ndarray:
-    """Class probabilities [A, C] for every actor of ``source`` (softmax over the pose group,
-    sigmoid for the rest)."""
+    """Class probabilities float32 [A, C] for every actor of ``source``, in index order
+    (softmax over the pose group, sigmoid for the rest)."""
     model.eval()
     n = len(source.index)
-    out = []
-    for start in range(0, n, batch_keyframes):
-        keyframes = np.arange(start, min(start + batch_keyframes, n))
-        batch = collate(source.get(keyframes), use_roi=data.use_roi, use_roi_t=data.use_roi_t)
-        out.append(ava_scores(model(batch).logits, data.exclusive).numpy())
+    batches = epoch_batches(np.arange(n), batch_keyframes)
+
+    def read(keyframes: np.ndarray):
+        return collate(source.get(keyframes), use_roi=data.use_roi, use_roi_t=data.use_roi_t)
+
+    out = [
+        ava_scores(model(batch).logits, data.exclusive).numpy()
+        for batch in iter_batches(source, batches, read, prefetch)
+    ]
     c = source.index.labels.shape[1]
     return np.concatenate(out) if out else np.zeros((0, c), np.float32)
