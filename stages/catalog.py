@@ -6,7 +6,7 @@ look stages up here by the names users type (``bankflow stage detect``).
 
 from __future__ import annotations
 
-from stages import detect, extract, track, train
+from stages import detect, extract, finetune, track, train
 from stages.evaluate import stage as evaluate
 from stages.framework import Stage
 
@@ -20,6 +20,7 @@ STAGE_ORDER = (
 STAGES: dict[str, Stage] = {
     detect.STAGE.name: detect.STAGE,
     track.STAGE.name: track.STAGE,
+    finetune.STAGE.name: finetune.STAGE,
     extract.STAGE.name: extract.STAGE,
     train.STAGE.name: train.STAGE,
     evaluate.STAGE.name: evaluate.STAGE,

@@ -18,6 +18,7 @@ from stages.data.dataset import DatasetConfig
 from stages.detect import DetectConfig
 from stages.evaluate.stage import EvaluateConfig
 from stages.extract import ExtractConfig
+from stages.finetune import FinetuneConfig
 from stages.track import TrackConfig
 from stages.train import TrainSection
 from stages.world import WorldConfig
@@ -39,6 +40,8 @@ class PipelineConfig(BaseModel):
     world: WorldConfig | None = None
     detect: DetectConfig = DetectConfig()
     track: TrackConfig = TrackConfig()
+    # Optional: fine-tune the backbone end-to-end before extraction (None skips it).
+    finetune: FinetuneConfig | None = None
     extract: ExtractConfig = ExtractConfig()
     train: TrainSection = TrainSection()
     evaluate: EvaluateConfig = EvaluateConfig()

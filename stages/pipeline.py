@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from stages import detect, extract, track, train
+from stages import detect, extract, finetune, track, train
 from stages.catalog import STAGE_ORDER, STAGES
 from stages.config import PipelineConfig
 from stages.data import DatasetConfig
@@ -234,10 +234,17 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
         section = dataset_section(cfg, dataset, fingerprint)
         persons = run.stage("detect", section(detect.DetectStageConfig, "detect"), {})
         actors = run.stage("track", section(track.TrackStageConfig, "track"), {"detect": persons})
+        backbone_inputs: dict[str, StageRef] = {}
+        if cfg.finetune is not None:
+            tune_config = finetune.FinetuneStageConfig(
+                dataset=dataset, dataset_fingerprint=fingerprint,
+                finetune=cfg.finetune, extract=cfg.extract,
+            )  # fmt: skip
+            backbone_inputs["finetune"] = run.stage("finetune", tune_config, {})
         features = run.stage(
             "extract",
             section(extract.ExtractStageConfig, "extract"),
-            {"track": actors, "detect": persons},
+            {"track": actors, "detect": persons, **backbone_inputs},
         )
         models: dict[str, StageRef] = {}
         run.pending_runs["train"] = len(cfg.train.runs)
@@ -283,6 +290,24 @@ def format_summary(summary: dict[str, Any]) -> str:
             ap = f"{rec['ap50']:.3f}" if "ap50" in rec else "-"
             recall = f"{rec['recall']:.3f}" if "recall" in rec else "-"
             lines.append(f"{'':<8} {split:<6} {rec['boxes']:>7} {ap:>7} {recall:>7}")
+    tracked = summary["stages"].get("track", {}).get("summary", {})
+    for split, rec in tracked.items():
+        if "link_precision" in rec:
+            lines.append(
+                f"{'tracks':<8} {split:<6} {rec['tracks']:>7} tracks; identity link precision "
+                f"{rec['link_precision']:.3f}, recall {rec['link_recall']:.3f}"
+            )
+    extracted = summary["stages"].get("extract", {}).get("summary", {})
+    if extracted:
+        lines.append("")
+        lines.append(
+            f"{'store':<8} {'split':<6} {'videos':>7} {'keyframes':>9} {'actors':>7} {'MB':>8}"
+        )
+        for split, rec in extracted.items():
+            lines.append(
+                f"{'':<8} {split:<6} {rec['videos']:>7} {rec['keyframes']:>9} {rec['actors']:>7} "
+                f"{rec['bytes'] / 1e6:>8.1f}"
+            )
     models = summary.get("models", {})
     if models:
         lines.append("")

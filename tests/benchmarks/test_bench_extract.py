@@ -1,0 +1,172 @@
+"""Extraction: overhead over the backbone, peak memory vs. video count, store size.
+
+Run: ``.venv/bin/python -m pytest tests/benchmarks/test_bench_extract.py -m bench -s``.
+
+1. Extraction wall time / backbone-forward-only time on the same clips (CPU, small
+   SlowFast). Decoding (background thread), RoIAlign and writing should hide behind the
+   backbone: target <= 1.25.
+2. Peak RSS of an extraction process at two world sizes (it must not grow with videos).
+3. Store bytes per keyframe on the demo world, and projected AVA v2.2 store sizes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from featurestore import FeatureStore, StoreSchema, estimate_store_bytes, format_bytes
+from stages import extract
+from stages.data import Dataset
+from stages.framework import run_stage
+from stages.track import read_actors
+from stages.video import ClipSpec, VideoReader, iter_keyframe_clips
+from stages.world import WorldConfig, build_world
+from tests.stages.extract_worker import stage_configs, track_input
+
+pytestmark = pytest.mark.bench
+REPO = Path(__file__).resolve().parents[2]
+
+# A small SlowFast that costs something on CPU (the tiny.yaml one is almost free).
+SMALL = {
+    "backbone_kwargs": {"width": 16, "depths": [1, 1, 1, 1], "alpha": 4, "t_slow": 4},
+    "num_frames": 16,
+    "frame_stride": 1,
+}
+# AVA v2.2: ~211k train + ~57k val keyframes, ~2.5 persons each (DESIGN §3).
+AVA_KEYFRAMES, AVA_ACTORS = 268_000, 670_000
+REPEATS = 3
+
+
+def _forward_only_seconds(cfg: extract.ExtractStageConfig, tracks_uri: str) -> tuple[float, float]:
+    """(wall, CPU) seconds of the backbone forward on exactly the batches extraction feeds
+    it (clips decoded beforehand, not timed)."""
+    ex = cfg.extract
+    dataset = Dataset.open(cfg.dataset)
+    model, _ = extract.load_backbone(ex, None)
+    spec = ClipSpec(num_frames=ex.num_frames, stride=ex.frame_stride, short_side=ex.short_side)
+    mean = torch.tensor(ex.mean).view(1, 3, 1, 1, 1)
+    std = torch.tensor(ex.std).view(1, 3, 1, 1, 1)
+    total = cpu = 0.0
+    for split in ex.splits:
+        actors = extract._actors_by_video(read_actors(tracks_uri, split))
+        for video_id, rows in actors.items():
+            with VideoReader(dataset.video_path(video_id), short_side=ex.short_side) as reader:
+                clips = [
+                    c.frames
+                    for c in iter_keyframe_clips(
+                        reader,
+                        np.unique(rows["timestamp"]),
+                        offset=dataset.timestamp_offset,
+                        spec=spec,
+                    )
+                ]
+            for i in range(0, len(clips), ex.batch_size):
+                x = torch.from_numpy(np.stack(clips[i : i + ex.batch_size]))
+                x = (x.permute(0, 4, 1, 2, 3).float().div_(255.0) - mean) / std
+                with torch.inference_mode():
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    model(x)
+                    total += time.perf_counter() - t0
+                    cpu += time.process_time() - c0
+    return total, cpu
+
+
+@pytest.mark.parametrize("name,overrides", [("tiny.yaml", {}), ("small", SMALL)])
+def test_bench_extract_overhead_over_backbone(
+    tiny_world: Path, tmp_path: Path, name: str, overrides: dict
+) -> None:
+    tracks = track_input(tiny_world, tmp_path / "inputs")
+    _, _, cfg = stage_configs(tiny_world, **overrides)
+    _forward_only_seconds(cfg, tracks.uri)  # warm up (allocator, oneDNN kernels)
+    # Interleaved repeats, best of each: the machine is shared, contention only adds time.
+    backbones, walls, backbone_cpus, cpus = [], [], [], []
+    for attempt in range(REPEATS):
+        seconds, cpu = _forward_only_seconds(cfg, tracks.uri)
+        backbones.append(seconds)
+        backbone_cpus.append(cpu)
+        c0 = time.process_time()
+        ref = run_stage(extract.STAGE, cfg, {"track": tracks}, tmp_path / f"work{attempt}")
+        cpus.append(time.process_time() - c0)
+        walls.append(ref.seconds)
+    wall, backbone = min(walls), min(backbones)
+    cpu, backbone_cpu = min(cpus), min(backbone_cpus)
+    n_kf = sum(s["keyframes"] for s in ref.summary.values())
+    print(
+        f"\nextract [{name}] {n_kf} keyframes, {torch.get_num_threads()} threads: stage "
+        f"{wall:.2f} s, backbone forward only {backbone:.2f} s, ratio {wall / backbone:.2f} "
+        f"(target <= 1.25); {1000 * wall / n_kf:.1f} ms/keyframe; all stage runs "
+        f"{[round(w, 2) for w in walls]}, all forward-only {[round(b, 2) for b in backbones]}"
+        f"\n  CPU time (all threads): stage {cpu:.2f} s, backbone {backbone_cpu:.2f} s, "
+        f"ratio {cpu / backbone_cpu:.2f}"
+    )
+    assert wall > 0 and backbone > 0
+
+
+def _peak_rss_kb(world: Path, work: Path) -> int:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.stages.extract_worker", str(world), str(work)],
+        cwd=REPO, env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    match = re.search(r"worker peak RSS (\d+) kB", proc.stderr)
+    assert match, proc.stderr[-2000:]
+    return int(match.group(1))
+
+
+def test_bench_extract_peak_memory_vs_video_count(tmp_path: Path) -> None:
+    rows = []
+    for n in (2, 8):
+        world = tmp_path / f"world{n}"
+        build_world(
+            world, WorldConfig.tiny(seed=0).model_copy(
+                update={"n_train_videos": n, "n_val_videos": n}
+            ),
+        )  # fmt: skip
+        t0 = time.perf_counter()
+        rss = _peak_rss_kb(world, tmp_path / f"work{n}")
+        rows.append((n, rss, time.perf_counter() - t0))
+    for n, rss, seconds in rows:
+        print(f"\nextract peak RSS with {2 * n} videos: {rss / 1024:.0f} MiB ({seconds:.1f} s)")
+    growth = rows[1][1] / rows[0][1]
+    print(f"peak RSS growth for {rows[1][0] / rows[0][0]:.0f}x the videos: {growth:.3f}x")
+    assert growth < 1.2
+
+
+def _ava_schema(grid: tuple[int, int]) -> StoreSchema:
+    return StoreSchema(
+        backbone="slowfast_r50", weights_sha256=None, detector_key=None,
+        clip={"frames": 32, "stride": 2, "fps": 30.0, "short_side": 256},
+        context_shape=(2304, *grid), pooled_dim=2304,
+    )  # fmt: skip
+
+
+def test_bench_store_bytes_per_keyframe_and_ava_projection(
+    tiny_world: Path, tmp_path: Path
+) -> None:
+    tracks = track_input(tiny_world, tmp_path / "inputs")
+    _, _, cfg = stage_configs(tiny_world)
+    ref = run_stage(extract.STAGE, cfg, {"track": tracks}, tmp_path / "work")
+    for split, s in ref.summary.items():
+        store = FeatureStore.open(extract.store_path(ref.uri, split))
+        projected = estimate_store_bytes(store.schema, s["keyframes"], s["actors"])
+        print(
+            f"\ndemo {split}: context {tuple(s['context_shape'])}, {s['keyframes']} keyframes, "
+            f"{s['actors']} actors: {format_bytes(s['bytes'])} on disk = "
+            f"{format_bytes(s['bytes'] / s['keyframes'])}/keyframe "
+            f"(projected {format_bytes(projected / s['keyframes'])}/keyframe)"
+        )
+    for label, grid in [("full 16x22 map", (16, 22)), ("context_grid [8, 8]", (8, 8))]:
+        total = estimate_store_bytes(_ava_schema(grid), AVA_KEYFRAMES, AVA_ACTORS)
+        print(
+            f"AVA v2.2 SlowFast-R50 f16, {label}: {format_bytes(total)} "
+            f"({format_bytes(total / AVA_KEYFRAMES)}/keyframe)"
+        )
+    assert estimate_store_bytes(_ava_schema((8, 8)), AVA_KEYFRAMES, AVA_ACTORS) < 100e9
