@@ -28,7 +28,7 @@ import torch
 
 from featurestore import FeatureStore, StoreSchema
 from featurestore.backend import LockFiles
-from stages import extract
+from stages import extract, extract_workers
 from stages.data import Dataset
 from stages.framework import (
     COMPLETE_MARKER,
@@ -223,10 +223,10 @@ def test_lock_of_a_dead_local_process_is_broken(tmp_path: Path) -> None:
     for name, pid in [("dead.json", int(dead.stdout)), ("alive.json", os.getppid())]:
         locks.create_exclusive(name, json.dumps({"host": host, "pid": pid}).encode())
     locks.create_exclusive("remote.json", json.dumps({"host": "elsewhere", "pid": 1}).encode())
-    assert extract._break_lock_if_dead(locks, "dead.json") is not None
+    assert extract_workers._break_lock_if_dead(locks, "dead.json") is not None
     assert locks.read("dead.json") is None
     for name in ("alive.json", "remote.json"):
-        extract._break_lock_if_dead(locks, name)
+        extract_workers._break_lock_if_dead(locks, name)
         assert locks.read(name) is not None, name
 
 

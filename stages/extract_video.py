@@ -1,0 +1,264 @@
+"""Running the backbone over one video: decode in the background, batch, RoIAlign.
+
+Part of the extract stage (:mod:`stages.extract`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from featurestore import (
+    StoreSchema,
+    VideoFeatures,
+)
+from featurestore.features import expected_shapes
+from models.backbones import build_backbone
+from models.roi import actor_rois
+from stages.framework import StageError
+from stages.video import ClipSpec, VideoReader, iter_keyframe_clips
+
+if TYPE_CHECKING:
+    from stages.extract import ExtractConfig
+
+log = logging.getLogger("bankflow.extract")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_backbone(cfg: ExtractConfig, weights: Path | None) -> tuple[torch.nn.Module, str | None]:
+    """The backbone in eval mode and the sha256 of its weights (None: seeded random)."""
+    torch.manual_seed(cfg.seed)
+    kwargs = dict(cfg.backbone_kwargs)
+    if weights is None:
+        return build_backbone(cfg.backbone, **kwargs).eval(), None
+    if not weights.is_file():
+        raise StageError(f"extract: backbone weights {weights} not found")
+    if cfg.backbone.startswith("slowfast"):
+        model = build_backbone(cfg.backbone, weights=str(weights), **kwargs)
+    else:
+        model = build_backbone(cfg.backbone, weights_path=str(weights), **kwargs)
+    return model.eval(), _sha256(weights)
+
+
+def _probe_shapes(model: torch.nn.Module, cfg: ExtractConfig, height: int, width: int):
+    """(C, h, w) of the map and T' of the temporal map for a clip of this size."""
+    with torch.inference_mode():
+        x = torch.zeros(1, 3, cfg.num_frames, height, width)
+        fmap = model(x)
+        t_prime = None
+        if cfg.store_roi_t:
+            slow, _fast = model(x, return_temporal=True)
+            t_prime = int(slow.shape[2])
+    return tuple(int(v) for v in fmap.shape[1:]), t_prime
+
+
+def build_schema(
+    cfg: ExtractConfig, fmap_shape: tuple[int, int, int], t_prime: int | None,
+    weights_sha: str | None, detector_key: str | None,
+) -> StoreSchema:  # fmt: skip
+    channels, h, w = fmap_shape
+    grid = cfg.context_grid or (h, w)
+    return StoreSchema(
+        backbone=cfg.backbone,
+        weights_sha256=weights_sha,
+        detector_key=detector_key,
+        clip={
+            "frames": cfg.num_frames,
+            "stride": cfg.frame_stride,
+            "fps": cfg.target_fps,
+            "short_side": cfg.short_side,
+        },
+        context_shape=(channels, *grid),
+        pooled_dim=channels,
+        roi_shape=(channels, 7, 7) if cfg.store_roi else None,
+        roi_t_shape=(channels, t_prime, 7, 7) if cfg.store_roi_t and t_prime else None,
+        # As JSON gives it back (tuples -> lists): a resumed run compares this to the
+        # stored schema, and (0.45, ...) != [0.45, ...] would refuse its own staging store.
+        extra=json.loads(
+            json.dumps({"backbone_kwargs": cfg.backbone_kwargs, "mean": cfg.mean, "std": cfg.std})
+        ),
+    )
+
+
+_DONE = object()
+
+
+def _in_background(items: Iterator[Any], *, depth: int, name: str) -> Iterator[Any]:
+    """Iterate ``items`` in a daemon thread, up to ``depth`` ahead; errors re-raised here.
+
+    Leaving the loop early (``break``, an exception) stops the thread after its current item.
+    """
+    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():  # poll: a consumer that went away must not block us
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(_DONE)
+        except BaseException as error:  # handed to the consumer, who re-raises it
+            put(error)
+
+    worker = threading.Thread(target=produce, name=name, daemon=True)
+    worker.start()
+    try:
+        while (item := ready.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+class VideoExtractor:
+    """Runs the backbone over the keyframe clips of one video and gathers its features."""
+
+    def __init__(self, model: torch.nn.Module, cfg: ExtractConfig, schema: StoreSchema) -> None:
+        self.model, self.cfg, self.schema = model, cfg, schema
+        self.device = next(model.parameters()).device
+        self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1, 1)
+        self.std = torch.tensor(cfg.std).view(1, 3, 1, 1, 1)
+
+    def _prepare(self, clips: list[np.ndarray]) -> torch.Tensor:
+        """uint8 [T, H, W, 3] clips -> the normalized float batch [B, 3, T, H, W] (CPU)."""
+        x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float().div_(255.0)
+        return (x - self.mean) / self.std
+
+    def _forward(self, x: torch.Tensor, boxes: list[np.ndarray]):
+        x = x.to(self.device)  # (B, 3, T, H, W)
+        counts = [len(b) for b in boxes]
+        box_t = torch.from_numpy(np.concatenate(boxes).astype(np.float32)).to(self.device)
+        index = torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor(counts))
+        with torch.inference_mode():
+            if self.cfg.store_roi_t:
+                slow, fast = self.model(x, return_temporal=True)
+                from models.backbones import pool_pathways
+
+                fmap = pool_pathways(slow, fast)
+            else:
+                fmap = self.model(x)  # (B, C, h, w)
+            roi, pooled = actor_rois(
+                fmap, box_t, index.to(self.device), input_size=(x.shape[3], x.shape[4])
+            )
+            context = fmap
+            if self.cfg.context_grid is not None:
+                context = torch.nn.functional.adaptive_avg_pool2d(fmap, self.cfg.context_grid)
+            roi_t = None
+            if self.cfg.store_roi_t:
+                roi_t = self._temporal_rois(slow, fast, box_t, index, x.shape[3:])
+        return context.cpu(), roi.cpu(), pooled.cpu(), None if roi_t is None else roi_t.cpu()
+
+    def _temporal_rois(self, slow, fast, boxes, index, size) -> torch.Tensor:
+        # Fast pathway averaged to the slow rate, concatenated with slow: [B, C, T', h, w].
+        t_slow = slow.shape[2]
+        fast = torch.nn.functional.adaptive_avg_pool3d(fast, (t_slow, *fast.shape[3:]))
+        maps = torch.cat([slow, fast], dim=1)
+        per_t = []
+        for t in range(t_slow):
+            roi, _ = actor_rois(maps[:, :, t], boxes, index.to(maps.device), input_size=tuple(size))
+            per_t.append(roi)
+        return torch.stack(per_t, dim=2)  # (N, C, T', 7, 7)
+
+    def run(
+        self, reader: VideoReader, video_id: str, actors: dict[str, np.ndarray], offset: float
+    ) -> VideoFeatures:
+        """Features of every keyframe that has at least one actor.
+
+        Args:
+            actors: this video's actor rows: ``timestamp`` int [A], ``boxes`` float32 [A, 4]
+                normalized x1, y1, x2, y2, ``score`` float32 [A], ``track`` int32 [A].
+            offset: seconds of the video's first frame in the dataset's timestamps.
+
+        Returns:
+            The video's arrays in the store's dtypes; actors keep their input order within
+            a keyframe; keyframes without actors are absent.
+        """
+        order = np.argsort(actors["timestamp"], kind="stable")
+        times = actors["timestamp"][order]
+        timestamps, first = np.unique(times, return_index=True)
+        offsets = np.append(first, len(times)).astype(np.int64)  # CSR over sorted actors
+        boxes = actors["boxes"][order]
+        spec = ClipSpec(
+            num_frames=self.cfg.num_frames, stride=self.cfg.frame_stride,
+            short_side=self.cfg.short_side, target_fps=self.cfg.target_fps,
+        )  # fmt: skip
+        dtype = self.schema.np_dtype
+        parts: dict[str, list[np.ndarray]] = {"context": [], "pooled": [], "roi": [], "roi_t": []}
+
+        def batches() -> Iterator[torch.Tensor]:
+            # Decoding and batch preparation run in a background thread (decord and torch
+            # release the GIL), so they overlap the backbone on the previous batch.
+            clips: list[np.ndarray] = []
+            for clip in iter_keyframe_clips(reader, timestamps, offset=offset, spec=spec):
+                clips.append(clip.frames)
+                if len(clips) == self.cfg.batch_size:
+                    yield self._prepare(clips)
+                    clips = []
+            if clips:
+                yield self._prepare(clips)
+
+        k0 = 0  # keyframes done so far
+        for x in _in_background(batches(), depth=2, name=f"decode {video_id}"):
+            k1 = k0 + len(x)
+            per_kf = [boxes[offsets[k] : offsets[k + 1]] for k in range(k0, k1)]
+            context, roi, pooled, roi_t = self._forward(x, per_kf)
+            parts["context"].append(context.numpy().astype(dtype))
+            parts["pooled"].append(pooled.numpy().astype(dtype))
+            if self.cfg.store_roi:
+                parts["roi"].append(roi.numpy().astype(dtype))
+            if roi_t is not None:
+                parts["roi_t"].append(roi_t.numpy().astype(dtype))
+            k0 = k1
+        shapes = expected_shapes(self.schema, len(timestamps), len(times))
+
+        def joined(name: str) -> np.ndarray | None:
+            if name not in shapes:
+                return None
+            if not parts[name]:
+                return np.zeros(shapes[name], dtype)
+            return np.concatenate(parts[name])
+
+        return VideoFeatures(
+            timestamps=timestamps.astype(np.int32),
+            context=joined("context"),
+            actor_offset=offsets - offsets[0],
+            boxes=boxes.astype(np.float32),
+            scores=actors["score"][order].astype(np.float32),
+            track=actors["track"][order].astype(np.int32),
+            pooled=joined("pooled"),
+            roi=joined("roi"),
+            roi_t=joined("roi_t"),
+        )
