@@ -276,10 +276,10 @@ def iter_runs(summary: dict[str, Any]):
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A plain-text table of stages and results, for the terminal."""
-    lines = [f"{'stage':<12} {'key':<17} {'cached':<7} {'seconds':>8}  output"]
+    lines = [f"{'stage':<16} {'key':<17} {'cached':<7} {'seconds':>8}  output"]
     for name, rec in iter_runs(summary):
         lines.append(
-            f"{name:<12} {rec['key']:<17} {('yes' if rec['cached'] else 'no'):<7} "
+            f"{name:<16} {rec['key']:<17} {('yes' if rec['cached'] else 'no'):<7} "
             f"{rec['seconds']:>8.1f}  {rec['uri']}"
         )
     det = summary["stages"].get("detect", {}).get("summary", {})
