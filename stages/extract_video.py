@@ -8,11 +8,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import queue
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +22,7 @@ from featurestore import (
 from featurestore.features import expected_shapes
 from models.backbones import build_backbone
 from models.roi import actor_rois
+from stages.background import in_background
 from stages.framework import StageError
 from stages.video import ClipSpec, VideoReader, iter_keyframe_clips
 
@@ -100,47 +99,6 @@ def build_schema(
             json.dumps({"backbone_kwargs": cfg.backbone_kwargs, "mean": cfg.mean, "std": cfg.std})
         ),
     )
-
-
-_DONE = object()
-
-
-def _in_background(items: Iterator[Any], *, depth: int, name: str) -> Iterator[Any]:
-    """Iterate ``items`` in a daemon thread, up to ``depth`` ahead; errors re-raised here.
-
-    Leaving the loop early (``break``, an exception) stops the thread after its current item.
-    """
-    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():  # poll: a consumer that went away must not block us
-            try:
-                ready.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as error:  # handed to the consumer, who re-raises it
-            put(error)
-
-    worker = threading.Thread(target=produce, name=name, daemon=True)
-    worker.start()
-    try:
-        while (item := ready.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        worker.join()
 
 
 class VideoExtractor:
@@ -231,7 +189,7 @@ class VideoExtractor:
                 yield self._prepare(clips)
 
         k0 = 0  # keyframes done so far
-        for x in _in_background(batches(), depth=2, name=f"decode {video_id}"):
+        for x in in_background(batches(), depth=2, name=f"decode {video_id}"):
             k1 = k0 + len(x)
             per_kf = [boxes[offsets[k] : offsets[k + 1]] for k in range(k0, k1)]
             context, roi, pooled, roi_t = self._forward(x, per_kf)

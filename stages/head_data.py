@@ -10,8 +10,6 @@ in which case :func:`iter_batches` reads the next batches in a background thread
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import torch
 
 from featurestore import FeatureStore, KeyframeFeatures
 from models.heads.batch import ActorBatch
+from stages.background import in_background
 from stages.data import BoxTable, LabelMap
 from stages.track import iou_matrix
 
@@ -170,40 +169,7 @@ def iter_batches(
         for keyframes in batches:
             yield read(keyframes)
         return
-    slots: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-
-    def put(item: tuple[str, object]) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for keyframes in batches:
-                if not put(("batch", read(keyframes))):
-                    return
-            put(("end", None))
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            put(("error", exc))
-
-    thread = threading.Thread(target=work, name="bankflow-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, item = slots.get()
-            if kind == "end":
-                return
-            if kind == "error":
-                raise item  # type: ignore[misc]
-            yield item  # type: ignore[misc]
-    finally:
-        stop.set()
-        thread.join()
+    yield from in_background((read(k) for k in batches), depth=prefetch)
 
 
 def collate(features: list[KeyframeFeatures], *, use_roi: bool, use_roi_t: bool) -> ActorBatch:

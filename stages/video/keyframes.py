@@ -9,13 +9,12 @@ assembled from a small cache that only holds frames a later clip still needs.
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from stages.background import in_background
 from stages.video.clips import ClipSpec, center_frame
 from stages.video.reader import VideoReader
 
@@ -181,14 +180,6 @@ def _assemble(
         )
 
 
-@dataclass(frozen=True)
-class _Failure:
-    error: BaseException
-
-
-_DONE = object()
-
-
 def prefetch_keyframe_clips(
     reader: VideoReader,
     timestamps: Sequence[float] | np.ndarray,
@@ -211,43 +202,4 @@ def prefetch_keyframe_clips(
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
     clips = iter_keyframe_clips(reader, timestamps, offset=offset, spec=spec, chunk_size=chunk_size)
-    return _prefetch(clips, depth, name=f"decode {reader.path.name}")
-
-
-def _prefetch(clips: Iterator[KeyframeClip], depth: int, *, name: str) -> Iterator[KeyframeClip]:
-    ready: queue.Queue[object] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        # Poll so that a consumer that went away (stop set) never leaves us blocked forever.
-        while not stop.is_set():
-            try:
-                ready.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for clip in clips:
-                if not put(clip):
-                    return
-            put(_DONE)
-        except BaseException as error:  # handed to the consumer, who re-raises it
-            put(_Failure(error))
-
-    worker = threading.Thread(target=produce, name=name, daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = ready.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            assert isinstance(item, KeyframeClip)  # internal invariant, not user input
-            yield item
-    finally:
-        stop.set()
-        worker.join()
+    return in_background(clips, depth=depth, name=f"decode {reader.path.name}")
