@@ -68,6 +68,13 @@ def publish_artifacts(summary: dict[str, Any]) -> None:
         for name, rec in iter_runs(summary)
     ]
     create_table_artifact(stages, key="bankflow-stages", description="stage keys and timings")
+    for name, rec in summary["stages"].get("train", {}).get("runs", {}).items():
+        history = rec["summary"].get("history") or []
+        if history:
+            create_table_artifact(
+                history, key=_artifact_key(f"training-{name}"),
+                description=f"loss and val frame-mAP per epoch of {name}",
+            )  # fmt: skip
     for name, rec in summary["stages"].get("evaluate", {}).get("runs", {}).items():
         report = Path(rec["uri"]) / "metrics.md"
         if report.is_file():

@@ -34,7 +34,7 @@ from stages.framework import Stage, StageContext, StageError, output_dir
 from stages.head_data import KeyframeSource, SplitIndex, build_index, open_split
 from stages.train_loop import OptimConfig, TrainData, predict, train
 
-CODE_VERSION = "2"  # 2: events.jsonl, prior in metrics.json
+CODE_VERSION = "3"  # 2: events.jsonl, prior in metrics.json
 HEAD_FILE = "head.pt"
 HISTORY_FILE = "history.json"
 EVENTS_FILE = "events.jsonl"
@@ -153,8 +153,13 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         use_roi_t=schema.roi_t_shape is not None,
     )
     torch.manual_seed(run.optim.seed)
+    head_kwargs = dict(run.head_kwargs)
+    if run.head == "igmn_dam":
+        # IGMN leaves the softmax (pose) classes out of its two auxiliary classification
+        # losses (§3.3); which classes those are is the dataset's business, not the config's.
+        head_kwargs.setdefault("aux_class_mask", [k not in exclusive for k in range(len(labelmap))])
     model = build_head(
-        run.head, in_channels=schema.pooled_dim, num_classes=len(labelmap), **run.head_kwargs
+        run.head, in_channels=schema.pooled_dim, num_classes=len(labelmap), **head_kwargs
     )
     gt_val = dataset.gt(run.val_split)
     excluded_val = dataset.excluded(run.val_split)
