@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections import OrderedDict
@@ -51,7 +50,14 @@ from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
 from stages.extract import WEIGHTS_FILE, ExtractConfig
 from stages.framework import Stage, StageContext, StageError, write_json_atomic
 from stages.head_data import SplitIndex
-from stages.train_loop import OptimConfig, epoch_order, lr_factor, make_optimizer
+from stages.train_loop import (
+    OptimConfig,
+    epoch_order,
+    latest_checkpoint,
+    lr_factor,
+    make_optimizer,
+    save_checkpoint,
+)
 from stages.video import ClipSpec, VideoReader, prefetch_keyframe_clips
 
 CODE_VERSION = "1"
@@ -283,17 +289,6 @@ def _optim_config(cfg: FinetuneConfig) -> OptimConfig:
     )  # fmt: skip
 
 
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    found = sorted(ckpt_dir.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    return found[-1] if found else None
-
-
 def train_epochs(
     model: ActorClassifier, supply: ClipSupply, cfg: FinetuneConfig, ex: ExtractConfig,
     exclusive: list[int], ckpt_dir: Path, device: torch.device,
@@ -354,7 +349,7 @@ def train_epochs(
         }
         history.append(record)
         log.info("finetune epoch %d: %s", epoch, record)
-        _save(ckpt_dir / f"epoch_{epoch}.pt", {
+        save_checkpoint(ckpt_dir / f"epoch_{epoch}.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,

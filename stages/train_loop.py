@@ -155,8 +155,8 @@ def step_loss(
     return loss
 
 
-def _save(path: Path, payload: dict[str, Any]) -> None:
-    # Written aside and renamed: a kill mid-save leaves the previous checkpoint intact.
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """``torch.save`` written aside and renamed: a kill mid-save leaves the previous file."""
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -167,6 +167,7 @@ class TrainingError(RuntimeError):
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The ``epoch_<n>.pt`` of ``ckpt_dir`` with the highest ``n`` (None if there is none)."""
     found = sorted(ckpt_dir.glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
     return found[-1] if found else None
 
@@ -282,7 +283,7 @@ def train(
             record.update(evaluate(model))
         history.append(record)
         log.info("epoch %d: %s", epoch, record)
-        _save(
+        save_checkpoint(
             ckpt_dir / f"epoch_{epoch}.pt",
             {
                 "model": model.state_dict(),

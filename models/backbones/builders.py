@@ -21,13 +21,17 @@ from models.backbones.slowfast import SlowFast, SlowFastConfig
 
 
 def _build(
-    fields: dict[str, Any],
     *,
     weights: str | Path | None,
     fusion_kernel: int | None,
     lateral_norm: bool | None,
     allow_pickle: bool,
+    **fields: Any,
 ) -> SlowFast:
+    """The body of every builder, called with the builder's arguments (``**locals()``).
+
+    ``fields`` are ``SlowFastConfig`` fields; the named arguments say how to load weights.
+    """
     explicit = {"fusion_kernel": fusion_kernel, "lateral_norm": lateral_norm}
     explicit = {k: v for k, v in explicit.items() if v is not None}
     if weights is None:
@@ -55,20 +59,7 @@ def slowfast_r50(
 ) -> SlowFast:
     """SlowFast-R50 (3, 4, 6, 3), β=1/8, res5 dilated: ``[B, 3, α·t_slow, H, W] ->
     [B, 2304, H/16, W/16]``."""
-    fields = dict(
-        depths=(3, 4, 6, 3),
-        alpha=alpha,
-        t_slow=t_slow,
-        frame_stride=frame_stride,
-        frozen_bn=frozen_bn,
-    )
-    return _build(
-        fields,
-        weights=weights,
-        fusion_kernel=fusion_kernel,
-        lateral_norm=lateral_norm,
-        allow_pickle=allow_pickle,
-    )
+    return _build(depths=(3, 4, 6, 3), **locals())
 
 
 def slowfast_r101(
@@ -84,20 +75,7 @@ def slowfast_r101(
 ) -> SlowFast:
     """SlowFast-R101 (3, 4, 23, 3), β=1/8, res5 dilated: ``[B, 3, α·t_slow, H, W] ->
     [B, 2304, H/16, W/16]``."""
-    fields = dict(
-        depths=(3, 4, 23, 3),
-        alpha=alpha,
-        t_slow=t_slow,
-        frame_stride=frame_stride,
-        frozen_bn=frozen_bn,
-    )
-    return _build(
-        fields,
-        weights=weights,
-        fusion_kernel=fusion_kernel,
-        lateral_norm=lateral_norm,
-        allow_pickle=allow_pickle,
-    )
+    return _build(depths=(3, 4, 23, 3), **locals())
 
 
 def slowfast_tiny(
@@ -118,18 +96,4 @@ def slowfast_tiny(
     Defaults: width 8 (Fast width 1), one bottleneck per stage, a 16-frame clip;
     ``[B, 3, 16, H, W] -> [B, 288, H/16, W/16]``.
     """
-    fields = dict(
-        depths=tuple(depths),
-        width=width,
-        alpha=alpha,
-        t_slow=t_slow,
-        frame_stride=frame_stride,
-        frozen_bn=frozen_bn,
-    )
-    return _build(
-        fields,
-        weights=weights,
-        fusion_kernel=fusion_kernel,
-        lateral_norm=lateral_norm,
-        allow_pickle=allow_pickle,
-    )
+    return _build(**{**locals(), "depths": tuple(depths)})

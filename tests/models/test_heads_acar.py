@@ -2,54 +2,32 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from models.heads.acar import ACARHead
-from models.heads.batch import ActorBatch
-from models.losses import ava_loss
+from tests.models.heads_testing import (
+    assert_grads_reach_every_parameter,
+    ava_bce,
+    fit_logits,
+    keyframe_alone,
+    permute_actors,
+    random_actor_batch,
+)
 
 C, K, H, W, D = 16, 5, 4, 6, 8
 # logits[0, :3] of seed-0 tiny heads on make_batch([2]) (torch 2.14 CPU).
 PINNED = {"nl": [0.140818, 0.328448, -0.491533], "rn": [0.146889, 0.067924, 0.196831]}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core box: one intra-op thread is ~20x faster than contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_batch(counts: list[int], seed: int = 0) -> ActorBatch:
-    """Random keyframes (C x H x W context) with ``counts[b]`` actors in keyframe b."""
-    g = torch.Generator().manual_seed(seed)
-    n = sum(counts)
-    xy = torch.rand(n, 2, generator=g) * 0.6
-    wh = torch.rand(n, 2, generator=g) * 0.3 + 0.1
-    return ActorBatch(
-        context=torch.randn(len(counts), C, H, W, generator=g),
-        pooled=torch.randn(n, C, generator=g),
-        boxes=torch.cat([xy, xy + wh], dim=1),
-        batch_index=torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)),
-    )
+pytestmark = pytest.mark.usefixtures("one_thread")
+make_batch = partial(random_actor_batch, channels=C, height=H, width=W)
 
 
 def tiny_head(kind: str = "nl", **kwargs) -> ACARHead:
     return ACARHead(in_channels=C, num_classes=K, reduce_dim=12, dim=D, hr2o=kind, **kwargs)
-
-
-def select(batch: ActorBatch, keyframe: int) -> ActorBatch:
-    """The batch made of one keyframe and its actors only."""
-    keep = batch.batch_index == keyframe
-    return ActorBatch(
-        context=batch.context[keyframe : keyframe + 1],
-        pooled=batch.pooled[keep],
-        boxes=batch.boxes[keep],
-        batch_index=torch.zeros(int(keep.sum()), dtype=torch.long),
-    )
 
 
 @pytest.mark.parametrize("kind", ["nl", "rn"])
@@ -82,7 +60,7 @@ def test_keyframe_alone_equals_keyframe_in_bigger_batch(kind: str) -> None:
     batch = make_batch([3, 2, 5])
     full = head(batch).logits
     for keyframe, rows in [(0, slice(0, 3)), (1, slice(3, 5))]:
-        alone = head(select(batch, keyframe)).logits
+        alone = head(keyframe_alone(batch, keyframe)).logits
         assert torch.allclose(full[rows], alone, atol=1e-5), keyframe
 
 
@@ -91,12 +69,7 @@ def test_permuting_actors_permutes_logits(kind: str) -> None:
     head = tiny_head(kind).eval()
     batch = make_batch([2, 3])
     order = torch.tensor([1, 0, 4, 2, 3])
-    permuted = ActorBatch(
-        context=batch.context,
-        pooled=batch.pooled[order],
-        boxes=batch.boxes[order],
-        batch_index=batch.batch_index,
-    )
+    permuted = permute_actors(batch, order)
     assert torch.allclose(head(permuted).logits, head(batch).logits[order], atol=1e-5)
 
 
@@ -156,8 +129,7 @@ def test_hr2o_entry_rejects_relation_network_and_bad_mask() -> None:
 def test_gradients_reach_every_parameter(kind: str) -> None:
     head = tiny_head(kind)
     head(make_batch([2, 3])).logits.square().sum().backward()
-    for name, p in head.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert_grads_reach_every_parameter(head)
 
 
 def test_overfits_tiny_set() -> None:
@@ -165,12 +137,7 @@ def test_overfits_tiny_set() -> None:
     batch = make_batch([2, 3, 1], seed=1)
     targets = (torch.rand(6, K) > 0.5).float()
     head = tiny_head(dropout=0.0, hr2o_dropout=0.0)
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        loss = ava_loss(head(batch).logits, targets, exclusive=[], mode="bce")
-        loss.backward()
-        opt.step()
+    loss = fit_logits(head, batch, targets, ava_bce, lr=1e-2, steps=60)
     assert loss.item() < 0.05
 
 

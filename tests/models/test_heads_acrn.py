@@ -2,39 +2,28 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from models.heads.acrn import ACRNHead
-from models.heads.batch import ActorBatch
-from models.losses import ava_loss
+from tests.models.heads_testing import (
+    assert_grads_reach_every_parameter,
+    ava_bce,
+    fit_logits,
+    keyframe_alone,
+    permute_actors,
+    random_actor_batch,
+)
 
 C, K, H, W = 16, 5, 4, 6
 # logits[0, :3] of a seed-0 tiny head on make_batch([2]) (torch 2.14 CPU).
 PINNED = [-0.335538, 0.272282, -0.820923]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core box: one intra-op thread is ~20x faster than contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_batch(counts: list[int], seed: int = 0) -> ActorBatch:
-    """Random keyframes (C x H x W context) with ``counts[b]`` actors in keyframe b."""
-    g = torch.Generator().manual_seed(seed)
-    n = sum(counts)
-    xy = torch.rand(n, 2, generator=g) * 0.6
-    wh = torch.rand(n, 2, generator=g) * 0.3 + 0.1
-    return ActorBatch(
-        context=torch.randn(len(counts), C, H, W, generator=g),
-        pooled=torch.randn(n, C, generator=g),
-        boxes=torch.cat([xy, xy + wh], dim=1),
-        batch_index=torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)),
-    )
+pytestmark = pytest.mark.usefixtures("one_thread")
+make_batch = partial(random_actor_batch, channels=C, height=H, width=W)
 
 
 def tiny_head(**kwargs) -> ACRNHead:
@@ -77,12 +66,7 @@ def test_actor_feature_is_tiled_over_every_location() -> None:
 def test_keyframe_alone_equals_keyframe_in_bigger_batch() -> None:
     head = tiny_head().eval()
     batch = make_batch([3, 2, 5])
-    alone = ActorBatch(
-        context=batch.context[1:2],
-        pooled=batch.pooled[3:5],
-        boxes=batch.boxes[3:5],
-        batch_index=torch.zeros(2, dtype=torch.long),
-    )
+    alone = keyframe_alone(batch, 1)
     assert torch.allclose(head(batch).logits[3:5], head(alone).logits, atol=1e-5)
 
 
@@ -90,20 +74,14 @@ def test_permuting_actors_permutes_logits() -> None:
     head = tiny_head().eval()
     batch = make_batch([2, 3])
     order = torch.tensor([0, 1, 4, 2, 3])
-    permuted = ActorBatch(
-        context=batch.context,
-        pooled=batch.pooled[order],
-        boxes=batch.boxes[order],
-        batch_index=batch.batch_index,
-    )
+    permuted = permute_actors(batch, order)
     assert torch.allclose(head(permuted).logits, head(batch).logits[order], atol=1e-5)
 
 
 def test_gradients_reach_every_parameter() -> None:
     head = tiny_head()
     head(make_batch([2, 3])).logits.square().sum().backward()
-    for name, p in head.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert_grads_reach_every_parameter(head)
 
 
 def test_overfits_tiny_set() -> None:
@@ -111,12 +89,7 @@ def test_overfits_tiny_set() -> None:
     batch = make_batch([2, 3, 1], seed=1)
     targets = (torch.rand(6, K) > 0.5).float()
     head = tiny_head(dropout=0.0)
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        loss = ava_loss(head(batch).logits, targets, exclusive=[], mode="bce")
-        loss.backward()
-        opt.step()
+    loss = fit_logits(head, batch, targets, ava_bce, lr=1e-2, steps=60)
     assert loss.item() < 0.05
 
 

@@ -2,49 +2,32 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from models.heads.amcr import AMCRHead, PosNet, amcr_slim_head
 from models.heads.batch import ActorBatch
+from tests.models.heads_testing import (
+    assert_grads_reach_every_parameter,
+    fit_logits,
+    keyframe_alone,
+    offset_boxes,
+    permute_actors,
+    random_actor_batch,
+)
 
 C, K, H, W = 16, 6, 4, 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops run faster on one thread than two contending ones on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def make_batch(counts: list[int], *, seed: int = 0) -> ActorBatch:
-    """Random keyframes with ``counts[b]`` actors each (boxes inside the image)."""
-    g = torch.Generator().manual_seed(seed)
-    n = sum(counts)
-    batch_index = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
-    xy = torch.rand(n, 2, generator=g) * 0.5
-    boxes = torch.cat([xy, xy + 0.2 + 0.3 * torch.rand(n, 2, generator=g)], dim=1)
-    return ActorBatch(
-        context=torch.randn(len(counts), C, H, W, generator=g),
-        pooled=torch.randn(n, C, generator=g),
-        boxes=boxes,
-        batch_index=batch_index,
-    )
-
-
-def keyframe(batch: ActorBatch, k: int) -> ActorBatch:
-    """The sub-batch holding only keyframe ``k`` of ``batch``."""
-    sel = batch.batch_index == k
-    return ActorBatch(
-        context=batch.context[k : k + 1],
-        pooled=batch.pooled[sel],
-        boxes=batch.boxes[sel],
-        batch_index=torch.zeros(int(sel.sum()), dtype=torch.long),
-    )
+# Boxes inside the image.
+make_batch = partial(
+    random_actor_batch, channels=C, height=H, width=W, corner=0.5, far_corner=offset_boxes
+)
 
 
 def tiny_head(**kw) -> AMCRHead:
@@ -82,12 +65,7 @@ def test_permuting_actors_permutes_logits() -> None:
     head = tiny_head().eval()
     batch = make_batch([2, 4])
     perm = torch.tensor([1, 0, 5, 3, 2, 4])  # within keyframes
-    permuted = ActorBatch(
-        context=batch.context,
-        pooled=batch.pooled[perm],
-        boxes=batch.boxes[perm],
-        batch_index=batch.batch_index,
-    )
+    permuted = permute_actors(batch, perm)
     torch.testing.assert_close(head(permuted).logits, head(batch).logits[perm])
     torch.testing.assert_close(
         head(permuted).attention["bhoi"], head(batch).attention["bhoi"][perm]
@@ -100,7 +78,7 @@ def test_other_keyframes_and_padding_change_nothing() -> None:
     batch = make_batch([1, 5, 2])
     together = head(batch)
     for k in range(3):
-        alone = head(keyframe(batch, k))
+        alone = head(keyframe_alone(batch, k))
         sel = batch.batch_index == k
         torch.testing.assert_close(alone.logits, together.logits[sel], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(alone.features, together.features[sel], atol=1e-5, rtol=1e-5)
@@ -111,9 +89,7 @@ def test_gradients_reach_every_parameter() -> None:
     head = tiny_head().train()
     out = head(make_batch([1, 3, 2]))
     (out.logits.square().mean() + out.features.mean()).backward()
-    for name, p in head.named_parameters():
-        assert p.grad is not None, name
-        assert bool(p.grad.abs().sum() > 0), name
+    assert_grads_reach_every_parameter(head)
 
 
 def test_overfits_a_few_keyframes() -> None:
@@ -121,12 +97,7 @@ def test_overfits_a_few_keyframes() -> None:
     head = tiny_head(num_layers=1).train()
     batch = make_batch([1, 2, 3, 2], seed=1)
     labels = (torch.rand(batch.num_actors, K) < 0.4).float()
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(60):
-        loss = F.binary_cross_entropy_with_logits(head(batch).logits, labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    loss = fit_logits(head, batch, labels, F.binary_cross_entropy_with_logits, lr=1e-2, steps=60)
     assert loss.item() < 0.02
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from models.heads.batch import ActorBatch
 from models.heads.igmn_dam import (
     IGMNDAMHead,
     enlarge_boxes,
@@ -16,39 +16,22 @@ from models.heads.igmn_dam import (
     relaxed_targets,
     standard_bce,
 )
+from tests.models.heads_testing import (
+    assert_grads_reach_every_parameter,
+    fit,
+    offset_boxes,
+    permute_actors,
+    random_actor_batch,
+    select_actors,
+)
 
 C, K, H, W = 16, 5, 4, 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops run faster on one thread than two contending ones on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def make_batch(counts: list[int], *, seed: int = 0) -> ActorBatch:
-    g = torch.Generator().manual_seed(seed)
-    n = sum(counts)
-    xy = torch.rand(n, 2, generator=g) * 0.5
-    boxes = torch.cat([xy, xy + 0.2 + 0.3 * torch.rand(n, 2, generator=g)], dim=1)
-    return ActorBatch(
-        context=torch.randn(len(counts), C, H, W, generator=g),
-        pooled=torch.randn(n, C, generator=g),
-        boxes=boxes,
-        batch_index=torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)),
-    )
-
-
-def select(batch: ActorBatch, index: torch.Tensor, batch_index: torch.Tensor, context):
-    return ActorBatch(
-        context=context,
-        pooled=batch.pooled[index],
-        boxes=batch.boxes[index],
-        batch_index=batch_index,
-    )
+pytestmark = pytest.mark.usefixtures("one_thread")
+make_batch = partial(
+    random_actor_batch, channels=C, height=H, width=W, corner=0.5, far_corner=offset_boxes
+)
 
 
 def tiny_head(**kw) -> IGMNDAMHead:
@@ -181,7 +164,7 @@ def test_permuting_actors_permutes_logits() -> None:
     head = tiny_head().eval()
     batch = make_batch([3, 2])
     perm = torch.tensor([2, 0, 1, 4, 3])
-    permuted = select(batch, perm, batch.batch_index, batch.context)
+    permuted = permute_actors(batch, perm)
     torch.testing.assert_close(head(permuted).logits, head(batch).logits[perm])
 
 
@@ -192,7 +175,7 @@ def test_other_keyframes_change_nothing() -> None:
     together = head(batch)
     for k in range(3):
         sel = torch.nonzero(batch.batch_index == k)[:, 0]
-        alone = head(select(batch, sel, torch.zeros_like(sel), batch.context[k : k + 1]))
+        alone = head(select_actors(batch, sel, torch.zeros_like(sel), batch.context[k : k + 1]))
         torch.testing.assert_close(alone.logits, together.logits[sel], atol=1e-5, rtol=1e-5)
         for name in ("semantic", "identity"):
             torch.testing.assert_close(
@@ -209,9 +192,7 @@ def test_gradients_reach_every_parameter() -> None:
         out.aux_losses.values()
     )
     loss.backward()
-    for name, p in head.named_parameters():
-        assert p.grad is not None, name
-        assert bool(p.grad.abs().sum() > 0), name
+    assert_grads_reach_every_parameter(head)
 
 
 def test_overfits_a_few_keyframes() -> None:
@@ -219,14 +200,13 @@ def test_overfits_a_few_keyframes() -> None:
     head = tiny_head().train()
     batch = make_batch([1, 2, 3, 2], seed=1)
     labels = labels_for(batch.num_actors, seed=1)
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(150):
+
+    def losses() -> tuple[torch.Tensor, torch.Tensor]:
         out = head(batch, labels=labels)
         main = F.binary_cross_entropy_with_logits(out.logits, labels)
-        loss = main + sum(out.aux_losses.values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        return main + sum(out.aux_losses.values()), main
+
+    _, main = fit(head, losses, lr=1e-2, steps=150)
     assert main.item() < 0.02
 
 

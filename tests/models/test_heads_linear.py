@@ -2,39 +2,27 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
-from models.heads.batch import ActorBatch
 from models.heads.linear import LinearHead
-from models.losses import ava_loss
+from tests.models.heads_testing import (
+    assert_grads_reach_every_parameter,
+    ava_bce,
+    fit_logits,
+    keyframe_alone,
+    random_actor_batch,
+)
 
 C, K = 16, 5
 # logits[0, :3] of a seed-0 head on make_batch([2]) (torch 2.14 CPU).
 PINNED = [0.062296, 0.511384, 0.473346]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny ops on a shared 2-core box: one intra-op thread is ~20x faster than contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_batch(counts: list[int], seed: int = 0) -> ActorBatch:
-    """Random keyframes (C x 4 x 6 context) with ``counts[b]`` actors in keyframe b."""
-    g = torch.Generator().manual_seed(seed)
-    n = sum(counts)
-    xy = torch.rand(n, 2, generator=g) * 0.6
-    wh = torch.rand(n, 2, generator=g) * 0.3 + 0.1
-    return ActorBatch(
-        context=torch.randn(len(counts), C, 4, 6, generator=g),
-        pooled=torch.randn(n, C, generator=g),
-        boxes=torch.cat([xy, xy + wh], dim=1),
-        batch_index=torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)),
-    )
+pytestmark = pytest.mark.usefixtures("one_thread")
+make_batch = partial(random_actor_batch, channels=C)
 
 
 @pytest.mark.parametrize("counts", [[1], [4], [2, 1, 3]])
@@ -47,12 +35,7 @@ def test_shapes(counts: list[int]) -> None:
 def test_actor_depends_only_on_itself() -> None:
     head = LinearHead(in_channels=C, num_classes=K).eval()
     batch = make_batch([2, 3])
-    alone = ActorBatch(
-        context=batch.context[1:],
-        pooled=batch.pooled[2:],
-        boxes=batch.boxes[2:],
-        batch_index=torch.zeros(3, dtype=torch.long),
-    )
+    alone = keyframe_alone(batch, 1)
     assert torch.allclose(head(batch).logits[2:], head(alone).logits, atol=1e-6)
 
 
@@ -68,8 +51,7 @@ def test_dropout_only_in_training() -> None:
 def test_gradients_reach_every_parameter() -> None:
     head = LinearHead(in_channels=C, num_classes=K)
     head(make_batch([2, 3])).logits.square().sum().backward()
-    for name, p in head.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert_grads_reach_every_parameter(head)
 
 
 def test_overfits_tiny_set() -> None:
@@ -77,12 +59,7 @@ def test_overfits_tiny_set() -> None:
     batch = make_batch([2, 3, 1], seed=1)
     targets = (torch.rand(6, K) > 0.5).float()
     head = LinearHead(in_channels=C, num_classes=K, dropout=0.0)
-    opt = torch.optim.Adam(head.parameters(), lr=5e-2)
-    for _ in range(200):
-        opt.zero_grad()
-        loss = ava_loss(head(batch).logits, targets, exclusive=[], mode="bce")
-        loss.backward()
-        opt.step()
+    loss = fit_logits(head, batch, targets, ava_bce, lr=5e-2, steps=200)
     assert loss.item() < 0.05
 
 

@@ -2,50 +2,38 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from models.heads.batch import ActorBatch
 from models.heads.relation_transformer import RelationTransformerHead
+from tests.models.heads_testing import (
+    assert_grads_reach_every_parameter,
+    fit_logits,
+    permute_actors,
+    random_actor_batch,
+    select_actors,
+)
 
 C, K, T = 16, 5, 3
 MODES = ["spatial", "temporal"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops run faster on one thread than two contending ones on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_batch(counts: list[int], *, seed: int = 0) -> ActorBatch:
-    g = torch.Generator().manual_seed(seed)
-    n = sum(counts)
-    xy = torch.rand(n, 2, generator=g) * 0.5
-    return ActorBatch(
-        context=torch.randn(len(counts), C, 4, 6, generator=g),
-        pooled=torch.randn(n, C, generator=g),
-        boxes=torch.cat([xy, xy + 0.3], dim=1),
-        batch_index=torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)),
-        roi=torch.randn(n, C, 7, 7, generator=g),
-        roi_t=torch.randn(n, C, T, 7, 7, generator=g),
-    )
+def square_boxes(xy: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Bottom-right corners of fixed 0.3 x 0.3 boxes (nothing drawn)."""
+    return xy + 0.3
 
 
-def select(batch: ActorBatch, index: torch.Tensor, batch_index: torch.Tensor, context):
-    assert batch.roi is not None and batch.roi_t is not None
-    return ActorBatch(
-        context=context,
-        pooled=batch.pooled[index],
-        boxes=batch.boxes[index],
-        batch_index=batch_index,
-        roi=batch.roi[index],
-        roi_t=batch.roi_t[index],
-    )
+# With spatial and temporal RoI maps.
+make_batch = partial(
+    random_actor_batch, channels=C, corner=0.5, far_corner=square_boxes, roi_steps=T
+)
 
 
 def tiny_head(mode: str, **kw) -> RelationTransformerHead:
@@ -83,7 +71,7 @@ def test_permuting_actors_permutes_logits(mode: str) -> None:
     head = tiny_head(mode, num_layers=2).eval()
     batch = make_batch([3, 2])
     perm = torch.tensor([2, 0, 1, 4, 3])
-    permuted = select(batch, perm, batch.batch_index, batch.context)
+    permuted = permute_actors(batch, perm)
     torch.testing.assert_close(head(permuted).logits, head(batch).logits[perm])
 
 
@@ -95,7 +83,7 @@ def test_other_keyframes_and_padding_change_nothing(mode: str) -> None:
     together = head(batch)
     for k in range(3):
         sel = torch.nonzero(batch.batch_index == k)[:, 0]
-        alone = head(select(batch, sel, torch.zeros_like(sel), batch.context[k : k + 1]))
+        alone = head(select_actors(batch, sel, torch.zeros_like(sel), batch.context[k : k + 1]))
         torch.testing.assert_close(alone.logits, together.logits[sel], atol=1e-5, rtol=1e-5)
 
 
@@ -151,10 +139,7 @@ def test_gradients_reach_every_parameter(mode: str) -> None:
     head = tiny_head(mode, num_layers=2).train()
     out = head(make_batch([1, 3, 0, 2]))
     out.logits.square().mean().backward()
-    for name, p in head.named_parameters():
-        assert p.grad is not None, name
-        assert torch.isfinite(p.grad).all(), name
-        assert bool(p.grad.abs().sum() > 0), name
+    assert_grads_reach_every_parameter(head, finite=True)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -163,12 +148,7 @@ def test_overfits_a_few_keyframes(mode: str) -> None:
     head = tiny_head(mode).train()
     batch = make_batch([1, 2, 3, 2], seed=1)
     labels = (torch.rand(batch.num_actors, K) < 0.4).float()
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(80):
-        loss = F.binary_cross_entropy_with_logits(head(batch).logits, labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    loss = fit_logits(head, batch, labels, F.binary_cross_entropy_with_logits, lr=1e-2, steps=80)
     assert loss.item() < 0.02
 
 
