@@ -49,7 +49,7 @@ from stages.framework import Stage, StageContext, StageError
 from stages.track import read_actors
 from stages.video import VideoError, VideoReader
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: fine-tuned weights win over extract.weights
 FEATURES_DIR = "features"
 WEIGHTS_FILE = "backbone.pt"  # what the finetune stage publishes
 # Waiting on other processes of the same stage: how often to look, and for how long at
@@ -58,6 +58,13 @@ POLL_S = 0.5
 WAIT_FOR_OTHERS_S = 6 * 3600.0
 
 log = logging.getLogger("bankflow.extract")
+
+
+# The fields that decide the backbone and its input clips (what finetune shares with extract).
+BACKBONE_FIELDS = frozenset(
+    {"backbone", "backbone_kwargs", "weights", "num_frames", "frame_stride", "target_fps",
+     "short_side", "mean", "std"}
+)  # fmt: skip
 
 
 class ExtractConfig(BaseModel):
@@ -130,9 +137,11 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     cfg: ExtractStageConfig = ctx.config  # type: ignore[assignment]
     ex = cfg.extract
     dataset = Dataset.open(cfg.dataset)
-    weights = Path(ex.weights) if ex.weights else None
-    if weights is None and "finetune" in ctx.inputs:
-        weights = ctx.input("finetune").path / WEIGHTS_FILE
+    # A fine-tuned backbone wins; extract.weights is then where the fine-tuning started.
+    if "finetune" in ctx.inputs:
+        weights: Path | None = ctx.input("finetune").path / WEIGHTS_FILE
+    else:
+        weights = Path(ex.weights) if ex.weights else None
     model, weights_sha = load_backbone(ex, weights)
     model = model.to(_device(ex.device))
     owner = f"{socket.gethostname()}:{os.getpid()}"
