@@ -9,7 +9,7 @@ frequencies) is measured on the same boxes for comparison and reported beside th
 mAP (``prior_map`` in the summary, ``prior`` in ``metrics.json``).
 
 Output files: ``head.pt`` (weights + build arguments), ``history.json`` (per epoch),
-``events.jsonl`` (the same, written as each epoch ends), ``metrics.json``,
+``events.jsonl`` and ``tensorboard/`` (the same, written as each epoch ends), ``metrics.json``,
 ``predictions/<val split>.{csv,parquet}`` and ``checkpoints/epoch_<last>.pt``.
 """
 
@@ -34,7 +34,7 @@ from stages.framework import Stage, StageContext, StageError, output_dir
 from stages.head_data import KeyframeSource, SplitIndex, build_index, open_split
 from stages.train_loop import OptimConfig, TrainData, predict, train
 
-CODE_VERSION = "3"  # 2: events.jsonl, prior in metrics.json
+CODE_VERSION = "4"  # 2: events.jsonl, prior in metrics.json; 4: tensorboard scalars
 HEAD_FILE = "head.pt"
 HISTORY_FILE = "history.json"
 EVENTS_FILE = "events.jsonl"

@@ -7,8 +7,8 @@ are bitwise equal.
 
 Per-epoch figures go to the returned history and, as they happen, to an append-only JSON
 lines file (``events.jsonl``: one object per event, flushed at once) that a shell can
-``tail -f`` or a notebook can poll. TensorBoard is deliberately not a dependency; the
-JSON lines carry the same scalars and any plotting tool reads them.
+``tail -f`` or a notebook can poll, and as TensorBoard scalars (``tensorboard/`` beside
+it: ``tensorboard --logdir <work_root>/train`` shows every head's curves).
 
 With a store-backed source (``preload=False``) the next batches are read and collated in
 a background thread (:func:`stages.head_data.iter_batches`) while the head computes, so
@@ -36,6 +36,8 @@ from models.losses import ava_loss, ava_scores
 from stages.head_data import KeyframeSource, SplitIndex, collate, iter_batches, jitter_boxes
 
 log = logging.getLogger("bankflow.train")
+
+TENSORBOARD_DIR = "tensorboard"
 
 
 class OptimConfig(BaseModel):
@@ -111,15 +113,18 @@ def epoch_batches(order: np.ndarray, batch_keyframes: int) -> list[np.ndarray]:
 
 
 class EventLog:
-    """Append-only JSON lines, one object per event, flushed as written.
+    """Append-only JSON lines, one object per event, flushed as written, and the numeric
+    fields of every epoch as TensorBoard scalars (step = epoch) in ``tensorboard/``.
 
     ``{"event": "epoch", "epoch": 3, "loss": …, "val_map": …, "time": <unix s>}``. On
-    resume the file is rewritten from the checkpoint's history first, so it never holds an
-    epoch twice nor one the checkpoint does not know.
+    resume the file is rewritten from the checkpoint's history first, and TensorBoard's
+    events from the resumed epoch on are purged, so neither holds an epoch twice nor one
+    the checkpoint does not know.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self._board: Any = None
 
     def restart(self, history: list[dict[str, Any]]) -> None:
         if self.path is None:
@@ -128,6 +133,12 @@ class EventLog:
         lines = "".join(_event_line("epoch", record) for record in history)
         tmp.write_text(lines)
         os.replace(tmp, self.path)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.close()
+        self._board = SummaryWriter(
+            str(self.path.parent / TENSORBOARD_DIR), purge_step=len(history) or None
+        )
 
     def write(self, event: str, fields: dict[str, Any]) -> None:
         if self.path is None:
@@ -135,6 +146,16 @@ class EventLog:
         with open(self.path, "a") as f:
             f.write(_event_line(event, fields))
             f.flush()
+        if event == "epoch" and self._board is not None:
+            for name, value in fields.items():
+                if name != "epoch" and isinstance(value, int | float) and math.isfinite(value):
+                    self._board.add_scalar(name, value, global_step=int(fields["epoch"]))
+            self._board.flush()
+
+    def close(self) -> None:
+        if self._board is not None:
+            self._board.close()
+            self._board = None
 
 
 def _event_line(event: str, fields: dict[str, Any]) -> str:
@@ -305,6 +326,7 @@ def train(
                 old.unlink()
         if on_epoch is not None:
             on_epoch(record)
+    log_events.close()
     return history
 
 

@@ -366,3 +366,19 @@ def test_killed_run_resumes_to_identical_weights(features: Features, tmp_path: P
     assert (whole.path / "predictions" / "val.csv").read_bytes() == (
         resumed.path / "predictions" / "val.csv"
     ).read_bytes()
+
+
+def test_epochs_are_tensorboard_scalars(features: Features, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data, k = make_data(features)
+    model = build_head("linear", in_channels=features.store("train").schema.pooled_dim,
+                       num_classes=k)  # fmt: skip
+    cfg = OptimConfig(epochs=3, batch_keyframes=8)
+    history = train(model, data, cfg, tmp_path / "ckpt", events=tmp_path / "events.jsonl")
+    board = EventAccumulator(str(tmp_path / "tensorboard"))
+    board.Reload()
+    assert {"loss", "lr", "seconds"} <= set(board.Tags()["scalars"])
+    losses = board.Scalars("loss")
+    assert [e.step for e in losses] == [0, 1, 2]
+    assert [e.value for e in losses] == pytest.approx([r["loss"] for r in history], rel=1e-6)
