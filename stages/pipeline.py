@@ -184,14 +184,11 @@ class PipelineRun:
         return path
 
 
-def world_matches(root: Path, world: BaseModel) -> bool:
-    """True when ``root`` holds a finished world built from exactly this config.
-
-    ``world.json`` is written last by the generator, so its presence means complete.
-    """
+def check_world_config(root: Path, world: BaseModel) -> None:
+    """Refuse to build over a demo world that was made with another config."""
     marker = root / "world.json"
     if not marker.is_file():
-        return False
+        return
     built = json.loads(marker.read_text()).get("config")
     wanted = json.loads(json.dumps(world.model_dump(mode="json")))
     if built != wanted:
@@ -199,7 +196,6 @@ def world_matches(root: Path, world: BaseModel) -> bool:
             f"{root} holds a demo world built with another config ({marker}); "
             "choose another dataset.root or delete it"
         )
-    return True
 
 
 def prepare_dataset(config: PipelineConfig) -> tuple[DatasetConfig, str]:
@@ -208,9 +204,10 @@ def prepare_dataset(config: PipelineConfig) -> tuple[DatasetConfig, str]:
     if config.world is not None:
         from stages.world import build_world
 
-        if not world_matches(root, config.world):
-            log.info("building the demo world at %s", root)
-            build_world(root, config.world)
+        check_world_config(root, config.world)
+        # Idempotent: a complete world of this config is returned at once, a partial one
+        # (killed build, deleted file) is rebuilt.
+        build_world(root, config.world)
     dataset = config.dataset.model_copy(update={"root": root.resolve()})
     return dataset, dataset_fingerprint(dataset)
 
