@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WORK ?= work
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo serve test bench lint clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -20,6 +20,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/bankflow demo --work-root $(WORK)
+
+# Prefect server on 127.0.0.1:$${BANKFLOW_PORT:-4200} + work pool + deployments + a worker.
+serve: $(STAMP)
+	$(BIN)/bankflow serve --work-root $(WORK)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not bench" -q

@@ -10,7 +10,7 @@ one concurrent call instead of one call per array per keyframe.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,8 @@ from featurestore.features import KeyframeFeatures, VideoFeatures
 from featurestore.schema import StoreSchema
 
 SMALL_ARRAYS = ("timestamps", "actor_offset", "boxes", "scores", "track")
+# What ``read_keyframes`` returns as the context of a keyframe whose context was not asked for.
+_NOT_READ = np.zeros(0, dtype=np.float16)
 
 
 class KeyframeNotFoundError(StoreError, KeyError):
@@ -136,12 +138,28 @@ class StoreReading:
         row = self.keyframe_row(video_id, timestamp)
         return self._read_rows(video_id, row, row + 1).keyframe(video_id, 0)
 
-    def read_keyframes(self, items: Sequence[tuple[str, int]]) -> list[KeyframeFeatures]:
+    def read_keyframes(
+        self, items: Sequence[tuple[str, int]], arrays: Collection[str] | None = None
+    ) -> list[KeyframeFeatures]:
         """Many ``(video_id, timestamp)`` keyframes (a training batch) in one concurrent read.
+
+        ``arrays`` names the large arrays to read (``context``, ``pooled``, ``roi``,
+        ``roi_t``; default: every one the store has). A head that never looks at the
+        context map should not pay for reading it: ``pooled`` is always read (it is small
+        and counts the actors); an unread ``context`` comes back as an empty
+        ``[0]`` array and an unread ``roi``/``roi_t`` as None.
 
         Returns them in the order given; raises KeyframeNotFoundError for an absent one.
         """
         names = ["context", *self._large_names()]
+        if arrays is not None:
+            unknown = set(arrays) - {"context", "pooled", "roi", "roi_t"}
+            if unknown:
+                raise ValueError(
+                    f"{self.url}: unknown feature arrays {sorted(unknown)}; expected a subset "
+                    "of context, pooled, roi, roi_t"
+                )
+            names = [n for n in names if n in arrays or n == "pooled"]
         plan: list[tuple[str, int, int, int]] = []
         reads: list[Any] = []
         for video_id, timestamp in items:
@@ -157,11 +175,12 @@ class StoreReading:
         for video_id, row, a0, a1 in plan:
             large = {name: next(values) for name in names}
             small = self._small_arrays(video_id)
+            context = large.pop("context")[0] if "context" in large else _NOT_READ
             out.append(
                 KeyframeFeatures(
                     video_id=video_id,
                     timestamp=int(small["timestamps"][row]),
-                    context=large.pop("context")[0],
+                    context=context,
                     boxes=small["boxes"][a0:a1].copy(),
                     scores=small["scores"][a0:a1].copy(),
                     track=small["track"][a0:a1].copy(),

@@ -143,6 +143,44 @@ def cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_infer(args: argparse.Namespace) -> int:
+    from stages.infer import InferConfig, infer_video
+
+    cfg = InferConfig(
+        detector=args.detector, detector_arch=args.detector_arch,
+        score_threshold=args.score_threshold, max_persons=args.max_persons,
+        offset=args.offset, max_seconds=args.max_seconds, labelmap=args.labelmap,
+        device=args.device,
+    )  # fmt: skip
+    report = infer_video(args.video, args.run, args.out, cfg)
+    print(
+        f"{report['video_id']}: {report['frames']} frames, {report['keyframes']} keyframes, "
+        f"{report['persons']} persons in {report['tracks']} tracks -> {args.out}/"
+        f"{report['outputs']['video']}, {args.out}/{report['outputs']['csv']}"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    # Flow runs log INFO (stage progress) to the server; the CLI's default is WARNING.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    _prefect_env(Path(args.work_root))
+    from flows.serve import options_from_args, serve
+
+    return serve(options_from_args(args))
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    from stages.attention import attention_picture
+
+    info = attention_picture(
+        args.run, args.video, args.timestamp, args.out, store=args.store,
+        video_id=args.video_id, offset=args.offset, max_actors=args.max_actors,
+    )  # fmt: skip
+    print(f"{info['head']}: {info['actors']} actors, maps {info['maps']} -> {info['out']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bankflow",
@@ -197,6 +235,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", help="a store URL (path, file://, s3://…); for import the .h5 file")
     p.add_argument("target", nargs="?", help="export: the .h5 to write; import: the new store")
     p.set_defaults(func=cmd_store)
+
+    p = sub.add_parser(
+        "serve", help="Prefect server + work pool + deployments + worker, in the foreground"
+    )
+    p.add_argument("--work-root", default=DEFAULT_WORK_ROOT, help="PREFECT_HOME defaults here")
+    from flows.serve import add_arguments as add_serve_arguments
+
+    add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("infer", help="run a trained model on a video file: annotated MP4 + AVA CSV")
+    p.add_argument("video")
+    p.add_argument("--run", required=True, help="a train run's directory (work/train/<key>)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--detector", help="person detector checkpoint (default: the run's own)")
+    p.add_argument("--detector-arch", help="its torchvision architecture (default: the run's)")
+    p.add_argument("--score-threshold", type=float, help="default: the run's detect threshold")
+    p.add_argument("--max-persons", type=int, default=20, help="boxes per keyframe at most")
+    p.add_argument("--offset", type=int, default=0, help="CSV timestamp of the first frame")
+    p.add_argument("--max-seconds", type=float, help="only the first seconds of the video")
+    p.add_argument("--labelmap", help="label map .pbtxt if the run's dataset is not at hand")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser(
+        "attention", help="draw a trained acar/amcr/igmn_dam head's attention on a keyframe"
+    )
+    p.add_argument("--run", required=True, help="a train run's directory (work/train/<key>)")
+    p.add_argument("--video", required=True, help="the video file of the keyframe")
+    p.add_argument("--timestamp", type=int, required=True, help="the keyframe's CSV timestamp")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--store", help="feature store with the keyframe (default: the run's)")
+    p.add_argument("--video-id", help="the video's id in the store (default: file stem)")
+    p.add_argument("--offset", type=float, help="CSV time of the first frame")
+    p.add_argument("--max-actors", type=int, default=4)
+    p.set_defaults(func=cmd_attention)
     return parser
 
 

@@ -56,7 +56,8 @@ def _artifact_key(text: str) -> str:
 
 
 def publish_artifacts(summary: dict[str, Any]) -> None:
-    """Tables of models and stage runs, and each evaluation's Markdown report, on the run."""
+    """Tables of models and stage runs, each evaluation's Markdown report and the pipeline
+    report, on the run."""
     models = [
         {"model": name, **{k: m.get(k) for k in ("head", "bank", "val_map", "prior_map")}}
         for name, m in summary.get("models", {}).items()
@@ -79,3 +80,10 @@ def publish_artifacts(summary: dict[str, Any]) -> None:
         report = Path(rec["uri"]) / "metrics.md"
         if report.is_file():
             create_markdown_artifact(report.read_text(), key=_artifact_key(f"evaluation-{name}"))
+    # The run's report (stages.report): its Markdown; the PNGs and HTML sit beside it.
+    markdown = Path((summary.get("report") or {}).get("markdown", ""))
+    if markdown.is_file():
+        create_markdown_artifact(
+            markdown.read_text(), key="bankflow-report",
+            description=f"pipeline report ({markdown.parent}; plots in {markdown.parent}/plots)",
+        )  # fmt: skip

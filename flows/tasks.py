@@ -5,23 +5,61 @@ hits across runs; here the cache key is exactly the stage key of
 :func:`stages.framework.stage_key` (stage, CODE_VERSION, config section, input keys), so
 a second run, in another process or on another worker sharing the work root, is served
 from cache. Results (small :class:`StageRef` objects, never tensors) are persisted under
-``<work_root>/.prefect/results`` unless ``BANKFLOW_RESULTS`` names a shared location.
+``<work_root>/.prefect/results`` unless ``BANKFLOW_RESULTS`` names a shared location: a
+path (local, NFS) or an fsspec URL (``s3://bucket/bankflow/results``).
+
+Isolation: two workers must not compute the same key at once, so a stage task holds a
+lock on its cache key while it runs (Prefect's SERIALIZABLE isolation) — except stages in
+:data:`SELF_COORDINATED_STAGES`, which coordinate concurrent processes on one key
+themselves (extraction: per-video claims in the store, one publisher) and would lose that
+parallelism behind one lock. Locks are :class:`flows.locks.ExpiringLockManager` files in
+``<results>/locks`` (or ``BANKFLOW_LOCKS``): a lock left by a killed worker is broken.
+
+GPU: stages in :data:`GPU_STAGES` carry the :data:`GPU_TAG` tag (``bankflow serve`` gives
+it a concurrency limit = the cluster's GPUs) and claim a per-worker GPU slot
+(:func:`flows.locks.claim_gpu_slot`) before they run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import os
+import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
 from prefect import task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.filesystems import RemoteFileSystem
+from prefect.logging import get_run_logger
+from prefect.transactions import IsolationLevel
 from pydantic import BaseModel
 
+from flows.locks import ExpiringLockManager, claim_gpu_slot
 from stages.catalog import STAGES
 from stages.framework import StageError, StageRef, read_output, run_stage, stage_key
+
+# Stages that want a GPU (known now or being added): one place for tags, slots, pools.
+GPU_STAGES = frozenset(
+    {"finetune", "extract", "train", "dump", "train_bank", "rebalance", "predict"}
+)
+GPU_TAG = "gpu"
+# Stages whose compute lets several processes share one key (see module docstring).
+SELF_COORDINATED_STAGES = frozenset({"extract"})
+
+log = logging.getLogger("bankflow.flows")
 
 
 class StageCall(BaseModel):
@@ -40,9 +78,37 @@ class StageCall(BaseModel):
         return stage_key(STAGES[self.stage], self.typed_config(), self.inputs)
 
 
-def results_dir(work_root: str | Path) -> Path:
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def results_location(work_root: str | Path) -> str:
+    """Where cache records go: ``BANKFLOW_RESULTS`` (path or fsspec URL) or the work root."""
     shared = os.environ.get("BANKFLOW_RESULTS")
-    return Path(shared) if shared else Path(work_root) / ".prefect" / "results"
+    if shared:
+        return shared.removeprefix("file://") if not _is_url(shared) else shared
+    return str(Path(work_root) / ".prefect" / "results")
+
+
+def locks_location(work_root: str | Path) -> str:
+    """Lock files: ``BANKFLOW_LOCKS`` or ``<results>/locks`` (must allow exclusive create)."""
+    return os.environ.get("BANKFLOW_LOCKS") or f"{results_location(work_root).rstrip('/')}/locks"
+
+
+def result_storage(work_root: str | Path) -> Path | RemoteFileSystem:
+    location = results_location(work_root)
+    if _is_url(location):
+        return RemoteFileSystem(basepath=location)
+    Path(location).mkdir(parents=True, exist_ok=True)
+    return Path(location)
+
+
+def _forget_record(work_root: str, cache_key: str) -> None:
+    location = results_location(work_root)
+    fs, root = fsspec.core.url_to_fs(location)
+    path = f"{root.rstrip('/')}/{cache_key}"
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(path)
 
 
 @dataclass
@@ -68,8 +134,82 @@ class StageKeyPolicy(CachePolicy):
         if not published:
             # Someone removed (or corrupted) the output: the cached reference would
             # point at nothing, so forget it and let the task run.
-            (results_dir(call.work_root) / cache_key).unlink(missing_ok=True)
+            _forget_record(call.work_root, cache_key)
         return cache_key
+
+
+def cache_policy(stage: str, work_root: str | Path) -> CachePolicy:
+    """The stage-key policy, serializable behind an expiring lock unless self-coordinated."""
+    if stage in SELF_COORDINATED_STAGES:
+        return StageKeyPolicy().configure(isolation_level=IsolationLevel.READ_COMMITTED)
+    return StageKeyPolicy().configure(
+        isolation_level=IsolationLevel.SERIALIZABLE,
+        lock_manager=ExpiringLockManager(locks_location(work_root)),
+    )
+
+
+_PROGRESS = re.compile(r"^extract (\S+): (\S+) \((\d+)/(\d+)\)$")
+
+
+class StageLogBridge(logging.Handler):
+    """Forwards a stage's ``bankflow.*`` log records to the Prefect task run's log, and
+    turns extraction's per-video lines into a progress artifact.
+
+    Stages log with the standard library only (they never import Prefect); records may
+    come from a stage's writer thread, so the run logger and artifact id are bound here,
+    in the task's thread. At the end, :meth:`publish_written` adds a table of the videos
+    this process extracted (several workers may share one extraction).
+    """
+
+    def __init__(self, stage: str, splits: list[str]) -> None:
+        super().__init__(level=logging.INFO)
+        self.run_logger = get_run_logger()
+        self._context = contextvars.copy_context()
+        self.splits = splits
+        self.done: dict[str, tuple[int, int]] = {}
+        self.written: list[dict[str, str]] = []  # videos this process extracted
+        self.progress_id = None
+        if stage == "extract" and splits:
+            self.progress_id = create_progress_artifact(
+                0.0, key="extract-progress", description="videos extracted (all splits)"
+            )
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # A writer thread has none of the task's context (settings, client, run): lend it a
+        # copy, so its lines reach the same run log and API as the task thread's.
+        self._context.copy().run(self._forward, record)
+
+    def _forward(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            self.run_logger.log(record.levelno, "%s: %s", record.name, message)
+            match = _PROGRESS.match(message)
+            if match and self.progress_id is not None:
+                split, video, finished, total = match.groups()
+                self.written.append({"split": split, "video": video})
+                self.done[split] = (int(finished), int(total))
+                fractions = [d / t for d, t in (self.done.get(s, (0, 1)) for s in self.splits)]
+                update_progress_artifact(
+                    self.progress_id, 100.0 * sum(fractions) / len(fractions),
+                    description=f"extract {split}: {finished}/{total} videos (last {video})",
+                )  # fmt: skip
+        except Exception:  # artifacts are a view; never fail the stage for them
+            self.handleError(record)
+
+    def publish_written(self) -> None:
+        if self.progress_id is None:
+            return
+        who = f"{socket.gethostname()}:{os.getpid()}"
+        if self.written:
+            create_table_artifact(
+                self.written, key="extract-videos",
+                description=f"videos extracted by {who} in this task run",
+            )  # fmt: skip
+        else:
+            create_markdown_artifact(
+                f"No video extracted by {who}: all were done or held by other workers.",
+                key="extract-videos",
+            )
 
 
 @task(
@@ -77,24 +217,38 @@ class StageKeyPolicy(CachePolicy):
     cache_policy=StageKeyPolicy(),
     persist_result=True,
     result_serializer="json",
-    task_run_name="{call.stage}",
 )
 def stage_task(call: StageCall) -> StageRef:
     """Run one stage (or find its published output) and return the reference."""
-    return run_stage(
-        STAGES[call.stage], call.typed_config(), call.inputs, call.work_root, force=call.force
-    )
+    if call.stage in GPU_STAGES:
+        claim_gpu_slot()
+    config = call.typed_config()
+    splits = list(getattr(getattr(config, "extract", None), "splits", None) or [])
+    logger = logging.getLogger("bankflow")
+    bridge = StageLogBridge(call.stage, splits)
+    level = logger.level
+    logger.addHandler(bridge)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    try:
+        ref = run_stage(STAGES[call.stage], config, call.inputs, call.work_root, force=call.force)
+    finally:
+        logger.removeHandler(bridge)
+        logger.setLevel(level)
+    bridge.publish_written()
+    return ref
 
 
 def submit_stage(call: StageCall) -> tuple[StageRef, bool]:
     """Run ``call`` as a Prefect task; returns (reference, served from Prefect's cache)."""
-    storage = results_dir(call.work_root)
-    storage.mkdir(parents=True, exist_ok=True)
     # The cache record (metadata + result) lives in the result storage; giving the policy
     # the same directory as key_storage would overwrite the result with its metadata.
     configured = stage_task.with_options(
-        result_storage=storage,
+        result_storage=result_storage(call.work_root),
+        cache_policy=cache_policy(call.stage, call.work_root),
         refresh_cache=call.force,
+        task_run_name=f"{call.stage}-{call.key()}",  # the cache key: findable in the UI/API
+        tags=[f"stage:{call.stage}", *([GPU_TAG] if call.stage in GPU_STAGES else [])],
     )
     state = configured(call, return_state=True)
     ref = state.result()

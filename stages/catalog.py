@@ -6,7 +6,19 @@ look stages up here by the names users type (``bankflow stage detect``).
 
 from __future__ import annotations
 
-from stages import detect, extract, finetune, track, train
+from stages import (
+    detect,
+    dump,
+    ensemble,
+    extract,
+    finetune,
+    rebalance,
+    report,
+    track,
+    train,
+    train_bank,
+    tta,
+)
 from stages.evaluate import stage as evaluate
 from stages.framework import Stage
 
@@ -14,7 +26,7 @@ from stages.framework import Stage
 # work-root layout. Stages of later issues are listed before they are built.
 STAGE_ORDER = (
     "detect", "track", "finetune", "extract", "train", "dump",
-    "train_bank", "rebalance", "ensemble", "evaluate", "report",
+    "train_bank", "rebalance", "predict", "ensemble", "evaluate", "report",
 )  # fmt: skip
 
 STAGES: dict[str, Stage] = {
@@ -23,5 +35,11 @@ STAGES: dict[str, Stage] = {
     finetune.STAGE.name: finetune.STAGE,
     extract.STAGE.name: extract.STAGE,
     train.STAGE.name: train.STAGE,
+    dump.STAGE.name: dump.STAGE,
+    train_bank.STAGE.name: train_bank.STAGE,
+    tta.STAGE.name: tta.STAGE,  # "predict": test-time augmentation
+    rebalance.STAGE.name: rebalance.STAGE,
+    ensemble.STAGE.name: ensemble.STAGE,
     evaluate.STAGE.name: evaluate.STAGE,
+    report.STAGE.name: report.STAGE,
 }

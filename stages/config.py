@@ -16,11 +16,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from stages.data.dataset import DatasetConfig
 from stages.detect import DetectConfig
+from stages.dump import DumpSection
+from stages.ensemble import EnsembleSection
 from stages.evaluate.stage import EvaluateConfig
 from stages.extract import ExtractConfig
 from stages.finetune import FinetuneConfig
+from stages.rebalance import RebalanceSection
+from stages.report import ReportConfig
 from stages.track import TrackConfig
 from stages.train import TrainSection
+from stages.train_bank import TrainBankSection
+from stages.tta import TTAConfig
 from stages.world import WorldConfig
 
 
@@ -44,7 +50,18 @@ class PipelineConfig(BaseModel):
     finetune: FinetuneConfig | None = None
     extract: ExtractConfig = ExtractConfig()
     train: TrainSection = TrainSection()
+    # Long-term banks dumped from stage-1 runs, and the stage-2 heads that read them.
+    dump: DumpSection = DumpSection()
+    train_bank: TrainBankSection = TrainBankSection()
+    # Test-time augmentation (stages.tta): extra extraction views, averaged per box.
+    tta: TTAConfig | None = None
     evaluate: EvaluateConfig = EvaluateConfig()
+    # Class-balanced classifier re-training (cRT) of the named runs (none by default).
+    rebalance: RebalanceSection = RebalanceSection()
+    # Average-voting ensembles over the models (none by default).
+    ensemble: EnsembleSection = EnsembleSection()
+    # The Markdown/HTML report of the run (null: no report).
+    report: ReportConfig | None = ReportConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

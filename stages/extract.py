@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from featurestore import (
     FeatureStore,
@@ -80,6 +80,9 @@ class ExtractConfig(BaseModel):
     frame_stride: int = 2  # source frames between clip frames
     target_fps: float | None = None  # measure the stride at this rate (AVA: 30)
     short_side: int | None = 256
+    # Flip every frame left-right before the backbone, boxes with it (x1' = 1 - x2): a
+    # test-time augmentation view (stages.tta). The store then holds the flipped boxes.
+    flip: bool = False
     mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
     std: tuple[float, float, float] = (0.225, 0.225, 0.225)
     # Pool the context map to this (h, w) grid before storing (None: full map).
@@ -90,6 +93,15 @@ class ExtractConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     splits: list[str] = ["train", "val"]
     allow_low_disk: bool = False
+
+    @model_serializer(mode="wrap")
+    def _omit_unflipped(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # ``flip`` came after stores were published: left out of the dump (and so of the
+        # stage key) while False, it keeps the keys of every unflipped extraction.
+        data = handler(self)
+        if not self.flip:
+            data.pop("flip", None)
+        return data
 
 
 class ExtractStageConfig(BaseModel):

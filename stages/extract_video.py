@@ -61,6 +61,13 @@ def load_backbone(cfg: ExtractConfig, weights: Path | None) -> tuple[torch.nn.Mo
     return model.eval(), _sha256(weights)
 
 
+def flip_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Normalized ``x1, y1, x2, y2`` boxes [A, 4] as they sit in the left-right flipped
+    frame: ``x1' = 1 - x2, x2' = 1 - x1`` (y unchanged). Its own inverse."""
+    b = np.asarray(boxes)
+    return np.stack([1.0 - b[:, 2], b[:, 1], 1.0 - b[:, 0], b[:, 3]], axis=1).astype(b.dtype)
+
+
 def _probe_shapes(model: torch.nn.Module, cfg: ExtractConfig, height: int, width: int):
     """(C, h, w) of the map and T' of the temporal map for a clip of this size."""
     with torch.inference_mode():
@@ -79,16 +86,19 @@ def build_schema(
 ) -> StoreSchema:  # fmt: skip
     channels, h, w = fmap_shape
     grid = cfg.context_grid or (h, w)
+    clip = {
+        "frames": cfg.num_frames,
+        "stride": cfg.frame_stride,
+        "fps": cfg.target_fps,
+        "short_side": cfg.short_side,
+    }
+    if cfg.flip:  # only when set: unflipped schemas stay equal to those of older stores
+        clip["flip"] = True
     return StoreSchema(
         backbone=cfg.backbone,
         weights_sha256=weights_sha,
         detector_key=detector_key,
-        clip={
-            "frames": cfg.num_frames,
-            "stride": cfg.frame_stride,
-            "fps": cfg.target_fps,
-            "short_side": cfg.short_side,
-        },
+        clip=clip,
         context_shape=(channels, *grid),
         pooled_dim=channels,
         roi_shape=(channels, 7, 7) if cfg.store_roi else None,
@@ -111,8 +121,11 @@ class VideoExtractor:
         self.std = torch.tensor(cfg.std).view(1, 3, 1, 1, 1)
 
     def _prepare(self, clips: list[np.ndarray]) -> torch.Tensor:
-        """uint8 [T, H, W, 3] clips -> the normalized float batch [B, 3, T, H, W] (CPU)."""
+        """uint8 [T, H, W, 3] clips -> the normalized float batch [B, 3, T, H, W] (CPU),
+        flipped left-right when the config says so."""
         x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float().div_(255.0)
+        if self.cfg.flip:
+            x = x.flip(-1)
         return (x - self.mean) / self.std
 
     def _forward(self, x: torch.Tensor, boxes: list[np.ndarray]):
@@ -162,13 +175,16 @@ class VideoExtractor:
 
         Returns:
             The video's arrays in the store's dtypes; actors keep their input order within
-            a keyframe; keyframes without actors are absent.
+            a keyframe; keyframes without actors are absent. With ``flip`` the boxes are
+            the flipped ones the features were pooled from (see :func:`flip_boxes`).
         """
         order = np.argsort(actors["timestamp"], kind="stable")
         times = actors["timestamp"][order]
         timestamps, first = np.unique(times, return_index=True)
         offsets = np.append(first, len(times)).astype(np.int64)  # CSR over sorted actors
         boxes = actors["boxes"][order]
+        if self.cfg.flip:
+            boxes = flip_boxes(boxes)
         spec = ClipSpec(
             num_frames=self.cfg.num_frames, stride=self.cfg.frame_stride,
             short_side=self.cfg.short_side, target_fps=self.cfg.target_fps,

@@ -10,7 +10,7 @@ in which case :func:`iter_batches` reads the next batches in a background thread
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -136,20 +136,32 @@ def build_index(
 
 
 class KeyframeSource:
-    """Reads the features of chosen keyframes: preloaded into RAM, or from the store."""
+    """Reads the features of chosen keyframes: preloaded into RAM, or from the store.
 
-    def __init__(self, store: FeatureStore, index: SplitIndex, *, preload: bool) -> None:
+    ``arrays``: the large arrays the head reads (``head_reads`` of :mod:`models.heads`;
+    None = all the store has). Arrays a head never looks at are neither read nor held.
+    """
+
+    def __init__(
+        self,
+        store: FeatureStore,
+        index: SplitIndex,
+        *,
+        preload: bool,
+        arrays: Collection[str] | None = None,
+    ) -> None:
         self.store, self.index, self.preload = store, index, preload
+        self.arrays = None if arrays is None else frozenset(arrays)
         self._cache: list[KeyframeFeatures] | None = None
         if preload:
             items = list(zip(index.video.tolist(), index.timestamp.tolist(), strict=True))
-            self._cache = store.read_keyframes(items)
+            self._cache = store.read_keyframes(items, arrays=self.arrays)
 
     def get(self, keyframes: np.ndarray) -> list[KeyframeFeatures]:
         if self._cache is not None:
             return [self._cache[int(k)] for k in keyframes]
         items = [(str(self.index.video[k]), int(self.index.timestamp[k])) for k in keyframes]
-        return self.store.read_keyframes(items)
+        return self.store.read_keyframes(items, arrays=self.arrays)
 
 
 def iter_batches(
@@ -179,8 +191,18 @@ def collate(features: list[KeyframeFeatures], *, use_roi: bool, use_roi_t: bool)
         return torch.from_numpy(np.concatenate([getattr(f, name) for f in features])).float()
 
     counts = torch.tensor([len(f.boxes) for f in features])
+    if features and features[0].context.ndim == 3:
+        context = torch.from_numpy(np.stack([f.context for f in features])).float()
+    else:  # not read (the head does not look at it): B empty maps keep num_keyframes right
+        context = torch.zeros((len(features), 0, 0, 0))
+    for name, wanted in (("roi", use_roi), ("roi_t", use_roi_t)):
+        if wanted and features and getattr(features[0], name) is None:
+            raise ValueError(
+                f"collate: {name} was asked for but not read from the store "
+                f"(keyframe {features[0].video_id},{features[0].timestamp:04d})"
+            )
     return ActorBatch(
-        context=torch.from_numpy(np.stack([f.context for f in features])).float(),
+        context=context,
         pooled=cat("pooled"),
         boxes=cat("boxes"),
         batch_index=torch.repeat_interleave(torch.arange(len(features)), counts),

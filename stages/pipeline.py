@@ -19,7 +19,19 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from stages import detect, extract, finetune, track, train
+from stages import (
+    detect,
+    dump,
+    ensemble,
+    extract,
+    finetune,
+    rebalance,
+    report,
+    track,
+    train,
+    train_bank,
+    tta,
+)
 from stages.catalog import STAGE_ORDER, STAGES
 from stages.config import PipelineConfig
 from stages.data import DatasetConfig
@@ -132,7 +144,7 @@ class PipelineRun:
         }
         for record_name, rec in self.records.items():
             stage, _, label = record_name.partition(":")
-            if stage in ("train", "train_bank", "rebalance") and label:
+            if stage in ("train", "train_bank", "rebalance", "predict") and label:
                 summ = rec["summary"]
                 summary["models"][label] = {
                     "stage": stage,
@@ -145,6 +157,23 @@ class PipelineRun:
                     "train_seconds": summ.get("train_seconds"),
                     "predictions_csv": summ.get("predictions_csv"),
                 }
+                if stage == "rebalance":  # cRT: the source run and the head/tail change
+                    summary["models"][label].update(
+                        source=summ.get("source"), val_map_before=summ.get("val_map_before"),
+                        crt=summ.get("crt"),
+                    )  # fmt: skip
+            elif stage == "ensemble" and label:
+                summ = rec["summary"]
+                summary.setdefault("ensembles", {})[label] = {
+                    k: summ.get(k)
+                    for k in ("members", "weights", "val_map", "group_map", "best_member",
+                              "best_member_map", "gain", "selection_optimistic",
+                              "predictions_csv")
+                }  # fmt: skip
+        if "report" in self.records:
+            uri = Path(self.records["report"]["uri"])
+            summary["report"] = {"markdown": str(uri / report.MARKDOWN_FILE),
+                                 "html": str(uri / report.HTML_FILE)}  # fmt: skip
         det = self.records.get("detect", {}).get("summary", {})
         evaluated = det.get(self.config.evaluate.split) or {}
         if "ap50" in evaluated:
@@ -223,6 +252,52 @@ def dataset_section(config: PipelineConfig, dataset: DatasetConfig, fingerprint:
     return section
 
 
+def run_bank_stages(
+    run: PipelineRun,
+    dataset: DatasetConfig,
+    fingerprint: str,
+    features: StageRef,
+    stage1: dict[str, StageRef],
+) -> dict[str, StageRef]:
+    """Each dump (from its stage-1 run), then each stage-2 run; returns the stage-2 models."""
+    cfg = run.config
+    clash = sorted(set(cfg.train_bank.runs) & set(cfg.train.runs))
+    if clash:
+        raise ValueError(f"train_bank runs {clash} have the names of train runs; rename them")
+
+    def stage1_run(name: str, who: str) -> StageRef:
+        if name not in stage1:
+            raise ValueError(f"{who}: no train run {name!r}; train runs are {sorted(stage1)}")
+        return stage1[name]
+
+    banks: dict[str, StageRef] = {}
+    run.pending_runs["dump"] = len(cfg.dump.banks)
+    for name, bank in cfg.dump.banks.items():
+        inputs = {"train": stage1_run(bank.from_, f"dump.banks.{name}.from"), "extract": features}
+        banks[name] = run.stage(
+            "dump", dump.DumpStageConfig(name=name, bank=bank), inputs, label=name
+        )
+    models: dict[str, StageRef] = {}
+    run.pending_runs["train_bank"] = len(cfg.train_bank.runs)
+    for name, head_run in cfg.train_bank.runs.items():
+        inputs = {"extract": features}
+        if head_run.bank_mode == "offline":
+            if head_run.bank not in banks:
+                raise ValueError(
+                    f"train_bank.runs.{name}.bank: no dump {head_run.bank!r}; dumps are "
+                    f"{sorted(banks)}"
+                )
+            inputs["dump"] = banks[head_run.bank]
+        if head_run.init == "stage1":
+            source = head_run.stage1 or cfg.dump.banks[str(head_run.bank)].from_
+            inputs["train"] = stage1_run(source, f"train_bank.runs.{name}")
+        bank_config = train_bank.TrainBankStageConfig(
+            dataset=dataset, dataset_fingerprint=fingerprint, name=name, run=head_run
+        )
+        models[name] = run.stage("train_bank", bank_config, inputs, label=name)
+    return models
+
+
 def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
     """dataset -> detect -> … (later stages join as they land). Returns the summary."""
     cfg = run.config
@@ -254,10 +329,18 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
                 dataset=dataset, dataset_fingerprint=fingerprint, name=name, run=head_run
             )
             models[name] = run.stage("train", head_config, {"extract": features}, label=name)
+        models.update(run_bank_stages(run, dataset, fingerprint, features, models))
+        # cRT of the chosen train / train_bank runs: the models <name>_crt.
+        models.update(rebalance.run_rebalance_stages(run, dataset, fingerprint, features, models))
+        if cfg.tta is not None:  # test-time augmentation: extra views, averaged (stages.tta)
+            models.update(tta.run_tta_stages(run, section))
         run.pending_runs["evaluate"] = len(models)
         for name, predictions in models.items():
             eval_config = section(evaluate.EvaluateStageConfig, "evaluate")
             run.stage("evaluate", eval_config, {"predictions": predictions}, label=name)
+        ensemble.run_ensemble_stages(run, dataset, fingerprint, models)
+        if cfg.report is not None:
+            report.run_report_stage(run, dataset, fingerprint)
     except UntilReached:
         pass
     if write:
@@ -333,6 +416,32 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"{name:<14} {ev.get('split', '-'):<6} {ev.get('mAP', float('nan')):>13.4f}  "
                 f"{rec['uri']}/metrics.md"
             )
+    crt = {name: m for name, m in models.items() if m.get("crt")}
+    if crt:
+        lines.append("")
+        lines.append(f"{'cRT':<14} {'from':<10} {'mAP before':>10} {'after':>7} {'k':>3} "
+                     f"{'head Δ':>8} {'tail Δ':>8}")  # fmt: skip
+        for name, m in crt.items():
+            c = m["crt"]
+            lines.append(
+                f"{name:<14} {m.get('source') or '-':<10} {m.get('val_map_before') or 0:>10.3f} "
+                f"{m['val_map'] or 0:>7.3f} {c['k']:>3} {c['head_change']:>+8.4f} "
+                f"{c['tail_change']:>+8.4f}"
+            )
+    ensembles = summary.get("ensembles", {})
+    if ensembles:
+        lines.append("")
+        lines.append(f"{'ensemble':<14} {'val mAP':>8} {'best member':>20} {'gain':>8}  members")
+        for name, e in ensembles.items():
+            best = f"{e['best_member']} {e['best_member_map']:.3f}"
+            note = " (selected on this split: optimistic)" if e["selection_optimistic"] else ""
+            lines.append(
+                f"{name:<14} {e['val_map']:>8.3f} {best:>20} {e['gain']:>+8.4f}  "
+                f"{'+'.join(e['members'])}{note}"
+            )
+    if summary.get("report"):
+        lines.append("")
+        lines.append(f"report: {summary['report']['markdown']} (and {summary['report']['html']})")
     lines.append("")
     lines.append(
         f"total {summary['seconds']:.1f} s; summary: {summary['work_root']}/{SUMMARY_FILE}"

@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.heads import build_head
+from featurestore import format_bytes
+from models.heads import build_head, head_reads
 from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
@@ -56,7 +57,10 @@ class HeadRunConfig(BaseModel):
     val_split: str = "val"
     # IoU with a GT box that gives a detected box its labels
     label_iou: float = Field(0.5, gt=0.0, le=1.0)
-    preload: bool = True  # hold the split's features in RAM (small stores)
+    # Hold the arrays the head reads in RAM: True, False (read each batch from the store,
+    # prefetched in a thread), or "auto": in RAM when they take at most preload_max_gb.
+    preload: bool | Literal["auto"] = "auto"
+    preload_max_gb: float = Field(8.0, ge=0.0)
     # keep only the k best classes per box in the predictions (None: every class)
     top_k: int | None = Field(None, ge=1)
 
@@ -127,6 +131,23 @@ def prior_scores(train_labels: np.ndarray, n_actors: int) -> np.ndarray:
     return np.tile(freq.astype(np.float32), (n_actors, 1))
 
 
+def features_nbytes(schema: Any, n_keyframes: int, n_actors: int, arrays: Any) -> int:
+    """Bytes that ``arrays`` of ``n_keyframes`` keyframes with ``n_actors`` actors take in RAM."""
+    item = np.dtype(schema.dtype).itemsize
+    per_row = {
+        "context": (n_keyframes, schema.context_shape),
+        "pooled": (n_actors, (schema.pooled_dim,)),
+        "roi": (n_actors, schema.roi_shape),
+        "roi_t": (n_actors, schema.roi_t_shape),
+    }
+    total = 0
+    for name in arrays:
+        rows, shape = per_row[name]
+        if shape is not None:
+            total += rows * int(np.prod(shape)) * item
+    return total
+
+
 def compute(ctx: StageContext) -> dict[str, Any]:
     cfg: TrainStageConfig = ctx.config  # type: ignore[assignment]
     run = cfg.run
@@ -145,13 +166,6 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     val_index = build_index(val_store, None, labelmap)
     if not len(train_index):
         raise StageError(f"train: {features_uri} holds no {run.train_split!r} keyframes")
-    data = TrainData(
-        train=KeyframeSource(train_store, train_index, preload=run.preload),
-        val=KeyframeSource(val_store, val_index, preload=run.preload),
-        exclusive=exclusive,
-        use_roi=schema.roi_shape is not None,
-        use_roi_t=schema.roi_t_shape is not None,
-    )
     torch.manual_seed(run.optim.seed)
     head_kwargs = dict(run.head_kwargs)
     if run.head == "igmn_dam":
@@ -160,6 +174,33 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         head_kwargs.setdefault("aux_class_mask", [k not in exclusive for k in range(len(labelmap))])
     model = build_head(
         run.head, in_channels=schema.pooled_dim, num_classes=len(labelmap), **head_kwargs
+    )
+    reads = head_reads(model)
+    missing = {"roi": schema.roi_shape, "roi_t": schema.roi_t_shape}
+    absent = sorted(name for name, shape in missing.items() if name in reads and shape is None)
+    if absent and getattr(model, "reads", None) is not None:
+        raise StageError(
+            f"train {cfg.name}: head {run.head!r} reads {', '.join(absent)}, which the feature "
+            f"store {features_uri} does not hold (extract with store_{absent[0]}: true)"
+        )
+    arrays = reads & ({"context", "pooled"} | {n for n, shape in missing.items() if shape})
+    preload = run.preload
+    if preload == "auto":
+        held = sum(
+            features_nbytes(schema, len(index), len(index.boxes), arrays)
+            for index in (train_index, val_index)
+        )
+        preload = held <= run.preload_max_gb * 1e9
+        log.info(
+            "%s: %s (%s) %s", cfg.name, ", ".join(sorted(arrays)), format_bytes(held),
+            "preloaded into RAM" if preload else "read from the store per batch",
+        )  # fmt: skip
+    data = TrainData(
+        train=KeyframeSource(train_store, train_index, preload=preload, arrays=arrays),
+        val=KeyframeSource(val_store, val_index, preload=preload, arrays=arrays),
+        exclusive=exclusive,
+        use_roi="roi" in arrays,
+        use_roi_t="roi_t" in arrays,
     )
     gt_val = dataset.gt(run.val_split)
     excluded_val = dataset.excluded(run.val_split)

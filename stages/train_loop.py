@@ -68,6 +68,17 @@ class TrainData:
     exclusive: list[int]  # dense class indices of the mutually exclusive (pose) classes
     use_roi: bool
     use_roi_t: bool
+    # Stage-2 heads: fills ``batch.bank`` for the keyframes of a batch (the window reader);
+    # called where the batch is read, so a store-backed source reads it in the prefetch thread.
+    attach: Callable[[KeyframeSource, np.ndarray, Any], None] | None = None
+
+
+def read_batch(source: KeyframeSource, keyframes: np.ndarray, data: TrainData) -> Any:
+    """The collated :class:`ActorBatch` of ``keyframes`` (with its bank window, if any)."""
+    batch = collate(source.get(keyframes), use_roi=data.use_roi, use_roi_t=data.use_roi_t)
+    if data.attach is not None:
+        data.attach(source, keyframes, batch)
+    return batch
 
 
 def make_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -100,7 +111,7 @@ def get_batch(
 ) -> tuple[Any, torch.Tensor]:
     """The :class:`ActorBatch` of ``keyframes`` and its multi-hot targets [N, C]."""
     index: SplitIndex = source.index
-    batch = collate(source.get(keyframes), use_roi=data.use_roi, use_roi_t=data.use_roi_t)
+    batch = read_batch(source, keyframes, data)
     c = index.labels.shape[1]
     rows = [index.labels[index.actors(int(k))] for k in keyframes]
     targets = torch.from_numpy(np.concatenate(rows) if rows else np.zeros((0, c), np.float32))
@@ -346,7 +357,7 @@ def predict(
     batches = epoch_batches(np.arange(n), batch_keyframes)
 
     def read(keyframes: np.ndarray):
-        return collate(source.get(keyframes), use_roi=data.use_roi, use_roi_t=data.use_roi_t)
+        return read_batch(source, keyframes, data)
 
     out = [
         ava_scores(model(batch).logits, data.exclusive).numpy()

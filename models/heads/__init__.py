@@ -13,13 +13,19 @@ from typing import Any
 from torch import nn
 
 from models.heads.acar import ACARHead
+from models.heads.acar_acfb import ACARACFBHead
 from models.heads.acrn import ACRNHead
 from models.heads.amcr import AMCRHead, amcr_slim_head
+from models.heads.amcr_hafb import AMCRHAFBHead
+from models.heads.bank_features import BANK_KINDS, bank_rows
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.igmn import IGMNHead
 from models.heads.igmn_dam import IGMNDAMHead
+from models.heads.lfb import LFBHead
 from models.heads.linear import LinearHead
 from models.heads.pcca import PCCAHead
 from models.heads.relation_transformer import RelationTransformerHead
+from models.heads.tonly_memory import TOnlyMemoryHead
 
 HEADS: dict[str, Callable[..., nn.Module]] = {
     "linear": LinearHead,
@@ -31,6 +37,12 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "sonly": partial(RelationTransformerHead, mode="spatial"),
     "tonly": partial(RelationTransformerHead, mode="temporal"),
     "igmn_dam": IGMNDAMHead,
+    # stage 2: read a long-term bank window (BANK_KIND says which bank)
+    "lfb": LFBHead,
+    "acar_acfb": ACARACFBHead,
+    "tonly_memory": TOnlyMemoryHead,
+    "amcr_hafb": AMCRHAFBHead,
+    "igmn": IGMNHead,
 }
 
 
@@ -41,4 +53,32 @@ def build_head(name: str, *, in_channels: int, num_classes: int, **kwargs: Any) 
     return HEADS[name](in_channels=in_channels, num_classes=num_classes, **kwargs)
 
 
-__all__ = ["HEADS", "ActorBatch", "HeadOutput", "build_head"]
+FEATURE_ARRAYS = frozenset({"context", "pooled", "roi", "roi_t"})
+
+
+def head_reads(head: nn.Module) -> frozenset[str]:
+    """The feature-store arrays ``head`` looks at (its ``reads`` attribute; every array for
+    a head that does not say). The trainer reads only these, so a head on pooled features
+    does not pay for reading context maps."""
+    reads = getattr(head, "reads", None)
+    if reads is None:
+        return FEATURE_ARRAYS
+    unknown = set(reads) - FEATURE_ARRAYS
+    if unknown:
+        raise ValueError(
+            f"{type(head).__name__}.reads names unknown arrays {sorted(unknown)}; "
+            f"expected a subset of {sorted(FEATURE_ARRAYS)}"
+        )
+    return frozenset(reads) | {"pooled"}
+
+
+__all__ = [
+    "BANK_KINDS",
+    "FEATURE_ARRAYS",
+    "HEADS",
+    "ActorBatch",
+    "HeadOutput",
+    "bank_rows",
+    "build_head",
+    "head_reads",
+]

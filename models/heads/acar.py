@@ -144,6 +144,9 @@ class ACARHead(nn.Module):
     Output ``features``: Tensor[N, reduce_dim + dim] = [reduced A^i, mean_{x,y} F'^i].
     """
 
+    # The feature-store arrays this head reads (the trainer reads nothing else).
+    reads = frozenset({"context", "pooled"})
+
     def __init__(
         self,
         *,

@@ -108,6 +108,9 @@ class AMCRHead(nn.Module):
     scale by scale (3x3, then 5x5, then 7x7, each row-major).
     """
 
+    # The feature-store arrays this head reads (the trainer reads nothing else).
+    reads = frozenset({"context", "pooled"})
+
     def __init__(
         self,
         *,
@@ -189,7 +192,10 @@ class AMCRHead(nn.Module):
         crops = roi_align(pos, rois, self.roi_size, spatial_scale=1.0, aligned=True)
         return crops.mean(dim=(2, 3))
 
-    def forward(self, batch: ActorBatch) -> HeadOutput:
+    def interaction(self, batch: ActorBatch) -> tuple[Tensor, Tensor]:
+        """BHOI short-term part: the high-order interaction feature H of every actor
+        [N, hidden_dim] (what HR-AFB stores) and its last-block attention to the M context
+        tokens [N, M]."""
         self._check(batch)
         context = batch.context
         _, _, h, w = context.shape
@@ -207,6 +213,10 @@ class AMCRHead(nn.Module):
         x = self.norm(x)
         features = unpad_actors(x[:, :a], mask)  # (N, D)
         to_context = unpad_actors(weights[:, :a, a:], mask)  # (N, M)
+        return features, to_context
+
+    def forward(self, batch: ActorBatch) -> HeadOutput:
+        features, to_context = self.interaction(batch)
         logits = self.classifier(self.dropout(features))
         return HeadOutput(logits=logits, features=features, attention={"bhoi": to_context})
 

@@ -23,8 +23,11 @@ class ActorBatch:
         roi: optional Tensor[N, C, 7, 7], the actor's RoIAlign map (ACRN, DAM, PCCA).
         roi_t: optional Tensor[N, C, T, 7, 7], temporal RoI maps (T-only head).
         track: optional LongTensor[N], identity of each actor (-1 unknown).
-        bank: optional dict of long-term bank tensors for stage-2 heads (their docs say
-            which keys they read), e.g. ``{"features": Tensor[N, L, D], "mask": BoolTensor[N, L]}``.
+        bank: long-term bank window of each KEYFRAME for stage-2 heads (their docs say
+            which keys they read): ``mask`` Bool[B, L], ``dt`` float[B, L] (seconds from
+            the keyframe), ``track`` long[B, L], ``current`` Bool[B, L], and the bank's
+            arrays, e.g. ``features`` [B, L, D] or ``maps`` [B, L, d, H, W]
+            (:mod:`stages.bank_window` builds it).
     """
 
     context: Tensor

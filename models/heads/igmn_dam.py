@@ -40,8 +40,12 @@ Choices where the paper is vague, with reasons:
   (k + 0.5) / K in [0, 1].
 * Losses sum over classes and average over actors, exactly as eqs. 4-6 are written.
 * FFN widths ``attention_hidden=512`` and ``fuse_hidden=1024``: not given in the paper.
-* Without an HGNN memory feature, ``f_dam`` has no ``f_mem`` part; the full IGMN head
-  adds it.
+* Without an HGNN memory feature (``memory_channels=0``, the stage-1 head), ``f_dam`` has
+  no ``f_mem`` part. The full IGMN head (``models/heads/igmn.py``) builds this head with
+  ``memory_channels`` and passes ``forward(..., memory=f_mem)``: ``f_mem`` is tiled and
+  concatenated last into ``f_dam`` (eq. 2) and ``f_fuse = f_idt + f_mem`` (eq. 9) adds it to
+  the ``f_mem`` channels of ``f_idt`` (the two widths differ, eq. 9 does not say how they
+  meet; this keeps both the attended and the raw memory feature).
 
 RoIAlign: ``torchvision.ops.roi_align`` with the normalized boxes scaled by (W, H) into
 feature-map coordinates, ``spatial_scale=1.0``, ``aligned=True``.
@@ -149,8 +153,12 @@ class IGMNDAMHead(nn.Module):
     ``attention["semantic"]`` and ``attention["identity"]`` [N, R, R] (omega_sem and the raw
     omega_idt over the enlarged box, R = ``roi_size``), and ``aux_losses`` weighted by
     ``aux_weight`` (``prior_sem``, ``prior_idt`` always; ``cls_sem``, ``cls_idt`` when
-    ``labels`` [N, K] is given).
+    ``labels`` [N, K] is given). With ``memory_channels`` > 0 (inside the full IGMN head)
+    ``forward(batch, labels, memory=f_mem)`` takes the HGNN feature [N, memory_channels].
     """
+
+    # The feature-store arrays this head reads (the trainer reads nothing else).
+    reads = frozenset({"context", "pooled"})
 
     needs_labels = True
 
@@ -167,6 +175,7 @@ class IGMNDAMHead(nn.Module):
         prior_margin: float = 0.1,
         aux_class_mask: Sequence[bool] | None = None,
         eps: float = 1e-6,
+        memory_channels: int = 0,
     ) -> None:
         super().__init__()
         if aux_class_mask is not None and len(aux_class_mask) != num_classes:
@@ -181,11 +190,12 @@ class IGMNDAMHead(nn.Module):
         self.aux_weight = aux_weight
         self.prior_margin = prior_margin
         self.eps = eps
+        self.memory_channels = memory_channels
         mask = torch.ones(num_classes, dtype=torch.bool)
         if aux_class_mask is not None:
             mask = torch.tensor(list(aux_class_mask), dtype=torch.bool)
         self.register_buffer("aux_class_mask", mask, persistent=False)
-        dam = in_channels + 4
+        dam = in_channels + 4 + memory_channels
         self.ffn_sem = _attention_ffn(dam, attention_hidden)
         self.ffn_idt = _attention_ffn(dam, attention_hidden)
         self.classifier_sem = nn.Linear(dam, num_classes)
@@ -248,8 +258,30 @@ class IGMNDAMHead(nn.Module):
         f_geo = torch.stack([xr, yr, alpha / math.pi, alpha_bar / math.pi], dim=1)
         return f_geo, p_hat
 
-    def forward(self, batch: ActorBatch, labels: Tensor | None = None) -> HeadOutput:
+    def actor_maps(self, batch: ActorBatch) -> Tensor:
+        """f^i: RoIAlign of ``batch.context`` over the enlarged boxes, Tensor[N, C, R, R]."""
+        _, _, h, w = batch.context.shape
+        boxes = enlarge_boxes(batch.boxes, self.context_scale)
+        rois = feature_map_rois(boxes, batch.batch_index, h, w)
+        return roi_align(batch.context, rois, self.roi_size, spatial_scale=1.0, aligned=True)
+
+    def node_features(self, batch: ActorBatch) -> Tensor:
+        """HGNN node features f_hat^i = max_xy f^i (IGMN §3.2.1): Tensor[N, C]."""
+        return self.actor_maps(batch).amax(dim=(2, 3))
+
+    def forward(
+        self, batch: ActorBatch, labels: Tensor | None = None, memory: Tensor | None = None
+    ) -> HeadOutput:
         context, boxes, batch_index = batch.context, batch.boxes, batch.batch_index
+        m = self.memory_channels
+        if (memory is None) != (m == 0) or (
+            memory is not None and memory.shape != (batch.num_actors, m)
+        ):
+            got = None if memory is None else tuple(memory.shape)
+            raise ValueError(
+                f"IGMNDAMHead(memory_channels={m}) needs memory "
+                f"{'None' if m == 0 else [batch.num_actors, m]}, got {got}"
+            )
         if context.dim() != 4 or context.shape[1] != self.in_channels:
             raise ValueError(
                 f"IGMNDAMHead: batch.context must be [B, {self.in_channels}, H, W], "
@@ -270,11 +302,17 @@ class IGMNDAMHead(nn.Module):
         f = roi_align(context, rois, self.roi_size, spatial_scale=1.0, aligned=True)
         f_geo, p_hat = self.geometry(boxes, batch_index, batch.num_keyframes, h, w)
         f_dam = torch.cat([f, f_geo.to(f.dtype)], dim=1)  # (N, C+4, R, R)
+        if memory is not None:  # eq. 2: f_mem tiled over the RoI grid, concatenated last
+            tiled = memory.to(f.dtype)[:, :, None, None].expand(-1, -1, *f.shape[2:])
+            f_dam = torch.cat([f_dam, tiled], dim=1)  # (N, C+4+m, R, R)
         w_sem = torch.sigmoid(self.ffn_sem(f_dam))  # (N, 1, R, R)
         w_idt = torch.sigmoid(self.ffn_idt(f_dam))
         f_sem = (f_dam * w_sem).mean(dim=(2, 3))  # (N, C+4)
         f_idt = (f_dam * (w_sem * w_idt)).mean(dim=(2, 3))
-        features = self.fuse(f_idt)
+        f_fuse = f_idt
+        if memory is not None:  # eq. 9: f_fuse = f_mem + f_idt, on f_idt's memory channels
+            f_fuse = torch.cat([f_idt[:, :-m], f_idt[:, -m:] + memory.to(f.dtype)], dim=1)
+        features = self.fuse(f_fuse)
         logits = self.classifier(features)
 
         sem, idt, p_hat = w_sem[:, 0], w_idt[:, 0], p_hat.to(f.dtype)

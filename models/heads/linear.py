@@ -14,6 +14,9 @@ class LinearHead(nn.Module):
     SlowFast-Det (Feichtenhofer et al., "SlowFast Networks", §5 AVA).
     """
 
+    # The feature-store arrays this head reads (the trainer reads nothing else).
+    reads = frozenset({"pooled"})
+
     def __init__(self, *, in_channels: int, num_classes: int, dropout: float = 0.5) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)

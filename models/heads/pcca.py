@@ -76,6 +76,9 @@ class CrossAttentionLayer(nn.Module):
 class PCCAHead(nn.Module):
     """Person-context cross-attention transformer head (reads ``context``, ``pooled``, ``boxes``)."""
 
+    # The feature-store arrays this head reads (the trainer reads nothing else).
+    reads = frozenset({"context", "pooled"})
+
     def __init__(
         self,
         *,

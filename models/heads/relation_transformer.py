@@ -137,6 +137,8 @@ class RelationTransformerHead(nn.Module):
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         self.mode: Mode = mode
+        # The feature-store arrays this head reads (the trainer reads nothing else).
+        self.reads = frozenset({"pooled", "roi" if mode == "spatial" else "roi_t"})
         self.aggregation = aggregation
         self.in_channels = in_channels
         self.project = nn.Linear(in_channels, hidden_dim)
@@ -182,6 +184,11 @@ class RelationTransformerHead(nn.Module):
         flat = roi_t.flatten(3)  # (N, C, T, H*W)
         agg = flat.mean(dim=3) if self.aggregation == "avg" else flat.amax(dim=3)
         return agg.transpose(1, 2)  # (N, T, C)
+
+    def memory_features(self, batch: ActorBatch) -> Tensor:
+        """Pooled person features Tensor[N, C]: the input tokens averaged over positions
+        (what the memory bank of the AVA-Kinetics report, §2.3, stores)."""
+        return self._tokens(batch).mean(dim=1)
 
     def forward(self, batch: ActorBatch) -> HeadOutput:
         tokens = self._tokens(batch)

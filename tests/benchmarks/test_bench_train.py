@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from featurestore import FeatureStore, StoreSchema, VideoFeatures
-from models.heads import build_head
+from models.heads import build_head, head_reads
 from stages.data import LabelMap
 from stages.head_data import KeyframeSource, build_index
 from stages.train_loop import OptimConfig, TrainData, train
@@ -72,12 +72,13 @@ def step_seconds(store: FeatureStore, head: str, *, preload: bool, prefetch: int
     )
     index = build_index(store, None, labelmap)
     index.labels = (np.random.default_rng(1).random(index.labels.shape) < 0.2).astype(np.float32)
-    data = TrainData(
-        train=KeyframeSource(store, index, preload=preload), val=None,
-        exclusive=[0, 1, 2], use_roi=True, use_roi_t=False,
-    )  # fmt: skip
     torch.manual_seed(0)
     model = build_head(head, in_channels=C, num_classes=K, **HEADS[head])
+    arrays = head_reads(model)  # what the train stage reads for this head
+    data = TrainData(
+        train=KeyframeSource(store, index, preload=preload, arrays=arrays), val=None,
+        exclusive=[0, 1, 2], use_roi="roi" in arrays, use_roi_t=False,
+    )  # fmt: skip
     cfg = OptimConfig(epochs=EPOCHS, batch_keyframes=BATCH)
     history = train(model, data, cfg, tmp / f"{head}-{preload}-{prefetch}", prefetch=prefetch)
     steps = -(-len(index) // BATCH)

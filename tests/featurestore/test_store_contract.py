@@ -87,6 +87,26 @@ class StoreContract:
         with pytest.raises(StoreError, match="actor rows must be in"):
             store.read_pooled("vid_a", [feats.n_actors])
 
+    def test_read_keyframes_only_the_arrays_asked_for(self, store: FeatureStore) -> None:
+        feats = self._fill(store)["vid_a"]
+        off = feats.actor_offset
+        full, pooled_only, with_roi = (
+            store.read_keyframes([("vid_a", 905), ("vid_a", 903)], arrays=arrays)
+            for arrays in (None, {"pooled"}, {"roi"})
+        )
+        for kf, row in zip(full, (3, 1), strict=True):
+            np.testing.assert_array_equal(kf.context, feats.context[row])
+            np.testing.assert_array_equal(kf.roi, feats.roi[off[row] : off[row + 1]])
+        for kf, ref in zip(pooled_only, full, strict=True):
+            assert kf.context.size == 0 and kf.roi is None
+            np.testing.assert_array_equal(kf.pooled, ref.pooled)  # always read
+            np.testing.assert_array_equal(kf.boxes, ref.boxes)
+        for kf, ref in zip(with_roi, full, strict=True):
+            assert kf.context.size == 0
+            np.testing.assert_array_equal(kf.roi, ref.roi)
+        with pytest.raises(ValueError, match=r"unknown feature arrays \['contxt'\]"):
+            store.read_keyframes([("vid_a", 905)], arrays={"contxt"})
+
     def test_actor_index(self, store: FeatureStore) -> None:
         videos = self._fill(store)
         vids, kf_rows, actor_rows = store.actor_index()

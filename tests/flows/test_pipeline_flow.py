@@ -42,7 +42,7 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow
 def test_first_run_computes_every_stage_and_writes_summary(two_runs):
     work, first, summary, _, _ = two_runs
-    assert list(summary["stages"]) == ["detect", "track", "extract", "train", "evaluate"]
+    assert list(summary["stages"]) == ["detect", "track", "extract", "train", "evaluate", "report"]
     assert list(summary["stages"]["train"]["runs"]) == ["linear"]
     assert summary["stages"]["train"]["key"] == summary["stages"]["train"]["runs"]["linear"]["key"]
     for name, rec in iter_runs(summary):
@@ -61,6 +61,10 @@ def test_first_run_computes_every_stage_and_writes_summary(two_runs):
     for name in ("metrics.json", "metrics.md", "per_class_ap.png"):
         assert (Path(evaluation["uri"]) / name).is_file()
     assert "frame-mAP@0.5" in first.stdout
+    # The run's report (Markdown + HTML + plots), published as a Prefect artifact too.
+    markdown = Path(summary["report"]["markdown"])
+    assert markdown.is_file() and Path(summary["report"]["html"]).is_file()
+    assert "| linear |" in markdown.read_text()
     # Prefect's state lives under the work root, not ~/.prefect.
     assert (work / "w" / ".prefect").is_dir()
 

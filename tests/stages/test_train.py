@@ -125,8 +125,13 @@ def history_without_times(history: list[dict[str, Any]]) -> list[dict[str, Any]]
     return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in history]
 
 
+def bank_kind(builder: Any) -> str | None:
+    """A stage-2 head's bank kind (None for stage-1 heads, which this stage trains)."""
+    return getattr(getattr(builder, "func", builder), "BANK_KIND", None)
+
+
 def test_heads_table_is_covered() -> None:
-    assert set(HEAD_KWARGS) == set(HEADS)
+    assert set(HEAD_KWARGS) == {name for name, h in HEADS.items() if bank_kind(h) is None}
 
 
 @pytest.mark.parametrize("head", sorted(HEAD_KWARGS))
@@ -382,3 +387,20 @@ def test_epochs_are_tensorboard_scalars(features: Features, tmp_path: Path) -> N
     losses = board.Scalars("loss")
     assert [e.step for e in losses] == [0, 1, 2]
     assert [e.value for e in losses] == pytest.approx([r["loss"] for r in history], rel=1e-6)
+
+
+def test_auto_preload_counts_only_the_arrays_the_head_reads() -> None:
+    from featurestore import StoreSchema
+
+    schema = StoreSchema(
+        backbone="b", weights_sha256=None, detector_key=None,
+        clip={"frames": 8, "stride": 1, "fps": None, "short_side": None},
+        context_shape=(16, 4, 5), pooled_dim=16, roi_shape=(16, 7, 7),
+    )  # fmt: skip
+    pooled = train_stage.features_nbytes(schema, 10, 30, {"pooled"})
+    assert pooled == 30 * 16 * 2  # float16
+    both = train_stage.features_nbytes(schema, 10, 30, {"pooled", "context", "roi_t"})
+    assert both == pooled + 10 * 16 * 4 * 5 * 2  # no roi_t in this store: nothing counted
+    assert train_stage.HeadRunConfig().preload == "auto"
+    with pytest.raises(ValueError):
+        train_stage.HeadRunConfig(preload="sometimes")

@@ -1,0 +1,302 @@
+"""``bankflow serve``: a Prefect server, work pool, deployments and workers in one command.
+
+Starts ``prefect server start`` on loopback (state in ``PREFECT_HOME``: the CLI defaults it
+to ``<work_root>/.prefect``; port ``BANKFLOW_PORT`` or 4200), waits until its API answers,
+creates the process work pool, gives the ``gpu`` task tag a concurrency limit equal to the
+GPUs (``--gpus``; default this machine's CUDA devices), deploys ``prefect.yaml`` and starts
+the process workers. It stays in the foreground; Ctrl-C (or SIGTERM) stops the workers
+first, then the server. Everything it starts runs in its own process group, so stopping
+one also stops the flow runs it launched.
+
+A server start takes ~20-40 s on a small machine (DESIGN §7). With
+``PREFECT_SERVER_API_AUTH_STRING`` set, the server requires it (basic auth) and every
+client started here gets it as ``PREFECT_API_AUTH_STRING``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_PORT = 4200
+DEFAULT_POOL = "bankflow"
+SERVER_START_TIMEOUT_S = 240.0
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    pool: str = DEFAULT_POOL
+    workers: int = 1
+    gpus: int | None = None  # None: count this machine's CUDA devices
+    limit: int | None = None  # flow runs per worker; default max(1, GPUs per worker)
+    prefect_file: Path = PROJECT_DIR / "prefect.yaml"
+    deploy: bool = True
+
+
+@dataclass
+class Started:
+    """What serve started, newest last (stopped in reverse order)."""
+
+    processes: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def add(self, name: str, proc: subprocess.Popen) -> subprocess.Popen:
+        self.processes.append((name, proc))
+        return proc
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        for name, proc in reversed(self.processes):
+            # A process worker starts each flow run in a new session: find them first.
+            children = descendants(proc.pid)
+            if proc.poll() is None:
+                print(f"bankflow serve: stopping {name} (pid {proc.pid})", flush=True)
+                _signal_group(proc, signal.SIGINT)
+                try:
+                    proc.wait(timeout_s)
+                except subprocess.TimeoutExpired:
+                    _signal_group(proc, signal.SIGKILL)
+                    proc.wait()
+            _signal_group(proc, signal.SIGKILL)
+            for pid in children:  # flow runs must not outlive their worker
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+        self.processes.clear()
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of every live descendant of ``pid`` (from /proc; empty where there is none)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")".
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent]
+        found.extend(children)
+        frontier.extend(children)
+    return found
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def default_port() -> int:
+    raw = os.environ.get("BANKFLOW_PORT", str(DEFAULT_PORT))
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"bankflow serve: BANKFLOW_PORT={raw!r} is not a port number") from None
+
+
+def count_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex((host, port)) == 0
+
+
+def _auth_header() -> dict[str, str]:
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
+    if not auth:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+
+
+def wait_for_api(api_url: str, proc: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    """Poll ``<api>/health`` until it answers; fail early if the server process exits."""
+    deadline = time.monotonic() + timeout_s
+    request = urllib.request.Request(f"{api_url}/health", headers=_auth_header())
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text()[-3000:] if log_path.is_file() else ""
+            raise RuntimeError(
+                f"the Prefect server exited ({proc.returncode}); {log_path}:\n{tail}"
+            )
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(request, timeout=2) as response,
+        ):
+            if response.status == 200:
+                return
+        time.sleep(0.5)
+    raise RuntimeError(f"the Prefect server did not answer at {api_url} within {timeout_s:.0f} s")
+
+
+def ensure_pool(pool: str) -> None:
+    """Create the process work pool (kept as is when it exists)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(
+            WorkPoolCreate(
+                name=pool, type="process",
+                base_job_template=ProcessWorker.get_default_base_job_template(),
+                description="bankflow: flow runs as processes on the worker's machine",
+            )
+        )  # fmt: skip
+
+
+def set_gpu_limit(gpus: int) -> None:
+    """Limit concurrent ``gpu``-tagged task runs to ``gpus`` (no limit on a CPU-only cluster)."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from flows.tasks import GPU_TAG
+
+    with get_client(sync_client=True) as client:
+        if gpus > 0:
+            client.create_concurrency_limit(tag=GPU_TAG, concurrency_limit=gpus)
+        else:
+            with contextlib.suppress(ObjectNotFound):
+                client.delete_concurrency_limit_by_tag(GPU_TAG)
+
+
+def deploy(prefect_file: Path, pool: str, env: dict[str, str]) -> None:
+    """``prefect deploy --all`` from the project directory (the flows' working directory)."""
+    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
+           "--prefect-file", str(prefect_file), "--pool", pool]  # fmt: skip
+    out = subprocess.run(
+        cmd, cwd=prefect_file.parent, env=env, capture_output=True, text=True, timeout=900
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"prefect deploy failed ({out.returncode}):\n{out.stdout[-3000:]}"
+                           f"\n{out.stderr[-3000:]}")  # fmt: skip
+
+
+def worker_command(pool: str, name: str, limit: int) -> list[str]:
+    return [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
+            "--type", "process", "--name", name, "--limit", str(limit)]  # fmt: skip
+
+
+def split_gpus(gpus: int, workers: int) -> list[list[str]]:
+    """GPU ids per worker: ``gpus`` devices dealt round-robin to ``workers`` workers."""
+    return [[str(g) for g in range(gpus) if g % workers == w] for w in range(workers)]
+
+
+def serve(options: ServeOptions) -> int:
+    prefect_home = Path(os.environ["PREFECT_HOME"])
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    if _port_in_use(options.host, options.port):
+        print(f"bankflow serve: {options.host}:{options.port} is in use (set BANKFLOW_PORT)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    api_url = f"http://{options.host}:{options.port}/api"
+    env = dict(os.environ)
+    env.update(PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    if env.get("PREFECT_SERVER_API_AUTH_STRING"):
+        env.setdefault("PREFECT_API_AUTH_STRING", env["PREFECT_SERVER_API_AUTH_STRING"])
+    os.environ.update(env)  # this process's Prefect client talks to the same server
+    started = Started()
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    log_path = prefect_home / "server.log"
+    try:
+        with open(log_path, "ab") as server_log:
+            server = started.add("server", subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start",
+                 "--host", options.host, "--port", str(options.port)],
+                env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
+            ))  # fmt: skip
+        print(f"bankflow serve: starting the Prefect server (PREFECT_HOME={prefect_home}, "
+              f"log {log_path})", flush=True)  # fmt: skip
+        wait_for_api(api_url, server, log_path, SERVER_START_TIMEOUT_S)
+        ensure_pool(options.pool)
+        gpus = count_gpus() if options.gpus is None else options.gpus
+        set_gpu_limit(gpus)
+        if options.deploy and not stopping:
+            deploy(options.prefect_file, options.pool, env)
+        if stopping:
+            return 0
+        per_worker = split_gpus(gpus, options.workers) if options.workers else []
+        host = socket.gethostname()
+        for i, devices in enumerate(per_worker):
+            limit = options.limit or max(1, len(devices))
+            worker_env = {**env, "BANKFLOW_GPU_SLOTS": ",".join(devices)}
+            started.add(f"worker {i}", subprocess.Popen(
+                worker_command(options.pool, f"bankflow-{host}-{i}", limit),
+                env=worker_env, cwd=PROJECT_DIR, start_new_session=True,
+            ))  # fmt: skip
+        print(
+            f"bankflow serve: ready. UI http://{options.host}:{options.port}  "
+            f"PREFECT_API_URL={api_url}  pool {options.pool!r}  GPUs {gpus}  "
+            f"workers {options.workers}. Ctrl-C stops.",
+            flush=True,
+        )
+        while not stopping:
+            for name, proc in started.processes:
+                if proc.poll() is not None:
+                    print(f"bankflow serve: {name} exited ({proc.returncode})", file=sys.stderr)
+                    return 1
+            time.sleep(0.5)
+        return 0
+    except RuntimeError as exc:
+        print(f"bankflow serve: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        started.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        print("bankflow serve: stopped", flush=True)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--port", type=int, default=None, help="server port (default BANKFLOW_PORT or 4200)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    p.add_argument("--pool", default=DEFAULT_POOL, help="process work pool to create and serve")
+    p.add_argument("--workers", type=int, default=1, help="process workers to start (0: none)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs for the 'gpu' tag limit and worker slots (default: CUDA devices)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="flow runs per worker at once (default: its GPUs, at least 1)",
+    )
+    p.add_argument("--prefect-file", type=Path, default=PROJECT_DIR / "prefect.yaml")
+    p.add_argument("--no-deploy", dest="deploy", action="store_false",
+                   help="do not deploy prefect.yaml")  # fmt: skip
+
+
+def options_from_args(args: argparse.Namespace) -> ServeOptions:
+    return ServeOptions(
+        host=args.host, port=args.port or default_port(), pool=args.pool, workers=args.workers,
+        gpus=args.gpus, limit=args.limit, prefect_file=args.prefect_file.resolve(),
+        deploy=args.deploy,
+    )  # fmt: skip

@@ -1,0 +1,325 @@
+"""Raw-video inference: a trained run applied to any video file (``bankflow infer``).
+
+The run's own pipeline is replayed on one video, with the settings recorded in its
+provenance (see :mod:`stages.trained_run`):
+
+1. **detect** persons on one keyframe per second (seconds 0, 1, ... of the video;
+   CSV timestamps ``offset + s``) with a torchvision Faster R-CNN: the run's fine-tuned
+   detector when its detect stage trained one, else a checkpoint given here (a run that
+   imported proposals has no detector, and a raw video has no proposals);
+2. **track**: link the boxes across keyframes with the run's tracking thresholds;
+3. **extract**: the run's backbone (config and weights, checked against the sha256 its
+   feature store recorded) over the clip around every keyframe, into a real feature store
+   ``features.zarr`` in the output directory;
+4. **predict** with the trained head (softmax over the pose classes, sigmoid for the rest,
+   as in training);
+5. write ``predictions.csv`` (AVA format, every class of every box), ``annotated.mp4``
+   (boxes, track ids, top actions) and ``infer.json`` (what was used, counts, timings).
+
+Stage-2 heads that read a long-term bank are not supported here yet (their bank would
+have to be dumped over the video itself first).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from featurestore import FeatureStore
+from models.detector import (
+    DetectorArch,
+    DetectorCheckpointError,
+    build_person_detector,
+    detect_persons,
+)
+from stages.annotate import KeyframeLabels, write_annotated_video
+from stages.data import LabelMap, read_labelmap
+from stages.data.predictions import write_predictions_csv
+from stages.detect import DETECTOR_FILE, boxes_table, resolve_device
+from stages.detector_training import to_tensor
+from stages.extract import FEATURES_DIR, WEIGHTS_FILE, ExtractConfig
+from stages.extract_video import (
+    VideoExtractor,
+    _probe_shapes,
+    build_schema,
+    flip_boxes,
+    load_backbone,
+)
+from stages.framework import StageError
+from stages.head_data import KeyframeSource, build_index, open_split
+from stages.track import link_tracks
+from stages.train import predictions_table
+from stages.train_loop import TrainData, predict
+from stages.trained_run import TrainedRun
+from stages.video import VideoError, VideoReader, center_frame
+
+log = logging.getLogger("bankflow.infer")
+
+STORE_NAME = "features.zarr"
+CSV_NAME = "predictions.csv"
+VIDEO_NAME = "annotated.mp4"
+REPORT_NAME = "infer.json"
+
+
+class InferConfig(BaseModel):
+    """Options of ``bankflow infer`` (everything else comes from the run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A detector checkpoint (torchvision state dict or a bankflow detector.pt); None: the
+    # detector the run's detect stage fine-tuned.
+    detector: str | None = None
+    detector_arch: DetectorArch | None = None  # None: the run's detect.arch
+    # None: the run's detect.score_threshold (or 0.8 when the run imported proposals).
+    score_threshold: float | None = Field(None, ge=0.0, le=1.0)
+    max_persons: int = Field(20, ge=1)  # per keyframe, best scores first
+    detector_short_side: int | None = Field(None, ge=32)  # None: the run's image_short_side
+    offset: int = 0  # CSV timestamp of the video's first frame
+    max_seconds: float | None = Field(None, gt=0)  # only the first seconds of the video
+    top_actions: int = Field(3, ge=1)  # actions written beside each box in the video
+    labelmap: str | None = None  # a .pbtxt replacing the run's dataset label map
+    device: str = "auto"
+
+
+def video_id_for(path: Path) -> str:
+    """A store-safe video id from the file name (``bikes.mp4`` -> ``bikes``)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem).strip("._") or "video"
+    return name
+
+
+def keyframe_seconds(num_frames: int, fps: float) -> np.ndarray:
+    """int64 [K]: every whole second 0, 1, ... that has a frame among ``num_frames``."""
+    return np.arange(math.floor((num_frames - 1) / fps + 1e-9) + 1, dtype=np.int64)
+
+
+def _run_detector(run: TrainedRun, cfg: InferConfig) -> tuple[Any, dict[str, Any]]:
+    """The Faster R-CNN to use and a record of where it came from."""
+    det = run.stage_config("detect")
+    arch = cfg.detector_arch or det.get("arch") or "fasterrcnn_resnet50_fpn"
+    if cfg.detector is not None:
+        weights = Path(cfg.detector)
+    elif det.get("source") == "fasterrcnn" and det.get("finetune") is not None:
+        weights = run.stage_dir("detect") / DETECTOR_FILE  # type: ignore[operator]
+    elif det.get("source") == "fasterrcnn" and det.get("checkpoint"):
+        weights = Path(det["checkpoint"])
+    else:
+        raise StageError(
+            f"{run.path}: the run's persons came from imported proposals "
+            f"(detect.source={det.get('source', 'proposals')!r}), which a raw video does not "
+            "have; pass a person detector checkpoint (--detector FILE [--detector-arch ARCH])"
+        )
+    threshold = cfg.score_threshold
+    if threshold is None:
+        threshold = float(det.get("score_threshold", 0.8))
+    size = cfg.detector_short_side or det.get("image_short_side")
+    try:
+        model = build_person_detector(
+            arch, weights_path=weights, person_class=int(det.get("person_class", 1)),
+            min_size=size, max_size=None if size is None else 2 * size,
+            box_score_thresh=threshold,
+        )  # fmt: skip
+    except DetectorCheckpointError as err:
+        raise StageError(f"infer: person detector: {err}") from err
+    return model, {"arch": arch, "weights": str(weights), "score_threshold": threshold}
+
+
+def detect_keyframes(
+    model: Any, reader: VideoReader, seconds: np.ndarray, *, threshold: float,
+    max_persons: int, device: torch.device, batch_size: int = 4,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Person boxes on the frame of each keyframe second.
+
+    Returns:
+        (second int64 [A], boxes float32 [A, 4] normalized, score float32 [A]), at most
+        ``max_persons`` boxes per keyframe, by decreasing score within a keyframe.
+    """
+    model.to(device)
+    index = [
+        center_frame(float(s), 0.0, reader.fps, num_frames=reader.num_frames, video=reader.path)
+        for s in seconds
+    ]
+    out_s, out_b, out_p = [], [], []
+    for start in range(0, len(seconds), batch_size):
+        frames = reader.get_frames(np.asarray(index[start : start + batch_size]))
+        found = detect_persons(
+            model, [to_tensor(f).to(device) for f in frames], score_threshold=threshold
+        )
+        for s, (boxes, scores) in zip(seconds[start : start + batch_size], found, strict=True):
+            b, p = boxes.numpy()[:max_persons], scores.numpy()[:max_persons]
+            keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])  # clipping can flatten a box
+            out_s.append(np.full(int(keep.sum()), s, np.int64))
+            out_b.append(b[keep])
+            out_p.append(p[keep])
+    if not out_s:
+        return np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+    return (
+        np.concatenate(out_s),
+        np.concatenate(out_b).astype(np.float32),
+        np.concatenate(out_p).astype(np.float32),
+    )
+
+
+def _backbone_weights(run: TrainedRun, ex: ExtractConfig) -> Path | None:
+    finetune = run.stage_dir("finetune")
+    if finetune is not None:
+        return finetune / WEIGHTS_FILE
+    return Path(ex.weights) if ex.weights else None
+
+
+def _recorded_weights_sha(run: TrainedRun) -> tuple[bool, str | None]:
+    """(found, sha256) of the backbone weights the run's feature stores recorded."""
+    for store_dir in sorted((run.extract_dir / FEATURES_DIR).glob("*.zarr")):
+        return True, FeatureStore.open(store_dir, mode="r").schema.weights_sha256
+    return False, None
+
+
+def extract_video_features(
+    run: TrainedRun, video: Path, video_id: str, actors: dict[str, np.ndarray], *,
+    offset: int, store_dir: Path, device: torch.device,
+) -> FeatureStore:  # fmt: skip
+    """The run's backbone over the keyframes of ``actors``, written as a one-video store."""
+    ex = ExtractConfig.model_validate(run.extract_provenance["config"]["extract"])
+    weights = _backbone_weights(run, ex)
+    model, sha = load_backbone(ex, weights)
+    found, recorded = _recorded_weights_sha(run)
+    if found and sha != recorded:
+        raise StageError(
+            f"{run.extract_dir}: its stores were extracted with backbone weights "
+            f"{recorded or 'random (seeded)'} but {weights or 'a seeded random init'} gives "
+            f"{sha or 'random'}; the features would not match the head"
+        )
+    try:
+        with VideoReader(video, short_side=ex.short_side) as reader:
+            fmap_shape, t_prime = _probe_shapes(model, ex, reader.height, reader.width)
+            schema = build_schema(ex, fmap_shape, t_prime, sha, detector_key=None)
+            if store_dir.exists():
+                shutil.rmtree(store_dir)
+            store = FeatureStore.create(
+                store_dir, schema, provenance={"infer": str(run.path), "video": str(video)},
+                expected_videos=[video_id],
+            )  # fmt: skip
+            model = model.to(device)
+            features = VideoExtractor(model, ex, schema).run(reader, video_id, actors, offset)
+    except VideoError as err:
+        raise StageError(f"infer: {err}") from err
+    store.write_video(video_id, features)
+    store.finalize()
+    return store
+
+
+def _labels(
+    seconds: np.ndarray, index: Any, scores: np.ndarray, tracks: np.ndarray,
+    labelmap: LabelMap, top: int,
+) -> list[KeyframeLabels]:  # fmt: skip
+    out = []
+    for k, second in enumerate(seconds.tolist()):
+        rows = index.actors(k)
+        lines = []
+        for row in range(rows.start, rows.stop):
+            best = np.argsort(-scores[row], kind="stable")[:top]
+            lines.append([f"{labelmap.names[c]} {scores[row, c]:.2f}" for c in best])
+        out.append(
+            KeyframeLabels(second=second, boxes=index.boxes[rows], track=tracks[rows], lines=lines)
+        )
+    return out
+
+
+def infer_video(
+    video: str | Path, run_dir: str | Path, out_dir: str | Path, cfg: InferConfig | None = None
+) -> dict[str, Any]:
+    """Detect, track, extract and predict on ``video`` with the train run at ``run_dir``.
+
+    Writes ``predictions.csv``, ``annotated.mp4``, ``features.zarr`` and ``infer.json``
+    into ``out_dir`` and returns the report (also in ``infer.json``).
+
+    Raises:
+        StageError: the run is incomplete or cannot be replayed (names what is missing),
+            or the video cannot be read.
+    """
+    cfg = cfg or InferConfig()
+    video, out = Path(video), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = TrainedRun.open(run_dir)
+    labelmap, exclusive = run.classes(read_labelmap(cfg.labelmap) if cfg.labelmap else None)
+    device = resolve_device(cfg.device)
+    video_id = video_id_for(video)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    try:
+        with VideoReader(video) as reader:
+            fps, total, size = reader.fps, reader.num_frames, (reader.height, reader.width)
+            used = total
+            if cfg.max_seconds is not None:
+                used = max(1, min(total, math.ceil(cfg.max_seconds * fps - 1e-9)))
+            seconds = keyframe_seconds(used, fps)
+            detector, det_info = _run_detector(run, cfg)
+            det_s, boxes, det_score = detect_keyframes(
+                detector, reader, seconds, threshold=det_info["score_threshold"],
+                max_persons=cfg.max_persons, device=device,
+            )  # fmt: skip
+    except VideoError as err:
+        raise StageError(f"infer: {err}") from err
+    timings["detect"] = time.perf_counter() - t0
+    track_cfg = run.stage_config("track")
+    tracks = link_tracks(
+        det_s, boxes.astype(np.float64), min_iou=float(track_cfg.get("min_iou", 0.3)),
+        max_gap=int(track_cfg.get("max_gap", 2)),
+    ).astype(np.int32)  # fmt: skip
+    log.info("infer %s: %d persons on %d keyframes", video_id, len(det_s), len(seconds))
+
+    t0 = time.perf_counter()
+    table_rows = 0
+    shown: list[KeyframeLabels] = []
+    if len(det_s):
+        actors = {"timestamp": det_s + cfg.offset, "boxes": boxes, "score": det_score,
+                  "track": tracks}  # fmt: skip
+        extract_video_features(
+            run, video, video_id, actors, offset=cfg.offset, store_dir=out / STORE_NAME,
+            device=device,
+        )  # fmt: skip
+        timings["extract"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        store = open_split(out / STORE_NAME)
+        index = build_index(store, None, labelmap)
+        if store.schema.clip.get("flip"):  # report boxes where they are in the video
+            index.boxes = flip_boxes(index.boxes)
+        source = KeyframeSource(store, index, preload=True)
+        data = TrainData(
+            train=source, val=None, exclusive=exclusive,
+            use_roi=store.schema.roi_shape is not None,
+            use_roi_t=store.schema.roi_t_shape is not None,
+        )  # fmt: skip
+        scores = predict(run.build_head(), source, data)  # [A, C]; heads are small: CPU
+        table = predictions_table(index, scores, labelmap, None)
+        table_rows = len(table)
+        stored_track = np.asarray(store.array(video_id, "track")[:])  # index order
+        shown = _labels(index.timestamp - cfg.offset, index, scores, stored_track, labelmap,
+                        cfg.top_actions)  # fmt: skip
+        write_predictions_csv(out / CSV_NAME, table)
+        timings["predict"] = time.perf_counter() - t0
+    else:
+        write_predictions_csv(out / CSV_NAME, boxes_table([], [], np.zeros((0, 4)), np.zeros(0)))
+    t0 = time.perf_counter()
+    frames = write_annotated_video(video, out / VIDEO_NAME, shown, num_frames=used)
+    timings["annotate"] = time.perf_counter() - t0
+    report = {
+        "video": str(video), "video_id": video_id, "run": str(run.path), "run_name": run.name,
+        "head": run.head_name, "fps": fps, "frames": frames, "size": list(size),
+        "keyframes": len(seconds), "offset": cfg.offset, "persons": len(det_s),
+        "tracks": len(np.unique(tracks)), "prediction_rows": table_rows,
+        "detector": det_info, "outputs": {"csv": CSV_NAME, "video": VIDEO_NAME,
+                                           "features": STORE_NAME},
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+    }  # fmt: skip
+    (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
+    return report

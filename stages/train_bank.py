@@ -1,0 +1,430 @@
+"""train_bank: a stage-2 head that reads a long-term bank window around each keyframe.
+
+Like :mod:`stages.train` (same labels, the same loop of :mod:`stages.train_loop`, the
+same outputs: ``head.pt``, ``metrics.json`` with per-class and per-group AP,
+``predictions/<val split>.csv``, so evaluate works unchanged), but every batch's
+``ActorBatch.bank`` is filled by the window reader (:mod:`stages.bank_window`) for that
+batch's keyframes, through the loop's ``attach`` hook.
+
+Banks, ``bank_mode``:
+
+- ``offline`` (LFB, ACAR, AMCRNet, IGMN): input ``dump``, a bank dumped from a trained
+  stage-1 head. The head's ``BANK_KIND`` must be the bank's kind. Windows are read from
+  disk (only their rows) unless ``bank_preload``.
+- ``online`` (AIA / AMCRNet style): no dump. A memory of one vector per actor row of the
+  train and val splits starts at zero ("unseen": masked out) and is written from the
+  training forward pass (the head's ``HeadOutput.features``, detached). Before val is
+  predicted its memory is reset and filled by one pass over val. The memory is part of
+  the model's state, so checkpoints (and resuming) include it.
+
+``init``: ``scratch`` re-initialises the head; ``stage1`` fine-tunes it from the stage-1
+run (input ``train``) through the head's ``init_from_stage1`` (AVA-Kinetics report Table 2).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import time
+from dataclasses import replace
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from featurestore import FeatureStore, StoreError
+from featurestore.banks import BankStore
+from models.heads import HEADS, build_head
+from stages.bank_window import BankWindowReader, WindowConfig, pad_windows, window_entries
+from stages.data import Dataset, DatasetConfig
+from stages.data.predictions import write_predictions_csv, write_predictions_parquet
+from stages.dump import bank_path, load_stage1_head
+from stages.evaluate.ava import evaluate_ava
+from stages.evaluate.stage import PREDICTIONS_DIR
+from stages.extract import store_path
+from stages.framework import Stage, StageContext, StageError, output_dir
+from stages.head_data import KeyframeSource, SplitIndex, build_index, open_split
+from stages.train import (
+    CHECKPOINT_DIR,
+    EVENTS_FILE,
+    HEAD_FILE,
+    HISTORY_FILE,
+    METRICS_FILE,
+    evaluated_labelmap,
+    predictions_table,
+    prior_scores,
+)
+from stages.train_loop import OptimConfig, TrainData, predict, read_batch, train
+
+CODE_VERSION = "1"
+
+log = logging.getLogger("bankflow.train_bank")
+
+
+class BankRunConfig(BaseModel):
+    """One stage-2 run (``train_bank.runs.<name>`` in the pipeline config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    head: str = "lfb"
+    head_kwargs: dict[str, Any] = {}
+    bank: str | None = None  # the dump (``dump.banks.<name>``) read in offline mode
+    window: WindowConfig = WindowConfig()
+    init: Literal["scratch", "stage1"] = "scratch"
+    # The stage-1 run to fine-tune from (init: stage1); None: the bank's ``from`` run.
+    stage1: str | None = None
+    bank_mode: Literal["offline", "online"] = "offline"
+    bank_preload: bool = False  # hold the bank in RAM instead of reading windows from disk
+    optim: OptimConfig = OptimConfig()
+    train_split: str = "train"
+    val_split: str = "val"
+    label_iou: float = Field(0.5, gt=0.0, le=1.0)
+    preload: bool = True  # hold the split's features in RAM (small stores)
+    top_k: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _bank_for_offline(self) -> BankRunConfig:
+        if self.bank_mode == "offline" and not self.bank:
+            raise ValueError("bank_mode 'offline' needs `bank: <dump name>`")
+        if self.bank_mode == "online" and self.init == "stage1" and not self.stage1:
+            raise ValueError("init 'stage1' in online mode needs `stage1: <train run name>`")
+        return self
+
+
+class TrainBankSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    runs: dict[str, BankRunConfig] = {}
+
+
+class TrainBankStageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: DatasetConfig
+    dataset_fingerprint: str
+    name: str
+    run: BankRunConfig
+
+
+# --------------------------------------------------------------------------- banks
+
+
+def check_alignment(store: FeatureStore, bank: BankStore) -> None:
+    """Every video of the feature store is in the bank with the same keyframes and actors."""
+    for video_id in store.videos():
+        if not bank.is_complete_video(video_id):
+            raise StageError(f"{bank.url}: bank has no video {video_id!r} of {store.url}")
+        ts, off = store.index(video_id)
+        bts, boff, _ = bank.index(video_id)
+        if not (np.array_equal(ts, bts) and np.array_equal(off, boff)):
+            raise StageError(
+                f"{bank.url}: video {video_id!r} is not aligned with {store.url} "
+                f"({len(bts)} keyframes / {int(boff[-1])} actors in the bank, "
+                f"{len(ts)} / {int(off[-1])} in the store); re-dump the bank"
+            )
+
+
+def bank_dim_kwargs(head: str, arrays: dict[str, tuple[int, ...]], given: dict) -> dict:
+    """``head_kwargs`` with the bank's widths filled in where the head takes them:
+    ``bank_dim`` (the width of ``features``, or ``d`` of ``maps``) and ``<array>_dim``."""
+    if head not in HEADS:
+        raise StageError(f"unknown head {head!r}; expected one of {sorted(HEADS)}")
+    params = inspect.signature(HEADS[head]).parameters
+    out = dict(given)
+    for name, shape in arrays.items():
+        if f"{name}_dim" in params and shape:
+            out.setdefault(f"{name}_dim", int(shape[0]))
+    main = arrays.get("features") or arrays.get("maps")
+    if "bank_dim" in params and main:
+        out.setdefault("bank_dim", int(main[0]))
+    return out
+
+
+def check_bank_kind(model: nn.Module, head: str, kind: str, where: str) -> None:
+    head_kind = getattr(model, "BANK_KIND", None)
+    if head_kind is None:
+        raise StageError(
+            f"train_bank: head {head!r} ({type(model).__name__}) reads no bank (no BANK_KIND); "
+            "train it with the train stage"
+        )
+    if head_kind != kind:
+        raise StageError(
+            f"train_bank: head {head!r} ({type(model).__name__}) reads {head_kind!r} banks, "
+            f"but {where} is a {kind!r} bank; dump a {head_kind!r} bank for it"
+        )
+
+
+def offline_attach(readers: dict[int, BankWindowReader]):
+    """The loop's ``attach`` hook: each batch's window from its split's bank."""
+
+    def attach(source: KeyframeSource, keyframes: np.ndarray, batch: Any) -> None:
+        index = source.index
+        items = [(str(index.video[k]), int(index.timestamp[k])) for k in keyframes]
+        batch.bank = readers[id(source)].read(items)
+
+    return attach
+
+
+# --------------------------------------------------------------------------- online memory
+
+
+class StoreIndex:
+    """(timestamps, actor_offset, track) of a feature store's videos (online windows)."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+        self._track: dict[str, np.ndarray] = {}
+
+    def index(self, video_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ts, off = self.store.index(video_id)
+        if video_id not in self._track:
+            self._track[video_id] = np.asarray(self.store.array(video_id, "track")[:])
+        return ts, off, self._track[video_id]
+
+
+def video_bases(index: SplitIndex) -> dict[str, int]:
+    """Row of each video's first actor in the split's actor order."""
+    bases: dict[str, int] = {}
+    for k, video_id in enumerate(index.video.tolist()):
+        bases.setdefault(str(video_id), int(index.actor_offset[k]))
+    return bases
+
+
+class OnlineMemoryHead(nn.Module):
+    """A stage-2 head whose ``features`` bank is a memory written by its own forward pass.
+
+    ``memory`` float32 [R, D] and ``seen`` bool [R] are buffers (checkpointed with the
+    weights): R = actor rows of every split, D = the head's ``HeadOutput.features`` width.
+    The batch's bank carries ``memory_rows`` Long[B, L] (memory row of each window entry)
+    and ``actor_rows`` Long[N] (memory row of each current actor); the window's
+    ``features`` are gathered at forward time, unseen entries masked out.
+    """
+
+    def __init__(self, head: nn.Module, rows: int, dim: int) -> None:
+        super().__init__()
+        self.head = head
+        self.needs_labels = getattr(head, "needs_labels", False)
+        self.fill = False  # write the memory in eval mode too (the val filling pass)
+        self.register_buffer("memory", torch.zeros(rows, dim))
+        self.register_buffer("seen", torch.zeros(rows, dtype=torch.bool))
+
+    def reset(self, start: int, stop: int) -> None:
+        self.memory[start:stop] = 0.0
+        self.seen[start:stop] = False
+
+    def forward(self, batch: Any, **kwargs: Any) -> Any:
+        bank = dict(batch.bank)
+        rows = bank.pop("memory_rows")
+        actor_rows = bank.pop("actor_rows")
+        mask = bank["mask"] & self.seen[rows]
+        bank["mask"] = mask
+        bank["features"] = self.memory[rows] * mask[..., None]
+        out = self.head(replace(batch, bank=bank), **kwargs)
+        if self.training or self.fill:
+            if out.features is None or out.features.shape[1] != self.memory.shape[1]:
+                raise StageError(
+                    f"online memory: {type(self.head).__name__} gave features "
+                    f"{None if out.features is None else tuple(out.features.shape)}, "
+                    f"the memory holds [R, {self.memory.shape[1]}]"
+                )
+            with torch.no_grad():
+                self.memory[actor_rows] = out.features.detach()
+                self.seen[actor_rows] = True
+        return out
+
+
+def online_attach(sources: dict[int, tuple[StoreIndex, dict[str, int], int]], cfg: WindowConfig):
+    """The loop's ``attach`` hook for online memory: window rows, no bank reads."""
+
+    def attach(source: KeyframeSource, keyframes: np.ndarray, batch: Any) -> None:
+        store_index, bases, split_base = sources[id(source)]
+        index = source.index
+        windows, actor_rows = [], []
+        for k in keyframes:
+            video_id, t = str(index.video[k]), int(index.timestamp[k])
+            w = window_entries(video_id, t, *store_index.index(video_id), cfg)
+            w.rows = w.rows + split_base + bases[video_id]  # video rows -> memory rows
+            windows.append(w)
+            actor_rows.append(np.arange(index.actor_offset[k], index.actor_offset[k + 1]))
+        bank = pad_windows(windows, {})
+        rows = torch.zeros_like(bank["track"])
+        for i, w in enumerate(windows):
+            rows[i, : len(w.rows)] = torch.from_numpy(w.rows)
+        bank["memory_rows"] = rows
+        bank["actor_rows"] = torch.from_numpy(np.concatenate(actor_rows) + split_base).long()
+        batch.bank = bank
+
+    return attach
+
+
+def _probe_features_dim(model: nn.Module, data: TrainData, width: int) -> int:
+    """Width of ``HeadOutput.features`` (one forward over an empty bank window)."""
+    batch = read_batch(data.train, np.arange(min(2, len(data.train.index))), data)
+    b = batch.num_keyframes
+    batch.bank = {"mask": torch.zeros(b, 1, dtype=torch.bool), "dt": torch.zeros(b, 1),
+                  "track": torch.full((b, 1), -1), "current": torch.zeros(b, 1, dtype=torch.bool),
+                  "features": torch.zeros(b, 1, width)}  # fmt: skip
+    with torch.no_grad():
+        out = model.eval()(batch)
+    if out.features is None:
+        raise StageError(f"online memory: {type(model).__name__} returns no features to store")
+    return int(out.features.shape[1])
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def compute(ctx: StageContext) -> dict[str, Any]:
+    cfg: TrainBankStageConfig = ctx.config  # type: ignore[assignment]
+    run = cfg.run
+    if run.head not in HEADS:
+        raise StageError(f"train_bank {cfg.name}: unknown head {run.head!r}; expected one of "
+                         f"{sorted(HEADS)}")  # fmt: skip
+    dataset = Dataset.open(cfg.dataset)
+    labelmap = evaluated_labelmap(dataset, cfg.dataset)
+    exclusive_ids = set(int(i) for i in dataset.exclusive_ids)
+    exclusive = [k for k, c in enumerate(labelmap.ids) if int(c) in exclusive_ids]
+    features_uri = ctx.input("extract").uri
+    train_store = open_split(store_path(features_uri, run.train_split))
+    val_store = open_split(store_path(features_uri, run.val_split))
+    schema = train_store.schema
+    train_index = build_index(
+        train_store, dataset.gt(run.train_split), labelmap, label_iou=run.label_iou
+    )
+    val_index = build_index(val_store, None, labelmap)
+    if not len(train_index):
+        raise StageError(f"train_bank: {features_uri} holds no {run.train_split!r} keyframes")
+    data = TrainData(
+        train=KeyframeSource(train_store, train_index, preload=run.preload),
+        val=KeyframeSource(val_store, val_index, preload=run.preload),
+        exclusive=exclusive,
+        use_roi=schema.roi_shape is not None,
+        use_roi_t=schema.roi_t_shape is not None,
+    )
+    assert data.val is not None
+    head_kwargs = dict(run.head_kwargs)
+    kind: str
+    if run.bank_mode == "offline":
+        dump_uri = ctx.input("dump").uri
+        banks = {}
+        for split, store in ((run.train_split, train_store), (run.val_split, val_store)):
+            try:
+                banks[split] = BankStore.open(bank_path(dump_uri, split))
+            except StoreError as exc:
+                raise StageError(f"train_bank {cfg.name}: bank {run.bank!r}: {exc}") from exc
+            check_alignment(store, banks[split])
+        kind = banks[run.train_split].kind
+        head_kwargs = bank_dim_kwargs(run.head, banks[run.train_split].arrays, head_kwargs)
+        readers = {
+            id(src): BankWindowReader(banks[split], run.window, preload=run.bank_preload)
+            for src, split in ((data.train, run.train_split), (data.val, run.val_split))
+        }
+        data.attach = offline_attach(readers)
+    if "aux_class_mask" in inspect.signature(HEADS[run.head]).parameters:
+        # As for IGMN's DAM in stage 1: its auxiliary losses leave the pose classes out.
+        head_kwargs.setdefault("aux_class_mask", [k not in exclusive for k in range(len(labelmap))])
+    torch.manual_seed(run.optim.seed)
+    model = build_head(run.head, in_channels=schema.pooled_dim, num_classes=len(labelmap),
+                       **head_kwargs)  # fmt: skip
+    if run.bank_mode == "online":
+        kind = str(getattr(model, "BANK_KIND", None))
+        if kind not in ("lfb", "memory", "identity"):
+            raise StageError(
+                f"train_bank {cfg.name}: online memory holds feature vectors (lfb, memory, "
+                f"identity banks); head {run.head!r} reads {kind!r} banks"
+            )
+        guess = int(head_kwargs.get("bank_dim", schema.pooled_dim))
+        memory_dim = _probe_features_dim(model, data, guess)
+        if "bank_dim" in inspect.signature(HEADS[run.head]).parameters:
+            head_kwargs["bank_dim"] = memory_dim
+        torch.manual_seed(run.optim.seed)
+        model = build_head(run.head, in_channels=schema.pooled_dim, num_classes=len(labelmap),
+                           **head_kwargs)  # fmt: skip
+    check_bank_kind(model, run.head, kind, f"bank {run.bank!r}" if run.bank else "the memory")
+    if run.init == "stage1":
+        init_from = getattr(model, "init_from_stage1", None)
+        if init_from is None:
+            raise StageError(
+                f"train_bank {cfg.name}: head {run.head!r} cannot start from a stage-1 head "
+                "(no init_from_stage1); use init: scratch"
+            )
+        stage1_head, _ = load_stage1_head(ctx.input("train").path)
+        init_from(stage1_head.state_dict())
+    inner = model
+    n_train, n_val = len(train_index.boxes), len(val_index.boxes)
+    if run.bank_mode == "online":
+        model = OnlineMemoryHead(inner, n_train + n_val, memory_dim)
+        sources = {
+            id(data.train): (StoreIndex(train_store), video_bases(train_index), 0),
+            id(data.val): (StoreIndex(val_store), video_bases(val_index), n_train),
+        }
+        data.attach = online_attach(sources, run.window)
+
+    gt_val = dataset.gt(run.val_split)
+    excluded_val = dataset.excluded(run.val_split)
+
+    def val_scores(m: nn.Module) -> np.ndarray:
+        if isinstance(m, OnlineMemoryHead):  # unseen val clips start at zero
+            m.reset(n_train, n_train + n_val)
+            m.fill = True
+            try:
+                predict(m, data.val, data)
+            finally:
+                m.fill = False
+        return predict(m, data.val, data)
+
+    def val_map(scores: np.ndarray) -> Any:
+        table = predictions_table(val_index, scores, labelmap, run.top_k)
+        return evaluate_ava(gt_val, table, labelmap, excluded_val), table
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        result, _ = val_map(val_scores(m))
+        return {"val_map": result.mAP}
+
+    t0 = time.perf_counter()
+    history = train(
+        model, data, run.optim, ctx.staging / CHECKPOINT_DIR, evaluate=evaluate,
+        events=ctx.staging / EVENTS_FILE,
+    )  # fmt: skip
+    train_seconds = time.perf_counter() - t0
+    result, table = val_map(val_scores(model))
+    prior, _ = val_map(prior_scores(train_index.labels, n_val))
+
+    out = ctx.staging / PREDICTIONS_DIR
+    out.mkdir(exist_ok=True)
+    write_predictions_csv(out / f"{run.val_split}.csv", table)
+    write_predictions_parquet(out / f"{run.val_split}.parquet", table)
+    torch.save({"head": run.head, "kwargs": head_kwargs, "state": inner.state_dict(),
+                "in_channels": schema.pooled_dim, "classes": labelmap.ids.tolist(),
+                "bank_kind": kind, "bank_mode": run.bank_mode,
+                "window": run.window.model_dump(mode="json")},
+               ctx.staging / HEAD_FILE)  # fmt: skip
+    (ctx.staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+    metrics = {**result.to_json(), "prior": prior.to_json()}
+    (ctx.staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    log.info("%s: val mAP %.4f (prior-only baseline %.4f)", cfg.name, result.mAP, prior.mAP)
+    return {
+        "name": cfg.name, "head": run.head, "bank": run.bank, "bank_kind": kind,
+        "bank_mode": run.bank_mode, "init": run.init, "window": run.window.model_dump(mode="json"),
+        "parameters": int(sum(p.numel() for p in inner.parameters())),
+        "train_seconds": round(train_seconds, 2),
+        "val_map": result.mAP,
+        "group_map": result.groups,
+        # AP per class id: the lead's stage-1 vs stage-2 table picks the long-term classes.
+        "class_ap": {str(c): ap for c, ap in result.per_class.items()},
+        "prior_map": prior.mAP,
+        "epochs": len(history),
+        "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
+        "predictions_csv": str(
+            output_dir(ctx.work_root, ctx.stage, ctx.key) / PREDICTIONS_DIR / f"{run.val_split}.csv"
+        ),
+    }  # fmt: skip
+
+
+STAGE = Stage(
+    name="train_bank", code_version=CODE_VERSION, config_type=TrainBankStageConfig,
+    compute=compute, resumable=True,
+)  # fmt: skip

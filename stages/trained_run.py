@@ -1,0 +1,173 @@
+"""A published train-stage run, read back for inference: its head and what produced it.
+
+``bankflow infer``, the attention pictures and test-time augmentation all start from the
+directory of one train run (``<work_root>/train/<key>/``). Its ``head.pt`` rebuilds the
+head; its provenance names the extract run it trained on, whose provenance in turn names
+the backbone (config, and fine-tuned weights when a finetune stage fed it), the detect
+run (the person detector) and the track run (linking thresholds). Upstream outputs are
+found through the key recorded in each provenance, beside the run in the same work root
+(or at the recorded URI), so a work root can be moved or copied as a whole.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.heads import build_head
+from stages.data import Dataset, DatasetConfig, LabelMap
+from stages.framework import COMPLETE_MARKER, PROVENANCE_FILE, StageError
+
+HEAD_FILE = "head.pt"  # what the train stage writes (stages.train.HEAD_FILE)
+POSE_LABEL_TYPE = "PERSON_MOVEMENT"
+
+
+def read_provenance(path: Path) -> dict[str, Any]:
+    """The provenance of a published stage output, refusing an incomplete one."""
+    if not (path / COMPLETE_MARKER).is_file():
+        raise StageError(f"{path}: not a complete stage output (no {COMPLETE_MARKER})")
+    try:
+        return json.loads((path / PROVENANCE_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise StageError(f"{path}: cannot read {PROVENANCE_FILE}: {err}") from err
+
+
+def upstream_dir(path: Path, provenance: dict[str, Any], name: str) -> Path:
+    """The output directory of input ``name`` of the stage output at ``path``.
+
+    Looks beside ``path`` first (``<work_root>/<stage>/<key>``, the layout of every work
+    root), then at the URI recorded at the time.
+    """
+    inputs = provenance.get("inputs", {})
+    if name not in inputs:
+        raise StageError(
+            f"{path}: stage {provenance.get('stage')!r} had no {name!r} input "
+            f"(its inputs: {sorted(inputs)})"
+        )
+    key = inputs[name]["key"]
+    for candidate in (path.parent.parent / name / key, Path(inputs[name]["uri"])):
+        if (candidate / COMPLETE_MARKER).is_file():
+            return candidate
+    raise StageError(
+        f"{path}: its {name!r} input (key {key}) is neither at {path.parent.parent / name / key} "
+        f"nor at {inputs[name]['uri']}"
+    )
+
+
+@dataclass
+class TrainedRun:
+    """One train run's directory, its head file and provenance.
+
+    Attributes:
+        path: the run's output directory.
+        saved: the contents of ``head.pt``: ``head``, ``kwargs``, ``state``, ``in_channels``,
+            ``classes`` (label ids in the head's output order).
+        provenance: the run's ``provenance.json``.
+    """
+
+    path: Path
+    saved: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> TrainedRun:
+        path = Path(path)
+        provenance = read_provenance(path)
+        if provenance.get("stage") != "train":
+            raise StageError(
+                f"{path}: is an output of stage {provenance.get('stage')!r}, expected a train run"
+            )
+        head_file = path / HEAD_FILE
+        if not head_file.is_file():
+            raise StageError(f"{path}: train run without {HEAD_FILE}")
+        saved = torch.load(head_file, map_location="cpu", weights_only=True)
+        return cls(path=path, saved=saved, provenance=provenance)
+
+    @property
+    def name(self) -> str:
+        return str(self.provenance["config"].get("name", self.path.name))
+
+    @property
+    def head_name(self) -> str:
+        return str(self.saved["head"])
+
+    @cached_property
+    def extract_dir(self) -> Path:
+        return upstream_dir(self.path, self.provenance, "extract")
+
+    @cached_property
+    def extract_provenance(self) -> dict[str, Any]:
+        return read_provenance(self.extract_dir)
+
+    def stage_dir(self, name: str) -> Path | None:
+        """The output of an upstream stage of the extraction (``detect``, ``track``,
+        ``finetune``), or None when the extraction had no such input."""
+        if name not in self.extract_provenance.get("inputs", {}):
+            return None
+        return upstream_dir(self.extract_dir, self.extract_provenance, name)
+
+    def stage_config(self, name: str) -> dict[str, Any]:
+        """The config section of upstream stage ``name`` (``{}`` when it did not run)."""
+        directory = self.stage_dir(name)
+        if directory is None:
+            return {}
+        return dict(read_provenance(directory)["config"].get(name) or {})
+
+    @cached_property
+    def dataset_config(self) -> DatasetConfig:
+        return DatasetConfig.model_validate(self.provenance["config"]["dataset"])
+
+    def build_head(self) -> nn.Module:
+        """The trained head in eval mode, on the CPU."""
+        saved = self.saved
+        model = build_head(
+            saved["head"], in_channels=int(saved["in_channels"]),
+            num_classes=len(saved["classes"]), **saved["kwargs"],
+        )  # fmt: skip
+        model.load_state_dict(saved["state"])
+        return model.eval()
+
+    def classes(self, labelmap: LabelMap | None = None) -> tuple[LabelMap, list[int]]:
+        """The head's classes as a label map (output order) and the dense indices of the
+        mutually exclusive (softmax) ones.
+
+        From the run's dataset by default (its label map and exclusive classes, as the run
+        was trained); ``labelmap`` (e.g. read from a copied ``.pbtxt``) replaces it when
+        the dataset is not at hand, the exclusive classes then being its PERSON_MOVEMENT
+        ones.
+        """
+        ids = [int(i) for i in self.saved["classes"]]
+        if labelmap is None:
+            try:
+                dataset = Dataset.open(self.dataset_config)
+                full, exclusive_ids = dataset.labelmap, set(dataset.exclusive_ids.tolist())
+            except (OSError, ValueError) as err:
+                raise StageError(
+                    f"{self.path}: the run's dataset at {self.dataset_config.root} cannot be "
+                    f"read for its label map ({err}); pass the label map file instead"
+                ) from err
+        else:
+            full = labelmap
+            exclusive_ids = {
+                int(i) for i, t in zip(full.ids, full.label_types, strict=True)
+                if t == POSE_LABEL_TYPE
+            }  # fmt: skip
+        missing = [i for i in ids if i not in full]
+        if missing:
+            raise StageError(
+                f"{self.path}: the head predicts label ids {missing[:5]} that the label map "
+                f"{full.source or '(given)'} does not have"
+            )
+        subset = full.subset(ids)
+        if [int(i) for i in subset.ids] != ids:  # subset keeps file order; the head may not
+            raise StageError(
+                f"{self.path}: the head's classes {ids[:5]}... are not in the label map's order"
+            )
+        exclusive = [k for k, i in enumerate(ids) if i in exclusive_ids]
+        return subset, exclusive
