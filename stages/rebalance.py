@@ -422,7 +422,9 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         p.requires_grad_(True)
     history = retrain_classifier(new_classifier, inputs, labels, settings, exclusive,
                                  loss_mode=loss_mode)  # fmt: skip
-    model.classifier = new_classifier.requires_grad_(False)
+    # In place: a head may reach its classifier through a property of a sub-module
+    # (IGMN's DAM, ACAR+ACFB's ACAR); assigning an attribute would leave that one in use.
+    classifier.load_state_dict(new_classifier.state_dict())
     train_seconds = time.perf_counter() - t0
 
     val_index = data.val.index
@@ -460,7 +462,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "source": cfg.source,
         "head": saved["head"],
         "parameters": int(sum(p.numel() for p in model.parameters())),
-        "retrained_parameters": int(sum(p.numel() for p in model.classifier.parameters())),
+        "retrained_parameters": int(sum(p.numel() for p in classifier.parameters())),
         "train_seconds": round(train_seconds, 2),
         "val_map": after.mAP,
         "val_map_before": before.mAP,

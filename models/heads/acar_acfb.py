@@ -91,6 +91,11 @@ class ACARACFBHead(nn.Module):
             dropout=dropout,
         )
 
+    @property
+    def classifier(self) -> nn.Linear:
+        """The final classifier (the wrapped ACAR's): what cRT re-trains."""
+        return self.acar.classifier
+
     def init_from_stage1(self, state_dict: Mapping[str, Tensor]) -> list[str]:
         """Start from a stage-1 ACAR (or ACRN) head's weights; returns the keys left fresh."""
         missing, unexpected = self.acar.load_state_dict(dict(state_dict), strict=False)

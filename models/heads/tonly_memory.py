@@ -85,6 +85,11 @@ class TOnlyMemoryHead(nn.Module):
         self.bank_dim = in_channels if bank_dim is None else bank_dim
         self.project_memory = nn.Linear(self.bank_dim, hidden_dim)
 
+    @property
+    def classifier(self) -> nn.Linear:
+        """The final classifier (the wrapped T-only head's): what cRT re-trains."""
+        return self.relation.classifier
+
     def init_from_stage1(self, state_dict: Mapping[str, Tensor]) -> list[str]:
         """Start from a stage-1 T-only head (all of it); returns the keys left fresh."""
         self.relation.load_state_dict(dict(state_dict))

@@ -6,6 +6,7 @@ The trained runs come from the train stage on the tiny world's features (the sha
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -130,6 +131,28 @@ def test_heads_without_a_plain_final_classifier_are_refused() -> None:
         rebalance.classifier_of(NoClassifier())
     with pytest.raises(StageError, match=r"differ from classifier\(input\)"):
         rebalance.classifier_inputs(ScaledAfterClassifier(), lambda: [torch.ones(3, 4)])
+
+
+@pytest.mark.parametrize("module", ["test_heads_bank_acar_acfb", "test_heads_bank_tonly_memory",
+                                    "test_heads_bank_igmn"])
+def test_stage2_heads_expose_the_classifier_that_makes_their_logits(module: str) -> None:
+    """Stage-2 heads wrap a stage-1 head: cRT must find and re-train the classifier that
+    the forward pass uses (re-trained in place, as the stage does), not a stray copy."""
+    import importlib
+
+    tests = importlib.import_module(f"tests.models.{module}")
+    torch.manual_seed(0)
+    head = tests.tiny_head().eval()
+    batch = tests.banked([2, 3], [4, 2])
+    classifier = rebalance.classifier_of(head)
+    recorded = rebalance.classifier_inputs(head, lambda: [batch])  # checks logits == fc(x)
+    assert recorded.shape == (5, classifier.in_features)
+    before = head(batch).logits
+    retrained = copy.deepcopy(classifier)
+    with torch.no_grad():
+        retrained.bias.add_(1.0)
+    classifier.load_state_dict(retrained.state_dict())
+    assert torch.allclose(head(batch).logits, before + 1.0, atol=1e-5)
 
 
 def trained(features: Features, root: Path, head: str) -> StageRef:
