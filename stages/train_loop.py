@@ -13,6 +13,9 @@ it: ``tensorboard --logdir <work_root>/train`` shows every head's curves).
 With a store-backed source (``preload=False``) the next batches are read and collated in
 a background thread (:func:`stages.head_data.iter_batches`) while the head computes, so
 the store's per-call latency stays off the step time.
+
+At a terminal each epoch (and each :func:`predict`) shows a progress bar on stderr
+(:mod:`stages.progress`: step i/steps and the running mean loss; never in logs or CI).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from torch import nn
 
 from models.losses import ava_loss, ava_scores
 from stages.head_data import KeyframeSource, SplitIndex, collate, iter_batches, jitter_boxes
+from stages.progress import progress_bar
 
 log = logging.getLogger("bankflow.train")
 
@@ -286,25 +290,30 @@ def train(
         t0 = time.perf_counter()
         model.train()
         batches = epoch_batches(epoch_order(n, cfg.seed, epoch), cfg.batch_keyframes)
-        losses = []
-        for step, (batch, targets) in enumerate(
-            iter_batches(data.train, batches, lambda kf: get_batch(data.train, kf, data), prefetch)
-        ):
-            batch.boxes = jitter_boxes(batch.boxes, cfg.box_jitter, generator)
-            loss = step_loss(model, batch, targets, data, cfg)
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"non-finite loss {float(loss.detach())} at epoch {epoch}, step {step} "
-                    f"(lr {optimizer.param_groups[0]['lr']:.3g}); lower optim.lr or check "
-                    "the features for NaN/inf"
+        losses, loss_sum = [], 0.0
+        with progress_bar(len(batches), f"epoch {epoch + 1}/{cfg.epochs}") as bar:
+            for step, (batch, targets) in enumerate(
+                iter_batches(
+                    data.train, batches, lambda kf: get_batch(data.train, kf, data), prefetch
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
+            ):
+                batch.boxes = jitter_boxes(batch.boxes, cfg.box_jitter, generator)
+                loss = step_loss(model, batch, targets, data, cfg)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"non-finite loss {float(loss.detach())} at epoch {epoch}, step {step} "
+                        f"(lr {optimizer.param_groups[0]['lr']:.3g}); lower optim.lr or check "
+                        "the features for NaN/inf"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                losses.append(float(loss.detach()))
+                loss_sum += losses[-1]
+                bar.advance(loss=loss_sum / len(losses))  # the epoch's running mean
         record: dict[str, Any] = {
             "epoch": epoch,
             "loss": float(np.mean(losses)) if losses else float("nan"),
@@ -359,9 +368,10 @@ def predict(
     def read(keyframes: np.ndarray):
         return read_batch(source, keyframes, data)
 
-    out = [
-        ava_scores(model(batch).logits, data.exclusive).numpy()
-        for batch in iter_batches(source, batches, read, prefetch)
-    ]
+    out: list[np.ndarray] = []
+    with progress_bar(len(batches), "predict", unit="batch", transient=True) as bar:
+        for batch in iter_batches(source, batches, read, prefetch):
+            out.append(ava_scores(model(batch).logits, data.exclusive).numpy())
+            bar.advance()
     c = source.index.labels.shape[1]
     return np.concatenate(out) if out else np.zeros((0, c), np.float32)
