@@ -5,10 +5,12 @@ PREFECT_HOME, a free port) is shared by every test; the tests start and kill the
 process workers. Measured wall times are printed (``-s``) and written to
 ``<tmp>/timings.json``.
 
-(a)-(c) run ``prefect deployment run 'bankflow-pipeline/demo'`` on the tiny world;
-(d) SIGKILLs a worker (and its flow run) during extraction and resumes with a new worker;
-(e) two workers split one extraction. (d) and (e) use a larger world with a wider backbone
-so that extraction lasts long enough to be killed and shared.
+(a)-(c) run ``prefect deployment run 'bankflow-pipeline/demo'`` (finetune, extract, a
+stage-1 head, an LFB bank, the stage-2 head reading it), (c) with a stage-2 head parameter
+changed; (d) SIGKILLs a worker (and its flow run) during extraction and resumes with a new
+worker; (e) two workers split one extraction. All use a 12-video world with a wider
+backbone, so that the first run does real work and extraction lasts long enough to be
+killed and shared.
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ POOL = "bankflow"
 # extraction, and a kill after the first video leaves most of it to resume.
 BIGGER = ["world.n_train_videos=8", "world.n_val_videos=4", "extract.backbone_kwargs.width=64"]
 N_BIGGER = 12
+# (a)-(c): the same world with every kind of stage: a fine-tuned backbone, a stage-1 head,
+# an LFB bank dumped from it and the stage-2 head reading it: about 2 min of stage work on
+# 2 cores (fine-tuning most of it), against which a cached run's fixed Prefect costs
+# (~0.4 s of task-run bookkeeping per stage with a real server) are weighed.
+PIPELINE = [
+    *BIGGER,
+    "finetune={epochs: 10, batch_keyframes: 8}",
+    "dump.banks={lfb: {from: linear, kind: lfb}}",
+    "train_bank.runs={lfb: {head: lfb, bank: lfb, head_kwargs: {fbo: nl, hidden_dim: 16,"
+    " num_layers: 1}, window: {before: 6, after: 0}, optim: {epochs: 2, batch_keyframes: 8}}}",
+]
 FINAL = {"Completed", "Cached", "Failed", "Crashed", "Cancelled"}
 
 
@@ -243,10 +256,11 @@ def pipeline_runs(server):
         for label, deployment, extra in (
             ("first", "bankflow-pipeline/demo", []),
             ("cached", "bankflow-pipeline/demo", []),
-            ("changed", "bankflow-pipeline/demo", ["train.runs.linear.optim.lr=0.01"]),
+            ("changed", "bankflow-pipeline/demo", ["train_bank.runs.lfb.optim.lr=0.01"]),
             ("single", "stage-train/gpu", ["train.runs.linear.optim.lr=0.02"]),
         ):
-            run_id, wall, duration = _timed_run(server, deployment, _params(server, "wa", *extra))
+            params = _params(server, "wa", *PIPELINE, *extra, world="world2")
+            run_id, wall, duration = _timed_run(server, deployment, params)
             runs[label] = run_id
             server.timings[f"{label}_wall_s"] = round(wall, 2)
             server.timings[f"{label}_flow_run_s"] = round(duration, 2)
@@ -255,6 +269,12 @@ def pipeline_runs(server):
             server.timings[f"{label}_tasks_created_s"] = round(
                 _task_seconds(task_runs, from_created=True), 2
             )
+            if label == "cached":  # where a cached run's time goes, task by task
+                server.timings["cached_task_runs"] = [
+                    [tr.name.split("-")[0], round((tr.start_time - tr.created).total_seconds(), 2),
+                     round((tr.end_time - tr.start_time).total_seconds(), 2)]
+                    for tr in sorted(task_runs, key=lambda tr: tr.created)
+                ]  # fmt: skip
             summaries[label] = json.loads((server.root / "wa" / "summary.json").read_text())
     finally:
         worker.stop()
@@ -277,7 +297,8 @@ def test_a_worker_runs_the_pipeline_deployment_with_outputs(server, pipeline_run
 
     summary = pipeline_runs.summaries["first"]
     stages = [name.split(":")[0] for name, _ in iter_runs(summary)]
-    assert stages[:3] == ["detect", "track", "extract"] and "train" in stages
+    assert stages[:4] == ["detect", "track", "finetune", "extract"]
+    assert {"train", "dump", "train_bank", "evaluate"} <= set(stages)
     for _name, rec in iter_runs(summary):
         assert rec["cached"] is False and (Path(rec["uri"]) / "COMPLETE.json").is_file()
     task_runs = server.task_runs(pipeline_runs.first)
@@ -301,7 +322,7 @@ def test_a_worker_runs_the_pipeline_deployment_with_outputs(server, pipeline_run
     assert any(a.flow_run_id == pipeline_runs.first for a in tables)
     features = Path(summary["stages"]["extract"]["uri"]) / "features"
     stored = {v for store in features.glob("*.zarr") for v in FeatureStore.open(store).videos()}
-    assert len(stored) == 4 and _extracted_by(server, pipeline_runs.first) == stored
+    assert len(stored) == N_BIGGER and _extracted_by(server, pipeline_runs.first) == stored
     logged = {m.split()[-2] for m in server.logs(pipeline_runs.first)
               if re.search(r"extract \S+: \S+ \(\d+/\d+\)$", m)}  # fmt: skip
     server.timings["first_videos_in_server_log"] = f"{len(logged)}/{len(stored)}"
@@ -316,13 +337,14 @@ def test_b_identical_run_is_all_cached_and_fast(server, pipeline_runs):
     assert set(states) == set(_expected_keys(first))
     assert set(states.values()) == {"Cached"}, states
     t = server.timings
-    # What caching removes, the stages' work, drops under 10 % (measured 2-4 %). On the
-    # tiny world that work is only ~4 s, so the wall time (~25-30 s) is dominated by what
-    # every run pays: the worker's pickup, the flow-run process start and its imports
-    # (~11-14 s on 2 busy cores), the dataset fingerprint, the server round trips and the
-    # artifacts. The measured wall and flow-run times go to timings.json; no bound on them
-    # holds on this machine (a cached run's flow-run time was 50-90 % of the first's).
+    # What caching removes, the stages' work, drops under 10 % (measured ~0.2 %).
     assert t["cached_tasks_s"] < 0.10 * t["first_tasks_s"], t
+    # The run as Prefect times it (flow-run start to end): the first one does ~2 min of
+    # stage work, the cached one only lookups, server round trips and artifacts. The
+    # wall time from `prefect deployment run` on adds what every run pays whatever it
+    # does (the CLI's and the flow-run process's start and imports, the worker's pickup:
+    # ~8 s on 2 cores); it is recorded in timings.json, not bounded.
+    assert t["cached_flow_run_s"] < 0.10 * t["first_flow_run_s"], t
 
 
 def test_c_changed_head_parameter_reruns_that_training_and_dependents(server, pipeline_runs):
@@ -334,15 +356,17 @@ def test_c_changed_head_parameter_reruns_that_training_and_dependents(server, pi
     # Exactly the stage runs whose key changed, and the training is one of them.
     assert not_cached == set(states) - set(first)
     stages = {k.split("-")[0] for k in not_cached}
-    assert "train" in stages and not stages & {"detect", "track", "extract", "finetune"}
+    # A stage-2 head's parameter: its training and evaluation, nothing of stage 1.
+    assert stages == {"train_bank", "evaluate", "report"}, not_cached
     assert {states[k] for k in not_cached} == {"Completed"}
     # Downstream of the training only: every re-run stage comes after it in the pipeline.
     order = [name.split(":")[0] for name, _ in iter_runs(changed)]
-    assert all(order.index(s) >= order.index("train") for s in stages)
+    assert all(order.index(s) >= order.index("train_bank") for s in stages)
     # (c') the stage deployment: the training re-runs, upstream cached, nothing downstream.
     single = _by_cache_key(server.task_runs(pipeline_runs.single))
     assert {k.split("-")[0]: s for k, s in single.items()} == {
-        "detect": "Cached", "track": "Cached", "extract": "Cached", "train": "Completed"}  # fmt: skip
+        "detect": "Cached", "track": "Cached", "finetune": "Cached", "extract": "Cached",
+        "train": "Completed"}  # fmt: skip
 
 
 def _complete_videos(store: Path) -> set[str]:
