@@ -247,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="run a trained model on a video file: annotated MP4 + AVA CSV")
     p.add_argument("video")
-    p.add_argument("--run", required=True, help="a train run's directory (work/train/<key>)")
+    p.add_argument("--run", required=True,
+                   help="a train or train_bank run's directory (work/<stage>/<key>)")  # fmt: skip
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--detector", help="person detector checkpoint (default: the run's own)")
     p.add_argument("--detector-arch", help="its torchvision architecture (default: the run's)")

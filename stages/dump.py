@@ -131,6 +131,26 @@ def dump_video(
     return rows, len(timestamps)
 
 
+def write_bank_video(
+    bank: BankStore, store: FeatureStore, video_id: str, rows: dict[str, np.ndarray], *,
+    video_key: str, seconds: float,
+) -> None:  # fmt: skip
+    """Write one video's dumped ``rows`` (:func:`dump_video`) into ``bank`` with the feature
+    store's index arrays (timestamps, actor_offset, track): bank row ``a`` is store actor
+    ``a``."""
+    timestamps, offsets = store.index(video_id)
+    track = np.asarray(store.array(video_id, "track")[:])
+    bank.write_video(
+        video_id, timestamps=timestamps, actor_offset=offsets, track=track, arrays=rows,
+        video_key=video_key, provenance={"seconds": round(seconds, 3)},
+    )  # fmt: skip
+
+
+def row_shapes(rows: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+    """The per-row shape of each dumped array (``BankStore.create``'s ``arrays``)."""
+    return {name: tuple(value.shape[1:]) for name, value in rows.items()}
+
+
 class EarlierDumps:
     """Complete videos of published dump outputs in the work root, by per-video key."""
 
@@ -218,11 +238,8 @@ def _dump_split(ctx: StageContext, split: str, head: nn.Module, earlier: Earlier
         rows, _ = dump_video(head, cfg.bank.kind, store, video_id, cfg.bank.batch_keyframes)
         compute_s += time.perf_counter() - tv
         computed_kf += len(timestamps)
-        track = np.asarray(store.array(video_id, "track")[:])
-        ensure({n: tuple(v.shape[1:]) for n, v in rows.items()}).write_video(
-            video_id, timestamps=timestamps, actor_offset=offsets, track=track, arrays=rows,
-            video_key=key, provenance={"seconds": round(time.perf_counter() - tv, 3)},
-        )  # fmt: skip
+        write_bank_video(ensure(row_shapes(rows)), store, video_id, rows, video_key=key,
+                         seconds=time.perf_counter() - tv)  # fmt: skip
         counts["computed"] += 1
         log.info("dump %s %s: %s (%d/%d)", cfg.name, split, video_id,
                  sum(counts[k] for k in ("computed", "reused", "resumed")), len(videos))  # fmt: skip

@@ -16,8 +16,21 @@ provenance (see :mod:`stages.trained_run`):
 5. write ``predictions.csv`` (AVA format, every class of every box), ``annotated.mp4``
    (boxes, track ids, top actions) and ``infer.json`` (what was used, counts, timings).
 
-Stage-2 heads that read a long-term bank are not supported here yet (their bank would
-have to be dumped over the video itself first).
+A stage-2 run (a ``train_bank`` output: lfb, acar_acfb, amcr_hafb, tonly_memory, igmn)
+reads its long-term bank over the video itself, windowed with the run's window config
+(:class:`stages.bank_window.BankWindowReader`, as in training):
+
+- ``bank_mode: offline``: the ``dump`` output the run read (its provenance) names the
+  stage-1 run whose head filled the bank and the bank kind; that head is run over the
+  video's own feature store with the dump stage's code
+  (:func:`stages.dump.dump_video`, :func:`stages.dump.write_bank_video`) into a one-video
+  bank ``bank.zarr`` beside ``features.zarr``, its rows aligned with the store's actors;
+- ``bank_mode: online``: the memory is not saved with the run (the training forward pass
+  writes it), so it is rebuilt as the run built it for its val split before predicting
+  it: reset, filled by one pass of the trained head over the video's keyframes
+  (:func:`stages.train_bank.fill_memory`), then read by the prediction pass.
+
+``infer.json`` records the bank (mode, kind, stage-1 run, window, rows, seconds).
 """
 
 from __future__ import annotations
@@ -28,14 +41,17 @@ import math
 import re
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
 
 from featurestore import FeatureStore
+from featurestore.banks import BankStore, feature_video_digest
 from models.detector import (
     DetectorArch,
     DetectorCheckpointError,
@@ -43,10 +59,19 @@ from models.detector import (
     detect_persons,
 )
 from stages.annotate import KeyframeLabels, write_annotated_video
+from stages.bank_window import WindowConfig
 from stages.data import LabelMap, read_labelmap
 from stages.data.predictions import write_predictions_csv
 from stages.detect import DETECTOR_FILE, boxes_table, resolve_device
 from stages.detector_training import to_tensor
+from stages.dump import (
+    DumpStageConfig,
+    dump_video,
+    load_stage1_head,
+    row_shapes,
+    video_key,
+    write_bank_video,
+)
 from stages.extract import FEATURES_DIR, WEIGHTS_FILE, ExtractConfig
 from stages.extract_video import (
     VideoExtractor,
@@ -59,13 +84,23 @@ from stages.framework import StageError
 from stages.head_data import KeyframeSource, build_index, open_split
 from stages.track import link_tracks
 from stages.train import predictions_table
+from stages.train_bank import (
+    BankRunConfig,
+    OnlineMemoryHead,
+    StoreIndex,
+    bank_attach,
+    fill_memory,
+    online_attach,
+    video_bases,
+)
 from stages.train_loop import TrainData, predict
-from stages.trained_run import TrainedRun
+from stages.trained_run import TrainedRun, read_provenance, upstream_dir
 from stages.video import VideoError, VideoReader, center_frame
 
 log = logging.getLogger("bankflow.infer")
 
 STORE_NAME = "features.zarr"
+BANK_NAME = "bank.zarr"
 CSV_NAME = "predictions.csv"
 VIDEO_NAME = "annotated.mp4"
 REPORT_NAME = "infer.json"
@@ -217,6 +252,116 @@ def extract_video_features(
     return store
 
 
+@dataclass
+class VideoBank:
+    """Where a stage-2 run's bank comes from, to be rebuilt over the video.
+
+    Attributes:
+        mode: ``offline`` (dumped by a stage-1 head) or ``online`` (the head's own memory).
+        kind: the bank kind.  window: the run's window.  preload: the run's bank_preload.
+        dump_dir, dump: the dump output the run read and its config (offline).
+        stage1_dir, stage1_key: the stage-1 train run whose head filled it (offline).
+    """
+
+    mode: str
+    kind: str
+    window: WindowConfig
+    preload: bool = False
+    dump_dir: Path | None = None
+    dump: DumpStageConfig | None = None
+    stage1_dir: Path | None = None
+    stage1_key: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode, "kind": self.kind,
+            "stage1_run": None if self.stage1_dir is None else str(self.stage1_dir),
+            "dump": None if self.dump_dir is None else str(self.dump_dir),
+            "window": self.window.model_dump(mode="json"),
+        }  # fmt: skip
+
+
+def video_bank(run: TrainedRun) -> VideoBank | None:
+    """None for a stage-1 run; for a stage-2 run, its bank's source found through the
+    provenance (run -> its ``dump`` input -> that dump's ``train`` input), checked to have
+    been dumped over the features the run trained on (the video's are extracted the same
+    way)."""
+    if run.stage != "train_bank":
+        return None
+    cfg = BankRunConfig.model_validate(run.provenance["config"]["run"])
+    if cfg.bank_mode == "online":
+        kind = str(run.saved["bank_kind"])
+        return VideoBank(mode="online", kind=kind, window=cfg.window)
+    dump_dir = upstream_dir(run.path, run.provenance, "dump")
+    dump_prov = read_provenance(dump_dir)
+    dump_cfg = DumpStageConfig.model_validate(dump_prov["config"])
+    dumped_on = dump_prov["inputs"]["extract"]["key"]
+    trained_on = run.provenance["inputs"]["extract"]["key"]
+    if dumped_on != trained_on:
+        raise StageError(
+            f"{run.path}: its bank {dump_cfg.name!r} ({dump_dir}) was dumped over the features "
+            f"of extract {dumped_on}, the run trained on extract {trained_on}; the bank "
+            "cannot be rebuilt over the video the way it was built for training"
+        )
+    return VideoBank(
+        mode="offline", kind=dump_cfg.bank.kind, window=cfg.window, preload=cfg.bank_preload,
+        dump_dir=dump_dir, dump=dump_cfg, stage1_dir=upstream_dir(dump_dir, dump_prov, "train"),
+        stage1_key=str(dump_prov["inputs"]["train"]["key"]),
+    )  # fmt: skip
+
+
+def dump_video_bank(bank: VideoBank, store: FeatureStore, video_id: str, path: Path) -> BankStore:
+    """The offline bank over the video: the stage-1 head over its feature store, written
+    by the dump stage's code into a one-video bank at ``path``."""
+    assert bank.dump is not None and bank.stage1_dir is not None and bank.stage1_key
+    head, _ = load_stage1_head(bank.stage1_dir)
+    t0 = time.perf_counter()
+    try:
+        rows, _ = dump_video(head, bank.kind, store, video_id, bank.dump.bank.batch_keyframes)
+    except ValueError as err:  # bank_rows: the kind does not fit the head
+        raise StageError(f"infer: bank {bank.dump.name!r} from {bank.stage1_dir}: {err}") from err
+    if path.exists():
+        shutil.rmtree(path)
+    out = BankStore.create(
+        path, kind=bank.kind, arrays=row_shapes(rows), expected_videos=[video_id],
+        provenance={"stage": "infer", "dump": str(bank.dump_dir), "name": bank.dump.name,
+                    "stage1": bank.stage1_key, "features": store.url},
+    )  # fmt: skip
+    key = video_key(bank.dump.bank, bank.stage1_key,
+                    feature_video_digest(store.zarr_store, video_id))  # fmt: skip
+    write_bank_video(out, store, video_id, rows, video_key=key, seconds=time.perf_counter() - t0)
+    out.finalize()
+    return BankStore.open(path)
+
+
+def bank_model(
+    bank: VideoBank, head: nn.Module, data: TrainData, source: KeyframeSource, out: Path,
+) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    """The stage-2 model predicting ``source`` (one video), its bank windows attached to
+    ``data`` (offline: a bank dumped over the video; online: the memory filled over it),
+    and the bank's record for ``infer.json``."""
+    t0 = time.perf_counter()
+    rows = len(source.index.boxes)
+    model = head
+    if bank.mode == "offline":
+        (video_id,) = source.store.videos()
+        dumped = dump_video_bank(bank, source.store, video_id, out / BANK_NAME)
+        data.attach = bank_attach([(source, dumped)], bank.window, preload=bank.preload)
+    else:
+        dim = getattr(head, "bank_dim", None)
+        if dim is None:
+            raise StageError(f"infer: {type(head).__name__} has no bank_dim: the width of its "
+                             "online memory is unknown")  # fmt: skip
+        model = OnlineMemoryHead(head, rows, int(dim))
+        windows = {id(source): (StoreIndex(source.store), video_bases(source.index), 0)}
+        data.attach = online_attach(windows, bank.window)
+        fill_memory(model, source, data, (0, rows))
+    record = {**bank.record(), "rows": rows, "seconds": round(time.perf_counter() - t0, 3)}
+    if bank.mode == "offline":
+        record["store"] = BANK_NAME
+    return model, record
+
+
 def _labels(
     seconds: np.ndarray, index: Any, scores: np.ndarray, tracks: np.ndarray,
     labelmap: LabelMap, top: int,
@@ -237,10 +382,12 @@ def _labels(
 def infer_video(
     video: str | Path, run_dir: str | Path, out_dir: str | Path, cfg: InferConfig | None = None
 ) -> dict[str, Any]:
-    """Detect, track, extract and predict on ``video`` with the train run at ``run_dir``.
+    """Detect, track, extract and predict on ``video`` with the train or train_bank run at
+    ``run_dir``.
 
-    Writes ``predictions.csv``, ``annotated.mp4``, ``features.zarr`` and ``infer.json``
-    into ``out_dir`` and returns the report (also in ``infer.json``).
+    Writes ``predictions.csv``, ``annotated.mp4``, ``features.zarr`` (and ``bank.zarr`` for
+    an offline-bank stage-2 run) and ``infer.json`` into ``out_dir`` and returns the
+    report (also in ``infer.json``).
 
     Raises:
         StageError: the run is incomplete or cannot be replayed (names what is missing),
@@ -249,7 +396,8 @@ def infer_video(
     cfg = cfg or InferConfig()
     video, out = Path(video), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = TrainedRun.open(run_dir)
+    run = TrainedRun.open(run_dir, stages=("train", "train_bank"))
+    bank = video_bank(run)  # before detection: a bank that cannot be rebuilt fails fast
     labelmap, exclusive = run.classes(read_labelmap(cfg.labelmap) if cfg.labelmap else None)
     device = resolve_device(cfg.device)
     video_id = video_id_for(video)
@@ -280,6 +428,7 @@ def infer_video(
     t0 = time.perf_counter()
     table_rows = 0
     shown: list[KeyframeLabels] = []
+    bank_record = None if bank is None else {**bank.record(), "rows": 0, "seconds": 0.0}
     if len(det_s):
         actors = {"timestamp": det_s + cfg.offset, "boxes": boxes, "score": det_score,
                   "track": tracks}  # fmt: skip
@@ -299,7 +448,12 @@ def infer_video(
             use_roi=store.schema.roi_shape is not None,
             use_roi_t=store.schema.roi_t_shape is not None,
         )  # fmt: skip
-        scores = predict(run.build_head(), source, data)  # [A, C]; heads are small: CPU
+        model = run.build_head()
+        if bank is not None:
+            model, bank_record = bank_model(bank, model, data, source, out)
+            timings["bank"] = bank_record["seconds"]
+            t0 = time.perf_counter()
+        scores = predict(model, source, data)  # [A, C]; heads are small: CPU
         table = predictions_table(index, scores, labelmap, None)
         table_rows = len(table)
         stored_track = np.asarray(store.array(video_id, "track")[:])  # index order
@@ -317,8 +471,9 @@ def infer_video(
         "head": run.head_name, "fps": fps, "frames": frames, "size": list(size),
         "keyframes": len(seconds), "offset": cfg.offset, "persons": len(det_s),
         "tracks": len(np.unique(tracks)), "prediction_rows": table_rows,
-        "detector": det_info, "outputs": {"csv": CSV_NAME, "video": VIDEO_NAME,
-                                           "features": STORE_NAME},
+        "detector": det_info, "bank": bank_record,
+        "outputs": {"csv": CSV_NAME, "video": VIDEO_NAME, "features": STORE_NAME,
+                    **({"bank": BANK_NAME} if bank_record and "store" in bank_record else {})},
         "seconds": {k: round(v, 3) for k, v in timings.items()},
     }  # fmt: skip
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2))

@@ -342,17 +342,16 @@ def model_data(
         use_roi_t=schema.roi_t_shape is not None,
     )
     if model_stage == "train_bank":
-        data.attach = _bank_attach(run_dir, run, data, train_store, val_store)
+        data.attach = _bank_attach(run_dir, run, data)
     return data
 
 
-def _bank_attach(run_dir: Path, run: Mapping[str, Any], data: TrainData, train_store: Any,
-                 val_store: Any) -> Any:  # fmt: skip
+def _bank_attach(run_dir: Path, run: Mapping[str, Any], data: TrainData) -> Any:
     """The offline bank-window hook of a train_bank run (its dump found by provenance)."""
     from featurestore.banks import BankStore
-    from stages.bank_window import BankWindowReader, WindowConfig
+    from stages.bank_window import WindowConfig
     from stages.dump import bank_path
-    from stages.train_bank import check_alignment, offline_attach
+    from stages.train_bank import bank_attach
     from stages.trained_run import read_provenance, upstream_dir
 
     if run.get("bank_mode", "offline") != "offline":
@@ -362,15 +361,11 @@ def _bank_attach(run_dir: Path, run: Mapping[str, Any], data: TrainData, train_s
             "re-trained here (rebalance an offline-bank run instead)"
         )
     dump_dir = upstream_dir(run_dir, read_provenance(run_dir), "dump")
-    window = WindowConfig(**run.get("window", {}))
-    preload = bool(run.get("bank_preload", False))
-    readers = {}
-    for source, store, split in ((data.train, train_store, run.get("train_split", "train")),
-                                 (data.val, val_store, run.get("val_split", "val"))):  # fmt: skip
-        bank = BankStore.open(bank_path(dump_dir, split))
-        check_alignment(store, bank)
-        readers[id(source)] = BankWindowReader(bank, window, preload=preload)
-    return offline_attach(readers)
+    banks = [(source, BankStore.open(bank_path(dump_dir, run.get(split, default))))
+             for source, split, default in ((data.train, "train_split", "train"),
+                                            (data.val, "val_split", "val"))]  # fmt: skip
+    return bank_attach(banks, WindowConfig(**run.get("window", {})),
+                       preload=bool(run.get("bank_preload", False)))  # fmt: skip
 
 
 def compute(ctx: StageContext) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import inspect
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -168,6 +169,20 @@ def offline_attach(readers: dict[int, BankWindowReader]):
     return attach
 
 
+def bank_attach(
+    banks: Iterable[tuple[KeyframeSource, BankStore]], window: WindowConfig, *,
+    preload: bool = False,
+):  # fmt: skip
+    """The loop's ``attach`` hook over offline banks, one per source: each bank checked
+    aligned with its source's feature store (:func:`check_alignment`), its windows read
+    by a :class:`BankWindowReader` with ``window``."""
+    readers = {}
+    for source, bank in banks:
+        check_alignment(source.store, bank)
+        readers[id(source)] = BankWindowReader(bank, window, preload=preload)
+    return offline_attach(readers)
+
+
 # --------------------------------------------------------------------------- online memory
 
 
@@ -260,6 +275,19 @@ def online_attach(sources: dict[int, tuple[StoreIndex, dict[str, int], int]], cf
     return attach
 
 
+def fill_memory(model: OnlineMemoryHead, source: KeyframeSource, data: TrainData,
+                rows: tuple[int, int]) -> None:  # fmt: skip
+    """Reset the memory rows ``[start, stop)`` of ``source``'s actors ("unseen") and fill
+    them with one pass of the head over ``source``: what its windows read when it is then
+    predicted (the val split after training; a new video at inference)."""
+    model.reset(*rows)
+    model.fill = True
+    try:
+        predict(model, source, data)
+    finally:
+        model.fill = False
+
+
 def _probe_features_dim(model: nn.Module, data: TrainData, width: int) -> int:
     """Width of ``HeadOutput.features`` (one forward over an empty bank window)."""
     batch = read_batch(data.train, np.arange(min(2, len(data.train.index))), data)
@@ -310,19 +338,17 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     if run.bank_mode == "offline":
         dump_uri = ctx.input("dump").uri
         banks = {}
-        for split, store in ((run.train_split, train_store), (run.val_split, val_store)):
+        for split in (run.train_split, run.val_split):
             try:
                 banks[split] = BankStore.open(bank_path(dump_uri, split))
             except StoreError as exc:
                 raise StageError(f"train_bank {cfg.name}: bank {run.bank!r}: {exc}") from exc
-            check_alignment(store, banks[split])
+        data.attach = bank_attach(
+            [(data.train, banks[run.train_split]), (data.val, banks[run.val_split])],
+            run.window, preload=run.bank_preload,
+        )  # fmt: skip
         kind = banks[run.train_split].kind
         head_kwargs = bank_dim_kwargs(run.head, banks[run.train_split].arrays, head_kwargs)
-        readers = {
-            id(src): BankWindowReader(banks[split], run.window, preload=run.bank_preload)
-            for src, split in ((data.train, run.train_split), (data.val, run.val_split))
-        }
-        data.attach = offline_attach(readers)
     if "aux_class_mask" in inspect.signature(HEADS[run.head]).parameters:
         # As for IGMN's DAM in stage 1: its auxiliary losses leave the pose classes out.
         head_kwargs.setdefault("aux_class_mask", [k not in exclusive for k in range(len(labelmap))])
@@ -368,12 +394,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
 
     def val_scores(m: nn.Module) -> np.ndarray:
         if isinstance(m, OnlineMemoryHead):  # unseen val clips start at zero
-            m.reset(n_train, n_train + n_val)
-            m.fill = True
-            try:
-                predict(m, data.val, data)
-            finally:
-                m.fill = False
+            fill_memory(m, data.val, data, (n_train, n_train + n_val))
         return predict(m, data.val, data)
 
     def val_map(scores: np.ndarray) -> Any:

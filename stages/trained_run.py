@@ -76,12 +76,16 @@ class TrainedRun:
     provenance: dict[str, Any]
 
     @classmethod
-    def open(cls, path: str | Path) -> TrainedRun:
+    def open(cls, path: str | Path, *, stages: tuple[str, ...] = ("train",)) -> TrainedRun:
+        """The run at ``path``, an output of one of ``stages`` (``train_bank`` too for a
+        caller that rebuilds the stage-2 bank: see :mod:`stages.infer`)."""
         path = Path(path)
         provenance = read_provenance(path)
-        if provenance.get("stage") != "train":
+        if provenance.get("stage") not in stages:
+            expected = " or ".join(stages)
             raise StageError(
-                f"{path}: is an output of stage {provenance.get('stage')!r}, expected a train run"
+                f"{path}: is an output of stage {provenance.get('stage')!r}, expected a "
+                f"{expected} run"
             )
         head_file = path / HEAD_FILE
         if not head_file.is_file():
@@ -96,6 +100,11 @@ class TrainedRun:
     @property
     def head_name(self) -> str:
         return str(self.saved["head"])
+
+    @property
+    def stage(self) -> str:
+        """The stage that trained it: ``train`` (stage 1) or ``train_bank`` (stage 2)."""
+        return str(self.provenance["stage"])
 
     @cached_property
     def extract_dir(self) -> Path:
