@@ -21,7 +21,8 @@ import torch
 from featurestore import FeatureStore, KeyframeFeatures
 from models.heads.batch import ActorBatch
 from stages.background import in_background
-from stages.data import BoxTable, LabelMap
+from stages.data import BoxTable, Dataset, LabelMap
+from stages.framework import StageError
 from stages.track import iou_matrix
 
 T = TypeVar("T")
@@ -229,3 +230,45 @@ def jitter_boxes(boxes: torch.Tensor, amount: float, generator: torch.Generator)
 
 def open_split(path: Path) -> FeatureStore:
     return FeatureStore.open(path, mode="r")
+
+
+@dataclass(frozen=True)
+class TrainingSplits:
+    """The two splits a head trains and validates on: GT-labelled training actors (labels
+    assigned by IoU, :func:`build_index`) and unlabelled validation actors, with the
+    positions of the mutually exclusive (softmax) classes in the label map."""
+
+    train_store: FeatureStore
+    val_store: FeatureStore
+    train_index: SplitIndex
+    val_index: SplitIndex
+    exclusive: list[int]
+
+
+def open_training_splits(
+    stores: Callable[[str], Path],
+    dataset: Dataset,
+    labelmap: LabelMap,
+    *,
+    train_split: str,
+    val_split: str,
+    label_iou: float,
+    who: str,
+) -> TrainingSplits:
+    """Open both splits' feature stores (``stores(split)`` gives a store's path) and index
+    them; ``who`` names the stage in the error raised when there is nothing to train on."""
+    exclusive_ids = {int(i) for i in dataset.exclusive_ids}
+    train_store = open_split(stores(train_split))
+    val_store = open_split(stores(val_split))
+    train_index = build_index(
+        train_store, dataset.gt(train_split), labelmap, label_iou=label_iou
+    )
+    if not len(train_index):
+        raise StageError(f"{who}: {train_store.url} holds no {train_split!r} keyframes")
+    return TrainingSplits(
+        train_store=train_store,
+        val_store=val_store,
+        train_index=train_index,
+        val_index=build_index(val_store, None, labelmap),
+        exclusive=[k for k, c in enumerate(labelmap.ids) if int(c) in exclusive_ids],
+    )

@@ -35,6 +35,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -57,7 +58,7 @@ from stages.evaluate.breakdown import head_tail_change
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract import store_path
 from stages.framework import PROVENANCE_FILE, Stage, StageContext, StageError, output_dir
-from stages.head_data import KeyframeSource, build_index, open_split
+from stages.head_data import KeyframeSource, open_training_splits
 from stages.train_loop import TrainData, epoch_batches, iter_batches, predict, read_batch
 
 CODE_VERSION = "1"
@@ -309,7 +310,7 @@ def run_config(run_dir: Path) -> dict[str, Any]:
 
 def model_data(
     run_dir: Path, model_stage: str, run: Mapping[str, Any], features_uri: str,
-    dataset: Dataset, labelmap: Any, exclusive: list[int],
+    dataset: Dataset, labelmap: Any,
 ) -> TrainData:  # fmt: skip
     """The train / val sources and batch reader the model was trained with.
 
@@ -324,20 +325,17 @@ def model_data(
             f"rebalance: {run_dir} is a {model_stage!r} output; expected a train, train_bank "
             "or rebalance run"
         )
-    train_split, val_split = run.get("train_split", "train"), run.get("val_split", "val")
-    train_store = open_split(store_path(features_uri, train_split))
-    val_store = open_split(store_path(features_uri, val_split))
-    train_index = build_index(train_store, dataset.gt(train_split), labelmap,
-                              label_iou=float(run.get("label_iou", 0.5)))  # fmt: skip
-    if not len(train_index):
-        raise StageError(f"rebalance: {features_uri} holds no {train_split!r} keyframes")
-    val_index = build_index(val_store, None, labelmap)
+    splits = open_training_splits(
+        partial(store_path, features_uri), dataset, labelmap,
+        train_split=run.get("train_split", "train"), val_split=run.get("val_split", "val"),
+        label_iou=float(run.get("label_iou", 0.5)), who="rebalance",
+    )  # fmt: skip
     preload = bool(run.get("preload", True))
-    schema = train_store.schema
+    schema = splits.train_store.schema
     data = TrainData(
-        train=KeyframeSource(train_store, train_index, preload=preload),
-        val=KeyframeSource(val_store, val_index, preload=preload),
-        exclusive=exclusive,
+        train=KeyframeSource(splits.train_store, splits.train_index, preload=preload),
+        val=KeyframeSource(splits.val_store, splits.val_index, preload=preload),
+        exclusive=splits.exclusive,
         use_roi=schema.roi_shape is not None,
         use_roi_t=schema.roi_t_shape is not None,
     )
@@ -388,9 +386,8 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     for p in model.parameters():
         p.requires_grad_(False)
     classifier = classifier_of(model)
-    exclusive_ids = {int(i) for i in dataset.exclusive_ids}
-    exclusive = [k for k, c in enumerate(labelmap.ids) if int(c) in exclusive_ids]
-    data = model_data(run_dir, model_ref.stage, run, features_uri, dataset, labelmap, exclusive)
+    data = model_data(run_dir, model_ref.stage, run, features_uri, dataset, labelmap)
+    exclusive = data.exclusive
     train_index = data.train.index
     assert data.val is not None
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -32,7 +33,11 @@ from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract import store_path
 from stages.framework import Stage, StageContext, StageError, output_dir
-from stages.head_data import KeyframeSource, SplitIndex, build_index, open_split
+from stages.head_data import (
+    KeyframeSource,
+    SplitIndex,
+    open_training_splits,
+)
 from stages.train_loop import OptimConfig, TrainData, predict, train
 
 CODE_VERSION = "4"  # 2: events.jsonl, prior in metrics.json; 4: tensorboard scalars
@@ -153,19 +158,14 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     run = cfg.run
     dataset = Dataset.open(cfg.dataset)
     labelmap = evaluated_labelmap(dataset, cfg.dataset)
-    exclusive_ids = set(int(i) for i in dataset.exclusive_ids)
-    exclusive = [k for k, c in enumerate(labelmap.ids) if int(c) in exclusive_ids]
     features_uri = ctx.input("extract").uri
-
-    train_store = open_split(store_path(features_uri, run.train_split))
-    val_store = open_split(store_path(features_uri, run.val_split))
+    splits = open_training_splits(
+        partial(store_path, features_uri), dataset, labelmap, train_split=run.train_split,
+        val_split=run.val_split, label_iou=run.label_iou, who="train",
+    )  # fmt: skip
+    train_store, val_store = splits.train_store, splits.val_store
+    train_index, val_index, exclusive = splits.train_index, splits.val_index, splits.exclusive
     schema = train_store.schema
-    train_index = build_index(
-        train_store, dataset.gt(run.train_split), labelmap, label_iou=run.label_iou
-    )
-    val_index = build_index(val_store, None, labelmap)
-    if not len(train_index):
-        raise StageError(f"train: {features_uri} holds no {run.train_split!r} keyframes")
     torch.manual_seed(run.optim.seed)
     head_kwargs = dict(run.head_kwargs)
     if run.head == "igmn_dam":

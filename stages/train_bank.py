@@ -29,6 +29,7 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import replace
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -47,7 +48,11 @@ from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract import store_path
 from stages.framework import Stage, StageContext, StageError, output_dir
-from stages.head_data import KeyframeSource, SplitIndex, build_index, open_split
+from stages.head_data import (
+    KeyframeSource,
+    SplitIndex,
+    open_training_splits,
+)
 from stages.train import (
     CHECKPOINT_DIR,
     EVENTS_FILE,
@@ -313,18 +318,14 @@ def compute(ctx: StageContext) -> dict[str, Any]:
                          f"{sorted(HEADS)}")  # fmt: skip
     dataset = Dataset.open(cfg.dataset)
     labelmap = evaluated_labelmap(dataset, cfg.dataset)
-    exclusive_ids = set(int(i) for i in dataset.exclusive_ids)
-    exclusive = [k for k, c in enumerate(labelmap.ids) if int(c) in exclusive_ids]
     features_uri = ctx.input("extract").uri
-    train_store = open_split(store_path(features_uri, run.train_split))
-    val_store = open_split(store_path(features_uri, run.val_split))
+    splits = open_training_splits(
+        partial(store_path, features_uri), dataset, labelmap, train_split=run.train_split,
+        val_split=run.val_split, label_iou=run.label_iou, who="train_bank",
+    )  # fmt: skip
+    train_store, val_store = splits.train_store, splits.val_store
+    train_index, val_index, exclusive = splits.train_index, splits.val_index, splits.exclusive
     schema = train_store.schema
-    train_index = build_index(
-        train_store, dataset.gt(run.train_split), labelmap, label_iou=run.label_iou
-    )
-    val_index = build_index(val_store, None, labelmap)
-    if not len(train_index):
-        raise StageError(f"train_bank: {features_uri} holds no {run.train_split!r} keyframes")
     data = TrainData(
         train=KeyframeSource(train_store, train_index, preload=run.preload),
         val=KeyframeSource(val_store, val_index, preload=run.preload),
