@@ -58,7 +58,7 @@ from stages.evaluate.breakdown import head_tail_change
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract import store_path
 from stages.framework import PROVENANCE_FILE, Stage, StageContext, StageError, output_dir
-from stages.head_data import KeyframeSource, open_training_splits
+from stages.head_data import open_training_splits
 from stages.train_loop import TrainData, epoch_batches, iter_batches, predict, read_batch
 
 CODE_VERSION = "1"
@@ -330,11 +330,12 @@ def model_data(
         train_split=run.get("train_split", "train"), val_split=run.get("val_split", "val"),
         label_iou=float(run.get("label_iou", 0.5)), who="rebalance",
     )  # fmt: skip
-    preload = bool(run.get("preload", True))
     schema = splits.train_store.schema
     data = TrainData(
-        train=KeyframeSource(splits.train_store, splits.train_index, preload=preload),
-        val=KeyframeSource(splits.val_store, splits.val_index, preload=preload),
+        *train_stage.feature_sources(
+            splits, train_stage.stored_arrays(schema), run.get("preload", "auto"),
+            float(run.get("preload_max_gb", 8.0)), f"rebalance {run_dir.name}",
+        ),
         exclusive=splits.exclusive,
         use_roi=schema.roi_shape is not None,
         use_roi_t=schema.roi_t_shape is not None,

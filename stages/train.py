@@ -36,6 +36,7 @@ from stages.framework import Stage, StageContext, StageError, output_dir
 from stages.head_data import (
     KeyframeSource,
     SplitIndex,
+    TrainingSplits,
     open_training_splits,
 )
 from stages.train_loop import OptimConfig, TrainData, predict, train
@@ -153,6 +154,39 @@ def features_nbytes(schema: Any, n_keyframes: int, n_actors: int, arrays: Any) -
     return total
 
 
+def feature_sources(
+    splits: TrainingSplits,
+    arrays: set[str],
+    preload: bool | Literal["auto"],
+    preload_max_gb: float,
+    name: str,
+) -> tuple[KeyframeSource, KeyframeSource]:
+    """Train and val sources reading ``arrays``; ``preload="auto"`` holds them in RAM when
+    both splits' arrays take at most ``preload_max_gb`` (the pooled rows of all of AVA do,
+    its context maps do not: those are then read from the store per batch)."""
+    if preload == "auto":
+        held = sum(
+            features_nbytes(store.schema, len(index), len(index.boxes), arrays)
+            for store, index in ((splits.train_store, splits.train_index),
+                                 (splits.val_store, splits.val_index))
+        )  # fmt: skip
+        preload = held <= preload_max_gb * 1e9
+        log.info(
+            "%s: %s (%s) %s", name, ", ".join(sorted(arrays)), format_bytes(held),
+            "preloaded into RAM" if preload else "read from the store per batch",
+        )  # fmt: skip
+    return (
+        KeyframeSource(splits.train_store, splits.train_index, preload=preload, arrays=arrays),
+        KeyframeSource(splits.val_store, splits.val_index, preload=preload, arrays=arrays),
+    )
+
+
+def stored_arrays(schema: Any) -> set[str]:
+    """The large arrays a feature store holds (what a head that declares no reads gets)."""
+    optional = {"roi": schema.roi_shape, "roi_t": schema.roi_t_shape}
+    return {"context", "pooled"} | {name for name, shape in optional.items() if shape}
+
+
 def compute(ctx: StageContext) -> dict[str, Any]:
     cfg: TrainStageConfig = ctx.config  # type: ignore[assignment]
     run = cfg.run
@@ -163,7 +197,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         partial(store_path, features_uri), dataset, labelmap, train_split=run.train_split,
         val_split=run.val_split, label_iou=run.label_iou, who="train",
     )  # fmt: skip
-    train_store, val_store = splits.train_store, splits.val_store
+    train_store = splits.train_store
     train_index, val_index, exclusive = splits.train_index, splits.val_index, splits.exclusive
     schema = train_store.schema
     torch.manual_seed(run.optim.seed)
@@ -183,21 +217,13 @@ def compute(ctx: StageContext) -> dict[str, Any]:
             f"train {cfg.name}: head {run.head!r} reads {', '.join(absent)}, which the feature "
             f"store {features_uri} does not hold (extract with store_{absent[0]}: true)"
         )
-    arrays = reads & ({"context", "pooled"} | {n for n, shape in missing.items() if shape})
-    preload = run.preload
-    if preload == "auto":
-        held = sum(
-            features_nbytes(schema, len(index), len(index.boxes), arrays)
-            for index in (train_index, val_index)
-        )
-        preload = held <= run.preload_max_gb * 1e9
-        log.info(
-            "%s: %s (%s) %s", cfg.name, ", ".join(sorted(arrays)), format_bytes(held),
-            "preloaded into RAM" if preload else "read from the store per batch",
-        )  # fmt: skip
+    arrays = reads & stored_arrays(schema)
+    train_source, val_source = feature_sources(
+        splits, arrays, run.preload, run.preload_max_gb, cfg.name
+    )
     data = TrainData(
-        train=KeyframeSource(train_store, train_index, preload=preload, arrays=arrays),
-        val=KeyframeSource(val_store, val_index, preload=preload, arrays=arrays),
+        train=train_source,
+        val=val_source,
         exclusive=exclusive,
         use_roi="roi" in arrays,
         use_roi_t="roi_t" in arrays,

@@ -60,8 +60,10 @@ from stages.train import (
     HISTORY_FILE,
     METRICS_FILE,
     evaluated_labelmap,
+    feature_sources,
     predictions_table,
     prior_scores,
+    stored_arrays,
 )
 from stages.train_loop import OptimConfig, TrainData, predict, read_batch, train
 
@@ -88,7 +90,10 @@ class BankRunConfig(BaseModel):
     train_split: str = "train"
     val_split: str = "val"
     label_iou: float = Field(0.5, gt=0.0, le=1.0)
-    preload: bool = True  # hold the split's features in RAM (small stores)
+    # The splits' features in RAM: True, False (read per batch), or "auto": in RAM when
+    # they take at most preload_max_gb (as for stage-1 runs).
+    preload: bool | Literal["auto"] = "auto"
+    preload_max_gb: float = Field(8.0, ge=0.0)
     top_k: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
@@ -327,8 +332,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     train_index, val_index, exclusive = splits.train_index, splits.val_index, splits.exclusive
     schema = train_store.schema
     data = TrainData(
-        train=KeyframeSource(train_store, train_index, preload=run.preload),
-        val=KeyframeSource(val_store, val_index, preload=run.preload),
+        *feature_sources(splits, stored_arrays(schema), run.preload, run.preload_max_gb, cfg.name),
         exclusive=exclusive,
         use_roi=schema.roi_shape is not None,
         use_roi_t=schema.roi_t_shape is not None,

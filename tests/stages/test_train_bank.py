@@ -89,6 +89,14 @@ def test_lfb_head_trains_on_the_bank(
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert preloaded.summary["val_map"] == s["val_map"]
 
+    # Features beyond the RAM budget ("auto" with 0 GB: AVA's context maps) are read from
+    # the feature store per batch, and train exactly like features held in RAM.
+    streamed = run_stage(train_bank.STAGE, config(stage1, "lfb", bank="lfb", preload_max_gb=0.0),
+                         inputs, tmp_path)  # fmt: skip
+    assert streamed.key != ref.key and train_bank.BankRunConfig(bank="x").preload == "auto"
+    c = weights(streamed)
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
 
 def test_the_window_changes_what_the_head_sees(
     stage1: Stage1, banks: dict[str, StageRef], tmp_path: Path
