@@ -45,6 +45,9 @@ POOL = "bankflow"
 # extraction, and a kill after the first video leaves most of it to resume.
 BIGGER = ["world.n_train_videos=8", "world.n_val_videos=4", "extract.backbone_kwargs.width=64"]
 N_BIGGER = 12
+# (d), (e): the same world and a wider backbone, so that extraction (~2 s a video here)
+# outlasts the spread of two flow runs' start-up and a kill lands in the middle of it.
+SLOW_EXTRACT = [*BIGGER, "extract.backbone_kwargs.width=128"]
 # (a)-(c): the same world with every kind of stage: a fine-tuned backbone, a stage-1 head,
 # an LFB bank dumped from it and the stage-2 head reading it: about 2 min of stage work on
 # 2 cores (fine-tuning most of it), against which a cached run's fixed Prefect costs
@@ -147,6 +150,14 @@ class Worker:
                 cwd=ROOT, env=server.env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
+
+    def wait_started(self, timeout: float = 120) -> None:
+        """Until the worker polls the pool (its "started" line)."""
+        deadline = time.monotonic() + timeout
+        while "started!" not in self.log.read_text(errors="replace"):
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            assert time.monotonic() < deadline, f"worker not started: {self.log}"
+            time.sleep(0.2)
 
     def kill(self) -> list[int]:
         """SIGKILL the worker and every flow run it started (a machine going away)."""
@@ -406,15 +417,18 @@ def _extracted_by(server: Server, run_id: uuid.UUID) -> set[str]:
 @pytest.fixture(scope="module")
 def split_extraction(server):
     """(e) two workers, two runs of ``stage-extract/gpu`` on one key (tracks built first)."""
-    params = _params(server, "we", *BIGGER, world="world2")
+    params = _params(server, "we", *SLOW_EXTRACT, world="world2")
     prep = Worker(server, "prep")
     try:
         _timed_run(server, "stage-track/cpu", params)  # the world, detect, track
     finally:
         prep.stop()
-    runs = [server.run("stage-extract/gpu", params) for _ in range(2)]
+    # Both workers poll the pool before the runs exist: each takes one (limit 1) at once.
     workers = [Worker(server, f"split-{i}") for i in range(2)]
     try:
+        for w in workers:
+            w.wait_started()
+        runs = [server.run("stage-extract/gpu", params) for _ in range(2)]
         done = [server.wait(r) for r in runs]
     finally:
         for w in workers:
