@@ -56,6 +56,7 @@ from stages.train_loop import (
     latest_checkpoint,
     lr_factor,
     make_optimizer,
+    optimizer_step,
     save_checkpoint,
 )
 from stages.video import ClipSpec, VideoReader, prefetch_keyframe_clips
@@ -327,12 +328,7 @@ def train_epochs(
                 batch = [flip_sample(s) if flips.random() < 0.5 else s for s in batch]
             logits, targets = batch_logits(model, batch, mean, std, device)
             loss = ava_loss(logits, targets, exclusive=exclusive, mode=cfg.loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            optimizer_step(model, loss, optimizer, scheduler, cfg.grad_clip)
             losses.append(float(loss.detach()))
             h, n = top1_hits(logits.detach().cpu(), targets.cpu(), exclusive)
             hits, counted = hits + h, counted + n

@@ -179,6 +179,22 @@ def _event_line(event: str, fields: dict[str, Any]) -> str:
     return json.dumps(payload, default=str) + "\n"
 
 
+def optimizer_step(
+    model: nn.Module,
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    grad_clip: float,
+) -> None:
+    """Backward, clip the global gradient norm (``grad_clip`` > 0), step, advance the lr."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
 def step_loss(
     model: nn.Module, batch: Any, targets: torch.Tensor, data: TrainData, cfg: OptimConfig
 ) -> torch.Tensor:
@@ -305,12 +321,7 @@ def train(
                         f"(lr {optimizer.param_groups[0]['lr']:.3g}); lower optim.lr or check "
                         "the features for NaN/inf"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
+                optimizer_step(model, loss, optimizer, scheduler, cfg.grad_clip)
                 losses.append(float(loss.detach()))
                 loss_sum += losses[-1]
                 bar.advance(loss=loss_sum / len(losses))  # the epoch's running mean
