@@ -315,7 +315,7 @@ def model_data(
     """The train / val sources and batch reader the model was trained with.
 
     A stage-1 run reads the extract stage's feature stores. An offline ``train_bank`` run
-    also gets its bank windows through :func:`stages.train_bank.offline_attach` (the bank
+    also gets its bank windows through :func:`stages.train_bank.bank_attach` (the bank
     found through the run's provenance: its ``dump`` input, whose key the run's key, and
     so this stage's key, already covers). Online-memory runs are refused: their memory is
     written by the forward pass and is not part of ``head.pt``.
