@@ -85,6 +85,8 @@ def slowfast_tiny(
     alpha: int = 4,
     t_slow: int = 4,
     frame_stride: int = 2,
+    spatial_strides: tuple[int, int, int, int] = (1, 2, 2, 1),
+    dilations: tuple[int, int, int, int] = (1, 1, 1, 2),
     weights: str | Path | None = None,
     frozen_bn: bool = False,
     fusion_kernel: int | None = None,
@@ -94,6 +96,14 @@ def slowfast_tiny(
     """The same SlowFast with few channels and blocks, for CPU demos and tests.
 
     Defaults: width 8 (Fast width 1), one bottleneck per stage, a 16-frame clip;
-    ``[B, 3, 16, H, W] -> [B, 288, H/16, W/16]``.
+    ``[B, 3, 16, H, W] -> [B, 288, H/16, W/16]``. ``spatial_strides=(1, 1, 2, 1)`` gives
+    an output stride of 8, for small frames where a person spans only a few cells at 16.
     """
-    return _build(**{**locals(), "depths": tuple(depths)})
+    return _build(
+        **{
+            **locals(),
+            "depths": tuple(depths),
+            "spatial_strides": tuple(spatial_strides),
+            "dilations": tuple(dilations),
+        }
+    )

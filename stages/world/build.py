@@ -100,7 +100,10 @@ def _plan(cfg: WorldConfig, split_index: int, i: int) -> tuple[str, bool]:
     if i == 1:
         return "bring", True
     rng = np.random.default_rng([cfg.seed, split_index, i, 7])
-    return str(rng.choice(SCENARIOS, p=[0.45, 0.25, 0.3])), bool(rng.random() < 0.35)
+    r, b = cfg.return_story_prob, cfg.bring_story_prob
+    p = [r, b, max(0.0, 1.0 - r - b)]
+    scenario = str(rng.choice(SCENARIOS, p=np.asarray(p) / sum(p)))
+    return scenario, bool(rng.random() < cfg.wait_story_prob)
 
 
 def _make_video(cfg: WorldConfig, split_index: int, i: int, videos_dir: Path) -> _VideoResult:

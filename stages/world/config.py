@@ -30,6 +30,13 @@ class WorldConfig(BaseModel):
     loners_max: int = Field(1, ge=0)
     # Probability that a video has an onlooker standing near the table.
     onlooker_prob: float = Field(0.7, ge=0.0, le=1.0)
+    # The table user's story in videos after the first two of a split (those two always
+    # hold one "return" and one "bring"): pick the object up and put it back later (the
+    # long-term "put back"), bring one in and put it down (its look-alike), or neither.
+    return_story_prob: float = Field(0.45, ge=0.0, le=1.0)
+    bring_story_prob: float = Field(0.25, ge=0.0, le=1.0)
+    # Probability that one conversation partner leaves while the other waits.
+    wait_story_prob: float = Field(0.35, ge=0.0, le=1.0)
     # Proposal noise: each box edge moves by N(0, (jitter * box side)^2), a fraction of
     # persons is missed, and low-score false positives appear at a Poisson rate.
     proposal_jitter: float = Field(0.05, ge=0.0, le=0.5)
@@ -51,6 +58,11 @@ class WorldConfig(BaseModel):
             raise ValueError(
                 f"WorldConfig: duration_s={self.duration_s} leaves no keyframe between the "
                 f"{self.keyframe_margin_s} s margins"
+            )
+        if self.return_story_prob + self.bring_story_prob > 1.0 + 1e-9:
+            raise ValueError(
+                f"WorldConfig: return_story_prob + bring_story_prob = "
+                f"{self.return_story_prob + self.bring_story_prob:g} > 1"
             )
         if self.loners_min > self.loners_max:
             raise ValueError(

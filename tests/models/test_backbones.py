@@ -83,6 +83,17 @@ def test_tiny_shapes_and_pinned_output() -> None:
     assert y[0, 1, 0, 0].item() == pytest.approx(1.1107318, rel=1e-4)
 
 
+def test_tiny_output_stride_8_keeps_the_parameters_and_doubles_the_map() -> None:
+    stride16, stride8 = slowfast_tiny(), slowfast_tiny(spatial_strides=[1, 1, 2, 1])
+    assert (stride16.stride, stride8.stride) == (16, 8)
+    # Strides change no weight shape: the same checkpoint loads into either.
+    stride8.load_state_dict(stride16.state_dict())
+    x = torch.randn(1, 3, 16, 64, 96)
+    with torch.no_grad():
+        assert stride8.eval()(x).shape == (1, 288, 8, 12)
+        assert stride16.eval()(x).shape == (1, 288, 4, 6)
+
+
 def test_tiny_accepts_a_slow_fast_pair_equal_to_subsampling() -> None:
     model = slowfast_tiny().eval()
     fast = _clip(16, 48)

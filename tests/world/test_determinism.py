@@ -69,3 +69,23 @@ def test_unfinished_world_is_refused(tmp_path: Path) -> None:
     (tmp_path / "videos").mkdir()
     with pytest.raises(FileNotFoundError, match="not a finished demo world"):
         load_world_summary(tmp_path)
+
+
+def test_story_probabilities_decide_the_plan_of_every_video() -> None:
+    from stages.world.build import _plan
+
+    def plans(**probs: float) -> list[tuple[str, bool]]:
+        cfg = WorldConfig(n_train_videos=30, **probs)
+        return [_plan(cfg, 0, i) for i in range(cfg.n_train_videos)]
+
+    # The first two videos of a split always hold one return and one bring story.
+    only_return = plans(return_story_prob=1.0, bring_story_prob=0.0, wait_story_prob=1.0)
+    assert only_return[:2] == [("return", True), ("bring", True)]
+    assert set(only_return[2:]) == {("return", True)}
+    no_story = plans(return_story_prob=0.0, bring_story_prob=0.0, wait_story_prob=0.0)
+    assert set(no_story[2:]) == {("plain", False)}
+    # The defaults keep the mix the default world was built with.
+    default = plans()
+    assert {s for s, _ in default[2:]} == {"return", "bring", "plain"}
+    with pytest.raises(ValueError, match="return_story_prob \\+ bring_story_prob = 1.2 > 1"):
+        WorldConfig(return_story_prob=0.6, bring_story_prob=0.6)
