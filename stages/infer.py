@@ -342,11 +342,12 @@ def bank_model(
     and the bank's record for ``infer.json``."""
     t0 = time.perf_counter()
     rows = len(source.index.boxes)
-    model = head
+    model, stored = head, {}
     if bank.mode == "offline":
         (video_id,) = source.store.videos()
         dumped = dump_video_bank(bank, source.store, video_id, out / BANK_NAME)
         data.attach = bank_attach([(source, dumped)], bank.window, preload=bank.preload)
+        stored = {"store": BANK_NAME}
     else:
         dim = getattr(head, "bank_dim", None)
         if dim is None:
@@ -357,9 +358,7 @@ def bank_model(
         data.attach = online_attach(windows, bank.window)
         fill_memory(model, source, data, (0, rows))
     record = {**bank.record(), "rows": rows, "seconds": round(time.perf_counter() - t0, 3)}
-    if bank.mode == "offline":
-        record["store"] = BANK_NAME
-    return model, record
+    return model, {**record, **stored}
 
 
 def _labels(
