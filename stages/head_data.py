@@ -260,9 +260,7 @@ def open_training_splits(
     exclusive_ids = {int(i) for i in dataset.exclusive_ids}
     train_store = open_split(stores(train_split))
     val_store = open_split(stores(val_split))
-    train_index = build_index(
-        train_store, dataset.gt(train_split), labelmap, label_iou=label_iou
-    )
+    train_index = build_index(train_store, dataset.gt(train_split), labelmap, label_iou=label_iou)
     if not len(train_index):
         raise StageError(f"{who}: {train_store.url} holds no {train_split!r} keyframes")
     return TrainingSplits(

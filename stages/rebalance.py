@@ -333,8 +333,11 @@ def model_data(
     schema = splits.train_store.schema
     data = TrainData(
         *train_stage.feature_sources(
-            splits, train_stage.stored_arrays(schema), run.get("preload", "auto"),
-            float(run.get("preload_max_gb", 8.0)), f"rebalance {run_dir.name}",
+            splits,
+            train_stage.stored_arrays(schema),
+            run.get("preload", "auto"),
+            float(run.get("preload_max_gb", 8.0)),
+            f"rebalance {run_dir.name}",
         ),
         exclusive=splits.exclusive,
         use_roi=schema.roi_shape is not None,

@@ -133,8 +133,9 @@ def test_heads_without_a_plain_final_classifier_are_refused() -> None:
         rebalance.classifier_inputs(ScaledAfterClassifier(), lambda: [torch.ones(3, 4)])
 
 
-@pytest.mark.parametrize("module", ["test_heads_bank_acar_acfb", "test_heads_bank_tonly_memory",
-                                    "test_heads_bank_igmn"])
+@pytest.mark.parametrize(
+    "module", ["test_heads_bank_acar_acfb", "test_heads_bank_tonly_memory", "test_heads_bank_igmn"]
+)
 def test_stage2_heads_expose_the_classifier_that_makes_their_logits(module: str) -> None:
     """Stage-2 heads wrap a stage-1 head: cRT must find and re-train the classifier that
     the forward pass uses (re-trained in place, as the stage does), not a stray copy."""

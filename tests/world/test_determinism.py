@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import decord
@@ -87,5 +88,7 @@ def test_story_probabilities_decide_the_plan_of_every_video() -> None:
     # The defaults keep the mix the default world was built with.
     default = plans()
     assert {s for s, _ in default[2:]} == {"return", "bring", "plain"}
-    with pytest.raises(ValueError, match="return_story_prob \\+ bring_story_prob = 1.2 > 1"):
+    with pytest.raises(
+        ValueError, match=re.escape("return_story_prob + bring_story_prob = 1.2 > 1")
+    ):
         WorldConfig(return_story_prob=0.6, bring_story_prob=0.6)
