@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 WORK ?= work
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test bench lint clean
+.PHONY: install demo serve test bench lint clean clean-work
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (Python 3.11) on PATH"; exit 1; }
@@ -33,6 +33,12 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
+# Caches of tools only; the work root (every stage's cached output) stays.
 clean:
-	rm -rf $(WORK) .pytest_cache
+	rm -rf .pytest_cache .ruff_cache
+
+# Every stage output, feature store and the embedded Prefect's state under $(WORK).
+clean-work:
+	rm -rf $(WORK)

@@ -27,7 +27,6 @@ ARRAY_DTYPES: dict[str, str | None] = {
     "roi_t": None,
 }
 OPTIONAL_ARRAYS = ("roi", "roi_t")
-ACTOR_ARRAYS = ("boxes", "scores", "track", "pooled", "roi", "roi_t")
 # Normalized boxes may exceed [0, 1] by rounding only.
 _BOX_TOLERANCE = 1e-3
 

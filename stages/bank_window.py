@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -40,12 +39,6 @@ class WindowConfig(BaseModel):
     after: float = Field(30.0, ge=0)
     include_current: bool = True  # keep the current keyframe's own actors
     max_per_second: int | None = Field(None, ge=1)  # None: every actor of every second
-
-
-class IndexSource(Protocol):
-    """Anything giving (timestamps [K], actor_offset [K+1], track [A]) of a video."""
-
-    def index(self, video_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
 @dataclass

@@ -52,11 +52,6 @@ from stages.video import VideoError, VideoReader
 CODE_VERSION = "2"  # 2: fine-tuned weights win over extract.weights
 FEATURES_DIR = "features"
 WEIGHTS_FILE = "backbone.pt"  # what the finetune stage publishes
-# Waiting on other processes of the same stage: how often to look, and for how long at
-# most (a live writer refreshes its claim; a dead one is taken over, see _break_if_dead).
-POLL_S = 0.5
-WAIT_FOR_OTHERS_S = 6 * 3600.0
-
 log = logging.getLogger("bankflow.extract")
 
 

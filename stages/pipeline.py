@@ -447,7 +447,3 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"total {summary['seconds']:.1f} s; summary: {summary['work_root']}/{SUMMARY_FILE}"
     )
     return "\n".join(lines)
-
-
-def load_summary(work_root: Path | str) -> dict[str, Any]:
-    return json.loads((Path(work_root) / SUMMARY_FILE).read_text())
