@@ -1,4 +1,10 @@
-"""``bankflow``: the command line. Heavy imports happen inside each command (fast --help)."""
+"""``bankflow``: the command line.
+
+Heavy imports happen inside each command: ``--help``, ``--version``, ``eval``,
+``data check`` and ``store`` import neither torch nor Prefect
+(``tests/flows/test_cli.py`` checks). Commands that run stages validate the config
+before Prefect starts. User errors are one line on stderr and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,58 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, NoReturn
+
+from stages.stage_names import STAGE_ORDER
 
 DEFAULT_WORK_ROOT = "work"
+STAGE_LIST = ", ".join(STAGE_ORDER)
+# Exceptions that mean "bad input" (one line, exit 2), by module: a module not imported
+# yet cannot have raised one, so main() never imports a module just to catch its errors.
+USER_ERRORS = (
+    ("stages.config", "ConfigError"),
+    ("stages.data.errors", "DataError"),
+    ("stages.data.errors", "DataErrors"),
+    ("stages.framework", "StageError"),
+    ("featurestore.errors", "StoreError"),
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line: ``bankflow run: error: … (see --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class VersionAction(argparse.Action):
+    """``--version``: the installed package's version (pyproject.toml's in a checkout)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print bankflow's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        print(f"bankflow {bankflow_version()}")
+        parser.exit()
+
+
+def bankflow_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("bankflow")
+    except metadata.PackageNotFoundError:
+        import tomllib
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+
+
+def stage_name(text: str) -> str:
+    """argparse type of a stage name: one of :data:`stages.stage_names.STAGE_ORDER`."""
+    if text not in STAGE_ORDER:
+        raise argparse.ArgumentTypeError(f"unknown stage {text!r}; stages: {STAGE_LIST}")
+    return text
 
 
 def _prefect_env(work_root: Path) -> None:
@@ -66,6 +122,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _run_pipeline(args: argparse.Namespace, *, until: str | None, force: list[str]) -> int:
+    from stages.config import load_config
+
+    # A bad config or --set fails here, in one line, before Prefect's server starts.
+    load_config(args.config, args.overrides)
     work_root = Path(args.work_root)
     _prefect_env(work_root)
     from flows.pipeline import pipeline
@@ -98,21 +158,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run_pipeline(args, until=None, force=[])
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from stages.config import load_config
+def _dry_run(config: Any, work_root: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(stage run name, record) of every stage the config runs; keys computed, nothing run."""
     from stages.pipeline import PipelineRun, dry_runner, iter_runs, run_pipeline
 
+    run = PipelineRun(config=config, work_root=work_root, runner=dry_runner)
+    # Only looking: it must not write summary.json over a real run's.
+    return list(iter_runs(run_pipeline(run, write=False)))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from stages.config import load_config
+
     config = load_config(args.config, args.overrides)
-    run = PipelineRun(config=config, work_root=Path(args.work_root), runner=dry_runner)
-    # Status only looks; it must not write summary.json over a real run's.
-    summary = run_pipeline(run, write=False)
     print(f"{'stage':<12} {'key':<17} {'state':<8} {'bytes':>12} {'seconds':>8}  output")
-    for name, rec in iter_runs(summary):
+    for name, rec in _dry_run(config, Path(args.work_root)):
         st = rec["summary"]["status"]
         secs = f"{st['seconds']:.1f}" if st["seconds"] is not None else "-"
         print(
             f"{name:<12} {rec['key']:<17} {st['state']:<8} {st['bytes']:>12} {secs:>8}  {rec['uri']}"
         )
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from stages.config import load_config
+
+    config = load_config(args.config, args.overrides)
+    print(f"# {args.config}, base: merged, --set applied, defaults filled in")
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
+    print("\n# stage keys (work root: outputs in <work-root>/<stage>/<key>)")
+    for name, rec in _dry_run(config, Path(args.work_root)):
+        print(f"# {name:<24} {rec['key']}")
     return 0
 
 
@@ -182,11 +261,13 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="bankflow",
         description="Two-stage feature-bank action detection as cached, restartable stages.",
+        epilog=f"Stages, in order: {STAGE_LIST}.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action=VersionAction)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("world", help="build the synthetic demo world (an AVA-format dataset)")
     p.add_argument("out")
@@ -202,11 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the pipeline through the embedded Prefect")
     _add_config_args(p)
-    p.add_argument("--until", help="stop after this stage")
+    p.add_argument("--until", type=stage_name, metavar="STAGE",
+                   help=f"stop after this stage, one of: {STAGE_LIST}")  # fmt: skip
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stage", help="run one stage (its inputs are found or built first)")
-    p.add_argument("name")
+    p.add_argument("name", type=stage_name, metavar="STAGE", help=f"one of: {STAGE_LIST}")
     _add_config_args(p)
     p.add_argument("--force", action="store_true", help="recompute even if published")
     p.set_defaults(func=cmd_stage)
@@ -216,9 +298,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("status", help="each stage's key and whether its output is published")
+    p = sub.add_parser(
+        "status", help="each stage's key and whether its output is published",
+        epilog=f"Stages, in order: {STAGE_LIST}.",
+    )  # fmt: skip
     _add_config_args(p)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("config", help="pipeline configs: config show --config F [--set K=V]")
+    config_sub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    c = config_sub.add_parser(
+        "show", help="print the resolved config (base: merged, --set applied) and stage keys",
+        epilog=f"Stages, in order: {STAGE_LIST}.",
+    )  # fmt: skip
+    _add_config_args(c)
+    c.set_defaults(func=cmd_config_show)
 
     p = sub.add_parser(
         "eval", help="AVA frame-mAP: bankflow eval GT PRED --labelmap L [--excluded E]",
@@ -276,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["eval"]:
+        # The evaluator has its own parser (``bankflow eval --help`` is its help).
+        from stages.evaluate.cli import eval_main
+
+        return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
     # Stage progress (per video, per epoch, projected store sizes) goes to stderr.
     handler = logging.StreamHandler()
@@ -284,15 +384,20 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # Prefect's root handler would print every line twice
-    from stages.config import ConfigError
-    from stages.data.errors import DataError, DataErrors
-    from stages.framework import StageError
-
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, DataErrors, StageError) as exc:
+    except Exception as exc:
+        if not isinstance(exc, user_errors()):
+            raise
         print(f"bankflow: error: {exc}", file=sys.stderr)
         return 2
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The classes of :data:`USER_ERRORS` whose modules are imported."""
+    return tuple(
+        getattr(sys.modules[module], name) for module, name in USER_ERRORS if module in sys.modules
+    )
 
 
 if __name__ == "__main__":

@@ -21,13 +21,9 @@ from stages import (
 )
 from stages.evaluate import stage as evaluate
 from stages.framework import Stage
+from stages.stage_names import STAGE_ORDER
 
-# Every stage name the pipeline knows (DESIGN §1), in order; used by --until and the
-# work-root layout. Stages of later issues are listed before they are built.
-STAGE_ORDER = (
-    "detect", "track", "finetune", "extract", "train", "dump",
-    "train_bank", "rebalance", "predict", "ensemble", "evaluate", "report",
-)  # fmt: skip
+__all__ = ["STAGES", "STAGE_ORDER"]
 
 STAGES: dict[str, Stage] = {
     detect.STAGE.name: detect.STAGE,

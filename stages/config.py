@@ -4,6 +4,13 @@
 applies each override (the value is parsed as YAML, so numbers, booleans and lists work),
 and validates the result. Unknown keys are errors, so a typo in ``--set`` is caught
 before any stage runs.
+
+A file may start from another: ``base: demo.yaml`` (a path relative to the file) reads
+that file first and merges this one into it — mappings key by key, recursively; any
+other value (list, number, ``null``) replaces the base's. A mapping holding
+``_replace_: true`` replaces the base's mapping whole instead (drop runs of the base).
+One level only: a base file has no ``base:`` itself, so every value is found by reading
+at most two files (``bankflow config show`` prints the result).
 """
 
 from __future__ import annotations
@@ -112,8 +119,55 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     return data
 
 
+BASE_KEY = "base"
+REPLACE_KEY = "_replace_"
+
+
+def merge_config(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: mappings merged key by key (recursively), other values
+    replaced; a child mapping with ``_replace_: true`` replaces the base's whole."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and value.get(REPLACE_KEY) is True:
+            out[key] = _drop_replace_marks(value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = _drop_replace_marks(value) if isinstance(value, dict) else value
+    return out
+
+
+def _drop_replace_marks(value: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: _drop_replace_marks(v) if isinstance(v, dict) else v
+        for k, v in value.items()
+        if k != REPLACE_KEY
+    }
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """The file's sections with its ``base:`` file (if any) merged under them."""
+    path = Path(path)
+    data = read_yaml(path)
+    if BASE_KEY not in data:
+        return _drop_replace_marks(data)
+    base_name = data.pop(BASE_KEY)
+    if not isinstance(base_name, str) or not base_name:
+        raise ConfigError(f"{path}: base: expected a config file path, got {base_name!r}")
+    base_path = path.parent / base_name
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base: {base_name!r} not found (looked at {base_path})")
+    base = read_yaml(base_path)
+    if BASE_KEY in base:
+        raise ConfigError(
+            f"{path}: base: {base_path} has a base of its own ({base[BASE_KEY]!r}); "
+            "configs inherit one level only"
+        )
+    return merge_config(_drop_replace_marks(base), data)
+
+
 def load_config(path: Path | str, overrides: list[str] | None = None) -> PipelineConfig:
-    data = apply_overrides(read_yaml(path), list(overrides or []))
+    data = apply_overrides(read_config_file(path), list(overrides or []))
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:

@@ -6,9 +6,6 @@ import io
 import json
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from stages.data.atomic import atomic_write_bytes
 from stages.data.types import LabelMap
 from stages.evaluate.result import AvaResult
@@ -35,6 +32,10 @@ def per_class_ap_png(result: AvaResult, labelmap: LabelMap) -> bytes:
     items = sorted(result.per_class.items(), key=lambda kv: (-kv[1], kv[0]))
     names = [f"{labelmap.name(c) if c in labelmap else c} ({c})" for c, _ in items]
     values = [100 * ap for _, ap in items]
+    # Imported here: matplotlib costs ~0.3 s, and `bankflow eval` draws only with --out-dir.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     # The Agg canvas is attached explicitly: no pyplot, no global backend switch.
     fig = Figure(figsize=(8, 1.0 + 0.22 * max(len(items), 1)), dpi=100)
     FigureCanvasAgg(fig)

@@ -29,10 +29,13 @@ def _write_csv(path: Path, columns: dict[str, np.ndarray]) -> None:
     pacsv.write_csv(pa.table(columns), path, write_options=options)
 
 
-def _make_case(out: Path, rng: np.random.Generator) -> tuple[Path, Path, LabelMap]:
-    n_kf = N_VIDEOS * KEYFRAMES_PER_VIDEO
-    kf_video = np.repeat(np.array([f"vid{v:08d}xyz" for v in range(N_VIDEOS)]), KEYFRAMES_PER_VIDEO)
-    kf_time = np.tile(np.arange(902, 902 + KEYFRAMES_PER_VIDEO), N_VIDEOS)
+def _make_case(
+    out: Path, rng: np.random.Generator, n_videos: int = N_VIDEOS
+) -> tuple[Path, Path, LabelMap]:
+    """GT and detection CSVs of ``n_videos`` × 897 keyframes (~18 detection rows each)."""
+    n_kf = n_videos * KEYFRAMES_PER_VIDEO
+    kf_video = np.repeat(np.array([f"vid{v:08d}xyz" for v in range(n_videos)]), KEYFRAMES_PER_VIDEO)
+    kf_time = np.tile(np.arange(902, 902 + KEYFRAMES_PER_VIDEO), n_videos)
     # GT persons: 2-3 per keyframe, each with 1-3 actions from a long-tailed distribution.
     persons = rng.integers(2, 4, n_kf)
     p_kf = np.repeat(np.arange(n_kf), persons)

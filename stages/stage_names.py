@@ -1,0 +1,12 @@
+"""The pipeline's stage names, in order (DESIGN §1) — and nothing else, so that the CLI's
+help and argument checks can list them without importing a stage (torch, video readers).
+
+:mod:`stages.catalog` maps each name to its :class:`stages.framework.Stage`.
+"""
+
+from __future__ import annotations
+
+STAGE_ORDER: tuple[str, ...] = (
+    "detect", "track", "finetune", "extract", "train", "dump",
+    "train_bank", "rebalance", "predict", "ensemble", "evaluate", "report",
+)  # fmt: skip

@@ -1,0 +1,61 @@
+"""Whole-process start and run times of the light CLI commands (pytest -m bench -s).
+
+``bankflow eval`` on a ~300k-detection-row case against ``plain_ava_eval.py`` (numpy
+only, the same protocol): the ratio is what the CLI costs beyond the evaluation itself
+(interpreter, imports, parsing, report). Target: <= 1.5. Also ``bankflow --help`` and
+``bankflow eval --help``. Each figure is the best of three runs, measured in this run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stages.data import write_labelmap
+from tests.benchmarks.test_bench_eval import _make_case
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAIN = Path(__file__).with_name("plain_ava_eval.py")
+RUNS = 3
+
+
+def _best_of(cmd: list[str]) -> tuple[float, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    best, out = float("inf"), ""
+    for _ in range(RUNS):
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        seconds = time.perf_counter() - start
+        assert proc.returncode == 0, f"{cmd}: {proc.stderr}"
+        best, out = min(best, seconds), proc.stdout
+    return best, out
+
+
+@pytest.mark.bench
+def test_bench_eval_process_against_plain_numpy(tmp_path):
+    gt, det, labelmap = _make_case(tmp_path, np.random.default_rng(0), n_videos=19)
+    write_labelmap(tmp_path / "labelmap.pbtxt", labelmap)
+    rows = sum(1 for _ in det.open())
+    bankflow_s, bankflow_out = _best_of(
+        [sys.executable, "-m", "flows.cli", "eval", str(gt), str(det),
+         "--labelmap", str(tmp_path / "labelmap.pbtxt")]
+    )  # fmt: skip
+    plain_s, plain_out = _best_of(
+        [sys.executable, str(PLAIN), str(gt), str(det), ",".join(map(str, labelmap.ids))]
+    )
+    bankflow_map = float(bankflow_out.split("mAP@0.5 = ")[1].split()[0])
+    plain_map = float(plain_out.split()[1])
+    help_s, _ = _best_of([sys.executable, "-m", "flows.cli", "--help"])
+    eval_help_s, _ = _best_of([sys.executable, "-m", "flows.cli", "eval", "--help"])
+    print(f"\n{rows} detection rows: bankflow eval {bankflow_s:.2f} s (mAP {bankflow_map:.6f}), "
+          f"plain numpy {plain_s:.2f} s (mAP {plain_map:.6f}): ratio {bankflow_s / plain_s:.2f}")  # fmt: skip
+    print(f"bankflow --help {help_s:.2f} s, bankflow eval --help {eval_help_s:.2f} s")
+    # The yardstick evaluates the same protocol: the same number, or the ratio means nothing.
+    assert abs(bankflow_map - plain_map) < 1e-6
+    assert rows > 280_000

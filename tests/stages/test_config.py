@@ -1,0 +1,94 @@
+"""Config files: ``base:`` inheritance (one level), ``_replace_``, overrides, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stages.config import ConfigError, load_config, merge_config, read_config_file
+from stages.pipeline import PipelineRun, dry_runner, iter_runs, run_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "flows" / "configs"
+# demo_banks.yaml as it was before it said `base: demo.yaml` (a full copy of demo's sections).
+DEMO_BANKS_FLAT = ROOT / "tests" / "fixtures" / "configs" / "demo_banks_flat.yaml"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_merge_mappings_recursively_and_replace_other_values():
+    base = {"a": {"x": 1, "y": {"p": [1, 2], "q": 2}}, "b": [1], "c": {"k": 1}, "d": 5}
+    child = {"a": {"y": {"p": [3]}, "z": 0}, "b": [2, 3], "c": None, "e": {"n": 1}}
+    assert merge_config(base, child) == {
+        "a": {"x": 1, "y": {"p": [3], "q": 2}, "z": 0}, "b": [2, 3], "c": None, "d": 5,
+        "e": {"n": 1},
+    }  # fmt: skip
+    assert base["a"]["y"] == {"p": [1, 2], "q": 2}  # the base is not modified
+
+
+def test_replace_mark_swaps_the_base_mapping_whole():
+    base = {"runs": {"a": {"lr": 1}, "b": {"lr": 2}}, "s": {"k": 1}}
+    child = {"runs": {"_replace_": True, "c": {"lr": 3, "opt": {"_replace_": True, "m": 1}}},
+             "s": {"_replace_": True}}  # fmt: skip
+    assert merge_config(base, child) == {"runs": {"c": {"lr": 3, "opt": {"m": 1}}}, "s": {}}
+
+
+def test_base_is_relative_to_the_file_and_overrides_apply_after_the_merge(tmp_path):
+    _write(tmp_path / "shared" / "base.yaml",
+           "name: base\ndataset: {root: /data}\ndetect: {min_score: 0.3}\n"
+           "train: {runs: {lin: {head: linear}}}\n")  # fmt: skip
+    child = _write(tmp_path / "mine" / "child.yaml",
+                   "base: ../shared/base.yaml\nname: child\ndetect: {source: proposals}\n")  # fmt: skip
+    assert read_config_file(child)["detect"] == {"min_score": 0.3, "source": "proposals"}
+    config = load_config(child, ["detect.min_score=0.5"])
+    assert config.name == "child" and str(config.dataset.root) == "/data"
+    assert config.detect.min_score == 0.5 and config.detect.source == "proposals"
+    assert list(config.train.runs) == ["lin"]
+
+
+def test_base_errors_name_the_file(tmp_path):
+    _write(tmp_path / "grand.yaml", "name: g\n")
+    _write(tmp_path / "parent.yaml", "base: grand.yaml\nname: p\n")
+    deep = _write(tmp_path / "deep.yaml", "base: parent.yaml\n")
+    with pytest.raises(
+        ConfigError, match=r"deep\.yaml: base: .*parent\.yaml has a base of its own"
+    ):
+        read_config_file(deep)
+    missing = _write(tmp_path / "missing.yaml", "base: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml: base: 'nowhere\.yaml' not found"):
+        read_config_file(missing)
+    wrong = _write(tmp_path / "wrong.yaml", "base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"wrong\.yaml: base: expected a config file path"):
+        read_config_file(wrong)
+    _write(tmp_path / "ok.yaml", "dataset: {root: /d}\n")
+    typo = _write(tmp_path / "typo.yaml", "base: ok.yaml\ndetect: {min_scor: 1}\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: invalid config: detect\.min_scor"):
+        load_config(typo)
+
+
+def test_demo_banks_resolves_to_its_former_flat_copy():
+    """``base: demo.yaml`` changed the file, not the config: same values, same order."""
+    based = load_config(CONFIGS / "demo_banks.yaml").model_dump(mode="json")
+    flat = load_config(DEMO_BANKS_FLAT).model_dump(mode="json")
+    assert json.dumps(based) == json.dumps(flat)
+    assert "base:" in (CONFIGS / "demo_banks.yaml").read_text()
+
+
+def _stage_keys(config_path: Path, dataset: Path, work_root: Path) -> dict[str, str]:
+    config = load_config(config_path, ["world=null", f"dataset.root={dataset}"])
+    run = PipelineRun(config=config, work_root=work_root, runner=dry_runner)
+    return {name: rec["key"] for name, rec in iter_runs(run_pipeline(run, write=False))}
+
+
+def test_demo_banks_keeps_every_stage_key(tiny_world, tmp_path):
+    based = _stage_keys(CONFIGS / "demo_banks.yaml", tiny_world, tmp_path)
+    flat = _stage_keys(DEMO_BANKS_FLAT, tiny_world, tmp_path)
+    assert based == flat
+    assert {"detect", "extract", "train:tonly", "dump:identity", "train_bank:igmn"} <= set(based)
+    assert not any(name.startswith(("rebalance", "ensemble")) for name in based)
