@@ -79,7 +79,7 @@ def _prefect_env(work_root: Path) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    # A fresh ephemeral server needs ~20 s to start on 2 cores (DESIGN §7).
+    # A fresh ephemeral server needs ~20 s to start on 2 cores (docs/design.md §7).
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 

@@ -2,7 +2,7 @@
 
 Prefect's ``FileSystemLockManager`` writes a lock file and waits for it to disappear; a
 worker killed while holding one leaves it behind and every later run of that key blocks
-for ever (DESIGN §7). :class:`ExpiringLockManager` implements Prefect's ``LockManager``
+for ever (docs/design.md §7). :class:`ExpiringLockManager` implements Prefect's ``LockManager``
 protocol with lock files that say who holds them and until when:
 
     <directory>/<key>.lock = {"holder", "host", "pid", "token", "heartbeat", "ttl_s",

@@ -1,4 +1,4 @@
-"""The ``bankflow-pipeline`` flow: the stages of DESIGN §1 as Prefect tasks.
+"""The ``bankflow-pipeline`` flow: the stages of docs/design.md §1 as Prefect tasks.
 
 The order of stages and what feeds what is written once, in
 :func:`stages.pipeline.run_pipeline`; this flow runs it with every stage submitted as a

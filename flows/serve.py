@@ -8,7 +8,7 @@ the process workers. It stays in the foreground; Ctrl-C (or SIGTERM) stops the w
 first, then the server. Everything it starts runs in its own process group, so stopping
 one also stops the flow runs it launched.
 
-A server start takes ~20-40 s on a small machine (DESIGN §7). With
+A server start takes ~20-40 s on a small machine (docs/design.md §7). With
 ``PREFECT_SERVER_API_AUTH_STRING`` set, the server requires it (basic auth) and every
 client started here gets it as ``PREFECT_API_AUTH_STRING``.
 """

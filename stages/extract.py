@@ -3,7 +3,7 @@
 For each split, each video is decoded once (the decode-once clip iterator; decoding and
 batch preparation run in a background thread so they overlap the backbone), the backbone
 runs on the clip around every keyframe (batched), each actor box is RoIAligned (7×7) and
-max-pooled, and the video is written to ``features/<split>.zarr`` as one group (DESIGN §3)
+max-pooled, and the video is written to ``features/<split>.zarr`` as one group (docs/design.md §3)
 by a writer thread while the next video is computed. The stage is resumable per video: a
 killed run restarted with the same config finds its staging store, skips complete videos
 and rewrites unfinished ones (taking over claims of killed processes on this host at

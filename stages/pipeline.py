@@ -1,4 +1,4 @@
-"""The pipeline as a sequence of stage calls (DESIGN §1), independent of Prefect.
+"""The pipeline as a sequence of stage calls (docs/design.md §1), independent of Prefect.
 
 ``run_pipeline`` is the one place that says which stage feeds which. It is executed with
 a *runner*: ``flows.pipeline`` passes one that submits each stage as a Prefect task,

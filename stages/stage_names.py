@@ -1,4 +1,4 @@
-"""The pipeline's stage names, in order (DESIGN §1) — and nothing else, so that the CLI's
+"""The pipeline's stage names, in order (docs/design.md §1) — and nothing else, so that the CLI's
 help and argument checks can list them without importing a stage (torch, video readers).
 
 :mod:`stages.catalog` maps each name to its :class:`stages.framework.Stage`.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import tomllib
@@ -48,3 +49,21 @@ def test_make_lint_checks_code_and_format_and_ci_lints_before_testing(tmp_path):
         if line.strip().startswith("make ")
     ]
     assert steps == ["make lint", "make test"]
+
+
+def test_design_citations_name_sections_that_exist():
+    design = (ROOT / "docs" / "design.md").read_text()
+    sections = set(re.findall(r"^## (\d+)\. ", design, flags=re.MULTILINE))
+    cited: dict[str, list[str]] = {}
+    for path in ROOT.rglob("*"):
+        if (path.suffix not in (".py", ".toml", ".yaml", ".md") or not path.is_file()
+                or {".venv", ".git", "work"} & set(path.relative_to(ROOT).parts)):  # fmt: skip
+            continue
+        text = path.read_text(errors="replace")
+        # The founding brief is not in the repository: nothing may cite it.
+        assert not re.search(r"\bDESIGN(\.md)? §", text), f"{path} cites DESIGN, not docs/design.md"
+        for number in re.findall(r"design\.md §(\d+)", text):
+            cited.setdefault(number, []).append(str(path.relative_to(ROOT)))
+    assert cited, "nothing cites docs/design.md"
+    missing = {n: files for n, files in cited.items() if n not in sections}
+    assert not missing, f"docs/design.md has no section for {missing}"

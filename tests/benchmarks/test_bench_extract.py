@@ -40,7 +40,7 @@ SMALL = {
     "num_frames": 16,
     "frame_stride": 1,
 }
-# AVA v2.2: ~211k train + ~57k val keyframes, ~2.5 persons each (DESIGN §3).
+# AVA v2.2: ~211k train + ~57k val keyframes, ~2.5 persons each (docs/design.md §3).
 AVA_KEYFRAMES, AVA_ACTORS = 268_000, 670_000
 REPEATS = 3
 

@@ -48,7 +48,7 @@ def test_rejects_bad_fields() -> None:
 
 
 def test_estimate_matches_design_figure() -> None:
-    # DESIGN §3: SlowFast-R50 res5 2304×16×22 f16 ≈ 1.6 MB per keyframe, ~400 GB for AVA.
+    # docs/design.md §3: SlowFast-R50 res5 2304×16×22 f16 ≈ 1.6 MB per keyframe, ~400 GB for AVA.
     full = small_schema(context_shape=(2304, 16, 22), pooled_dim=2304, roi_shape=None)
     per_kf = estimate_store_bytes(full, 1, 0)
     assert per_kf == 2304 * 16 * 22 * 2 + 12
