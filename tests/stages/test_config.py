@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,14 @@ def test_demo_banks_keeps_every_stage_key(tiny_world, tmp_path):
     assert based == flat
     assert {"detect", "extract", "train:tonly", "dump:identity", "train_bank:igmn"} <= set(based)
     assert not any(name.startswith(("rebalance", "ensemble")) for name in based)
+
+
+def test_the_ava_example_config_in_the_docs_is_valid(tmp_path):
+    text = (ROOT / "docs" / "ava.md").read_text()
+    (example,) = re.findall(r"```yaml\n(.*?)```", text, flags=re.DOTALL)
+    assert "base: /path/to/bankflow/flows/configs/demo.yaml" in example
+    path = _write(tmp_path / "ava.yaml", example.replace("/path/to/bankflow", str(ROOT)))
+    config = load_config(path)
+    assert config.world is None and config.finetune is None
+    assert config.extract.backbone == "slowfast_r50" and config.extract.backbone_kwargs == {}
+    assert list(config.train.runs) == ["slowfast_det", "acar"] and not config.ensemble.runs
