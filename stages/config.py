@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from stages.data.dataset import DatasetConfig
 from stages.detect import DetectConfig
@@ -28,7 +28,7 @@ from stages.ensemble import EnsembleSection
 from stages.evaluate.stage import EvaluateConfig
 from stages.extract import ExtractConfig
 from stages.finetune import FinetuneConfig
-from stages.rebalance import RebalanceSection
+from stages.rebalance import RebalanceSection, crt_name
 from stages.report import ReportConfig
 from stages.track import TrackConfig
 from stages.train import TrainSection
@@ -69,6 +69,40 @@ class PipelineConfig(BaseModel):
     ensemble: EnsembleSection = EnsembleSection()
     # The Markdown/HTML report of the run (null: no report).
     report: ReportConfig | None = ReportConfig()
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> PipelineConfig:
+        """Runs that name other runs (a dump's ``from``, a stage-2 run's bank and stage-1
+        run, cRT and ensemble members) name ones that exist, so a typo fails at load time,
+        not after the stages before it ran. The pipeline checks again when it wires them."""
+        stage1 = set(self.train.runs)
+        clash = sorted(set(self.train_bank.runs) & stage1)
+        if clash:
+            raise ValueError(f"train_bank.runs {clash} have the names of train runs; rename them")
+        for name, bank in self.dump.banks.items():
+            _known(f"dump.banks.{name}.from", bank.from_, stage1, "train runs")
+        for name, run in self.train_bank.runs.items():
+            if run.bank_mode == "offline":
+                _known(f"train_bank.runs.{name}.bank", run.bank, set(self.dump.banks), "dumps")
+            if run.init == "stage1":
+                source = run.stage1 or self.dump.banks[str(run.bank)].from_
+                _known(f"train_bank.runs.{name}.stage1", source, stage1, "train runs")
+        models = [*self.train.runs, *self.train_bank.runs]
+        for source in self.rebalance.models:
+            _known("rebalance.models", source, set(models), "models")
+        models += [crt_name(source) for source in self.rebalance.models]
+        if self.tta is not None:  # one predict run per stage-1 run, labelled as stages.tta does
+            models += [f"{name}_tta" for name in self.train.runs]
+        for name, ens in self.ensemble.runs.items():
+            for member in ens.members:
+                _known(f"ensemble.runs.{name}.members", member, set(models), "models")
+        return self
+
+
+def _known(where: str, name: str | None, names: set[str], what: str) -> None:
+    if name not in names:
+        listed = ", ".join(sorted(names)) or "none"
+        raise ValueError(f"{where}: {name!r} is not one of the {what} ({listed})")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -171,10 +205,16 @@ def load_config(path: Path | str, overrides: list[str] | None = None) -> Pipelin
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"{path}: invalid config: {problems}") from None
+
+
+def _problem(err: Any) -> str:
+    """One validation error as ``section.key: message`` (a check across sections names its
+    keys in the message)."""
+    message = str(err["msg"]).removeprefix("Value error, ")
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {message}" if where else message
 
 
 def packaged_config(name: str) -> Path:

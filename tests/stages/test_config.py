@@ -104,3 +104,26 @@ def test_the_ava_example_config_in_the_docs_is_valid(tmp_path):
     assert config.world is None and config.finetune is None
     assert config.extract.backbone == "slowfast_r50" and config.extract.backbone_kwargs == {}
     assert list(config.train.runs) == ["slowfast_det", "acar"] and not config.ensemble.runs
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dump.banks.lfb.from=linearr", "dump.banks.lfb.from: 'linearr' is not one of the train runs"),
+        ("train_bank.runs.lfb.bank=lfbb", "train_bank.runs.lfb.bank: 'lfbb' is not one of the dumps"),
+        ("train_bank.runs.acar_acfb.stage1=acr", "train_bank.runs.acar_acfb.stage1: 'acr' is not"),
+        ("train_bank.runs.linear={head: lfb, bank: lfb}", "train_bank.runs ['linear'] have the names of train"),
+        ("rebalance.models=[acar_acfbb]", "rebalance.models: 'acar_acfbb' is not one of the models"),
+        ("ensemble.runs.x.members=[linear_crt, lnear]", "ensemble.runs.x.members: 'lnear' is not"),
+    ],
+)  # fmt: skip
+def test_runs_that_name_other_runs_are_checked_at_load(override, message):
+    with pytest.raises(ConfigError) as error:
+        load_config(CONFIGS / "demo.yaml", [override])
+    assert str(error.value).startswith(f"{CONFIGS / 'demo.yaml'}: invalid config: {message}")
+
+
+def test_models_of_crt_and_tta_can_be_ensembled():
+    config = load_config(CONFIGS / "demo.yaml", [
+        "tta={views: [{flip: true}]}", "ensemble.runs.x.members=[linear_crt, acar_tta, lfb]"])  # fmt: skip
+    assert config.ensemble.runs["x"].members == ["linear_crt", "acar_tta", "lfb"]
