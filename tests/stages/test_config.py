@@ -13,8 +13,12 @@ from stages.pipeline import PipelineRun, dry_runner, iter_runs, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "flows" / "configs"
-# demo_banks.yaml as it was before it said `base: demo.yaml` (a full copy of demo's sections).
-DEMO_BANKS_FLAT = ROOT / "tests" / "fixtures" / "configs" / "demo_banks_flat.yaml"
+# demo_banks.yaml and demo_detector.yaml as they were before they said `base: demo.yaml`
+# (full copies of demo's sections).
+FLAT = {
+    name: ROOT / "tests" / "fixtures" / "configs" / f"{name}_flat.yaml"
+    for name in ("demo_banks", "demo_detector")
+}
 
 
 def _write(path: Path, text: str) -> Path:
@@ -73,12 +77,13 @@ def test_base_errors_name_the_file(tmp_path):
         load_config(typo)
 
 
-def test_demo_banks_resolves_to_its_former_flat_copy():
+@pytest.mark.parametrize("name", sorted(FLAT))
+def test_configs_with_a_base_resolve_to_their_former_flat_copies(name):
     """``base: demo.yaml`` changed the file, not the config: same values, same order."""
-    based = load_config(CONFIGS / "demo_banks.yaml").model_dump(mode="json")
-    flat = load_config(DEMO_BANKS_FLAT).model_dump(mode="json")
+    based = load_config(CONFIGS / f"{name}.yaml").model_dump(mode="json")
+    flat = load_config(FLAT[name]).model_dump(mode="json")
     assert json.dumps(based) == json.dumps(flat)
-    assert "base:" in (CONFIGS / "demo_banks.yaml").read_text()
+    assert "base: demo.yaml" in (CONFIGS / f"{name}.yaml").read_text()
 
 
 def _stage_keys(config_path: Path, dataset: Path, work_root: Path) -> dict[str, str]:
@@ -87,12 +92,14 @@ def _stage_keys(config_path: Path, dataset: Path, work_root: Path) -> dict[str, 
     return {name: rec["key"] for name, rec in iter_runs(run_pipeline(run, write=False))}
 
 
-def test_demo_banks_keeps_every_stage_key(tiny_world, tmp_path):
+def test_demo_banks_and_demo_detector_keep_every_stage_key(tiny_world, tmp_path):
     based = _stage_keys(CONFIGS / "demo_banks.yaml", tiny_world, tmp_path)
-    flat = _stage_keys(DEMO_BANKS_FLAT, tiny_world, tmp_path)
-    assert based == flat
+    assert based == _stage_keys(FLAT["demo_banks"], tiny_world, tmp_path)
     assert {"detect", "extract", "train:tonly", "dump:identity", "train_bank:igmn"} <= set(based)
     assert not any(name.startswith(("rebalance", "ensemble")) for name in based)
+    based = _stage_keys(CONFIGS / "demo_detector.yaml", tiny_world, tmp_path)
+    assert based == _stage_keys(FLAT["demo_detector"], tiny_world, tmp_path)
+    assert "train:sonly" in based and not any(n.startswith("dump") for n in based)
 
 
 def test_the_ava_example_config_in_the_docs_is_valid(tmp_path):
