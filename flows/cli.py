@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
     logger = logging.getLogger("bankflow")
+    saved = (logger.level, logger.propagate)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # Prefect's root handler would print every line twice
@@ -391,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"bankflow: error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        # main() called in-process (tests, notebooks) must not leave a handler bound to a
+        # stream that may be closed by the time the next bankflow log line is written.
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
