@@ -167,7 +167,7 @@ def detect_naming(
     if "slow.stem.conv.weight" in state:
         return Naming(BANKFLOW, "fast.stem.conv.weight" not in state, "", lambda k: k)
     raise ValueError(
-        f"checkpoint {source}: not a SlowFast/SlowOnly checkpoint in PySlowFast"
+        f"checkpoint {source}: not a SlowFast checkpoint (nor SlowOnly) in PySlowFast"
         " (s1.pathway0_stem.*), Caffe2 (conv1_w), MMAction2 (backbone.slow_path.* /"
         " backbone.conv1.*), pytorchvideo (blocks.0.*) or bankflow (slow.stem.*) naming;"
         f" first keys: {keys[:5]}"
