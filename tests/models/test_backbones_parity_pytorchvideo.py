@@ -75,7 +75,7 @@ def test_the_same_file_into_a_differently_dilated_network_differs(detection_chec
 
 def test_pytorchvideo_weights_without_a_config_are_refused(detection_checkpoint) -> None:
     path, _ = detection_checkpoint
-    with pytest.raises(ArchitectureUnknownError, match="pytorchvideo naming.*dilations"):
+    with pytest.raises(ArchitectureUnknownError, match=r"pytorchvideo naming.*dilations"):
         build_backbone("slowfast_r50", weights=path)
 
 
