@@ -117,7 +117,7 @@ def _unknown_fields(revealed: dict, given: dict) -> list[str]:
     needed = list(UNREADABLE)
     if not revealed.get("fast_pathway", True):
         needed = ["spatial_strides", "dilations"]
-    if any(revealed.get(f"{p}_nonlocal", ((),)) != ((), (), (), ()) for p in ("slow", "fast")):
+    if any(any(revealed.get(f"{p}_nonlocal", ())) for p in ("slow", "fast")):
         needed += ["nonlocal_pool", "nonlocal_instantiation"]
     return [k for k in needed if k not in given]
 
