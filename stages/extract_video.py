@@ -22,6 +22,7 @@ from featurestore import (
 )
 from featurestore.features import expected_shapes
 from models.backbones import build_backbone
+from models.backbones.source_config import read_source_config
 from models.roi import actor_rois
 from stages.background import in_background
 from stages.framework import StageError
@@ -70,6 +71,7 @@ def load_backbone(cfg: ExtractConfig, weights: Path | None) -> tuple[torch.nn.Mo
         hint = f" (see: bankflow checkpoint inspect {weights})" if weights is not None else ""
         raise StageError(f"extract: backbone {cfg.backbone}: {first}{hint}") from exc
     _check_normalisation(cfg, model)
+    _check_clip(cfg, model)
     return model, None if weights is None else _sha256(weights)
 
 
@@ -146,6 +148,21 @@ def _extra(cfg: ExtractConfig, architecture: object) -> dict:
         if dataclasses.is_dataclass(architecture):
             extra["architecture"] = dataclasses.asdict(architecture)
     return extra
+
+
+def _check_clip(cfg: ExtractConfig, model: torch.nn.Module) -> None:
+    """With a source config that states its clip, the clip must be that one."""
+    config = getattr(model, "config", None)
+    if cfg.source_config is None or config is None:
+        return
+    if "t_slow" not in read_source_config(cfg.source_config):
+        return
+    if (cfg.num_frames, cfg.frame_stride) != (config.t_fast, config.frame_stride):
+        raise StageError(
+            f"extract: {cfg.source_config} takes clips of {config.t_fast} frames every"
+            f" {config.frame_stride} source frames, but extract.num_frames/frame_stride are"
+            f" {cfg.num_frames}/{cfg.frame_stride}: set them to the source's"
+        )
 
 
 class VideoExtractor:

@@ -324,6 +324,7 @@ def mmaction2_architecture(names: Mapping[str, Any], *, source: str) -> dict[str
         slow_temporal_kernels=slow["kernels"], spatial_strides=slow["spatial_strides"],
         dilations=slow["dilations"],
     )  # fmt: skip
+    out.update(_mm_clip(names, out["family"], out["alpha"]))
     norm = (model.get("data_preprocessor") if isinstance(model, dict) else None) or names.get(
         "img_norm_cfg"
     )
@@ -336,6 +337,18 @@ def mmaction2_architecture(names: Mapping[str, Any], *, source: str) -> dict[str
         out["input_mean"] = tuple(float(v) / scale for v in norm["mean"])
         out["input_std"] = tuple(float(v) / scale for v in norm["std"])
     return out
+
+
+def _mm_clip(names: Mapping[str, Any], family: str, alpha: int) -> dict[str, Any]:
+    """``t_slow`` and ``frame_stride`` from the test / val pipeline's frame sampler."""
+    for key in ("test_pipeline", "val_pipeline", "train_pipeline"):
+        for step in names.get(key) or []:
+            if isinstance(step, dict) and step.get("type") in ("SampleAVAFrames", "SampleFrames"):
+                clip, interval = step.get("clip_len"), step.get("frame_interval")
+                if isinstance(clip, int) and isinstance(interval, int):
+                    t_slow = clip // alpha if family == "slowfast" else clip
+                    return {"t_slow": t_slow, "frame_stride": interval}
+    return {}
 
 
 # --- pytorchvideo hub ------------------------------------------------------------------

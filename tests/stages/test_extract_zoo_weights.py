@@ -74,6 +74,11 @@ def test_source_config_gives_the_architecture_and_its_normalisation(tmp_path: Pa
     with pytest.raises(StageError, match=r"normalises input with mean \[0\.485, 0\.456, 0\.406\]"):
         load_backbone(ex, weights)
     ex = ex.model_copy(update={"mean": MM_MEAN, "std": MM_STD})
+    # The config's sampler (clip_len=32, frame_interval=2 in _write_configs) is for a
+    # SlowFast; a 4-frame SlowOnly clip every 16 frames is refused with both named.
+    with pytest.raises(StageError, match=r"takes clips of 32 frames every 2 source frames.* 4/16"):
+        load_backbone(ex, weights)
+    ex = ex.model_copy(update={"num_frames": 32, "frame_stride": 2})
     model, sha = load_backbone(ex, weights)
     assert model.config.dilations == (1, 1, 1, 1) and sha is not None
     schema = build_schema(ex, (2048, 2, 2), None, sha, None, architecture=model.config)
