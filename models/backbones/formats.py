@@ -155,8 +155,11 @@ def _torch_file(path: Path, obj: Any) -> CheckpointFile:
         if isinstance(cfg, str) and cfg.strip():
             file.pyslowfast_cfg = cfg
         meta = obj.get("meta")
-        if isinstance(meta, Mapping) and isinstance(meta.get("config"), str):
-            file.mmaction2_cfg = meta["config"]
+        if isinstance(meta, Mapping):
+            # mmcv 1.x writes the config text as meta["config"], mmengine as meta["cfg"].
+            text = meta.get("cfg", meta.get("config"))
+            if isinstance(text, str) and text.strip():
+                file.mmaction2_cfg = text
     return file
 
 
