@@ -48,11 +48,14 @@ class ArchitectureUnknownError(ValueError):
 def _embedded(file: CheckpointFile) -> tuple[dict[str, Any], str | None]:
     """The architecture the checkpoint's own embedded config states, and where from."""
     where = f"the config embedded in {file.path}"
-    if file.pyslowfast_cfg:
-        return read_pyslowfast_yaml(file.pyslowfast_cfg, source=where), where
-    if file.mmaction2_cfg:
-        names = parse_mmaction2_text(file.mmaction2_cfg, source=where)
-        return mmaction2_architecture(names, source=where), where
+    try:
+        if file.pyslowfast_cfg:
+            return read_pyslowfast_yaml(file.pyslowfast_cfg, source=where), where
+        if file.mmaction2_cfg:
+            names = parse_mmaction2_text(file.mmaction2_cfg, source=where)
+            return mmaction2_architecture(names, source=where), where
+    except SourceConfigError:
+        pass  # an embedded config we cannot read states nothing: the caller must
     return {}, None
 
 
