@@ -201,6 +201,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return eval_main(args.rest)
 
 
+def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
+    """Exit 0: the checkpoint loads as described; 1: it would be refused (the report says
+    why); 2: it cannot be read at all."""
+    from stages.checkpoint_inspect import inspect_checkpoint
+
+    result = inspect_checkpoint(args.file, args.source_config)
+    print("\n".join(result.lines))
+    return 0 if result.loadable else 1
+
+
 def cmd_store(args: argparse.Namespace) -> int:
     from featurestore import export_hdf5, import_hdf5, store_info, store_verify
 
@@ -329,6 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", help="a store URL (path, file://, s3://…); for import the .h5 file")
     p.add_argument("target", nargs="?", help="export: the .h5 to write; import: the new store")
     p.set_defaults(func=cmd_store)
+
+    p = sub.add_parser("checkpoint", help="backbone checkpoints from model zoos")
+    checkpoint_sub = p.add_subparsers(dest="checkpoint_cmd", required=True)
+    c = checkpoint_sub.add_parser(
+        "inspect", help="format, architecture, tensors loaded/missing/unexpected/mis-shaped"
+    )
+    c.add_argument("file", help="a .pyth / .pth / .pt / Caffe2 .pkl checkpoint")
+    c.add_argument(
+        "--source-config", help="PySlowFast .yaml, MMAction2 .py, pytorchvideo:<hub> or a preset"
+    )
+    c.set_defaults(func=cmd_checkpoint_inspect)
 
     p = sub.add_parser(
         "serve", help="Prefect server + work pool + deployments + worker, in the foreground"

@@ -57,8 +57,8 @@ log = logging.getLogger("bankflow.extract")
 
 # The fields that decide the backbone and its input clips (what finetune shares with extract).
 BACKBONE_FIELDS = frozenset(
-    {"backbone", "backbone_kwargs", "weights", "num_frames", "frame_stride", "target_fps",
-     "short_side", "mean", "std"}
+    {"backbone", "backbone_kwargs", "weights", "source_config", "num_frames", "frame_stride",
+     "target_fps", "short_side", "mean", "std"}
 )  # fmt: skip
 
 
@@ -70,6 +70,11 @@ class ExtractConfig(BaseModel):
     # A local checkpoint (PySlowFast / MMAction2 / bankflow); None = the finetune stage's
     # weights when the pipeline has one, else a fixed-seed random init (demo only).
     weights: str | None = None
+    # Where the weights' architecture is stated (strides, dilations, alpha, frame sampling,
+    # input normalisation): a PySlowFast .yaml, an MMAction2 .py (parsed, never run),
+    # pytorchvideo:<hub name> or a preset such as pyslowfast/SLOWFAST_32x2_R50_SHORT.
+    # None: the config the checkpoint embeds; a zoo checkpoint without one is refused.
+    source_config: str | None = None
     seed: int = 0
     num_frames: int = 32  # frames of the (fast) clip
     frame_stride: int = 2  # source frames between clip frames
@@ -96,6 +101,8 @@ class ExtractConfig(BaseModel):
         data = handler(self)
         if not self.flip:
             data.pop("flip", None)
+        if self.source_config is None:  # likewise: keys of stores made before it existed
+            data.pop("source_config", None)
         return data
 
 
@@ -175,7 +182,10 @@ def compute(ctx: StageContext) -> dict[str, Any]:
             probed[height, width] = _probe_shapes(model.cpu(), ex, height, width)
             model = model.to(_device(ex.device))
         fmap_shape, t_prime = probed[height, width]
-        schema = build_schema(ex, fmap_shape, t_prime, weights_sha, detector_key)
+        schema = build_schema(
+            ex, fmap_shape, t_prime, weights_sha, detector_key,
+            architecture=getattr(model, "config", None),
+        )  # fmt: skip
         n_kf = sum(len(np.unique(a["timestamp"])) for a in by_video.values())
         n_act = sum(len(a["timestamp"]) for a in by_video.values())
         path = store_path(ctx.staging, split)

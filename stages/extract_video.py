@@ -5,6 +5,7 @@ Part of the extract stage (:mod:`stages.extract`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,6 +22,7 @@ from featurestore import (
 )
 from featurestore.features import expected_shapes
 from models.backbones import build_backbone
+from models.backbones.source_config import read_source_config
 from models.roi import actor_rois
 from stages.background import in_background
 from stages.framework import StageError
@@ -50,15 +52,41 @@ def load_backbone(cfg: ExtractConfig, weights: Path | None) -> tuple[torch.nn.Mo
     """The backbone in eval mode and the sha256 of its weights (None: seeded random)."""
     torch.manual_seed(cfg.seed)
     kwargs = dict(cfg.backbone_kwargs)
-    if weights is None:
-        return build_backbone(cfg.backbone, **kwargs).eval(), None
-    if not weights.is_file():
+    slowfast = cfg.backbone.startswith(("slowfast", "slowonly"))
+    if cfg.source_config is not None:
+        if not slowfast:
+            raise StageError(
+                f"extract: source_config applies to SlowFast/SlowOnly, not {cfg.backbone}"
+            )
+        kwargs["source_config"] = cfg.source_config
+    if weights is not None and not weights.is_file():
         raise StageError(f"extract: backbone weights {weights} not found")
-    if cfg.backbone.startswith("slowfast"):
-        model = build_backbone(cfg.backbone, weights=str(weights), **kwargs)
-    else:
-        model = build_backbone(cfg.backbone, weights_path=str(weights), **kwargs)
-    return model.eval(), _sha256(weights)
+    if weights is not None:
+        kwargs["weights" if slowfast else "weights_path"] = str(weights)
+    try:
+        model = build_backbone(cfg.backbone, **kwargs).eval()
+    except (ValueError, FileNotFoundError) as exc:
+        # One line: the load report that follows the first line is for `checkpoint inspect`.
+        first = str(exc).splitlines()[0]
+        hint = f" (see: bankflow checkpoint inspect {weights})" if weights is not None else ""
+        raise StageError(f"extract: backbone {cfg.backbone}: {first}{hint}") from exc
+    _check_normalisation(cfg, model)
+    _check_clip(cfg, model)
+    return model, None if weights is None else _sha256(weights)
+
+
+def _check_normalisation(cfg: ExtractConfig, model: torch.nn.Module) -> None:
+    """Refuse clips normalised otherwise than the source config says its weights expect."""
+    config = getattr(model, "config", None)
+    mean, std = getattr(config, "input_mean", None), getattr(config, "input_std", None)
+    if mean is None or std is None:
+        return
+    if not (np.allclose(cfg.mean, mean, atol=1e-4) and np.allclose(cfg.std, std, atol=1e-4)):
+        raise StageError(
+            f"extract: the backbone's source config normalises input with mean"
+            f" {[round(v, 4) for v in mean]}, std {[round(v, 4) for v in std]} (0-1 pixels) but"
+            f" extract.mean/std are {list(cfg.mean)} / {list(cfg.std)}: set them to the source's"
+        )
 
 
 def flip_boxes(boxes: np.ndarray) -> np.ndarray:
@@ -82,8 +110,10 @@ def _probe_shapes(model: torch.nn.Module, cfg: ExtractConfig, height: int, width
 
 def build_schema(
     cfg: ExtractConfig, fmap_shape: tuple[int, int, int], t_prime: int | None,
-    weights_sha: str | None, detector_key: str | None,
+    weights_sha: str | None, detector_key: str | None, *, architecture: object = None,
 ) -> StoreSchema:  # fmt: skip
+    """The store schema; with zoo weights or a source config it also records the weights
+    file, the source config and the resolved architecture (``SlowFastConfig`` fields)."""
     channels, h, w = fmap_shape
     grid = cfg.context_grid or (h, w)
     clip = {
@@ -105,10 +135,34 @@ def build_schema(
         roi_t_shape=(channels, t_prime, 7, 7) if cfg.store_roi_t and t_prime else None,
         # As JSON gives it back (tuples -> lists): a resumed run compares this to the
         # stored schema, and (0.45, ...) != [0.45, ...] would refuse its own staging store.
-        extra=json.loads(
-            json.dumps({"backbone_kwargs": cfg.backbone_kwargs, "mean": cfg.mean, "std": cfg.std})
-        ),
+        extra=json.loads(json.dumps(_extra(cfg, architecture))),
     )
+
+
+def _extra(cfg: ExtractConfig, architecture: object) -> dict:
+    extra: dict = {"backbone_kwargs": cfg.backbone_kwargs, "mean": cfg.mean, "std": cfg.std}
+    # Only when set: schemas of stores made without them stay as they were.
+    if cfg.weights is not None or cfg.source_config is not None:
+        extra["weights"] = cfg.weights
+        extra["source_config"] = cfg.source_config
+        if dataclasses.is_dataclass(architecture):
+            extra["architecture"] = dataclasses.asdict(architecture)
+    return extra
+
+
+def _check_clip(cfg: ExtractConfig, model: torch.nn.Module) -> None:
+    """With a source config that states its clip, the clip must be that one."""
+    config = getattr(model, "config", None)
+    if cfg.source_config is None or config is None:
+        return
+    if "t_slow" not in read_source_config(cfg.source_config):
+        return
+    if (cfg.num_frames, cfg.frame_stride) != (config.t_fast, config.frame_stride):
+        raise StageError(
+            f"extract: {cfg.source_config} takes clips of {config.t_fast} frames every"
+            f" {config.frame_stride} source frames, but extract.num_frames/frame_stride are"
+            f" {cfg.num_frames}/{cfg.frame_stride}: set them to the source's"
+        )
 
 
 class VideoExtractor:

@@ -366,11 +366,19 @@ def build_model(
     fresh seeded head."""
     torch.manual_seed(cfg.seed)
     kwargs = dict(ex.backbone_kwargs)
-    if not ex.backbone.startswith("slowfast"):
-        raise StageError(f"finetune: only SlowFast backbones are supported, got {ex.backbone!r}")
+    if not ex.backbone.startswith(("slowfast", "slowonly")):
+        raise StageError(
+            f"finetune: only SlowFast / SlowOnly backbones are supported, got {ex.backbone!r}"
+        )
     if ex.weights is not None and not Path(ex.weights).is_file():
         raise StageError(f"finetune: initial backbone weights {ex.weights} not found")
-    backbone = build_backbone(ex.backbone, weights=ex.weights, frozen_bn=cfg.freeze_bn, **kwargs)
+    try:
+        backbone = build_backbone(
+            ex.backbone, weights=ex.weights, source_config=ex.source_config,
+            frozen_bn=cfg.freeze_bn, **kwargs,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as exc:
+        raise StageError(f"finetune: backbone {ex.backbone}: {str(exc).splitlines()[0]}") from exc
     with torch.no_grad():
         probe = torch.zeros(1, 3, ex.num_frames, *clip_hw)
         channels = int(backbone.eval()(probe).shape[1])

@@ -11,7 +11,15 @@ from typing import Any
 
 from torch import nn
 
-from models.backbones.builders import slowfast_r50, slowfast_r101, slowfast_tiny
+from models.backbones.builders import (
+    ArchitectureUnknownError,
+    resolve_architecture,
+    slowfast_r50,
+    slowfast_r101,
+    slowfast_tiny,
+    slowonly_r50,
+    slowonly_r101,
+)
 from models.backbones.checkpoint import (
     CheckpointMismatchError,
     LoadReport,
@@ -19,6 +27,7 @@ from models.backbones.checkpoint import (
     detect_scheme,
     infer_config_overrides,
     load_slowfast_checkpoint,
+    read_architecture,
     read_checkpoint,
 )
 from models.backbones.slowfast import SlowFast, SlowFastConfig, pool_pathways
@@ -33,6 +42,8 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "slowfast_r50": slowfast_r50,
     "slowfast_r101": slowfast_r101,
     "slowfast_tiny": slowfast_tiny,
+    "slowonly_r50": slowonly_r50,
+    "slowonly_r101": slowonly_r101,
     "r3d_18": _torchvision("r3d_18"),
     "r2plus1d_18": _torchvision("r2plus1d_18"),
     "mvit_v2_s": _torchvision("mvit_v2_s"),
@@ -44,7 +55,10 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
 def build_backbone(name: str, **kw: Any) -> nn.Module:
     """Build a backbone by name (``BACKBONES`` keys); ``kw`` go to its builder.
 
-    SlowFast builders take ``weights=``, torchvision models ``weights_path=``.
+    SlowFast / SlowOnly builders take ``weights=`` and ``source_config=`` (a PySlowFast
+    YAML, an MMAction2 Python config, ``pytorchvideo:<hub name>`` or a preset name from
+    ``models.backbones.presets.PRESETS``) plus any ``SlowFastConfig`` field; torchvision
+    models take ``weights_path=``.
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; expected one of {sorted(BACKBONES)}")
@@ -53,6 +67,7 @@ def build_backbone(name: str, **kw: Any) -> nn.Module:
 
 __all__ = [
     "BACKBONES",
+    "ArchitectureUnknownError",
     "CheckpointMismatchError",
     "LoadReport",
     "ShapeMismatch",
@@ -65,8 +80,12 @@ __all__ = [
     "infer_config_overrides",
     "load_slowfast_checkpoint",
     "pool_pathways",
+    "read_architecture",
     "read_checkpoint",
+    "resolve_architecture",
     "slowfast_r50",
     "slowfast_r101",
     "slowfast_tiny",
+    "slowonly_r50",
+    "slowonly_r101",
 ]

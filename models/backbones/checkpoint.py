@@ -1,29 +1,18 @@
-"""Load SlowFast weights from PySlowFast or MMAction2 checkpoints (local files only).
+"""Load SlowFast / SlowOnly weights from PySlowFast (``.pyth``, Caffe2 ``.pkl``), MMAction2
+(``.pth``), pytorchvideo or bankflow checkpoints (local files only).
 
-Both code bases build the same network under different names. The mapping below is
-written once, from *our* parameter names to each scheme's names:
-
-====================================  =============================================  ==================================================
-ours                                  PySlowFast (``model_state``)                   MMAction2 (``state_dict``, ``backbone.`` prefix)
-====================================  =============================================  ==================================================
-``slow.stem.conv.weight``             ``s1.pathway0_stem.conv.weight``               ``slow_path.conv1.conv.weight``
-``fast.stem.bn.X``                    ``s1.pathway1_stem.bn.X``                      ``fast_path.conv1.bn.X``
-``slow.stages.S.B.a.conv.weight``     ``s{S+2}.pathway0_res{B}.branch2.a.weight``    ``slow_path.layer{S+1}.B.conv1.conv.weight``
-``slow.stages.S.B.b.bn.X``            ``s{S+2}.pathway0_res{B}.branch2.b_bn.X``      ``slow_path.layer{S+1}.B.conv2.bn.X``
-``fast.stages.S.B.shortcut.conv.*``   ``s{S+2}.pathway1_res{B}.branch1.*``           ``fast_path.layer{S+1}.B.downsample.conv.*``
-``laterals.0.conv.weight``            ``s1_fuse.conv_f2s.weight``                    ``slow_path.conv1_lateral.conv.weight``
-``laterals.K.bn.X`` (K ≥ 1)           ``s{K+1}_fuse.bn.X``                           ``slow_path.layer{K}_lateral.bn.X``
-====================================  =============================================  ==================================================
-
-Classifier heads (PySlowFast ``head.*``, MMAction2 ``cls_head.*`` and anything outside
-``backbone.``) are ignored. MMAction2 laterals have no BN by default: build the model
-with ``lateral_norm=False`` for them (:func:`infer_config_overrides` reads that and the
-lateral kernel size off a checkpoint).
+The naming scheme is detected from the keys; :mod:`models.backbones.naming` maps our names
+to each scheme's. Classifier / detection heads (PySlowFast ``head.*``, MMAction2
+``cls_head.*`` / ``roi_head.*`` and anything outside ``backbone.``, pytorchvideo
+``blocks.5+`` / ``detection_head.*``, Caffe2 ``pred_*`` and optimizer blobs) are ignored and
+listed as such. :func:`read_architecture` reads every architecture choice the tensors
+reveal (depths, width, Fast pathway, per-block temporal kernels, non-local placement,
+lateral kernel and norm); what they cannot reveal (strides, dilations, alpha, frame
+sampling) comes from the source's config (:mod:`models.backbones.source_config`).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,53 +21,28 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models.backbones.formats import read_checkpoint_file, unwrap_state_dict
+from models.backbones.naming import (
+    LATERAL,
+    caffe2_name,
+    mmaction2_name,
+    pyslowfast_name,
+    pytorchvideo_name,
+)
+
 PYSLOWFAST = "pyslowfast"
 MMACTION2 = "mmaction2"
+CAFFE2 = "caffe2"  # PySlowFast's Caffe2 pickles
+PYTORCHVIDEO = "pytorchvideo"
 BANKFLOW = "bankflow"  # our own ``model.state_dict()``
-
-_STEM = re.compile(r"^(slow|fast)\.stem\.(conv|bn)\.(\w+)$")
-_BLOCK = re.compile(r"^(slow|fast)\.stages\.(\d+)\.(\d+)\.(a|b|c|shortcut)\.(conv|bn)\.(\w+)$")
-_LATERAL = re.compile(r"^laterals\.(\d+)\.(conv|bn)\.(\w+)$")
-_PATHWAY_INDEX = {"slow": 0, "fast": 1}
-_MMACTION_UNIT = {"a": "conv1", "b": "conv2", "c": "conv3", "shortcut": "downsample"}
+SCHEMES = (PYSLOWFAST, CAFFE2, MMACTION2, PYTORCHVIDEO, BANKFLOW)
 _REPORT_LIMIT = 20  # names listed per category in str(LoadReport)
+_PTV_STEM = ("blocks.0.multipathway_blocks.0.conv.weight", "blocks.0.conv.weight")
+_CAFFE2_IGNORED = ("pred_", "lr", "model_iter")
 
 
 class CheckpointMismatchError(ValueError):
     """A strict load found missing, unexpected or mis-shaped tensors (message = the report)."""
-
-
-def pyslowfast_name(key: str) -> str | None:
-    """PySlowFast name of one of our state-dict keys (``None`` if the key is not ours)."""
-    if m := _STEM.match(key):
-        pathway, module, param = m.groups()
-        return f"s1.pathway{_PATHWAY_INDEX[pathway]}_stem.{module}.{param}"
-    if m := _BLOCK.match(key):
-        pathway, stage, block, unit, module, param = m.groups()
-        prefix = f"s{int(stage) + 2}.pathway{_PATHWAY_INDEX[pathway]}_res{block}"
-        if unit == "shortcut":
-            return f"{prefix}.branch1{'_bn' if module == 'bn' else ''}.{param}"
-        return f"{prefix}.branch2.{unit}{'_bn' if module == 'bn' else ''}.{param}"
-    if m := _LATERAL.match(key):
-        index, module, param = m.groups()
-        return f"s{int(index) + 1}_fuse.{'conv_f2s' if module == 'conv' else 'bn'}.{param}"
-    return None
-
-
-def mmaction2_name(key: str, prefix: str = "backbone.") -> str | None:
-    """MMAction2 name of one of our state-dict keys (``None`` if the key is not ours)."""
-    if m := _STEM.match(key):
-        pathway, module, param = m.groups()
-        return f"{prefix}{pathway}_path.conv1.{module}.{param}"
-    if m := _BLOCK.match(key):
-        pathway, stage, block, unit, module, param = m.groups()
-        layer = f"{pathway}_path.layer{int(stage) + 1}.{block}"
-        return f"{prefix}{layer}.{_MMACTION_UNIT[unit]}.{module}.{param}"
-    if m := _LATERAL.match(key):
-        index, module, param = m.groups()
-        lateral = "conv1_lateral" if index == "0" else f"layer{index}_lateral"
-        return f"{prefix}slow_path.{lateral}.{module}.{param}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -133,88 +97,163 @@ class LoadReport:
 
 
 def read_checkpoint(path: str | Path, *, allow_pickle: bool = False) -> dict[str, Tensor]:
-    """Read a checkpoint file into a flat ``{name: tensor}`` dict (the only file access here).
+    """Read a checkpoint file into a flat ``{name: tensor}`` dict (torch or Caffe2 pickle).
 
-    Only tensor-safe unpickling by default; ``allow_pickle=True`` runs arbitrary code from
-    the file (some MMAction2 checkpoints carry Python objects in ``meta``): trusted files only.
+    Tensor-safe unpickling only (numpy metadata allowed by name); ``allow_pickle=True``
+    runs arbitrary code from a torch file: trusted files only.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-    except Exception as exc:
-        hint = "" if allow_pickle else " (if you trust this file, pass allow_pickle=True)"
-        raise ValueError(f"cannot read checkpoint {path}: {exc}{hint}") from exc
-    return unwrap_state_dict(obj, source=str(path))
+    return read_checkpoint_file(path, allow_pickle=allow_pickle).tensors
 
 
-def unwrap_state_dict(obj: Any, *, source: str = "<state dict>") -> dict[str, Tensor]:
-    """The tensors of a checkpoint object: ``model_state`` (PySlowFast), ``state_dict``
-    (MMAction2/mmengine), ``model``, or the dict itself; a DDP ``module.`` prefix is removed."""
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint {source}: expected a dict, got {type(obj).__name__}")
-    for wrapper in ("model_state", "state_dict", "model"):
-        if isinstance(obj.get(wrapper), Mapping):
-            obj = obj[wrapper]
-            break
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
-    if not tensors:
-        raise ValueError(f"checkpoint {source}: holds no tensors (keys: {list(obj)[:10]})")
-    if all(k.startswith("module.") for k in tensors):
-        tensors = {k.removeprefix("module."): v for k, v in tensors.items()}
-    return tensors
+@dataclass(frozen=True)
+class Naming:
+    """How one checkpoint names our tensors."""
+
+    scheme: str
+    slow_only: bool  # no Fast pathway in the file
+    prefix: str  # checkpoint keys outside this prefix are not backbone tensors
+    to_source: Callable[[str], str | None]
+
+    def is_ignored(self, key: str) -> bool:
+        """A tensor that is not part of the backbone on purpose (heads, optimizer)."""
+        if self.scheme == PYSLOWFAST:
+            return key.startswith("head.")
+        if self.scheme == CAFFE2:
+            return key.startswith(_CAFFE2_IGNORED) or key.endswith("_momentum")
+        if self.scheme == MMACTION2:
+            return not key.startswith(self.prefix) or key.startswith(f"{self.prefix}cls_head.")
+        if self.scheme == PYTORCHVIDEO:
+            rest = key.removeprefix(self.prefix)
+            return not key.startswith(self.prefix) or not rest.startswith(
+                ("blocks.0.", "blocks.1.", "blocks.2.", "blocks.3.", "blocks.4.")
+            )
+        return False
 
 
 def detect_scheme(state: Mapping[str, Tensor], *, source: str = "<state dict>") -> str:
-    """Which naming a SlowFast state dict uses: PySlowFast, MMAction2 or ours."""
+    """Which naming a SlowFast / SlowOnly state dict uses (one of ``SCHEMES``)."""
+    return detect_naming(state, source=source).scheme
+
+
+def detect_naming(
+    state: Mapping[str, Tensor], *, source: str = "<state dict>", depths: tuple[int, ...] = ()
+) -> Naming:
+    """The :class:`Naming` of a state dict, from its keys."""
     keys = list(state)
-    if any(k.startswith("s1.pathway0_stem.") for k in keys):
-        return PYSLOWFAST
-    if any(k.startswith(("backbone.slow_path.", "slow_path.")) for k in keys):
-        return MMACTION2
-    if any(k.startswith("slow.stem.") for k in keys):
-        return BANKFLOW
+    if "s1.pathway0_stem.conv.weight" in state:
+        slow_only = "s1.pathway1_stem.conv.weight" not in state
+        return Naming(PYSLOWFAST, slow_only, "", pyslowfast_name)
+    if "conv1_w" in state or "res_conv1_bn_s" in state:
+        slow_only = "t_conv1_w" not in state
+        found = _caffe2_depths(state)
+        return Naming(CAFFE2, slow_only, "", lambda k: caffe2_name(k, depths or found))
+    for prefix in ("backbone.", ""):
+        if f"{prefix}slow_path.conv1.conv.weight" in state:
+            return Naming(MMACTION2, False, prefix, lambda k, p=prefix: mmaction2_name(k, p))
+        if f"{prefix}conv1.conv.weight" in state and f"{prefix}layer1.0.conv1.conv.weight" in state:
+            return Naming(
+                MMACTION2, True, prefix, lambda k, p=prefix: mmaction2_name(k, p, slow_only=True)
+            )
+    for key in keys:
+        for stem in _PTV_STEM:
+            if key.endswith(stem) and (key == stem or key.endswith("." + stem)):
+                prefix, slow_only = key.removesuffix(stem), stem == "blocks.0.conv.weight"
+                return Naming(
+                    PYTORCHVIDEO,
+                    slow_only,
+                    prefix,
+                    lambda k, p=prefix, s=slow_only: pytorchvideo_name(k, p, slow_only=s),
+                )
+    if "slow.stem.conv.weight" in state:
+        return Naming(BANKFLOW, "fast.stem.conv.weight" not in state, "", lambda k: k)
     raise ValueError(
-        f"checkpoint {source}: not a SlowFast checkpoint in PySlowFast (s1.pathway0_stem.*),"
-        f" MMAction2 (backbone.slow_path.*) or bankflow (slow.stem.*) naming;"
+        f"checkpoint {source}: not a SlowFast checkpoint (nor SlowOnly) in PySlowFast"
+        " (s1.pathway0_stem.*), Caffe2 (conv1_w), MMAction2 (backbone.slow_path.* /"
+        " backbone.conv1.*), pytorchvideo (blocks.0.*) or bankflow (slow.stem.*) naming;"
         f" first keys: {keys[:5]}"
     )
 
 
-def _naming(scheme: str, state: Mapping[str, Tensor]) -> tuple[Callable[[str], str | None], str]:
-    """(our name -> checkpoint name, prefix outside of which checkpoint keys are ignored)."""
-    if scheme == PYSLOWFAST:
-        return pyslowfast_name, ""
-    if scheme == MMACTION2:
-        prefix = "backbone." if any(k.startswith("backbone.") for k in state) else ""
-        return (lambda key: mmaction2_name(key, prefix)), prefix
-    return (lambda key: key), ""
+def _caffe2_depths(state: Mapping[str, Tensor]) -> tuple[int, ...]:
+    """Blocks per stage of a Caffe2 file (its lateral names carry the last block index)."""
+    depths = []
+    for stage in range(2, 6):
+        count = 0
+        while f"res{stage}_{count}_branch2a_w" in state:
+            count += 1
+        depths.append(max(count, 1))
+    return tuple(depths)
 
 
-def _is_ignored(scheme: str, key: str, prefix: str) -> bool:
-    if scheme == PYSLOWFAST:
-        return key.startswith("head.")
-    if scheme == MMACTION2:
-        return not key.startswith(prefix) or key.startswith(f"{prefix}cls_head.")
-    return False
+def read_architecture(
+    state: Mapping[str, Tensor], *, source: str = "<state dict>"
+) -> dict[str, Any]:
+    """The :class:`~models.backbones.slowfast.SlowFastConfig` fields the tensors reveal.
+
+    Depths, width, beta, Fast pathway or not, stem and per-block temporal kernels,
+    non-local placement, lateral kernel, norm and channel ratio. Not revealed (no tensor
+    depends on them): spatial strides, dilations, alpha, Slow frame sampling, non-local
+    pooling and normalisation, input normalisation.
+    """
+    naming = detect_naming(state, source=source)
+    src = naming.to_source
+
+    def shape(key: str) -> tuple[int, ...] | None:
+        name = src(key)
+        return tuple(state[name].shape) if name is not None and name in state else None
+
+    stem = shape("slow.stem.conv.weight")
+    if stem is None:
+        raise ValueError(f"checkpoint {source}: no Slow stem conv ({src('slow.stem.conv.weight')})")
+    arch: dict[str, Any] = {"width": stem[0], "slow_stem_temporal_kernel": stem[2]}
+    arch["fast_pathway"] = not naming.slow_only
+    pathways = ("slow",) if naming.slow_only else ("slow", "fast")
+    depths = []
+    for stage in range(4):
+        count = 0
+        while shape(f"slow.stages.{stage}.{count}.a.conv.weight") is not None:
+            count += 1
+        depths.append(count)
+    arch["depths"] = tuple(depths)
+    for pathway in pathways:
+        kernels, nonlocal_blocks = [], []
+        for stage, depth in enumerate(depths):
+            per_block = tuple(
+                (shape(f"{pathway}.stages.{stage}.{b}.a.conv.weight") or (0, 0, 0))[2]
+                for b in range(depth)
+            )
+            kernels.append(per_block[0] if len(set(per_block)) == 1 else per_block)
+            nonlocal_blocks.append(
+                tuple(
+                    b
+                    for b in range(depth)
+                    if shape(f"{pathway}.stages.{stage}.nonlocal{b}.theta.weight") is not None
+                )
+            )
+        arch[f"{pathway}_temporal_kernels"] = tuple(kernels)
+        arch[f"{pathway}_nonlocal"] = tuple(nonlocal_blocks)
+    if not naming.slow_only:
+        fast_stem = shape("fast.stem.conv.weight")
+        lateral = shape("laterals.0.conv.weight")
+        if fast_stem is not None:
+            arch["fast_stem_temporal_kernel"] = fast_stem[2]
+            if fast_stem[0] and stem[0] % fast_stem[0] == 0:
+                arch["beta_inv"] = stem[0] // fast_stem[0]
+        if lateral is not None:
+            arch["fusion_kernel"] = lateral[2]
+            if lateral[1]:
+                arch["fusion_ratio"] = lateral[0] // lateral[1]
+        arch["lateral_norm"] = shape("laterals.0.bn.weight") is not None
+    else:
+        arch["alpha"] = 1
+    return arch
 
 
 def infer_config_overrides(state: Mapping[str, Tensor]) -> dict[str, Any]:
-    """``fusion_kernel`` and ``lateral_norm`` as a checkpoint was trained with.
-
-    These are the two architecture choices that differ between public SlowFast
-    checkpoints of the same depth (PySlowFast 8×8 uses a 7×1×1 lateral, MMAction2 has no
-    BN on laterals); depth, width and alpha are fixed by the builder the caller picked.
-    """
-    scheme = detect_scheme(state)
-    to_source, _ = _naming(scheme, state)
-    conv = to_source("laterals.0.conv.weight")
-    bn = to_source("laterals.0.bn.weight")
-    overrides: dict[str, Any] = {"lateral_norm": bn in state}
-    if conv in state:
-        overrides["fusion_kernel"] = int(state[conv].shape[2])
-    return overrides
+    """``fusion_kernel`` and ``lateral_norm`` as a SlowFast checkpoint was trained with
+    (the lateral choices of :func:`read_architecture`)."""
+    arch = read_architecture(state)
+    return {k: arch[k] for k in ("lateral_norm", "fusion_kernel") if k in arch}
 
 
 def load_slowfast_checkpoint(
@@ -237,9 +276,9 @@ def load_slowfast_checkpoint(
     else:
         source = "<state dict>"
         state = unwrap_state_dict(path_or_state_dict, source=source)
-    scheme = detect_scheme(state, source=source)
-    to_source, prefix = _naming(scheme, state)
-    report = LoadReport(scheme=scheme, source=source)
+    naming = detect_naming(state, source=source, depths=_model_depths(model))
+    to_source = naming.to_source
+    report = LoadReport(scheme=naming.scheme, source=source)
 
     targets = model.state_dict()
     pairs: list[tuple[Tensor, Tensor]] = []
@@ -262,7 +301,7 @@ def load_slowfast_checkpoint(
     for key in state:
         if key in used:
             continue
-        (report.ignored if _is_ignored(scheme, key, prefix) else report.unexpected).append(key)
+        (report.ignored if naming.is_ignored(key) else report.unexpected).append(key)
     report.hints = _hints(report, to_source)
 
     if strict and not report.ok:
@@ -273,10 +312,15 @@ def load_slowfast_checkpoint(
     return report
 
 
+def _model_depths(model: nn.Module) -> tuple[int, ...]:
+    config = getattr(model, "config", None)
+    return tuple(getattr(config, "depths", ()))
+
+
 def _hints(report: LoadReport, to_source: Callable[[str], str | None]) -> list[str]:
     hints = []
     for m in report.mismatched:
-        is_lateral_conv = _LATERAL.match(m.key) is not None and m.key.endswith("conv.weight")
+        is_lateral_conv = LATERAL.match(m.key) is not None and m.key.endswith("conv.weight")
         if is_lateral_conv and m.model_shape[:2] == m.checkpoint_shape[:2]:
             hints.append(f"build the model with fusion_kernel={m.checkpoint_shape[2]}")
             break

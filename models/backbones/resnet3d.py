@@ -147,6 +147,116 @@ class Bottleneck(nn.Module):
         return F.relu(y + identity, inplace=True)
 
 
+class NonLocal(nn.Module):
+    """Non-local block (Wang et al., CVPR 2018) as PySlowFast places it after a bottleneck.
+
+    ``theta``, ``phi``, ``g``: 1×1×1 convs (with bias) to ``inner`` channels; ``phi`` and
+    ``g`` read a max-pooled map (kernel = stride = ``pool``); the affinity
+    ``theta^T phi`` over all ``T·H·W`` positions is normalised by ``softmax`` (after scaling
+    by ``inner^-1/2``) or, for ``dot_product``, divided by the number of pooled positions;
+    ``out`` (1×1×1, bias) and a BN map back to ``channels``, added to the input.
+    ``[B, C, T, H, W] -> [B, C, T, H, W]``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        inner: int,
+        *,
+        pool: tuple[int, int, int],
+        instantiation: str,
+        frozen_bn: bool,
+    ) -> None:
+        super().__init__()
+        if instantiation not in ("softmax", "dot_product"):
+            raise ValueError(
+                f"non-local instantiation must be softmax or dot_product, got {instantiation!r}"
+            )
+        self.inner, self.instantiation = inner, instantiation
+        self.theta = nn.Conv3d(channels, inner, 1)
+        self.phi = nn.Conv3d(channels, inner, 1)
+        self.g = nn.Conv3d(channels, inner, 1)
+        self.out = nn.Conv3d(inner, channels, 1)
+        self.bn = make_norm(channels, frozen=frozen_bn)
+        self.pool: nn.Module | None = None
+        if any(p > 1 for p in pool):
+            self.pool = nn.MaxPool3d(kernel_size=pool, stride=pool)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, t, h, w = x.shape
+        theta = self.theta(x).flatten(2)  # (B, inner, THW)
+        pooled = x if self.pool is None else self.pool(x)
+        phi = self.phi(pooled).flatten(2)  # (B, inner, P)
+        g = self.g(pooled).flatten(2)  # (B, inner, P)
+        affinity = torch.einsum("bci,bcj->bij", theta, phi)  # (B, THW, P)
+        if self.instantiation == "softmax":
+            affinity = torch.softmax(affinity * self.inner**-0.5, dim=2)
+        else:
+            affinity = affinity / affinity.shape[2]
+        y = torch.einsum("bij,bcj->bci", affinity, g).reshape(b, self.inner, t, h, w)
+        return x + self.bn(self.out(y))
+
+
+class ResStage(nn.Module):
+    """Bottlenecks ``0..depth-1`` (only the first strides and changes the channel count),
+    each optionally followed by a :class:`NonLocal` block named ``nonlocal{i}``.
+
+    Block ``i`` uses ``temporal_kernels[i]``. ``stage[i]`` and ``len(stage)`` address the
+    bottlenecks only. ``[B, C_in, T, H, W] -> [B, C_out, T, H/stride, W/stride]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        inner_channels: int,
+        out_channels: int,
+        *,
+        temporal_kernels: tuple[int, ...],
+        spatial_stride: int,
+        dilation: int,
+        frozen_bn: bool,
+        nonlocal_blocks: tuple[int, ...] = (),
+        nonlocal_pool: tuple[int, int, int] = (1, 2, 2),
+        nonlocal_instantiation: str = "dot_product",
+    ) -> None:
+        super().__init__()
+        self.depth = len(temporal_kernels)
+        for i, kernel in enumerate(temporal_kernels):
+            block = Bottleneck(
+                in_channels if i == 0 else out_channels,
+                inner_channels,
+                out_channels,
+                temporal_kernel=kernel,
+                spatial_stride=spatial_stride if i == 0 else 1,
+                dilation=dilation,
+                frozen_bn=frozen_bn,
+            )
+            self.add_module(str(i), block)
+            if i in nonlocal_blocks:
+                block_nl = NonLocal(
+                    out_channels,
+                    out_channels // 2,
+                    pool=nonlocal_pool,
+                    instantiation=nonlocal_instantiation,
+                    frozen_bn=frozen_bn,
+                )
+                self.add_module(f"nonlocal{i}", block_nl)
+
+    def __len__(self) -> int:
+        return self.depth
+
+    def __getitem__(self, index: int) -> Bottleneck:
+        return getattr(self, str(range(self.depth)[index]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i in range(self.depth):
+            x = getattr(self, str(i))(x)
+            block_nl = getattr(self, f"nonlocal{i}", None)
+            if block_nl is not None:
+                x = block_nl(x)
+        return x
+
+
 def make_res_stage(
     in_channels: int,
     inner_channels: int,
@@ -157,29 +267,31 @@ def make_res_stage(
     spatial_stride: int,
     dilation: int,
     frozen_bn: bool,
-) -> nn.Sequential:
-    """``depth`` bottlenecks; only the first one strides and changes the channel count."""
-    blocks = [
-        Bottleneck(
-            in_channels if i == 0 else out_channels,
-            inner_channels,
-            out_channels,
-            temporal_kernel=temporal_kernel,
-            spatial_stride=spatial_stride if i == 0 else 1,
-            dilation=dilation,
-            frozen_bn=frozen_bn,
-        )
-        for i in range(depth)
-    ]
-    return nn.Sequential(*blocks)
+) -> ResStage:
+    """``depth`` bottlenecks of one temporal kernel, no non-local blocks."""
+    return ResStage(
+        in_channels,
+        inner_channels,
+        out_channels,
+        temporal_kernels=(temporal_kernel,) * depth,
+        spatial_stride=spatial_stride,
+        dilation=dilation,
+        frozen_bn=frozen_bn,
+    )
 
 
 def conv_weights_init(module: nn.Module) -> None:
-    """He (fan-out) init for convs, unit gamma / zero beta for BN, as the ResNet papers do."""
+    """He (fan-out) init for convs, unit gamma / zero beta for BN, as the ResNet papers do;
+    a non-local block's final BN starts at zero gamma, so the block starts as the identity."""
     for m in module.modules():
         if isinstance(m, nn.Conv3d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm3d):
             with torch.no_grad():
                 m.weight.fill_(1.0)
                 m.bias.zero_()
+    for m in module.modules():
+        if isinstance(m, NonLocal):
+            nn.init.zeros_(m.bn.weight)

@@ -138,7 +138,9 @@ def test_builder_reads_architecture_choices_off_an_mmaction2_file(tmp_path: Path
     path = tmp_path / "slowfast_mmaction2.pth"
     torch.save({"state_dict": state}, path)
 
-    model = slowfast_tiny(weights=path)
+    # The file cannot say its strides, dilations, alpha or frame sampling: the caller does.
+    stated = dict(spatial_strides=(1, 2, 2, 1), dilations=(1, 1, 1, 2), alpha=4)
+    model = slowfast_tiny(weights=path, slow_sampling="stride", **stated)
     assert (model.config.fusion_kernel, model.config.lateral_norm) == (7, False)
     _assert_loaded(model, state, mmaction2_name)
 
