@@ -285,13 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # Prefect's root handler would print every line twice
+    from featurestore.errors import StoreError
     from stages.config import ConfigError
     from stages.data.errors import DataError, DataErrors
     from stages.framework import StageError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, DataErrors, StageError) as exc:
+    except (ConfigError, DataError, DataErrors, StageError, StoreError) as exc:
         print(f"bankflow: error: {exc}", file=sys.stderr)
         return 2
 
