@@ -26,6 +26,10 @@ def used_splits(config: PipelineConfig) -> list[str]:
     names += [r.val_split for r in config.train.runs.values()]
     if config.report is not None:
         names.append(config.report.train_split)
+    if config.finetune is not None:
+        names.append(config.finetune.split)
+    if config.detect.source == "fasterrcnn" and config.detect.finetune is not None:
+        names.append(config.detect.finetune.split)
     return list(dict.fromkeys(names))
 
 
