@@ -65,6 +65,8 @@ def _read_root_attrs(zstore: Any, url: str) -> dict[str, Any]:
         root = zarr.open_group(zstore, mode="r")
     except (FileNotFoundError, zarr.errors.BaseZarrError) as exc:
         raise StoreError(not_store) from exc
+    except ValueError as exc:  # a zarr.json that is not JSON (truncated, overwritten)
+        raise StoreError(f"{url}: its zarr.json is not valid JSON ({exc})") from exc
     attrs = root.attrs.asdict().get(ROOT_KEY)
     if not isinstance(attrs, dict) or "schema" not in attrs:
         raise StoreError(not_store)

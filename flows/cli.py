@@ -106,13 +106,14 @@ def cmd_world(args: argparse.Namespace) -> int:
 def cmd_data_check(args: argparse.Namespace) -> int:
     from stages.data import DatasetConfig, check_dataset
 
-    if args.dataset_config:
-        config = DatasetConfig.from_yaml(args.dataset_config)
-        config = config.model_copy(update={"root": Path(args.dataset_dir)})
+    if args.dataset_config:  # DIR is the root; the file need not (and may not) set one
+        config = DatasetConfig.from_yaml(args.dataset_config, root=args.dataset_dir)
     else:
         config = DatasetConfig(root=Path(args.dataset_dir))
     report = check_dataset(config)
     print(report.format_summary())
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if not report.ok:
         print(f"\n{len(report.problems)} problem(s):", file=sys.stderr)
         for problem in report.problems:

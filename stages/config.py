@@ -15,6 +15,7 @@ at most two files (``bankflow config show`` prints the result).
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from stages.data.dataset import DatasetConfig
+from stages.data.names import name_problem
 from stages.detect import DetectConfig
 from stages.dump import DumpSection
 from stages.ensemble import EnsembleSection
@@ -200,13 +202,76 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
     return merge_config(_drop_replace_marks(base), data)
 
 
+# Sections whose entries are named runs, and the field a new entry must set.
+RUN_SECTIONS = {
+    ("train", "runs"): "head",
+    ("train_bank", "runs"): "head",
+    ("dump", "banks"): "from",
+}
+
+
+def _run_names(data: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
+    names = {}
+    for section, field in RUN_SECTIONS:
+        entries = (
+            (data.get(section) or {}).get(field) if isinstance(data.get(section), dict) else None
+        )
+        names[(section, field)] = sorted(entries) if isinstance(entries, dict) else []
+    return names
+
+
+def check_new_runs(before: dict[str, Any], after: dict[str, Any], overrides: list[str]) -> None:
+    """A run that only ``--set`` creates must name its head (a bank its ``from``): a typo
+    in a run name (``train.runs.linaer.optim.epochs=2``) would otherwise add a run."""
+    existing = _run_names(before)
+    for (section, field), names in _run_names(after).items():
+        required = RUN_SECTIONS[(section, field)]
+        for name in sorted(set(names) - set(existing[(section, field)])):
+            entry = after[section][field][name]
+            if isinstance(entry, dict) and required in entry:
+                continue
+            prefix = f"{section}.{field}.{name}"
+            culprit = next((o for o in overrides if o.strip().startswith(prefix)), prefix)
+            known = ", ".join(existing[(section, field)]) or "none"
+            raise ConfigError(
+                f"override {culprit!r}: {prefix} is not a run of the config (its "
+                f"{section}.{field}: {known}); a new one must set {prefix}.{required}"
+            )
+
+
+def check_config_names(config: PipelineConfig, path: Path | str) -> None:
+    """Run, bank and split names become parts of paths and labels: one file-name part each."""
+    named: list[tuple[str, str]] = [
+        *((f"train.runs.{n}", n) for n in config.train.runs),
+        *((f"train_bank.runs.{n}", n) for n in config.train_bank.runs),
+        *((f"dump.banks.{n}", n) for n in config.dump.banks),
+        *((f"ensemble.runs.{n}", n) for n in config.ensemble.runs),
+        *((f"dataset.splits.{n}", n) for n in config.dataset.splits),
+        *(("detect.splits", s) for s in config.detect.splits),
+        *(("extract.splits", s) for s in config.extract.splits),
+        ("evaluate.split", config.evaluate.split),
+    ]
+    for key, name in named:
+        problem = name_problem(name)
+        if problem is not None:
+            raise ConfigError(
+                f"{path}: {key}: name {name!r} {problem} (names become file names: no '/', "
+                "no '..', no leading dot, printable)"
+            )
+
+
 def load_config(path: Path | str, overrides: list[str] | None = None) -> PipelineConfig:
-    data = apply_overrides(read_config_file(path), list(overrides or []))
+    raw = read_config_file(path)
+    before = copy.deepcopy(raw)
+    data = apply_overrides(raw, list(overrides or []))
+    check_new_runs(before, data, list(overrides or []))
     try:
-        return PipelineConfig.model_validate(data)
+        config = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"{path}: invalid config: {problems}") from None
+    check_config_names(config, path)
+    return config
 
 
 def _problem(err: Any) -> str:

@@ -64,7 +64,13 @@ from stages.detector_training import (
     training_set,
 )
 from stages.evaluate.breakdown import detector_ap
-from stages.framework import Stage, StageContext, StageError, write_json_atomic
+from stages.framework import (
+    Stage,
+    StageContext,
+    StageError,
+    verify_published_file,
+    write_json_atomic,
+)
 
 CODE_VERSION = "2"
 PERSONS_FILE = "persons.parquet"
@@ -344,7 +350,8 @@ STAGE = Stage(
 
 
 def read_persons(uri: str | Path, split: str | None = None) -> pa.Table:
-    table = pq.read_table(Path(uri) / PERSONS_FILE)
+    """The person boxes of a published detect output (checked against its manifest)."""
+    table = pq.read_table(verify_published_file(uri, PERSONS_FILE))
     if split is not None:
         table = table.filter(pc.equal(table["split"], split))
     return table

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
@@ -42,7 +41,7 @@ from stages.framework import (
     canonical_json,
 )
 from stages.head_data import collate, open_split
-from stages.train import HEAD_FILE
+from stages.trained_run import load_head_file
 
 CODE_VERSION = "1"
 BANKS_DIR = "banks"
@@ -90,10 +89,7 @@ def store_splits(features_uri: str | Path) -> list[str]:
 
 def load_stage1_head(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     """The trained head of a train-stage output (eval mode) and its saved build record."""
-    path = run_dir / HEAD_FILE
-    if not path.is_file():
-        raise StageError(f"{path}: no trained head (is {run_dir} a train-stage output?)")
-    saved = torch.load(path, weights_only=False)
+    saved = load_head_file(run_dir)
     head = build_head(saved["head"], in_channels=saved["in_channels"],
                       num_classes=len(saved["classes"]), **saved["kwargs"])  # fmt: skip
     head.load_state_dict(saved["state"])

@@ -52,7 +52,14 @@ from stages.data.predictions import (
 from stages.evaluate.ava import _keyframe_ids, evaluate_ava
 from stages.evaluate.result import AvaResult
 from stages.evaluate.stage import PREDICTIONS_DIR
-from stages.framework import Stage, StageContext, StageError, StageRef, output_dir
+from stages.framework import (
+    Stage,
+    StageContext,
+    StageError,
+    StageRef,
+    output_dir,
+    verify_published_file,
+)
 from stages.track import iou_matrix
 from stages.train import METRICS_FILE, evaluated_labelmap
 
@@ -230,9 +237,13 @@ def member_predictions(ref: StageRef, split: str, name: str) -> BoxTable:
     base = Path(ref.uri) / PREDICTIONS_DIR
     parquet, csv = base / f"{split}.parquet", base / f"{split}.csv"
     if parquet.is_file():
-        return read_predictions_parquet(parquet)
+        return read_predictions_parquet(
+            verify_published_file(ref.uri, f"{PREDICTIONS_DIR}/{parquet.name}")
+        )
     if csv.is_file():
-        return read_detections_csv(csv, strict=False)
+        return read_detections_csv(
+            verify_published_file(ref.uri, f"{PREDICTIONS_DIR}/{csv.name}"), strict=False
+        )
     raise StageError(
         f"ensemble: member {name!r} ({ref.stage} output {ref.uri}) has no {split!r} predictions "
         f"(expected {parquet} or {csv})"

@@ -305,7 +305,7 @@ def train_epochs(
     start = 0
     last = latest_checkpoint(ckpt_dir)
     if last is not None:
-        state = torch.load(last, weights_only=False, map_location="cpu")
+        state = torch.load(last, weights_only=True, map_location="cpu")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -162,8 +162,85 @@ def _manifest(root: Path) -> list[tuple[str, int]]:
     return sorted(entries)
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _manifest_with_sha256(root: Path) -> list[tuple[str, int, str]]:
+    """(relative path, size, sha256) of every file below ``root`` except the marker."""
+    return [(rel, size, file_sha256(root / rel)) for rel, size in _manifest(root)]
+
+
 def _digest(key: str, manifest: list[tuple[str, int]]) -> str:
+    # Over (path, size) only: the digest stays what it was before files were checksummed.
     return hashlib.sha256(canonical_json({"key": key, "files": manifest}).encode()).hexdigest()
+
+
+def read_published_bytes(output: Path | str, relpath: str) -> bytes:
+    """The bytes of ``<output>/<relpath>``, checked against the sha256 recorded for it
+    when ``output`` was published (one read: what is checked is what is returned).
+
+    Readers of small outputs (heads, metrics, predictions, provenance) go through this,
+    so a file changed after publication, even one of the same size, is refused.
+
+    Raises:
+        StageError: naming the file when ``output`` is not a published output, the file
+            is missing or not in the manifest, its sha256 differs, or the output was
+            published before bankflow recorded checksums (rerun that stage with --force).
+    """
+    output = Path(output)
+    path = output / relpath
+    marker = output / COMPLETE_MARKER
+    try:
+        record = json.loads(marker.read_text())
+        entries = {str(e[0]): list(e[1:]) for e in record["manifest"]}
+    except FileNotFoundError:
+        raise StageError(
+            f"{path}: {output} is not a published stage output (no {COMPLETE_MARKER})"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        raise StageError(f"{path}: unreadable manifest {marker} ({err})") from None
+    entry = entries.get(Path(relpath).as_posix())
+    if entry is None:
+        raise StageError(f"{path}: not in the manifest of its output {marker}")
+    if len(entry) < 2:
+        raise StageError(
+            f"{path}: its output was published without checksums (by an older bankflow); "
+            "rerun the stage that wrote it with --force"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise StageError(f"{path}: cannot read: {err.strerror or err}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != entry[1]:
+        raise StageError(
+            f"{path}: sha256 {actual[:16]}… differs from {str(entry[1])[:16]}… recorded at "
+            "publication; the file was changed afterwards (remove the output or rerun its "
+            "stage with --force)"
+        )
+    return data
+
+
+def verify_published_file(output: Path | str, relpath: str) -> Path:
+    """``<output>/<relpath>`` after checking it against its recorded sha256 (for readers
+    that parse a file by path: predictions CSV/Parquet)."""
+    read_published_bytes(output, relpath)
+    return Path(output) / relpath
+
+
+def read_published_json(output: Path | str, relpath: str) -> Any:
+    """:func:`read_published_bytes` of a JSON file, parsed."""
+    data = read_published_bytes(output, relpath)
+    try:
+        return json.loads(data)
+    except ValueError as err:
+        raise StageError(f"{Path(output) / relpath}: not valid JSON ({err})") from None
 
 
 def read_output(
@@ -181,7 +258,7 @@ def read_output(
         return None
     record = json.loads(marker.read_text())
     if verify:
-        recorded = [tuple(e) for e in record["manifest"]]
+        recorded = [(str(e[0]), int(e[1])) for e in record["manifest"]]
         actual = _manifest(out)
         if actual != recorded:
             missing = sorted(set(recorded) - set(actual))
@@ -320,8 +397,8 @@ def run_stage(
         "summary": summary,
     }
     write_json_atomic(staging / PROVENANCE_FILE, provenance)
-    manifest = _manifest(staging)
-    digest = _digest(key, manifest)
+    manifest = _manifest_with_sha256(staging)
+    digest = _digest(key, [(rel, size) for rel, size, _ in manifest])
     # The marker goes in last; until the rename below nothing is at the final path.
     write_json_atomic(
         staging / COMPLETE_MARKER,

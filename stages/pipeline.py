@@ -45,6 +45,7 @@ from stages.framework import (
     stage_status,
     write_json_atomic,
 )
+from stages.preflight import preflight
 
 log = logging.getLogger("bankflow.pipeline")
 
@@ -228,7 +229,8 @@ def check_world_config(root: Path, world: BaseModel) -> None:
 
 
 def prepare_dataset(config: PipelineConfig) -> tuple[DatasetConfig, str]:
-    """The dataset config and its fingerprint; builds the demo world first if configured."""
+    """The dataset config and its fingerprint; builds the demo world first if configured,
+    then checks the inputs before any stage runs (:func:`stages.preflight.preflight`)."""
     root = Path(config.dataset.root)
     if config.world is not None:
         from stages.world import build_world
@@ -238,6 +240,7 @@ def prepare_dataset(config: PipelineConfig) -> tuple[DatasetConfig, str]:
         # (killed build, deleted file) is rebuilt.
         build_world(root, config.world)
     dataset = config.dataset.model_copy(update={"root": root.resolve()})
+    preflight(config, dataset)
     return dataset, dataset_fingerprint(dataset)
 
 

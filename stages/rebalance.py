@@ -57,9 +57,18 @@ from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.breakdown import head_tail_change
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract import store_path
-from stages.framework import PROVENANCE_FILE, Stage, StageContext, StageError, output_dir
+from stages.framework import (
+    PROVENANCE_FILE,
+    Stage,
+    StageContext,
+    StageError,
+    output_dir,
+    read_published_json,
+    verify_published_file,
+)
 from stages.head_data import open_training_splits
 from stages.train_loop import TrainData, epoch_batches, iter_batches, predict, read_batch
+from stages.trained_run import load_head_file
 
 CODE_VERSION = "1"
 CRT_FILE = "crt.json"
@@ -281,9 +290,7 @@ def retrain_classifier(
 def load_head(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
     """The trained head of a model-producing stage output, and its saved record."""
     path = run_dir / train_stage.HEAD_FILE
-    if not path.is_file():
-        raise StageError(f"rebalance: {path} does not exist (not a trained model run?)")
-    saved = torch.load(path, weights_only=False)
+    saved = load_head_file(run_dir)
     kwargs = dict(saved.get("kwargs", {}))
     model = build_head(saved["head"], in_channels=saved["in_channels"],
                        num_classes=len(saved["classes"]), **kwargs)  # fmt: skip
@@ -301,7 +308,7 @@ def run_config(run_dir: Path) -> dict[str, Any]:
     prov = run_dir / PROVENANCE_FILE
     if not prov.is_file():
         raise StageError(f"rebalance: {prov} is missing; the model run is not a stage output")
-    config = json.loads(prov.read_text()).get("config", {})
+    config = read_published_json(run_dir, PROVENANCE_FILE).get("config", {})
     run = config.get("run")
     if not isinstance(run, dict):
         raise StageError(f"rebalance: {prov} has no 'run' section (not a head training run)")
@@ -431,6 +438,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     before_path = run_dir / PREDICTIONS_DIR / f"{val_split}.parquet"
     if not before_path.is_file():
         raise StageError(f"rebalance: {before_path} does not exist (no predictions before cRT)")
+    verify_published_file(run_dir, f"{PREDICTIONS_DIR}/{before_path.name}")
     before = evaluate_ava(gt_val, read_predictions_parquet(before_path), labelmap, excluded_val)
     train_counts = class_counts(dataset.gt(train_split).action, labelmap.ids)
     change = crt_change(before.per_class, after.per_class, train_counts)

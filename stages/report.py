@@ -30,7 +30,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from stages import plots
 from stages.data import Dataset, DatasetConfig
 from stages.evaluate.breakdown import head_tail
-from stages.framework import COMPLETE_MARKER, Stage, StageContext, StageError, StageRef
+from stages.framework import (
+    COMPLETE_MARKER,
+    Stage,
+    StageContext,
+    StageError,
+    StageRef,
+    read_published_json,
+)
 from stages.rebalance import CRT_FILE, class_counts, head_tail_k
 from stages.train import METRICS_FILE, evaluated_labelmap
 
@@ -151,11 +158,12 @@ def marker(ref: StageRef) -> dict[str, Any]:
 
 
 def output_bytes(record: Mapping[str, Any]) -> int:
-    return int(sum(size for _, size in record.get("manifest", [])))
+    return int(sum(entry[1] for entry in record.get("manifest", [])))
 
 
-def _json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _published_json(output: Path, name: str) -> dict[str, Any]:
+    """An output's JSON file ``name`` (checked against its manifest), or {} without one."""
+    return read_published_json(output, name) if (output / name).is_file() else {}
 
 
 def per_class_of(metrics: Mapping[str, Any]) -> dict[int, float]:
@@ -184,10 +192,10 @@ def collect_models(inputs: Mapping[str, StageRef]) -> list[ModelRow]:
         name = label or input_name
         record = marker(ref)
         summary = record.get("summary", {})
-        metrics = _json(ref.path / METRICS_FILE)
+        metrics = _published_json(ref.path, METRICS_FILE)
         evaluation = inputs.get(f"evaluate:{name}")
         if evaluation is not None:
-            metrics = _json(evaluation.path / METRICS_FILE) or metrics
+            metrics = _published_json(evaluation.path, METRICS_FILE) or metrics
         if not metrics:
             raise StageError(f"report: no {METRICS_FILE} for model {name!r} ({ref.path})")
         rows.append(ModelRow(
@@ -281,7 +289,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
             continue
         crt = m.summary.get("crt") or {}
         ref = ctx.inputs[f"model:{m.name}"]
-        per = _json(ref.path / CRT_FILE).get("per_class", {})
+        per = _published_json(ref.path, CRT_FILE).get("per_class", {})
         crt_json[m.name] = crt
         crt_rows.append([
             m.name, m.summary.get("source", "-"), crt.get("k"), pct(crt.get("all_before")),

@@ -30,7 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from stages.data import Dataset, DatasetConfig
 from stages.detect import read_persons
 from stages.evaluate.ap import pairwise_iou
-from stages.framework import Stage, StageContext, StageError
+from stages.framework import Stage, StageContext, StageError, verify_published_file
 
 CODE_VERSION = "1"
 ACTORS_FILE = "actors.parquet"
@@ -242,5 +242,5 @@ STAGE = Stage(
 def read_actors(uri: str, split: str | None = None) -> pa.Table:
     import pyarrow.compute as pc
 
-    table = pq.read_table(f"{uri}/{ACTORS_FILE}")
+    table = pq.read_table(verify_published_file(uri, ACTORS_FILE))  # published, unchanged
     return table if split is None else table.filter(pc.equal(table["split"], split))

@@ -238,7 +238,7 @@ def _resume(
     generator: torch.Generator,
 ) -> tuple[list[dict[str, Any]], int]:
     """Load ``last`` into the run's objects; returns (history, first epoch to run)."""
-    state = torch.load(last, weights_only=False)
+    state = torch.load(last, weights_only=True)
     if state.get("identity") != identity:
         raise TrainingError(
             f"{last}: checkpoint of another run (its optimizer config / training keyframes "

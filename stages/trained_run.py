@@ -11,7 +11,8 @@ found through the key recorded in each provenance, beside the run in the same wo
 
 from __future__ import annotations
 
-import json
+import io
+import pickle
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -22,7 +23,13 @@ from torch import nn
 
 from models.heads import build_head
 from stages.data import Dataset, DatasetConfig, LabelMap
-from stages.framework import COMPLETE_MARKER, PROVENANCE_FILE, StageError
+from stages.framework import (
+    COMPLETE_MARKER,
+    PROVENANCE_FILE,
+    StageError,
+    read_published_bytes,
+    read_published_json,
+)
 
 HEAD_FILE = "head.pt"  # what the train stage writes (stages.train.HEAD_FILE)
 POSE_LABEL_TYPE = "PERSON_MOVEMENT"
@@ -32,10 +39,37 @@ def read_provenance(path: Path) -> dict[str, Any]:
     """The provenance of a published stage output, refusing an incomplete one."""
     if not (path / COMPLETE_MARKER).is_file():
         raise StageError(f"{path}: not a complete stage output (no {COMPLETE_MARKER})")
+    provenance = read_published_json(path, PROVENANCE_FILE)
+    if not isinstance(provenance, dict):
+        raise StageError(f"{path / PROVENANCE_FILE}: expected a JSON object")
+    return provenance
+
+
+def load_head_file(run_dir: Path) -> dict[str, Any]:
+    """The record a model-producing stage saved as ``head.pt``: ``head``, ``kwargs``,
+    ``state``, ``in_channels``, ``classes`` (and what the stage added).
+
+    The file must match the sha256 recorded when the run was published, and is read with
+    ``weights_only=True``: tensors and plain containers only, never code.
+
+    Raises:
+        StageError: naming the file (missing, changed since publication, not a plain
+            tensor file, not a dict).
+    """
+    path = run_dir / HEAD_FILE
+    if not path.is_file():
+        raise StageError(f"{path}: no trained head (is {run_dir} a train-stage output?)")
+    data = read_published_bytes(run_dir, HEAD_FILE)
     try:
-        return json.loads((path / PROVENANCE_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise StageError(f"{path}: cannot read {PROVENANCE_FILE}: {err}") from err
+        saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise StageError(
+            f"{path}: not a plain tensor file; refusing to load it ({first})"
+        ) from None
+    if not isinstance(saved, dict) or not {"head", "state", "classes"} <= set(saved):
+        raise StageError(f"{path}: expected a dict with head, state and classes")
+    return saved
 
 
 def upstream_dir(path: Path, provenance: dict[str, Any], name: str) -> Path:
@@ -87,10 +121,9 @@ class TrainedRun:
                 f"{path}: is an output of stage {provenance.get('stage')!r}, expected a "
                 f"{expected} run"
             )
-        head_file = path / HEAD_FILE
-        if not head_file.is_file():
+        if not (path / HEAD_FILE).is_file():
             raise StageError(f"{path}: train run without {HEAD_FILE}")
-        saved = torch.load(head_file, map_location="cpu", weights_only=True)
+        saved = load_head_file(path)
         return cls(path=path, saved=saved, provenance=provenance)
 
     @property

@@ -16,6 +16,7 @@ import numpy as np
 
 from .csvparse import Column, ParsedCsv, parse_csv, scan_rows
 from .errors import DataError
+from .names import name_problem
 from .predictions import read_predictions_parquet, write_predictions_csv, write_predictions_parquet
 from .types import NO_ACTION, NO_PERSON, BoxTable, ExcludedKeyframes, LabelMap
 
@@ -173,6 +174,7 @@ def box_table_problems(
 
     b = table.boxes
     add(table.video == "", lambda r: "video id is empty")
+    add(_unsafe_video_rows(table.video), lambda r: _unsafe_video_message(str(table.video[r])))
     add(table.timestamp < 0, lambda r: f"timestamp {table.timestamp[r]} is negative")
     finite = np.isfinite(b).all(axis=1)
     add(~finite, lambda r: f"box {_fmt_box(b[r])} has NaN or infinite coordinates")
@@ -197,9 +199,43 @@ def box_table_problems(
     if labelmap is not None:
         unknown = has_action & ~np.isin(table.action, np.asarray(labelmap.ids, dtype=np.int64))
         where = f" {labelmap.source}" if labelmap.source else ""
-        add(unknown, lambda r: f"action id {table.action[r]} is not in the label map{where}")
+        # One problem per unknown id (at its first row): a label map that lost an id (a
+        # duplicated id line) must not bury its own error under one line per CSV row.
+        _ids, first, counts = np.unique(
+            table.action[unknown], return_index=True, return_counts=True
+        )
+        rows = np.flatnonzero(unknown)[first]
+        many = dict(zip(rows.tolist(), counts.tolist(), strict=True))
+        first_rows = np.zeros(len(table), dtype=bool)
+        first_rows[rows] = True
+        add(
+            first_rows,
+            lambda r: (
+                f"action id {table.action[r]} is not in the label map{where}"
+                + (f" ({many[r]} rows use it; this is the first)" if many[r] > 1 else "")
+            ),
+        )
     found.sort()
     return [DataError(table.source, int(table.line[row]), msg) for row, _, msg in found]
+
+
+def _unsafe_video_rows(video: np.ndarray) -> np.ndarray:
+    """bool [N]: the first row of each non-empty video id that cannot be a file name."""
+    mask = np.zeros(video.shape[0], dtype=bool)
+    if video.shape[0] == 0:
+        return mask
+    names, first = np.unique(video.astype(str), return_index=True)
+    for name, row in zip(names.tolist(), first.tolist(), strict=True):
+        if name and name_problem(name) is not None:
+            mask[row] = True
+    return mask
+
+
+def _unsafe_video_message(video: str) -> str:
+    return (
+        f"video id {video!r} {name_problem(video)} (expected a file name in the videos "
+        "directory: no '/', no '..', no leading dot, printable)"
+    )
 
 
 def _fmt_box(box: np.ndarray) -> str:

@@ -21,6 +21,7 @@ from .dataset import (
 )
 from .errors import DataError, DataErrors
 from .labelmap import labelmap_problems
+from .names import name_problem
 from .types import NO_ACTION, NO_PERSON, BoxTable, LabelMap
 from .videos import VIDEO_EXTENSIONS, VideoInfo, check_frame_decodes, find_video, probe_video
 
@@ -61,10 +62,12 @@ class SplitSummary:
 
 @dataclass
 class DatasetReport:
-    """What :func:`check_dataset` found. ``ok`` is True when there are no problems."""
+    """What :func:`check_dataset` found. ``ok`` is True when there are no problems
+    (warnings, such as repeated GT rows, do not make it fail)."""
 
     root: Path
     problems: list[DataError] = field(default_factory=list)
+    warnings: list[DataError] = field(default_factory=list)  # suspicious, not wrong
     splits: dict[str, SplitSummary] = field(default_factory=dict)
     labelmap: LabelMap | None = None
     timestamp_offset: float | None = None
@@ -217,8 +220,20 @@ def check_dataset(config: DatasetConfig | str | Path) -> DatasetReport:
             if path.is_file():
                 gt, found = check_gt_csv(path, labelmap=labelmap)
                 problems.extend(found)
+                report.warnings.extend(duplicate_row_warnings(gt))
             else:
                 problems.append(DataError(path, None, f"GT file of split {split!r} not found"))
+        named = files.named_files()
+        for kind in ("excluded", "proposals"):
+            name = getattr(files, kind)
+            if kind in named and not config.annotation_path(name).is_file():
+                problems.append(
+                    DataError(
+                        config.annotation_path(name),
+                        None,
+                        f"file named by splits.{split}.{kind} does not exist",
+                    )
+                )
         if files.excluded is not None and config.annotation_path(files.excluded).is_file():
             excluded, found = check_excluded_csv(config.annotation_path(files.excluded))
             problems.extend(found)
@@ -243,6 +258,30 @@ def check_dataset(config: DatasetConfig | str | Path) -> DatasetReport:
     if offset is not None:
         _check_keyframes_in_videos(located, infos, float(offset), problems)
     return report
+
+
+def duplicate_row_warnings(gt: BoxTable | None) -> list[DataError]:
+    """One warning per GT file with rows repeated exactly (video, time, box, action,
+    person): each copy counts as another GT box in the evaluation."""
+    if gt is None or len(gt) < 2:
+        return []
+    _, video = np.unique(gt.video.astype(str), return_inverse=True)
+    box = np.round(gt.boxes * 1e6).astype(np.int64)
+    keys = np.column_stack([video, gt.timestamp, box, gt.action, gt.person])
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    repeats = np.flatnonzero(first[inverse.reshape(-1)] != np.arange(len(gt)))
+    if repeats.size == 0:
+        return []
+    row = int(repeats[0])
+    original = int(gt.line[first[inverse.reshape(-1)][row]])
+    return [
+        DataError(
+            gt.source,
+            int(gt.line[row]),
+            f"{repeats.size} GT row(s) repeat an earlier row exactly (this one repeats line "
+            f"{original}); each copy counts as another box to detect",
+        )
+    ]
 
 
 def _class_list_problems(config: DatasetConfig, labelmap: LabelMap | None) -> list[DataError]:
@@ -274,6 +313,8 @@ def _probe_videos(
     exts = "|".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
     infos: dict[str, VideoInfo] = {}
     for video, (table, row) in first_row.items():
+        if name_problem(video) is not None:
+            continue  # reported at its row by the CSV check
         path = find_video(config.videos_path, video)
         if path is None:
             problems.append(

@@ -33,7 +33,9 @@ POSE_LABEL_TYPE = "PERSON_MOVEMENT"
 class SplitFiles(pydantic.BaseModel):
     """Annotation files of one split, relative to ``annotations_dir`` (or absolute).
 
-    ``gt`` must exist when set; ``excluded`` and ``proposals`` may be missing.
+    ``gt`` must exist when set. ``excluded`` and ``proposals`` must exist when a config
+    names them (:meth:`named_files`); the default names (``excluded_timestamps_<split>.csv``,
+    ``person_boxes_<split>.csv``) may be missing.
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -42,10 +44,23 @@ class SplitFiles(pydantic.BaseModel):
     excluded: str | None = None
     proposals: str | None = None
 
+    def named_files(self) -> dict[str, str]:
+        """Field -> file name of the files that must exist: ``gt`` and every file a
+        config set explicitly (the defaults of :func:`_default_splits` are not)."""
+        fields = {"gt"} | (self.model_fields_set & {"excluded", "proposals"})
+        return {
+            f: getattr(self, f)
+            for f in ("gt", "excluded", "proposals")
+            if f in fields and getattr(self, f)
+        }
+
 
 def _default_splits() -> dict[str, SplitFiles]:
+    # Constructed as if only ``gt`` was given: a dataset without the default excluded or
+    # proposal files is fine; a file a config names must exist.
     return {
-        split: SplitFiles(
+        split: SplitFiles.model_construct(
+            _fields_set={"gt"},
             gt=f"{split}.csv",
             excluded=f"excluded_timestamps_{split}.csv",
             proposals=f"person_boxes_{split}.csv",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataError
+from .names import name_problem
 
 # Looked up in this order for ``<videos_dir>/<video_id>.<ext>``.
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov")
@@ -41,7 +42,17 @@ class VideoInfo:
 
 def find_video(videos_dir: Path, video_id: str) -> Path | None:
     """``<videos_dir>/<video_id>.<ext>`` for the first extension in VIDEO_EXTENSIONS that
-    exists, or None."""
+    exists, or None.
+
+    Raises:
+        DataError: ``video_id`` is not a plain file name (``../x`` would leave the
+            directory); the CSV readers name the row, this guards every other source.
+    """
+    problem = name_problem(video_id)
+    if problem is not None:
+        raise DataError(
+            videos_dir, None, f"video id {video_id!r} {problem}; refusing to look it up"
+        )
     for ext in VIDEO_EXTENSIONS:
         candidate = videos_dir / f"{video_id}{ext}"
         if candidate.is_file():

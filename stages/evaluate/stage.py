@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from stages.data import Dataset, DatasetConfig, read_detections_csv
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.report import write_ava_outputs
-from stages.framework import Stage, StageContext, StageError
+from stages.framework import Stage, StageContext, StageError, verify_published_file
 
 CODE_VERSION = "1"
 PREDICTIONS_DIR = "predictions"
@@ -49,6 +49,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     pred_path = predictions_csv(ctx.input("predictions").uri, split)
     if not pred_path.is_file():
         raise StageError(f"evaluate: {pred_path} does not exist (no {split!r} predictions)")
+    verify_published_file(pred_path.parent.parent, f"{PREDICTIONS_DIR}/{pred_path.name}")
     gt = dataset.gt(split)
     if gt is None:
         raise StageError(f"evaluate: split {split!r} of {cfg.dataset.root} has no GT file")

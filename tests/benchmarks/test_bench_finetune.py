@@ -134,7 +134,7 @@ def test_bench_finetune_demo_world(tmp_path: Path) -> None:
         val = pooled_features(model, dataset, "val", 10_000, seed=1)
         results[name] = linear_probe(train, val, exclusive)
         if weights is not None:  # the stage's own head on the held-out split
-            head = torch.load(ref.path / HEAD_FILE)
+            head = torch.load(ref.path / HEAD_FILE, weights_only=True)
             with torch.no_grad():
                 logits = val[0] @ head["classifier.weight"].T + head["classifier.bias"]
             top1, m_ap = score(ava_scores(logits, exclusive).numpy(), val[1], exclusive)

@@ -118,7 +118,7 @@ def make_ava_dir(root: Path) -> AvaDir:
             "train": SplitFiles(gt=REAL_NAMES["train_gt"], excluded=REAL_NAMES["train_excluded"]),
             "val": SplitFiles(
                 gt=REAL_NAMES["val_gt"],
-                excluded=REAL_NAMES["val_excluded"],  # absent on purpose: optional
+                # No excluded file named: val has none (a named file must exist, issue 20).
                 proposals=REAL_NAMES["val_proposals"],
             ),
         },

@@ -8,6 +8,7 @@ at the image border) and the per-video provenance (seconds, decoded frames).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -309,7 +310,9 @@ def _custom_tracks(tracks: StageRef, table: pa.Table, out: Path, key: str) -> St
     """A published-looking track output holding ``table`` (extract reads only the parquet)."""
     out.mkdir(parents=True)
     pq.write_table(table, out / ACTORS_FILE)
-    (out / COMPLETE_MARKER).write_text("{}")
+    data = (out / ACTORS_FILE).read_bytes()  # readers check the manifest's sha256
+    entry = [ACTORS_FILE, len(data), hashlib.sha256(data).hexdigest()]
+    (out / COMPLETE_MARKER).write_text(json.dumps({"manifest": [entry]}))
     return StageRef(stage="track", key=key, uri=str(out), digest=key)
 
 

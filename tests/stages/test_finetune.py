@@ -85,10 +85,10 @@ def test_publishes_weights_that_extract_loads(world: Path, straight: StageRef) -
     ref = straight
     out = ref.path
     backbone = build_backbone("slowfast_tiny", weights=str(out / WEIGHTS_FILE), **BACKBONE_KWARGS)
-    saved = torch.load(out / WEIGHTS_FILE)
+    saved = torch.load(out / WEIGHTS_FILE, weights_only=True)
     for name, tensor in backbone.state_dict().items():
         assert torch.equal(tensor, saved[name]), name
-    head_state = torch.load(out / HEAD_FILE)
+    head_state = torch.load(out / HEAD_FILE, weights_only=True)
     channels, classes = (
         head_state["classifier.weight"].shape[1],
         head_state["classifier.weight"].shape[0],
@@ -131,7 +131,8 @@ def test_resume_from_epoch_checkpoint_is_bitwise_equal(
     losses = [[e["loss"] for e in ref.summary["epochs"]] for ref in (straight, resumed)]
     assert losses[0] == losses[1]
     for name in (WEIGHTS_FILE, HEAD_FILE):
-        a, b = torch.load(straight.path / name), torch.load(resumed.path / name)
+        a = torch.load(straight.path / name, weights_only=True)
+        b = torch.load(resumed.path / name, weights_only=True)
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}: {key}"

@@ -175,8 +175,8 @@ def test_crt_changes_only_the_classifier(features: Features, tmp_path: Path, hea
     model = trained(features, tmp_path, head)
     ref = run_stage(rebalance.STAGE, crt_config(features, head),
                     {"model": model, "extract": features.extract}, tmp_path)  # fmt: skip
-    before = torch.load(model.path / train_stage.HEAD_FILE, weights_only=False)
-    after = torch.load(ref.path / train_stage.HEAD_FILE, weights_only=False)
+    before = torch.load(model.path / train_stage.HEAD_FILE, weights_only=True)
+    after = torch.load(ref.path / train_stage.HEAD_FILE, weights_only=True)
     assert before["state"].keys() == after["state"].keys()
     frozen = [k for k in before["state"] if not k.startswith("classifier.")]
     assert len(frozen) == 0 if head == "linear" else len(frozen) > 10
@@ -216,8 +216,8 @@ def test_crt_is_deterministic_and_keyed_by_its_input(features: Features, tmp_pat
     one = run_stage(rebalance.STAGE, crt_config(features, "linear"), inputs, tmp_path / "a")
     two = run_stage(rebalance.STAGE, crt_config(features, "linear"), inputs, tmp_path / "b")
     assert one.key == two.key and one.summary["val_map"] == two.summary["val_map"]
-    a = torch.load(one.path / train_stage.HEAD_FILE, weights_only=False)["state"]
-    b = torch.load(two.path / train_stage.HEAD_FILE, weights_only=False)["state"]
+    a = torch.load(one.path / train_stage.HEAD_FILE, weights_only=True)["state"]
+    b = torch.load(two.path / train_stage.HEAD_FILE, weights_only=True)["state"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     other = run_stage(rebalance.STAGE, crt_config(features, "linear", seed=1), inputs,
                       tmp_path / "a")  # fmt: skip
@@ -248,8 +248,8 @@ def test_an_offline_bank_run_is_rebalanced_with_its_bank(
         source="lfb", rebalance=rebalance.RebalanceSettings(epochs=2),
     )  # fmt: skip
     ref = run_stage(rebalance.STAGE, crt, {"model": model, "extract": stage1.extract}, tmp_path)
-    before = torch.load(model.path / train_stage.HEAD_FILE, weights_only=False)
-    after = torch.load(ref.path / train_stage.HEAD_FILE, weights_only=False)
+    before = torch.load(model.path / train_stage.HEAD_FILE, weights_only=True)
+    after = torch.load(ref.path / train_stage.HEAD_FILE, weights_only=True)
     frozen = [k for k in before["state"] if not k.startswith("classifier.")]
     assert len(frozen) > 4
     assert all(torch.equal(before["state"][k], after["state"][k]) for k in frozen)

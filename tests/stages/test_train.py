@@ -157,7 +157,7 @@ def test_every_head_trains_through_the_stage(
         [{"event": "epoch", **r} for r in history]
     )
     # The published weights rebuild the head.
-    saved = torch.load(ref.path / train_stage.HEAD_FILE, weights_only=False)
+    saved = torch.load(ref.path / train_stage.HEAD_FILE, weights_only=True)
     model = build_head(
         saved["head"], in_channels=saved["in_channels"], num_classes=len(saved["classes"]),
         **saved["kwargs"],
@@ -257,7 +257,7 @@ def test_checkpoint_holds_the_full_training_state(features: Features, tmp_path: 
     cfg = OptimConfig(epochs=3, batch_keyframes=8, box_jitter=0.1)
     train(model, data, cfg, tmp_path / "ckpt", events=tmp_path / "events.jsonl")
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["epoch_2.pt"]
-    state = torch.load(latest_checkpoint(tmp_path / "ckpt"), weights_only=False)
+    state = torch.load(latest_checkpoint(tmp_path / "ckpt"), weights_only=True)
     for key in ("model", "optimizer", "scheduler", "generator", "torch_rng", "history"):
         assert key in state
     assert state["data_order"] == {"seed": 0, "next_epoch": 3}
@@ -359,8 +359,8 @@ def test_killed_run_resumes_to_identical_weights(features: Features, tmp_path: P
     assert [e["event"] for e in events] == ["epoch", "epoch", "resume", "epoch", "epoch"]
     assert events[2]["epoch"] == 2
 
-    a = torch.load(whole.path / train_stage.HEAD_FILE, weights_only=False)["state"]
-    b = torch.load(resumed.path / train_stage.HEAD_FILE, weights_only=False)["state"]
+    a = torch.load(whole.path / train_stage.HEAD_FILE, weights_only=True)["state"]
+    b = torch.load(resumed.path / train_stage.HEAD_FILE, weights_only=True)["state"]
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name

@@ -58,7 +58,7 @@ def config(stage1: Stage1, name: str, **run: Any) -> train_bank.TrainBankStageCo
 
 
 def weights(ref: StageRef) -> dict[str, torch.Tensor]:
-    return torch.load(ref.path / "head.pt", weights_only=False)["state"]
+    return torch.load(ref.path / "head.pt", weights_only=True)["state"]
 
 
 def test_lfb_head_trains_on_the_bank(
@@ -77,7 +77,7 @@ def test_lfb_head_trains_on_the_bank(
     n_val = sum(int(store.index(v)[1][-1]) for v in store.videos())
     lines = (ref.path / "predictions" / "val.csv").read_text().splitlines()
     assert len(lines) % n_val == 0 and len(lines) >= n_val
-    saved = torch.load(ref.path / "head.pt", weights_only=False)
+    saved = torch.load(ref.path / "head.pt", weights_only=True)
     assert saved["kwargs"]["bank_dim"] == store.schema.pooled_dim  # filled from the bank
     assert saved["bank_kind"] == "lfb" and saved["window"]["before"] == 4
 
@@ -129,10 +129,10 @@ def test_online_memory_trains_and_fills(stage1: Stage1, tmp_path: Path) -> None:
     assert s["bank_mode"] == "online" and s["bank"] is None
     assert all(math.isfinite(r["loss"]) for r in s["history"])
     # The memory holds the head's own features: bank_dim = C + hidden_dim.
-    saved = torch.load(ref.path / "head.pt", weights_only=False)
+    saved = torch.load(ref.path / "head.pt", weights_only=True)
     c = stage1.store("train").schema.pooled_dim
     assert saved["kwargs"]["bank_dim"] == c + LFB_KWARGS["hidden_dim"]
-    state = torch.load(next((ref.path / "checkpoints").glob("epoch_*.pt")), weights_only=False)
+    state = torch.load(next((ref.path / "checkpoints").glob("epoch_*.pt")), weights_only=True)
     seen = state["model"]["seen"]
     memory = state["model"]["memory"]
     assert bool(seen.all())  # every train and val actor was written
