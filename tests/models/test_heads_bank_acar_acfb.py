@@ -28,6 +28,7 @@ make_batch = partial(random_actor_batch, channels=C, height=H, width=W)
 
 
 def tiny_head(**kw) -> ACARACFBHead:
+    kw.setdefault("variant", "paper")  # the release variant is tested in test_heads_acar_release
     head = build_head("acar_acfb", in_channels=C, num_classes=K, reduce_dim=R, dim=D, **kw)
     assert isinstance(head, ACARACFBHead)
     return head
@@ -104,7 +105,7 @@ def test_gradients_reach_every_parameter() -> None:
 
 def test_reads_a_bank_dumped_by_a_stage1_acar() -> None:
     torch.manual_seed(0)
-    stage1 = ACARHead(in_channels=C, num_classes=K, reduce_dim=R, dim=D)
+    stage1 = ACARHead(in_channels=C, num_classes=K, reduce_dim=R, dim=D, variant="paper")
     past = make_batch([2, 3], seed=5)
     maps = bank_rows(stage1, "acfb", past)["maps"]  # (5, D, H, W)
     window = {
@@ -155,6 +156,8 @@ def test_learns_a_label_only_the_bank_knows() -> None:
 
 
 def test_width_follows_the_bank() -> None:
-    head = build_head("acar_acfb", in_channels=C, num_classes=K, reduce_dim=R, bank_dim=D)
+    head = build_head(
+        "acar_acfb", in_channels=C, num_classes=K, reduce_dim=R, bank_dim=D, variant="paper"
+    )
     assert isinstance(head, ACARACFBHead) and head.dim == D
     assert head(banked([2], [3])).logits.shape == (2, K)
