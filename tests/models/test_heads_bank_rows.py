@@ -31,7 +31,7 @@ def stage1(name: str, **kw):
     torch.manual_seed(0)
     tiny = {
         "linear": {},
-        "acrn": {"reduce_dim": 8, "dim": 6},
+        "acrn": {"dim": 6},
         "acar": {"reduce_dim": 8, "dim": 6, "variant": "paper"},
         "acar_release": {"reduce_dim": 8, "dim": 6},
         "amcr": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "pos_input_size": (4, 6)},
