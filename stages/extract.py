@@ -42,6 +42,7 @@ from featurestore import (
     estimate_store_bytes,
     format_bytes,
 )
+from models.roi import RoIAlignSpec
 from stages.data import Dataset, DatasetConfig
 from stages.extract_video import VideoExtractor, _device, _probe_shapes, build_schema, load_backbone
 from stages.extract_workers import _become_publisher, _open_store, _published, _SplitRun
@@ -49,7 +50,7 @@ from stages.framework import Stage, StageContext, StageError
 from stages.track import read_actors
 from stages.video import VideoError, VideoReader
 
-CODE_VERSION = "2"  # 2: fine-tuned weights win over extract.weights
+CODE_VERSION = "3"  # 2: fine-tuned weights win over extract.weights; 3: RoI y scale per axis
 FEATURES_DIR = "features"
 WEIGHTS_FILE = "backbone.pt"  # what the finetune stage publishes
 log = logging.getLogger("bankflow.extract")
@@ -60,6 +61,23 @@ BACKBONE_FIELDS = frozenset(
     {"backbone", "backbone_kwargs", "weights", "source_config", "num_frames", "frame_stride",
      "target_fps", "short_side", "mean", "std"}
 )  # fmt: skip
+
+
+class RoIAlignConfig(BaseModel):
+    """How actor boxes are pooled (``models.roi.RoIAlignSpec``; the defaults are
+    bankflow's, MMAction2's AVA configs: ``output_size: 8, spatial_scale: 0.0625``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_size: int = 7  # RoIAlign grid side
+    aligned: bool = True  # torchvision's half-pixel offset
+    sampling_ratio: int = 0  # samples per bin side, 0 = adaptive
+    pool: Literal["max", "avg"] = "max"  # grid -> the pooled actor vector
+    # None: map size / input size on each axis; a number: that scale on both (1/16).
+    spatial_scale: float | None = None
+
+    def spec(self) -> RoIAlignSpec:
+        return RoIAlignSpec(**self.model_dump())
 
 
 class ExtractConfig(BaseModel):
@@ -89,6 +107,7 @@ class ExtractConfig(BaseModel):
     context_grid: tuple[int, int] | None = None
     store_roi: bool = False  # keep the 7×7 RoI maps (ACRN, PCCA, IGMN, S-only read them)
     store_roi_t: bool = False  # keep temporal RoI maps (T-only)
+    roi_align: RoIAlignConfig = RoIAlignConfig()
     batch_size: int = 8  # keyframes per backbone forward
     device: Literal["auto", "cpu", "cuda"] = "auto"
     splits: list[str] = ["train", "val"]
@@ -103,6 +122,8 @@ class ExtractConfig(BaseModel):
             data.pop("flip", None)
         if self.source_config is None:  # likewise: keys of stores made before it existed
             data.pop("source_config", None)
+        if self.roi_align == RoIAlignConfig():  # likewise for the default RoIAlign
+            data.pop("roi_align", None)
         return data
 
 

@@ -116,6 +116,10 @@ def build_schema(
     file, the source config and the resolved architecture (``SlowFastConfig`` fields)."""
     channels, h, w = fmap_shape
     grid = cfg.context_grid or (h, w)
+    grid_side = cfg.roi_align.output_size
+    extra = _extra(cfg, architecture)
+    if cfg.roi_align != type(cfg.roi_align)():  # only when set, as for flip
+        extra["roi_align"] = cfg.roi_align.model_dump()
     clip = {
         "frames": cfg.num_frames,
         "stride": cfg.frame_stride,
@@ -131,11 +135,13 @@ def build_schema(
         clip=clip,
         context_shape=(channels, *grid),
         pooled_dim=channels,
-        roi_shape=(channels, 7, 7) if cfg.store_roi else None,
-        roi_t_shape=(channels, t_prime, 7, 7) if cfg.store_roi_t and t_prime else None,
+        roi_shape=(channels, grid_side, grid_side) if cfg.store_roi else None,
+        roi_t_shape=(channels, t_prime, grid_side, grid_side)
+        if cfg.store_roi_t and t_prime
+        else None,
         # As JSON gives it back (tuples -> lists): a resumed run compares this to the
         # stored schema, and (0.45, ...) != [0.45, ...] would refuse its own staging store.
-        extra=json.loads(json.dumps(_extra(cfg, architecture))),
+        extra=json.loads(json.dumps(extra)),
     )
 
 
@@ -173,6 +179,7 @@ class VideoExtractor:
         self.device = next(model.parameters()).device
         self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1, 1)
         self.std = torch.tensor(cfg.std).view(1, 3, 1, 1, 1)
+        self.roi_spec = cfg.roi_align.spec()
 
     def _prepare(self, clips: list[np.ndarray]) -> torch.Tensor:
         """uint8 [T, H, W, 3] clips -> the normalized float batch [B, 3, T, H, W] (CPU),
@@ -196,8 +203,9 @@ class VideoExtractor:
             else:
                 fmap = self.model(x)  # (B, C, h, w)
             roi, pooled = actor_rois(
-                fmap, box_t, index.to(self.device), input_size=(x.shape[3], x.shape[4])
-            )
+                fmap, box_t, index.to(self.device), input_size=(x.shape[3], x.shape[4]),
+                spec=self.roi_spec,
+            )  # fmt: skip
             context = fmap
             if self.cfg.context_grid is not None:
                 context = torch.nn.functional.adaptive_avg_pool2d(fmap, self.cfg.context_grid)
@@ -213,9 +221,12 @@ class VideoExtractor:
         maps = torch.cat([slow, fast], dim=1)
         per_t = []
         for t in range(t_slow):
-            roi, _ = actor_rois(maps[:, :, t], boxes, index.to(maps.device), input_size=tuple(size))
+            roi, _ = actor_rois(
+                maps[:, :, t], boxes, index.to(maps.device), input_size=tuple(size),
+                spec=self.roi_spec,
+            )  # fmt: skip
             per_t.append(roi)
-        return torch.stack(per_t, dim=2)  # (N, C, T', 7, 7)
+        return torch.stack(per_t, dim=2)  # (N, C, T', s, s)
 
     def run(
         self, reader: VideoReader, video_id: str, actors: dict[str, np.ndarray], offset: float

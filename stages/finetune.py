@@ -61,7 +61,7 @@ from stages.train_loop import (
 )
 from stages.video import ClipSpec, VideoReader, prefetch_keyframe_clips
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: RoIAlign y scale measured on the y axis (was the x ratio)
 HEAD_FILE = "head.pt"
 HISTORY_FILE = "training.json"  # written after the weights: its presence means done
 CHECKPOINT_DIR = "checkpoints"

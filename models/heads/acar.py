@@ -1,5 +1,10 @@
 """ACAR-Net head: first-order maps F^i -> HR2O actor-context-actor reasoning (ACAR §3.2-3.3).
 
+Two variants. ``"release"`` (the default) is ACAR-Net's released code, which differs from
+the paper's text in several places (listed, with both sources, in
+:mod:`models.heads.acar_release`); it loads ACAR-Net checkpoints. ``"paper"`` is the
+reading of the paper described below, kept for the ACFB experiments built on it.
+
 HR2O relates two actors through the same scene location: at every (x, y) the query of
 actor i attends over the keys of the actors j of the same keyframe (eq. 1), and the
 result goes through LayerNorm, ReLU, conv, dropout and a residual (eq. 2). Two such
@@ -33,16 +38,24 @@ the L blocks (query actor slot, key actor slot, location), detached; padded slot
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
+from models.heads.acar_release import (
+    ReleaseEncoder,
+    ReleaseHR2O,
+    acar_net_head_state,
+    split_acar_net_state,
+)
 from models.heads.acrn import ActorContextRelation
 from models.heads.batch import ActorBatch, HeadOutput
 from models.heads.ragged import pad_actors, unpad_actors
 
 HR2OKind = Literal["nl", "rn"]
+Variant = Literal["release", "paper"]
 
 
 def _conv_per_actor(conv: nn.Conv2d, maps: Tensor) -> Tensor:
@@ -139,13 +152,17 @@ class RelationNetworkHR2O(nn.Module):
 
 
 class ACARHead(nn.Module):
-    """ACRN first-order maps -> HR2O -> pooled -> FC.
+    """ACAR-Net: first-order actor-context maps -> HR2O -> pooled -> classifier.
 
-    Output ``features``: Tensor[N, reduce_dim + dim] = [reduced A^i, mean_{x,y} F'^i].
+    ``variant="release"`` (default): ACAR-Net's released head, difference by difference
+    listed in :mod:`models.heads.acar_release`; it loads ACAR-Net checkpoints
+    (:meth:`load_acar_net`). ``features`` = [ReLU(fc1(A^i)), GAP(F'^i)]: Tensor[N, 2d].
+
+    ``variant="paper"``: bankflow's reading of the paper (module docstring above;
+    LayerNorm, biases, padded 3x3, no down-sampling, one FC on [reduced A^i, mean F'^i]
+    after dropout 0.5, and the relation-network HR2O as an option).
+    ``features`` = Tensor[N, reduce_dim + dim].
     """
-
-    # The feature-store arrays this head reads (the trainer reads nothing else).
-    reads = frozenset({"context", "pooled"})
 
     def __init__(
         self,
@@ -158,28 +175,83 @@ class ACARHead(nn.Module):
         num_layers: int = 2,
         kernel_size: int = 3,
         hr2o_dropout: float = 0.2,
-        dropout: float = 0.5,
+        dropout: float | None = None,
+        variant: Variant = "release",
+        roi_size: int = 7,
+        downsample: bool = True,
     ) -> None:
         super().__init__()
         if hr2o not in ("nl", "rn"):
             raise ValueError(
                 f"hr2o must be 'nl' (non-local) or 'rn' (relation network), got {hr2o!r}"
             )
+        if variant not in ("release", "paper"):
+            raise ValueError(f"variant must be 'release' or 'paper', got {variant!r}")
+        if variant == "release" and hr2o != "nl":
+            raise ValueError("the released ACAR-Net has the non-local HR2O only: use "
+                             "hr2o='nl', or variant='paper' for the relation network")  # fmt: skip
         self.kind: HR2OKind = hr2o
-        self.encoder = ActorContextRelation(in_channels=in_channels, reduce_dim=reduce_dim, dim=dim)
+        self.variant: Variant = variant
+        # The release reads only the context map (it RoIAligns actors on its reduction).
+        self.reads = frozenset({"context"} if variant == "release" else {"context", "pooled"})
+        self.encoder: nn.Module
         self.reasoning: nn.Module
+        if variant == "release":
+            self.encoder = ReleaseEncoder(
+                in_channels=in_channels, reduce_dim=reduce_dim, dim=dim, roi_size=roi_size,
+                downsample=downsample,
+            )  # fmt: skip
+            self.reasoning = ReleaseHR2O(
+                dim=dim, num_layers=num_layers, kernel_size=kernel_size, dropout=hr2o_dropout
+            )
+            self.fc1 = nn.Linear(reduce_dim, dim, bias=False)
+            self.dropout = nn.Dropout(0.0 if dropout is None else dropout)
+            self.classifier = nn.Linear(2 * dim, num_classes, bias=False)
+            return
+        self.encoder = ActorContextRelation(in_channels=in_channels, reduce_dim=reduce_dim, dim=dim)
         if hr2o == "nl":
             self.reasoning = HR2O(
                 dim=dim, num_layers=num_layers, kernel_size=kernel_size, dropout=hr2o_dropout
             )
         else:
             self.reasoning = RelationNetworkHR2O(reduce_dim=reduce_dim, dim=dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(0.5 if dropout is None else dropout)
         self.classifier = nn.Linear(reduce_dim + dim, num_classes)
 
+    def actor_and_maps(self, batch: ActorBatch) -> tuple[Tensor, Tensor, Tensor]:
+        """(actor vectors [N, r], reduced context [B, r, H, W], first-order maps F^i
+        [N, d, H', W']) — H' x W' = H x W in the paper variant, else the release's
+        unpadded 3x3 conv and stride-2 pool of it."""
+        if self.variant == "release":
+            actor, context = self.encoder.reduce(batch.context, batch.boxes, batch.batch_index)
+        else:
+            actor, context = self.encoder.reduce(batch)
+        return actor, context, self.encoder.relate(actor, context, batch.batch_index)
+
     def first_order(self, batch: ActorBatch) -> Tensor:
-        """First-order relation maps F^i: Tensor[N, dim, H, W] (what the ACFB bank stores)."""
-        return self.encoder(batch)
+        """First-order relation maps F^i: Tensor[N, dim, H', W'] (what the ACFB bank stores)."""
+        return self.actor_and_maps(batch)[2]
+
+    def read_out(self, actor: Tensor, refined: Tensor) -> tuple[Tensor, Tensor]:
+        """(logits [N, K], features) from actor vectors [N, r] and HR2O maps [N, d, H', W']."""
+        pooled_maps = refined.mean(dim=(2, 3))
+        if self.variant == "release":
+            feats = torch.cat([self.fc1(actor).relu(), pooled_maps], dim=1)  # [N, 2d]
+        else:
+            feats = torch.cat([actor, pooled_maps], dim=1)  # [N, r + d]
+        return self.classifier(self.dropout(feats)), feats
+
+    def load_acar_net(self, state: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+        """Load the head part of an ACAR-Net checkpoint's ``state_dict`` (all three parts
+        in one dict, see :func:`models.heads.acar_release.split_acar_net_state`), strictly.
+
+        Returns the backbone and neck parts for the backbone loader.
+        """
+        if self.variant != "release":
+            raise ValueError("ACAR-Net checkpoints load into variant='release' heads")
+        parts = split_acar_net_state(state)
+        self.load_state_dict(acar_net_head_state(parts.pop("head")), strict=True)
+        return parts
 
     def hr2o(
         self, query_maps: Tensor, key_value_maps: Tensor | None, mask: Tensor
@@ -194,7 +266,7 @@ class ACARHead(nn.Module):
         Returns:
             (maps F'^i Tensor[B, Nq, d, H, W], attention Tensor[B, L, Nq, M, H, W]).
         """
-        if not isinstance(self.reasoning, HR2O):
+        if not isinstance(self.reasoning, HR2O | ReleaseHR2O):
             raise ValueError(
                 "hr2o(query, key/value, mask) needs the non-local instantiation (hr2o='nl'); "
                 "the relation-network one (eqs. 3-4) reads actor vectors, not maps"
@@ -207,17 +279,15 @@ class ACARHead(nn.Module):
         return self.reasoning(query_maps, key_value_maps, mask)
 
     def forward(self, batch: ActorBatch) -> HeadOutput:
-        actor, context = self.encoder.reduce(batch)
-        maps = self.encoder.relate(actor, context, batch.batch_index)  # [N, d, H, W]
+        actor, context, maps = self.actor_and_maps(batch)  # maps [N, d, H', W']
         padded, mask = pad_actors(maps, batch.batch_index, batch.num_keyframes)
         attention: dict[str, Tensor] = {}
-        if isinstance(self.reasoning, HR2O):
+        if isinstance(self.reasoning, HR2O | ReleaseHR2O):
             padded, att = self.reasoning(padded, None, mask)
             attention["hr2o"] = att.detach()
         else:
             actor_padded, _ = pad_actors(actor, batch.batch_index, batch.num_keyframes)
             padded = padded + self.reasoning(actor_padded, context, mask)
-        refined = unpad_actors(padded, mask)  # [N, d, H, W]
-        feats = torch.cat([actor, refined.mean(dim=(2, 3))], dim=1)  # [N, r + d]
-        logits = self.classifier(self.dropout(feats))
+        refined = unpad_actors(padded, mask)  # [N, d, H', W']
+        logits, feats = self.read_out(actor, refined)
         return HeadOutput(logits=logits, attention=attention, features=feats)

@@ -9,8 +9,10 @@ every keyframe in the window [t - w, t + w] (``batch.bank["maps"]``, written by
     Q^i = conv2D(F^i),   K^j, V^j = conv2D(L^j)                                   (eq. 5)
 
 and the rest of the operator is HR2O as in the stage-1 head (eqs. 1-2, two blocks, d = 512,
-LayerNorm, ReLU, conv, dropout 0.2, residual), followed by the same read-out: dropout 0.5
-and one FC on [reduced A^i, mean_{x,y} F'^i].
+norm, ReLU, conv, dropout 0.2, residual), followed by the same read-out. ``variant`` is the
+stage-1 head's (``models.heads.acar``): ``"release"`` (default; ACAR-Net's released head,
+GroupNorm, fc1 + fc2 read-out; ACAR-Net released no ACFB code, so the bank attention is
+bankflow's, built from the release's blocks) or ``"paper"``.
 
 Choices where the paper is vague, with reasons:
 
@@ -30,7 +32,7 @@ Choices where the paper is vague, with reasons:
   state (encoder and classifier; HR2O keeps its fresh initialisation), the "fine-tune"
   strategy of the AVA-Kinetics report's Table 2; without it the head starts afresh.
 
-``HeadOutput.features``: Tensor[N, reduce_dim + dim]; ``attention["hr2o"]``: Tensor[B,
+``HeadOutput.features``: the stage-1 head's (``read_out``); ``attention["hr2o"]``: Tensor[B,
 layers, Nmax, L, H, W], each block's weights over the window's entries (0 at padding).
 """
 
@@ -38,10 +40,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor, nn
 
-from models.heads.acar import ACARHead
+from models.heads.acar import ACARHead, Variant
 from models.heads.bank_features import bank_window
 from models.heads.batch import ActorBatch, HeadOutput
 from models.heads.ragged import pad_actors, unpad_actors
@@ -68,7 +69,8 @@ class ACARACFBHead(nn.Module):
         num_layers: int = 2,
         kernel_size: int = 3,
         hr2o_dropout: float = 0.2,
-        dropout: float = 0.5,
+        dropout: float | None = None,
+        variant: Variant = "release",
     ) -> None:
         super().__init__()
         if dim is None:
@@ -89,7 +91,9 @@ class ACARACFBHead(nn.Module):
             kernel_size=kernel_size,
             hr2o_dropout=hr2o_dropout,
             dropout=dropout,
+            variant=variant,
         )
+        self.reads = self.acar.reads
 
     @property
     def classifier(self) -> nn.Linear:
@@ -99,7 +103,7 @@ class ACARACFBHead(nn.Module):
     def init_from_stage1(self, state_dict: Mapping[str, Tensor]) -> list[str]:
         """Start from a stage-1 ACAR (or ACRN) head's weights; returns the keys left fresh."""
         missing, unexpected = self.acar.load_state_dict(dict(state_dict), strict=False)
-        if unexpected or any(key.startswith(("encoder.", "classifier.")) for key in missing):
+        if unexpected or any(not key.startswith("reasoning.") for key in missing):
             raise ValueError(
                 "init_from_stage1 expects a stage-1 ACARHead or ACRNHead state_dict of the "
                 f"same sizes; missing {sorted(missing)}, unexpected {sorted(unexpected)}"
@@ -108,8 +112,7 @@ class ACARACFBHead(nn.Module):
 
     def forward(self, batch: ActorBatch) -> HeadOutput:
         window = bank_window(batch, {"maps": 3}, type(self).__name__)
-        actor, context = self.acar.encoder.reduce(batch)
-        maps = self.acar.encoder.relate(actor, context, batch.batch_index)  # (N, d, H, W)
+        actor, _, maps = self.acar.actor_and_maps(batch)  # maps (N, d, H', W')
         bank = window["maps"]  # (B, L, d, H, W)
         if tuple(bank.shape[2:]) != (self.dim, *maps.shape[2:]):
             raise ValueError(
@@ -118,7 +121,6 @@ class ACARACFBHead(nn.Module):
             )
         query, mask = pad_actors(maps, batch.batch_index, batch.num_keyframes)  # (B, A, d, H, W)
         refined, att = self.acar.hr2o(query, bank.to(query.dtype), window["mask"])
-        refined = unpad_actors(refined, mask)  # (N, d, H, W)
-        feats = torch.cat([actor, refined.mean(dim=(2, 3))], dim=1)  # (N, r + d)
-        logits = self.acar.classifier(self.acar.dropout(feats))
+        refined = unpad_actors(refined, mask)  # (N, d, H', W')
+        logits, feats = self.acar.read_out(actor, refined)
         return HeadOutput(logits=logits, attention={"hr2o": att.detach()}, features=feats)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from stages.data import DataError, read_labelmap
-from stages.evaluate.ava import PROTOCOLS, evaluate_ava_files
+from stages.evaluate.ava import PROTOCOLS, TIES, evaluate_ava_files
 from stages.evaluate.report import write_ava_outputs
 
 
@@ -29,6 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, help="write metrics.json, metrics.md, per_class_ap.png")
     p.add_argument("--protocol", choices=PROTOCOLS, default="2019")
     p.add_argument("--iou", type=float, default=0.5, help="IoU threshold (default 0.5)")
+    p.add_argument(
+        "--ties",
+        choices=TIES,
+        default="official",
+        help="order of equal scores: 'official' = the ActivityNet code's (heap in the "
+        "top-50 cap, np.argsort[::-1] ranking; published numbers), 'stable' = file order",
+    )
     return p
 
 
@@ -57,6 +64,7 @@ def eval_main(argv: list[str] | None = None) -> int:
             args.excluded,
             protocol=args.protocol,
             iou_threshold=args.iou,
+            ties=args.ties,
         )
         seconds = time.perf_counter() - start
     except (DataError, ValueError) as err:

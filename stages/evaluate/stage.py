@@ -17,7 +17,7 @@ from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.report import write_ava_outputs
 from stages.framework import Stage, StageContext, StageError, verify_published_file
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: equal scores in the official order by default
 PREDICTIONS_DIR = "predictions"
 
 
@@ -27,6 +27,9 @@ class EvaluateConfig(BaseModel):
     split: str = "val"
     protocol: Literal["2018", "2019", "2020"] = "2019"
     iou_threshold: float = 0.5
+    # Order of equal scores: "official" = the ActivityNet evaluator's (published
+    # numbers), "stable" = file order. See stages.evaluate.ava.
+    ties: Literal["official", "stable"] = "official"
 
 
 class EvaluateStageConfig(BaseModel):
@@ -63,6 +66,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         dataset.excluded(split),
         protocol=cfg.evaluate.protocol,
         iou_threshold=cfg.evaluate.iou_threshold,
+        ties=cfg.evaluate.ties,
     )
     write_ava_outputs(result, labelmap, ctx.staging)
     return {"split": split, "mAP": result.mAP, "groups": result.groups}

@@ -27,11 +27,29 @@ def test_cap_keeps_the_earlier_row_on_equal_scores():
     gt = [("v", 902, *A, 1)]
     fps = [("v", 902, *FAR, 1, 0.5)] * 50
     tp = [("v", 902, *A, 1, 0.5)]
-    assert ap1(gt, tp + fps) == 1.0  # kept, and ranked first among the ties
-    assert ap1(gt, fps + tp) == 0.0  # the 51st row with an equal score is cut
+    kw = {"ties": "stable"}
+    assert ap1(gt, tp + fps, **kw) == 1.0  # kept, and ranked first among the ties
+    assert ap1(gt, fps + tp, **kw) == 0.0  # the 51st row with an equal score is cut
     # 2018 has no cap: the TP survives but ranks last among 51 equal scores.
-    assert ap1(gt, fps + tp, protocol="2018") == pytest.approx(1 / 51)
-    assert ap1(gt, fps + tp, max_per_keyframe=51) == pytest.approx(1 / 51)
+    assert ap1(gt, fps + tp, protocol="2018", **kw) == pytest.approx(1 / 51)
+    assert ap1(gt, fps + tp, max_per_keyframe=51, **kw) == pytest.approx(1 / 51)
+
+
+def test_official_cap_on_equal_scores_follows_the_heap():
+    """The official heap never replaces on an equal score: the first 50 rows of a
+    keyframe survive whatever follows with the same score. Among them, the order is
+    the heap's, then ``np.argsort(scores)[::-1]``; here the TP at the front is the
+    smallest tuple (box A lies above FAR), so it stays at the heap's root."""
+    gt = [("v", 902, *A, 1)]
+    fps = [("v", 902, *FAR, 1, 0.5)] * 50
+    tp = [("v", 902, *A, 1, 0.5)]
+    assert ap1(gt, fps + tp) == 0.0  # cut: the heap was full of equal scores
+    # Kept; where it ranks among 51 equal scores is numpy's argsort, reversed.
+    order = np.argsort(np.full(50, 0.5))[::-1]
+    assert ap1(gt, tp + fps) == pytest.approx(1 / (int(np.flatnonzero(order == 0)[0]) + 1))
+    # A later higher score evicts the heap's smallest tuple: the TP (y1 0.1 < 0.6).
+    higher = [("v", 902, *FAR, 2, 0.9)]
+    assert ap1(gt, tp + fps + higher) == 0.0
 
 
 def test_cap_counts_all_classes_of_the_keyframe():
@@ -91,6 +109,14 @@ def test_detection_on_gt_keyframe_of_another_class_is_false_positive_in_2020():
     gt = [("v", 902, *A, 1), ("v", 903, *A, 2)]
     dets = [("v", 902, *A, 1, 0.5), ("v", 903, *A, 1, 0.9)]
     assert ap1(gt, dets, protocol="2020") == 0.5
+
+
+def test_gt_keyframe_of_a_class_outside_the_label_map_still_counts_in_2020():
+    # The official 2020 code collects GT keyframes before dropping other classes' rows.
+    gt = [("v", 902, *A, 1), ("v", 903, *A, 7)]  # 7 is not in the label map [1, 2]
+    dets = [("v", 902, *A, 1, 0.5), ("v", 903, *A, 1, 0.9)]
+    for ties in ("official", "stable"):
+        assert ap1(gt, dets, protocol="2020", ties=ties) == 0.5
 
 
 def test_no_fall_back_to_the_next_best_gt():
@@ -162,13 +188,16 @@ def test_files_7_columns_and_zero_padded_timestamps(tmp_path):
     (tmp_path / "labels.pbtxt").write_text(
         'label {\n  name: "stand"\n  label_id: 1\n  label_type: PERSON_MOVEMENT\n}\n'
     )
-    result = evaluate_ava_files(
-        tmp_path / "gt.csv", tmp_path / "det.csv", tmp_path / "labels.pbtxt", tmp_path / "ex.csv"
-    )
+    files = (tmp_path / "gt.csv", tmp_path / "det.csv", tmp_path / "labels.pbtxt")
+    result = evaluate_ava_files(*files, tmp_path / "ex.csv", ties="stable")
     # Both rows score 1.0: the TP (first row) ranks first, then the FP; recall 1/2.
     assert result.per_class == {1: 0.5}
     assert result.groups == {"pose": 0.5}
     assert result.num_detections == {1: 2}
+    # The official np.argsort([1.0, 1.0])[::-1] puts the second row (the FP) first.
+    official = evaluate_ava_files(*files, tmp_path / "ex.csv")
+    assert official.per_class == {1: 0.25}
+    assert official.num_detections == {1: 2}
 
 
 def test_non_finite_score_names_file_and_line(tmp_path):

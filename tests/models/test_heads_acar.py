@@ -27,6 +27,7 @@ make_batch = partial(random_actor_batch, channels=C, height=H, width=W)
 
 
 def tiny_head(kind: str = "nl", **kwargs) -> ACARHead:
+    kwargs.setdefault("variant", "paper")  # bankflow's reading of the paper
     return ACARHead(in_channels=C, num_classes=K, reduce_dim=12, dim=D, hr2o=kind, **kwargs)
 
 

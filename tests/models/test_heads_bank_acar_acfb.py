@@ -28,6 +28,7 @@ make_batch = partial(random_actor_batch, channels=C, height=H, width=W)
 
 
 def tiny_head(**kw) -> ACARACFBHead:
+    kw.setdefault("variant", "paper")  # the release variant is tested in test_heads_acar_release
     head = build_head("acar_acfb", in_channels=C, num_classes=K, reduce_dim=R, dim=D, **kw)
     assert isinstance(head, ACARACFBHead)
     return head
@@ -72,7 +73,7 @@ def test_empty_window_is_acrn_and_finite() -> None:
     out.logits.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
     head.eval()
-    acrn = ACRNHead(in_channels=C, num_classes=K, reduce_dim=R, dim=D).eval()
+    acrn = ACRNHead(in_channels=C, num_classes=K, reduce_dim=R, dim=D, variant="paper").eval()
     acrn.load_state_dict(
         {k: v for k, v in head.acar.state_dict().items() if not k.startswith("reasoning.")}
     )
@@ -104,7 +105,7 @@ def test_gradients_reach_every_parameter() -> None:
 
 def test_reads_a_bank_dumped_by_a_stage1_acar() -> None:
     torch.manual_seed(0)
-    stage1 = ACARHead(in_channels=C, num_classes=K, reduce_dim=R, dim=D)
+    stage1 = ACARHead(in_channels=C, num_classes=K, reduce_dim=R, dim=D, variant="paper")
     past = make_batch([2, 3], seed=5)
     maps = bank_rows(stage1, "acfb", past)["maps"]  # (5, D, H, W)
     window = {
@@ -120,7 +121,7 @@ def test_reads_a_bank_dumped_by_a_stage1_acar() -> None:
     out = head.eval()(with_bank(make_batch([3], seed=6), window))
     assert out.logits.shape == (3, K)
     # an ACRN state leaves HR2O fresh; anything else is refused
-    acrn = ACRNHead(in_channels=C, num_classes=K, reduce_dim=R, dim=D)
+    acrn = ACRNHead(in_channels=C, num_classes=K, reduce_dim=R, dim=D, variant="paper")
     assert all(k.startswith("reasoning.") for k in tiny_head().init_from_stage1(acrn.state_dict()))
     with pytest.raises(ValueError, match="init_from_stage1"):
         tiny_head().init_from_stage1({"classifier.weight": torch.zeros(K, R + D)})
@@ -155,6 +156,8 @@ def test_learns_a_label_only_the_bank_knows() -> None:
 
 
 def test_width_follows_the_bank() -> None:
-    head = build_head("acar_acfb", in_channels=C, num_classes=K, reduce_dim=R, bank_dim=D)
+    head = build_head(
+        "acar_acfb", in_channels=C, num_classes=K, reduce_dim=R, bank_dim=D, variant="paper"
+    )
     assert isinstance(head, ACARACFBHead) and head.dim == D
     assert head(banked([2], [3])).logits.shape == (2, K)

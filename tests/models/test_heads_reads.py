@@ -17,7 +17,7 @@ from tests.models.heads_testing import random_actor_batch
 
 SMALL = {
     "linear": {},
-    "acrn": {"reduce_dim": 8, "dim": 8},
+    "acrn": {"dim": 8},
     "acar": {"reduce_dim": 8, "dim": 8},
     "amcr_slim": {"hidden_dim": 16, "num_heads": 2, "pos_input_size": [4, 6]},
     "pcca": {"dim": 16, "num_layers": 1, "num_heads": 2},
