@@ -41,6 +41,7 @@ from stages.framework import (
     canonical_json,
 )
 from stages.head_data import collate, open_split
+from stages.keys import InKey, NotInKey
 from stages.trained_run import load_head_file
 
 CODE_VERSION = "1"
@@ -55,10 +56,10 @@ class BankDumpConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    from_: str = Field(alias="from")  # the stage-1 train run whose head fills the bank
-    kind: BankKind = "lfb"
-    splits: list[str] | None = None  # None: every split the feature store has
-    batch_keyframes: int = Field(32, ge=1)  # keyframes per head forward
+    from_: InKey[str] = Field(alias="from")  # the stage-1 train run whose head fills the bank
+    kind: InKey[BankKind] = "lfb"
+    splits: InKey[list[str] | None] = None  # None: every split the feature store has
+    batch_keyframes: NotInKey[int] = Field(32, ge=1)  # keyframes per head forward
 
 
 class DumpSection(BaseModel):
@@ -70,8 +71,8 @@ class DumpSection(BaseModel):
 class DumpStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    bank: BankDumpConfig
+    name: InKey[str]
+    bank: InKey[BankDumpConfig]
 
 
 def bank_path(uri: str | Path, split: str) -> Path:

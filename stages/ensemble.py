@@ -57,9 +57,9 @@ from stages.framework import (
     StageContext,
     StageError,
     StageRef,
-    output_dir,
     verify_published_file,
 )
+from stages.keys import InKey
 from stages.track import iou_matrix
 from stages.train import METRICS_FILE, evaluated_labelmap
 
@@ -74,14 +74,14 @@ class EnsembleRunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # model names (train / train_bank / rebalance runs); empty: every model, pipeline order
-    members: list[str] = []
+    members: InKey[list[str]] = []
     # per member; members not named weigh 1.0
-    weights: dict[str, float] = {}
-    select: bool = False  # greedy forward selection of the members on select_split
-    select_split: str = "val"
-    max_members: int | None = Field(None, ge=1)  # cap on the selected members
-    split: str = "val"  # the split whose predictions are averaged and evaluated
-    match_iou: float = Field(0.5, gt=0.0, le=1.0)  # IoU a box needs to match a reference box
+    weights: InKey[dict[str, float]] = {}
+    select: InKey[bool] = False  # greedy forward selection of the members on select_split
+    select_split: InKey[str] = "val"
+    max_members: InKey[int | None] = Field(None, ge=1)  # cap on the selected members
+    split: InKey[str] = "val"  # the split whose predictions are averaged and evaluated
+    match_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)  # IoU a box needs to match a reference box
 
 
 class EnsembleSection(BaseModel):
@@ -93,11 +93,11 @@ class EnsembleSection(BaseModel):
 class EnsembleStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    name: str
-    members: list[str]  # resolved member names, in order; the stage's inputs carry these
-    run: EnsembleRunConfig
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    name: InKey[str]
+    members: InKey[list[str]]  # resolved member names, in order; the stage's inputs carry these
+    run: InKey[EnsembleRunConfig]
 
 
 @dataclass(frozen=True)
@@ -361,9 +361,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "group_map": result.groups,
         **{k: v for k, v in info.items() if k != "selection"},
         "selection": [{k: v for k, v in step.items() if k != "singles"} for step in trace],
-        "predictions_csv": str(
-            output_dir(ctx.work_root, ctx.stage, ctx.key) / PREDICTIONS_DIR / f"{run.split}.csv"
-        ),
+        "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.split}.csv"),
     }
 
 

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict
 
 from featurestore import (
     FeatureStore,
@@ -47,6 +47,7 @@ from stages.data import Dataset, DatasetConfig
 from stages.extract_video import VideoExtractor, _device, _probe_shapes, build_schema, load_backbone
 from stages.extract_workers import _become_publisher, _open_store, _published, _SplitRun
 from stages.framework import Stage, StageContext, StageError
+from stages.keys import FileInKey, FileOrNameInKey, InKey, NotInKey
 from stages.track import read_actors
 from stages.video import VideoError, VideoReader
 
@@ -56,83 +57,75 @@ WEIGHTS_FILE = "backbone.pt"  # what the finetune stage publishes
 log = logging.getLogger("bankflow.extract")
 
 
-# The fields that decide the backbone and its input clips (what finetune shares with extract).
-BACKBONE_FIELDS = frozenset(
-    {"backbone", "backbone_kwargs", "weights", "source_config", "num_frames", "frame_stride",
-     "target_fps", "short_side", "mean", "std"}
-)  # fmt: skip
-
-
 class RoIAlignConfig(BaseModel):
     """How actor boxes are pooled (``models.roi.RoIAlignSpec``; the defaults are
     bankflow's, MMAction2's AVA configs: ``output_size: 8, spatial_scale: 0.0625``)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    output_size: int = 7  # RoIAlign grid side
-    aligned: bool = True  # torchvision's half-pixel offset
-    sampling_ratio: int = 0  # samples per bin side, 0 = adaptive
-    pool: Literal["max", "avg"] = "max"  # grid -> the pooled actor vector
+    output_size: InKey[int] = 7  # RoIAlign grid side
+    aligned: InKey[bool] = True  # torchvision's half-pixel offset
+    sampling_ratio: InKey[int] = 0  # samples per bin side, 0 = adaptive
+    pool: InKey[Literal["max", "avg"]] = "max"  # grid -> the pooled actor vector
     # None: map size / input size on each axis; a number: that scale on both (1/16).
-    spatial_scale: float | None = None
+    spatial_scale: InKey[float | None] = None
 
     def spec(self) -> RoIAlignSpec:
         return RoIAlignSpec(**self.model_dump())
 
 
-class ExtractConfig(BaseModel):
+class BackboneConfig(BaseModel):
+    """The backbone and its input clips: what the finetune stage shares with extract."""
+
     model_config = ConfigDict(extra="forbid")
 
-    backbone: str = "slowfast_r50"
-    backbone_kwargs: dict[str, Any] = {}
+    backbone: InKey[str] = "slowfast_r50"
+    backbone_kwargs: InKey[dict[str, Any]] = {}
     # A local checkpoint (PySlowFast / MMAction2 / bankflow); None = the finetune stage's
     # weights when the pipeline has one, else a fixed-seed random init (demo only).
-    weights: str | None = None
+    weights: FileInKey[str | None] = None
     # Where the weights' architecture is stated (strides, dilations, alpha, frame sampling,
     # input normalisation): a PySlowFast .yaml, an MMAction2 .py (parsed, never run),
     # pytorchvideo:<hub name> or a preset such as pyslowfast/SLOWFAST_32x2_R50_SHORT.
     # None: the config the checkpoint embeds; a zoo checkpoint without one is refused.
-    source_config: str | None = None
-    seed: int = 0
-    num_frames: int = 32  # frames of the (fast) clip
-    frame_stride: int = 2  # source frames between clip frames
-    target_fps: float | None = None  # measure the stride at this rate (AVA: 30)
-    short_side: int | None = 256
+    source_config: FileOrNameInKey[str | None] = None
+    num_frames: InKey[int] = 32  # frames of the (fast) clip
+    frame_stride: InKey[int] = 2  # source frames between clip frames
+    target_fps: InKey[float | None] = None  # measure the stride at this rate (AVA: 30)
+    short_side: InKey[int | None] = 256
+    mean: InKey[tuple[float, float, float]] = (0.45, 0.45, 0.45)
+    std: InKey[tuple[float, float, float]] = (0.225, 0.225, 0.225)
+
+    @classmethod
+    def of(cls, config: BackboneConfig) -> BackboneConfig:
+        """Only the backbone fields of ``config`` (an :class:`ExtractConfig`, say)."""
+        return cls.model_validate(config.model_dump(include=set(cls.model_fields)))
+
+
+class ExtractConfig(BackboneConfig):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: InKey[int] = 0  # of the random init when there are no weights
     # Flip every frame left-right before the backbone, boxes with it (x1' = 1 - x2): a
     # test-time augmentation view (stages.tta). The store then holds the flipped boxes.
-    flip: bool = False
-    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
-    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+    flip: InKey[bool] = False
     # Pool the context map to this (h, w) grid before storing (None: full map).
-    context_grid: tuple[int, int] | None = None
-    store_roi: bool = False  # keep the 7×7 RoI maps (ACRN, PCCA, IGMN, S-only read them)
-    store_roi_t: bool = False  # keep temporal RoI maps (T-only)
-    roi_align: RoIAlignConfig = RoIAlignConfig()
-    batch_size: int = 8  # keyframes per backbone forward
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    splits: list[str] = ["train", "val"]
-    allow_low_disk: bool = False
-
-    @model_serializer(mode="wrap")
-    def _omit_unflipped(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # ``flip`` came after stores were published: left out of the dump (and so of the
-        # stage key) while False, it keeps the keys of every unflipped extraction.
-        data = handler(self)
-        if not self.flip:
-            data.pop("flip", None)
-        if self.source_config is None:  # likewise: keys of stores made before it existed
-            data.pop("source_config", None)
-        if self.roi_align == RoIAlignConfig():  # likewise for the default RoIAlign
-            data.pop("roi_align", None)
-        return data
+    context_grid: InKey[tuple[int, int] | None] = None
+    store_roi: InKey[bool] = False  # keep the RoI maps (ACRN, PCCA, IGMN, S-only read them)
+    store_roi_t: InKey[bool] = False  # keep temporal RoI maps (T-only)
+    roi_align: InKey[RoIAlignConfig] = RoIAlignConfig()
+    batch_size: NotInKey[int] = 8  # keyframes per backbone forward (inference)
+    device: NotInKey[Literal["auto", "cpu", "cuda"]] = "auto"
+    splits: InKey[list[str]] = ["train", "val"]
+    allow_low_disk: NotInKey[bool] = False
 
 
 class ExtractStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    extract: ExtractConfig
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    extract: InKey[ExtractConfig]
 
 
 def store_path(uri: str | Path, split: str) -> Path:

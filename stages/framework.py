@@ -6,7 +6,8 @@ references go in, a small :class:`StageRef` comes out. The output of a stage run
 
     key = hash(stage name, stage CODE_VERSION, config section, keys of the inputs)
 
-so changing one stage's config re-keys that stage and everything downstream of it, and
+where the config section is what its fields' markers let in (:mod:`stages.keys`: no
+path, no execution-only setting; files by their sha256). Changing one stage's config re-keys that stage and everything downstream of it, and
 nothing upstream. Outputs are written into a staging directory, a ``COMPLETE.json``
 marker is written last, and the directory is renamed into place in one step: a crash at
 any point leaves nothing that reads as complete. A published output is never modified;
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from stages.keys import KeyFileError, excluded_fields, key_payload
 
 log = logging.getLogger("bankflow.stages")
 
@@ -88,6 +91,11 @@ class StageContext:
     work_root: Path
     log: logging.Logger = field(default=log)
 
+    def relpath(self, *parts: str) -> str:
+        """A file of this output named relative to the work root, for summaries
+        (``train/<key>/predictions/val.csv``): valid wherever the work root moves."""
+        return "/".join([output_relpath(self.stage, self.key), *parts])
+
     def input(self, name: str) -> StageRef:
         try:
             return self.inputs[name]
@@ -133,14 +141,22 @@ def stage_key(
     config: BaseModel | Mapping[str, Any],
     inputs: Mapping[str, StageRef | str],
 ) -> str:
-    """hash(stage name, CODE_VERSION, config section, the inputs' keys)."""
+    """hash(stage name, CODE_VERSION, the config's key fields, the inputs' keys).
+
+    A typed config enters through :func:`stages.keys.key_payload` (its fields' markers);
+    a plain mapping enters whole.
+    """
     input_keys = {
         name: (ref.key if isinstance(ref, StageRef) else str(ref)) for name, ref in inputs.items()
     }
+    try:
+        section = key_payload(config) if isinstance(config, BaseModel) else dict(config)
+    except KeyFileError as exc:
+        raise StageError(f"stage {stage.name!r}: {exc}") from None
     payload = {
         "stage": stage.name,
         "code_version": stage.code_version,
-        "config": config_payload(config),
+        "config": section,
         "inputs": input_keys,
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
@@ -148,6 +164,12 @@ def stage_key(
 
 def output_dir(work_root: Path | str, stage_name: str, key: str) -> Path:
     return Path(work_root) / stage_name / key
+
+
+def output_relpath(stage_name: str, key: str) -> str:
+    """An output named relative to its work root (what records, summaries and provenance
+    hold, so a work root can be copied, moved or mounted elsewhere)."""
+    return f"{stage_name}/{key}"
 
 
 def _manifest(root: Path) -> list[tuple[str, int]]:
@@ -277,6 +299,21 @@ def read_output(
     )
 
 
+def resolve_record(record: StageRef, work_root: Path | str) -> StageRef | None:
+    """The output a cache record names (stage, key, digest), looked up in ``work_root``.
+
+    None when this work root has no verified output at that key, or one with another
+    digest (recomputed elsewhere, replaced): a record never points into another root.
+    """
+    try:
+        found = read_output(work_root, record.stage, record.key)
+    except StageError:
+        return None
+    if found is None or found.digest != record.digest:
+        return None
+    return found.model_copy(update={"cached": record.cached, "seconds": record.seconds})
+
+
 def require_output(ref: StageRef) -> Path:
     """The directory of a referenced output, refusing one that is incomplete."""
     path = ref.path
@@ -386,7 +423,11 @@ def run_stage(
         "code_version": stage.code_version,
         "key": key,
         "config": config_payload(config),
-        "inputs": {name: {"key": ref.key, "uri": ref.uri} for name, ref in inputs.items()},
+        "not_in_key": excluded_fields(config),  # execution-only settings of this run
+        "inputs": {
+            name: {"key": ref.key, "uri": output_relpath(ref.stage, ref.key)}
+            for name, ref in inputs.items()
+        },
         "libraries": library_versions(),
         "git_revision": git_revision(),
         "host": platform.node(),

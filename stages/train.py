@@ -32,13 +32,14 @@ from stages.data.predictions import write_predictions_csv, write_predictions_par
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract import store_path
-from stages.framework import Stage, StageContext, StageError, output_dir
+from stages.framework import Stage, StageContext, StageError
 from stages.head_data import (
     KeyframeSource,
     SplitIndex,
     TrainingSplits,
     open_training_splits,
 )
+from stages.keys import InKey, NotInKey
 from stages.train_loop import OptimConfig, TrainData, predict, train
 
 # 2: events.jsonl, prior in metrics.json; 4: tensorboard scalars; 5: acar and acrn are
@@ -58,19 +59,19 @@ class HeadRunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    head: str = "linear"
-    head_kwargs: dict[str, Any] = {}
-    optim: OptimConfig = OptimConfig()
-    train_split: str = "train"
-    val_split: str = "val"
+    head: InKey[str] = "linear"
+    head_kwargs: InKey[dict[str, Any]] = {}
+    optim: InKey[OptimConfig] = OptimConfig()
+    train_split: InKey[str] = "train"
+    val_split: InKey[str] = "val"
     # IoU with a GT box that gives a detected box its labels
-    label_iou: float = Field(0.5, gt=0.0, le=1.0)
+    label_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)
     # Hold the arrays the head reads in RAM: True, False (read each batch from the store,
     # prefetched in a thread), or "auto": in RAM when they take at most preload_max_gb.
-    preload: bool | Literal["auto"] = "auto"
-    preload_max_gb: float = Field(8.0, ge=0.0)
+    preload: NotInKey[bool | Literal["auto"]] = "auto"
+    preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
     # keep only the k best classes per box in the predictions (None: every class)
-    top_k: int | None = Field(None, ge=1)
+    top_k: InKey[int | None] = Field(None, ge=1)
 
 
 class TrainSection(BaseModel):
@@ -82,10 +83,10 @@ class TrainSection(BaseModel):
 class TrainStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    name: str
-    run: HeadRunConfig
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    name: InKey[str]
+    run: InKey[HeadRunConfig]
 
 
 def evaluated_labelmap(dataset: Dataset, config: DatasetConfig) -> LabelMap:
@@ -271,9 +272,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "prior_map": prior.mAP,
         "epochs": len(history),
         "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
-        "predictions_csv": str(
-            output_dir(ctx.work_root, ctx.stage, ctx.key) / PREDICTIONS_DIR / f"{run.val_split}.csv"
-        ),
+        "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.val_split}.csv"),
     }  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from stages.data import Dataset, DatasetConfig, read_detections_csv
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.report import write_ava_outputs
 from stages.framework import Stage, StageContext, StageError, verify_published_file
+from stages.keys import InKey
 
 CODE_VERSION = "2"  # 2: equal scores in the official order by default
 PREDICTIONS_DIR = "predictions"
@@ -24,20 +25,20 @@ PREDICTIONS_DIR = "predictions"
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    split: str = "val"
-    protocol: Literal["2018", "2019", "2020"] = "2019"
-    iou_threshold: float = 0.5
+    split: InKey[str] = "val"
+    protocol: InKey[Literal["2018", "2019", "2020"]] = "2019"
+    iou_threshold: InKey[float] = 0.5
     # Order of equal scores: "official" = the ActivityNet evaluator's (published
     # numbers), "stable" = file order. See stages.evaluate.ava.
-    ties: Literal["official", "stable"] = "official"
+    ties: InKey[Literal["official", "stable"]] = "official"
 
 
 class EvaluateStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    evaluate: EvaluateConfig
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    evaluate: InKey[EvaluateConfig]
 
 
 def predictions_csv(uri: str | Path, split: str) -> Path:

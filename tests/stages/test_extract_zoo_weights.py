@@ -86,9 +86,25 @@ def test_source_config_gives_the_architecture_and_its_normalisation(tmp_path: Pa
     assert schema.extra["architecture"]["fast_pathway"] is False
 
 
-def test_source_config_left_unset_keeps_existing_stage_keys() -> None:
+def test_source_config_enters_the_key_by_name_or_by_file_content(tmp_path) -> None:
     ex = extract.ExtractConfig()
-    assert "source_config" not in ex.model_dump()
+    assert ex.model_dump()["source_config"] is None
     with_preset = ex.model_copy(update={"source_config": "pyslowfast/SLOWFAST_32x2_R50_SHORT"})
     assert with_preset.model_dump()["source_config"] == "pyslowfast/SLOWFAST_32x2_R50_SHORT"
     assert stage_key(extract.STAGE, ex, {}) != stage_key(extract.STAGE, with_preset, {})
+    # A source config file enters by its bytes: the same file elsewhere keeps the key,
+    # an edited one changes it.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "cfg.yaml").write_text("MODEL:\n  ARCH: slowfast\n")
+    keys = [
+        stage_key(extract.STAGE, ex.model_copy(update={"source_config": str(p)}), {})
+        for p in (tmp_path / "a" / "cfg.yaml", tmp_path / "b" / "cfg.yaml")
+    ]
+    assert keys[0] == keys[1]
+    (tmp_path / "b" / "cfg.yaml").write_text("MODEL:\n  ARCH: slow\n")
+    edited = stage_key(
+        extract.STAGE, ex.model_copy(update={"source_config": str(tmp_path / "b" / "cfg.yaml")}), {}
+    )
+    assert edited != keys[0]
