@@ -201,3 +201,18 @@ def test_acar_net_yaml_is_a_source_config(tmp_path) -> None:
     r101 = build_backbone("slowfast_tiny", source_config="acar-net/SLOWFAST_R101_ACAR_HR2O_DEPTH1")
     assert r101.config.slow_sampling == "stride" and not r101.config.lateral_norm
     assert r101.config.fusion_kernel == 5
+
+
+def test_extract_takes_the_acar_net_file(acar_checkpoint) -> None:
+    """``extract.weights`` + ``extract.source_config`` at the ACAR-Net file: its backbone."""
+    from stages.extract import ExtractConfig
+    from stages.extract_video import load_backbone
+
+    path, state = acar_checkpoint
+    cfg = ExtractConfig(backbone="slowfast_tiny", weights=str(path), source_config=PRESET)
+    model, sha = load_backbone(cfg, path)
+    assert sha is not None and model.config.slow_sampling == "linspace"
+    assert torch.equal(
+        model.state_dict()["fast.stages.0.0.c.bn.weight"],
+        state["module.backbone.module.fast_res1.0.bn3.weight"],
+    )
