@@ -133,7 +133,7 @@ def refuse_unknown(path: str, scheme: str, missing: list[str]) -> ArchitectureUn
         f"checkpoint {path} ({scheme} naming) does not say its {', '.join(missing)}, and"
         " loading it into a network that differs in them would silently compute something"
         " else: pass source_config=<the config it was trained with: a PySlowFast .yaml, an"
-        " MMAction2 .py, pytorchvideo:<hub name> or a preset:"
+        " MMAction2 .py, an ACAR-Net .yaml, pytorchvideo:<hub name> or a preset:"
         f" {', '.join(sorted(PRESETS))}>, or {', '.join(f'{k}=' for k in missing)}"
     )
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from models.backbones.formats import read_checkpoint_file, unwrap_state_dict
 from models.backbones.naming import (
     LATERAL,
+    acar_net_name,
     caffe2_name,
     mmaction2_name,
     pyslowfast_name,
@@ -34,8 +35,9 @@ PYSLOWFAST = "pyslowfast"
 MMACTION2 = "mmaction2"
 CAFFE2 = "caffe2"  # PySlowFast's Caffe2 pickles
 PYTORCHVIDEO = "pytorchvideo"
+ACAR_NET = "acar-net"  # ACAR-Net's whole-model checkpoints (backbone part)
 BANKFLOW = "bankflow"  # our own ``model.state_dict()``
-SCHEMES = (PYSLOWFAST, CAFFE2, MMACTION2, PYTORCHVIDEO, BANKFLOW)
+SCHEMES = (PYSLOWFAST, CAFFE2, MMACTION2, PYTORCHVIDEO, ACAR_NET, BANKFLOW)
 _REPORT_LIMIT = 20  # names listed per category in str(LoadReport)
 _PTV_STEM = ("blocks.0.multipathway_blocks.0.conv.weight", "blocks.0.conv.weight")
 _CAFFE2_IGNORED = ("pred_", "lr", "model_iter")
@@ -122,6 +124,8 @@ class Naming:
             return key.startswith(_CAFFE2_IGNORED) or key.endswith("_momentum")
         if self.scheme == MMACTION2:
             return not key.startswith(self.prefix) or key.startswith(f"{self.prefix}cls_head.")
+        if self.scheme == ACAR_NET:  # its neck and head parts (the head loads those)
+            return not key.startswith(self.prefix)
         if self.scheme == PYTORCHVIDEO:
             rest = key.removeprefix(self.prefix)
             return not key.startswith(self.prefix) or not rest.startswith(
@@ -164,12 +168,23 @@ def detect_naming(
                     prefix,
                     lambda k, p=prefix, s=slow_only: pytorchvideo_name(k, p, slow_only=s),
                 )
+    for key in keys:
+        if key == "slow_conv1.weight" or key.endswith(".slow_conv1.weight"):
+            prefix = key.removesuffix("slow_conv1.weight")
+            norm = f"{prefix}Tconv1.weight" not in state
+            return Naming(
+                ACAR_NET,
+                False,
+                prefix,
+                lambda k, p=prefix, n=norm: acar_net_name(k, p, lateral_norm=n),
+            )
     if "slow.stem.conv.weight" in state:
         return Naming(BANKFLOW, "fast.stem.conv.weight" not in state, "", lambda k: k)
     raise ValueError(
         f"checkpoint {source}: not a SlowFast checkpoint (nor SlowOnly) in PySlowFast"
         " (s1.pathway0_stem.*), Caffe2 (conv1_w), MMAction2 (backbone.slow_path.* /"
-        " backbone.conv1.*), pytorchvideo (blocks.0.*) or bankflow (slow.stem.*) naming;"
+        " backbone.conv1.*), pytorchvideo (blocks.0.*), ACAR-Net (backbone.module.slow_conv1.*)"
+        " or bankflow (slow.stem.*) naming;"
         f" first keys: {keys[:5]}"
     )
 

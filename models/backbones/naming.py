@@ -26,6 +26,12 @@ pytorchvideo (``create_slowfast`` / ``create_resnet``, detection nets under ``mo
 ``blocks.{S+1}.multipathway_blocks.{p}.res_blocks.{B}.branch2.conv_a.weight``,
 ``….branch1_norm.X``, laterals ``blocks.{K}.multipathway_fusion.conv_fast_to_slow.weight``;
 SlowOnly without ``multipathway_blocks.{p}``.
+
+ACAR-Net (``models/backbones/slowfast.py`` there, under ``backbone.module.`` of its
+``AVA_model`` state dict, with neck and head beside it): stems ``{slow,fast}_conv1.weight``
+/ ``{slow,fast}_bn1.X``, blocks ``{slow,fast}_res{S+1}.{B}.conv{1,2,3}.weight`` /
+``bn{1,2,3}.X``, shortcuts ``….downsample.0.weight`` / ``….downsample_bn.X``, laterals
+``Tconv{K+1}.weight`` (``fuse_only_conv``) or ``Tconv{K+1}.0.weight`` + BN ``Tconv{K+1}.1.X``.
 """
 
 from __future__ import annotations
@@ -146,4 +152,29 @@ def pytorchvideo_name(key: str, prefix: str = "", *, slow_only: bool = False) ->
         index, module, param = m.groups()
         kind = "norm" if module == "bn" else "conv_fast_to_slow"
         return f"{prefix}blocks.{index}.multipathway_fusion.{kind}.{param}"
+    return None
+
+
+_ACAR_UNIT = {"a": "1", "b": "2", "c": "3"}
+
+
+def acar_net_name(key: str, prefix: str = "", *, lateral_norm: bool = True) -> str | None:
+    """ACAR-Net name of one of our keys (``None``: no such tensor there, e.g. non-local).
+    ``prefix``: ``backbone.module.`` in a whole-model checkpoint; ``lateral_norm``: the
+    laterals are Conv+BN+ReLU sequences (``fuse_only_conv: False``)."""
+    if m := STEM.match(key):
+        pathway, module, param = m.groups()
+        return f"{prefix}{pathway}_{'bn1' if module == 'bn' else 'conv1'}.{param}"
+    if m := BLOCK.match(key):
+        pathway, stage, block, unit, module, param = m.groups()
+        base = f"{prefix}{pathway}_res{int(stage) + 1}.{block}."
+        if unit == "shortcut":
+            return f"{base}{'downsample_bn' if module == 'bn' else 'downsample.0'}.{param}"
+        return f"{base}{module}{_ACAR_UNIT[unit]}.{param}"
+    if m := LATERAL.match(key):
+        index, module, param = m.groups()
+        base = f"{prefix}Tconv{int(index) + 1}"
+        if not lateral_norm:
+            return f"{base}.{param}" if module == "conv" else None
+        return f"{base}.{'1' if module == 'bn' else '0'}.{param}"
     return None

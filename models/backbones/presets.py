@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from models.backbones.acar_net_config import acar_net_architecture
 from models.backbones.source_config import (
     PYTORCHVIDEO_HUB,
     mmaction2_architecture,
@@ -86,6 +87,16 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mmaction2/slowfast_r50_8x8_ava": _mm_slowfast(4),
     "mmaction2/slowonly_r50_4x16_ava": _mm_slowonly(4, 16),
     "mmaction2/slowonly_r101_8x8_ava": _mm_slowonly(8, 8, depth=101),
+    # ACAR-Net AVA (configs/AVA/*.yaml there; widths and depths from the tensors)
+    "acar-net/SLOWFAST_R50_ACAR_HR2O": acar_net_architecture(
+        {"arch": "slowfast50", "kwargs": {"alpha": 4, "beta": 0.125, "fuse_only_conv": False,
+                                           "fuse_kernel_size": 7, "slow_full_span": True}},
+        source="preset acar-net/SLOWFAST_R50_ACAR_HR2O",
+    ),
+    "acar-net/SLOWFAST_R101_ACAR_HR2O_DEPTH1": acar_net_architecture(
+        {"arch": "slowfast101", "kwargs": {"alpha": 4, "beta": 0.125}},
+        source="preset acar-net/SLOWFAST_R101_ACAR_HR2O_DEPTH1",
+    ),
     # pytorchvideo hub
     **{f"pytorchvideo/{name}": arch for name, arch in PYTORCHVIDEO_HUB.items()},
 }  # fmt: skip

@@ -140,6 +140,13 @@ def read_pyslowfast_yaml(text: str, *, source: str) -> dict[str, Any]:
         raise SourceConfigError(f"{source}: not valid YAML: {exc}") from exc
     if not isinstance(cfg, Mapping):
         raise SourceConfigError(f"{source}: expected a PySlowFast YAML mapping")
+    from models.backbones import acar_net_config as acar  # ACAR-Net's YAMLs differ
+
+    if acar.is_acar_net_config(cfg):
+        try:
+            return acar.read_acar_net_yaml(cfg, source=source)
+        except (acar.ACARNetConfigError, ValueError) as exc:
+            raise SourceConfigError(str(exc)) from exc
     return pyslowfast_architecture(cfg, source=source)
 
 

@@ -241,16 +241,36 @@ class ACARHead(nn.Module):
             feats = torch.cat([actor, pooled_maps], dim=1)  # [N, r + d]
         return self.classifier(self.dropout(feats)), feats
 
-    def load_acar_net(self, state: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
-        """Load the head part of an ACAR-Net checkpoint's ``state_dict`` (all three parts
-        in one dict, see :func:`models.heads.acar_release.split_acar_net_state`), strictly.
+    def load_acar_net(
+        self, state: Mapping[str, Tensor], backbone: nn.Module | None = None
+    ) -> dict[str, dict[str, Tensor]]:
+        """Load an ACAR-Net checkpoint's ``state_dict`` (backbone, neck and head in one dict,
+        see :func:`models.heads.acar_release.split_acar_net_state`), strictly.
 
-        Returns the backbone and neck parts for the backbone loader.
+        The head part loads here. ACAR-Net's neck (``BasicNeck``) has no tensors; a neck
+        part that has some is refused. With ``backbone`` (a
+        :class:`~models.backbones.SlowFast` built with the checkpoint's architecture, e.g.
+        ``build_backbone("slowfast_r50", source_config="acar-net/SLOWFAST_R50_ACAR_HR2O")``)
+        the backbone part loads into it through the backbone loader (ACAR-Net naming,
+        :func:`models.backbones.naming.acar_net_name`), strictly as well; the same file
+        also loads as ``extract.weights`` / ``build_backbone(weights=...)``.
+
+        Returns the parts split by name (``backbone`` with ACAR-Net's own names).
         """
         if self.variant != "release":
             raise ValueError("ACAR-Net checkpoints load into variant='release' heads")
         parts = split_acar_net_state(state)
-        self.load_state_dict(acar_net_head_state(parts.pop("head")), strict=True)
+        if parts["neck"]:
+            raise ValueError(
+                "ACAR-Net state has neck tensors (e.g. "
+                f"{next(iter(parts['neck']))!r}); its released BasicNeck has none"
+            )
+        self.load_state_dict(acar_net_head_state(parts["head"]), strict=True)
+        if backbone is not None:
+            from models.backbones.checkpoint import load_slowfast_checkpoint
+
+            whole = {f"backbone.module.{k}": v for k, v in parts["backbone"].items()}
+            load_slowfast_checkpoint(backbone, whole, strict=True)
         return parts
 
     def hr2o(
