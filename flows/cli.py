@@ -400,14 +400,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
-    # Stage progress (per video, per epoch, projected store sizes) goes to stderr.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
-    logger = logging.getLogger("bankflow")
-    saved = (logger.level, logger.propagate)
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False  # Prefect's root handler would print every line twice
     work_root = getattr(args, "work_root", None)
     if work_root and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", work_root):
         print(
@@ -416,6 +408,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    # Stage progress (per video, per epoch, projected store sizes) goes to stderr.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("bankflow")
+    saved = (logger.level, logger.propagate)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # Prefect's root handler would print every line twice
     try:
         return int(args.func(args) or 0)
     except Exception as exc:

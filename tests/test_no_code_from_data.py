@@ -1,7 +1,7 @@
 """Nothing read from a work root, a dataset or a checkpoint can run code.
 
 Every ``torch.load`` in the tree (code and tests) passes ``weights_only=True``; the one
-documented opt-in is ``models/backbones/checkpoint.py``'s ``allow_pickle`` (a caller must
+documented opt-in is ``models/backbones/formats.py``'s ``allow_pickle`` (a caller must
 say so for a foreign checkpoint it trusts). ``pickle.load`` appears only behind the
 ``trust_pickle`` opt-in of the dataset readers.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("featurestore", "flows", "models", "stages", "tests")
 # (file, the weights_only expression allowed there): an explicit, documented opt-in.
-OPT_IN = {("models/backbones/checkpoint.py", "not allow_pickle")}
+OPT_IN = {("models/backbones/formats.py", "not allow_pickle")}
 PICKLE_OPT_IN = {"stages/data/tubes.py", "stages/data/ava.py"}
 
 

@@ -88,10 +88,9 @@ def _is_plain_pickle(head: bytes) -> bool:
 
 def _torch_load(path: Path, *, allow_pickle: bool) -> Any:
     try:
-        if allow_pickle:
-            return torch.load(path, map_location="cpu", weights_only=False)
+        # allow_pickle is the caller's explicit opt-in for a file it trusts.
         with torch.serialization.safe_globals(_numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except Exception as exc:
         hint = "" if allow_pickle else " (if you trust this file, pass allow_pickle=True)"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -100,5 +100,5 @@ def test_results_and_locks_on_an_fsspec_url(monkeypatch, tmp_path):
     fs = fsspec.filesystem("memory")
     record = f"/bankflow-{tmp_path.name}/results/train-k"
     fs.pipe(record, b"{}")
-    _forget_record(str(tmp_path), "train-k")  # its output vanished: the record goes
+    _forget_record(str(tmp_path), "train-k", "output missing")  # the record goes
     assert not fs.exists(record)
