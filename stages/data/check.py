@@ -197,6 +197,10 @@ def check_dataset(config: DatasetConfig | str | Path) -> DatasetReport:
         config = config.resolved()
     except DataError as err:
         problems.append(err)
+    if config.tubes is not None:
+        from .tube_check import check_tube_dataset  # tube_check imports this module
+
+        return check_tube_dataset(config, report)
 
     labelmap_path = config.annotation_path(config.labelmap)
     labelmap: LabelMap | None = None
