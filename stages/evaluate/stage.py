@@ -3,10 +3,16 @@
 Input ``predictions``: a stage output holding ``predictions/<split>.csv`` (AVA CSV with
 scores, as every model-producing stage writes). Output: ``metrics.json``,
 ``metrics.md`` and ``per_class_ap.png`` (see :mod:`stages.evaluate.report`).
+
+On a tube dataset (MultiSports, UCF101-24, JHMDB, the tube world) it links the per-frame
+detections into tubes and reports frame-mAP and video-mAP instead, for the model and
+for the prior-only baseline on the same boxes (:mod:`stages.evaluate.tube_eval`):
+``metrics.json``, ``metrics.md``, ``tubes.json``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,9 +21,16 @@ from pydantic import BaseModel, ConfigDict
 from stages.data import Dataset, DatasetConfig, read_detections_csv
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.report import write_ava_outputs
+from stages.evaluate.tube_eval import (
+    LinkingConfig,
+    evaluate_tube_detections,
+    frame_detections,
+    prior_table,
+    write_tube_outputs,
+)
 from stages.framework import Stage, StageContext, StageError
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: tube datasets (linking, frame- and video-mAP)
 PREDICTIONS_DIR = "predictions"
 
 
@@ -27,6 +40,10 @@ class EvaluateConfig(BaseModel):
     split: str = "val"
     protocol: Literal["2018", "2019", "2020"] = "2019"
     iou_threshold: float = 0.5
+    # Tube datasets: linking of per-frame detections into tubes, and the prior-only
+    # baseline's tube metrics on the same boxes (from the ``train_split`` GT).
+    linking: LinkingConfig = LinkingConfig()
+    train_split: str = "train"
 
 
 class EvaluateStageConfig(BaseModel):
@@ -49,6 +66,8 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     pred_path = predictions_csv(ctx.input("predictions").uri, split)
     if not pred_path.is_file():
         raise StageError(f"evaluate: {pred_path} does not exist (no {split!r} predictions)")
+    if dataset.is_tubes:
+        return _compute_tubes(ctx, dataset, pred_path)
     gt = dataset.gt(split)
     if gt is None:
         raise StageError(f"evaluate: split {split!r} of {cfg.dataset.root} has no GT file")
@@ -65,6 +84,31 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     )
     write_ava_outputs(result, labelmap, ctx.staging)
     return {"split": split, "mAP": result.mAP, "groups": result.groups}
+
+
+def _compute_tubes(ctx: StageContext, dataset: Dataset, pred_path: Path) -> dict[str, Any]:
+    cfg: EvaluateStageConfig = ctx.config  # type: ignore[assignment]
+    ev, split = cfg.evaluate, cfg.evaluate.split
+    gt, videos = dataset.tube_gt, dataset.tube_videos(split)
+    convention = dataset.config.tubes.convention  # type: ignore[union-attr]
+    preds = read_detections_csv(pred_path, strict=False)
+    result, tubes = evaluate_tube_detections(
+        gt, frame_detections(preds, gt, videos), videos, linking=ev.linking, convention=convention
+    )
+    write_tube_outputs(result, tubes, gt.labels, ctx.staging)
+    prior = prior_table(preds, dataset.gt(ev.train_split).action, dataset.labelmap.ids)
+    baseline, _ = evaluate_tube_detections(
+        gt, frame_detections(prior, gt, videos), videos, linking=ev.linking, convention=convention
+    )
+    (ctx.staging / "prior_metrics.json").write_text(json.dumps(baseline.to_json(gt.labels)))
+    return {
+        "split": split,
+        "mAP": result.frame_map,
+        "frame_map": result.frame_map,
+        **result.video,
+        "tubes": result.n_tubes,
+        "prior": {"frame_map": baseline.frame_map, **baseline.video},
+    }
 
 
 STAGE = Stage(
