@@ -38,6 +38,9 @@ class LinkingConfig(BaseModel):
     nms_threshold: float = Field(0.6, ge=0.0, le=1.0)
     top_k: int = Field(10, ge=1)
     min_score: float = Field(0.005, ge=0.0)
+    # mmaction2's MultiSportsMetric links with every box scored by the last detection's
+    # score (a stale loop variable); true reproduces its published video-mAPs.
+    mmaction2_scores: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +139,11 @@ def evaluate_tube_detections(
     link = linking or LinkingConfig()
     gt = restrict_to(gt, videos)
     fmap, per_class = frame_map(gt, frame_dets, convention=convention)
+    link_dets = np.array(frame_dets, dtype=np.float64).reshape(-1, 8)
+    if link.mmaction2_scores and len(link_dets):
+        link_dets[:, 3] = link_dets[-1, 3]
     tubes = link_tubes(
-        frame_dets,
+        link_dets,
         videos,
         gt.nframes,
         num_labels=len(gt.labels),
