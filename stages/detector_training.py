@@ -80,14 +80,17 @@ def decode_keyframes(
     """
     video = np.asarray(video).astype(str)
     timestamp = np.asarray(timestamp, dtype=np.int64)
-    offset = dataset.timestamp_offset
     rate = dataset.frames_per_timestamp  # None: timestamps in seconds, the video's fps
     for name in sorted(set(video.tolist())):
         stamps = np.unique(timestamp[video == name])
         with VideoReader(dataset.video_path(name)) as reader:
             index = [
                 center_frame(
-                    float(t), offset, rate or reader.fps, num_frames=reader.num_frames, video=name
+                    float(t),
+                    dataset.offset_of(name),
+                    rate or reader.fps,
+                    num_frames=reader.num_frames,
+                    video=name,
                 )
                 for t in stamps
             ]

@@ -161,7 +161,7 @@ class _SplitRun:
                     reader,
                     video_id,
                     self.by_video[video_id],
-                    self.dataset.timestamp_offset,
+                    self.dataset.offset_of(video_id),
                     fps=self.dataset.frames_per_timestamp,
                 )
                 decoded = reader.decode_counter

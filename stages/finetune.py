@@ -213,7 +213,7 @@ class ClipSupply:
             clips = prefetch_keyframe_clips(
                 reader,
                 stamps,
-                offset=self.dataset.timestamp_offset,
+                offset=self.dataset.offset_of(video),
                 spec=self.spec,
                 depth=2,
                 fps=self.dataset.frames_per_timestamp,

@@ -21,6 +21,7 @@ import yaml
 
 from .ava import read_detections_csv, read_excluded_csv, read_gt_csv
 from .errors import DataError
+from .kinetics import clip_offset, find_clip, read_offsets_csv
 from .labelmap import read_labelmap
 from .tube_dataset import (
     TubeFiles,
@@ -84,6 +85,9 @@ class DatasetConfig(pydantic.BaseModel):
             keyframe sampling, see :mod:`stages.data.tube_dataset`; then ``splits``
             name only the proposal files (CSV rows with frame numbers as timestamps)
             and ``labelmap`` is not read (the classes are the GT file's labels).
+        timestamp_offsets: per-video offsets (AVA-Kinetics), a CSV
+            ``video_id,offset[,source]`` in ``annotations_dir``; Kinetics clips named
+            ``<youtube_id>_<start>_<end>`` need no row (see :mod:`stages.data.kinetics`).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -97,6 +101,7 @@ class DatasetConfig(pydantic.BaseModel):
     evaluated_classes: list[int] | None = None
     exclusive_classes: list[int] | None = None
     tubes: TubeFiles | None = None
+    timestamp_offsets: str | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, root: str | Path | None = None) -> DatasetConfig:
@@ -359,6 +364,8 @@ class Dataset:
         """
         path = find_video(self.config.videos_path, video_id)
         if path is None:
+            path = find_clip(self.config.videos_path, video_id)
+        if path is None:
             exts = "|".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
             raise DataError(
                 self.config.videos_path, None, f"no video file {video_id}.<{exts}> for {video_id!r}"
@@ -372,14 +379,48 @@ class Dataset:
         return self._videos[video_id]
 
     @cached_property
+    def video_offsets(self) -> dict[str, tuple[float, str]]:
+        """``{video: (offset, source)}`` of the videos with their own time base: rows of
+        the ``timestamp_offsets`` table and Kinetics clips (``<id>_<start>_<end>``)."""
+        out: dict[str, tuple[float, str]] = {}
+        if self.is_tubes:
+            return out
+        if self.config.timestamp_offsets is not None:
+            out.update(read_offsets_csv(self.config.annotation_path(self.config.timestamp_offsets)))
+        tables = [self.gt(s) for s in self.splits if self._split(s).gt is not None]
+        tables += [p for p in map(self.proposals, self.splits) if p is not None]
+        for video in sorted({str(v) for t in tables for v in np.unique(t.video.astype(str))}):
+            if video in out or find_video(self.config.videos_path, video) is not None:
+                continue
+            start = clip_offset(find_clip(self.config.videos_path, video))
+            if start is not None:
+                out[video] = (start, "kinetics")
+        return out
+
+    def offset_of(self, video_id: str) -> float:
+        """Seconds to subtract from ``video_id``'s CSV timestamps: its own time base if
+        it has one (:attr:`video_offsets`), else the dataset's :attr:`timestamp_offset`."""
+        own = self.video_offsets.get(str(video_id))
+        return self.timestamp_offset if own is None else own[0]
+
+    def source_of(self, video_id: str) -> str:
+        """``"kinetics"`` for Kinetics clips (by name or the offsets table), else ``"ava"``."""
+        own = self.video_offsets.get(str(video_id))
+        return "ava" if own is None else own[1]
+
+    @cached_property
     def timestamp_offset(self) -> float:
-        """Seconds to subtract from CSV timestamps to get seconds into the video file."""
+        """Seconds to subtract from CSV timestamps to get seconds into the video file
+        (videos with their own time base, :attr:`video_offsets`, left out)."""
         if self.is_tubes:
             return 1.0  # frame numbers are 1-based
         if self.config.timestamp_offset is not None:
             return float(self.config.timestamp_offset)
         tables = [self.gt(s) for s in self.splits if self._split(s).gt is not None]
         tables += [p for p in map(self.proposals, self.splits) if p is not None]
+        own = self.video_offsets
+        if own:
+            tables = [t.take(~np.isin(t.video.astype(str), list(own))) for t in tables]
         videos = {str(v) for t in tables for v in np.unique(t.video.astype(str))}
         durations = {v: self.video_info(v).duration for v in sorted(videos)}
         return infer_timestamp_offset(tables, durations)

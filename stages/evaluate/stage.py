@@ -16,9 +16,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from stages.data import Dataset, DatasetConfig, read_detections_csv
+from stages.data import BoxTable, Dataset, DatasetConfig, read_detections_csv
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.report import write_ava_outputs
 from stages.evaluate.tube_eval import (
@@ -74,16 +75,35 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     labelmap = dataset.labelmap
     if cfg.dataset.evaluated_classes:
         labelmap = labelmap.subset(cfg.dataset.evaluated_classes)
-    result = evaluate_ava(
-        gt,
-        read_detections_csv(pred_path, strict=False),
-        labelmap,
-        dataset.excluded(split),
-        protocol=cfg.evaluate.protocol,
-        iou_threshold=cfg.evaluate.iou_threshold,
-    )
+    preds = read_detections_csv(pred_path, strict=False)
+
+    def evaluate(gt_rows: BoxTable, pred_rows: BoxTable) -> Any:
+        return evaluate_ava(
+            gt_rows,
+            pred_rows,
+            labelmap,
+            dataset.excluded(split),
+            protocol=cfg.evaluate.protocol,
+            iou_threshold=cfg.evaluate.iou_threshold,
+        )
+
+    result = evaluate(gt, preds)
     write_ava_outputs(result, labelmap, ctx.staging)
-    return {"split": split, "mAP": result.mAP, "groups": result.groups}
+    summary = {"split": split, "mAP": result.mAP, "groups": result.groups}
+    # AVA-Kinetics: the AVA and Kinetics parts separately too, as the report's tables
+    sources = {str(v): dataset.source_of(str(v)) for v in np.unique(gt.video.astype(str))}
+    if len(set(sources.values())) > 1:
+        parts = {}
+        for source in sorted(set(sources.values())):
+            videos = [v for v, s in sources.items() if s == source]
+            part = evaluate(
+                gt.take(np.isin(gt.video.astype(str), videos)),
+                preds.take(np.isin(preds.video.astype(str), videos)),
+            )
+            parts[source] = {"mAP": part.mAP, "groups": part.groups}
+        summary["parts"] = parts
+        (ctx.staging / "parts.json").write_text(json.dumps(parts, indent=2))
+    return summary
 
 
 def _compute_tubes(ctx: StageContext, dataset: Dataset, pred_path: Path) -> dict[str, Any]:
