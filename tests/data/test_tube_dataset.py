@@ -181,3 +181,26 @@ def test_world_cli_writes_a_tube_dataset(tmp_path, capsys):
                 assert np.all(np.diff(t[:, 0]) == 1)
     assert all(any(v in gt.tubes and lb in gt.tubes[v] for v in gt.tubes) for lb in range(5))
     assert check_dataset(out).ok, check_dataset(out).format_problems()
+
+
+def test_single_label_softmax_targets(tiny_tube_world):
+    """One label per person per keyframe; every class in the softmax group, which the
+    heads' loss and scores take as they are."""
+    import torch
+
+    from models.losses import ava_loss, ava_scores
+    from stages.finetune import gt_actor_index
+
+    ds = Dataset.open(tiny_tube_world)
+    index = gt_actor_index(ds.gt("train"), ds.labelmap)
+    assert len(index.labels) > 0 and np.all(index.labels.sum(axis=1) == 1)
+    exclusive = [ds.labelmap.index_of(int(i)) for i in ds.exclusive_ids]
+    assert exclusive == list(range(len(ds.labelmap)))
+    logits = torch.zeros(len(index.labels), len(ds.labelmap), requires_grad=True)
+    targets = torch.from_numpy(index.labels)
+    loss = ava_loss(logits, targets, exclusive=exclusive)
+    # uniform logits: the softmax cross-entropy of one label among C is log C
+    assert loss.item() == pytest.approx(np.log(len(ds.labelmap)), rel=1e-5)
+    loss.backward()
+    scores = ava_scores(logits.detach(), exclusive)
+    assert torch.allclose(scores.sum(dim=1), torch.ones(len(scores)))
