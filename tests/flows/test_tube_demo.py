@@ -35,6 +35,7 @@ def test_demo_tubes_runs_and_heads_beat_the_prior(tmp_path):
         env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
+    print(out.stdout[-3000:])  # the run's tables (pytest -s shows them)
     summary = json.loads((tmp_path / "w" / "summary.json").read_text())
     runs = summary["stages"]["evaluate"]["runs"]
     assert set(runs) == {"linear", "acar", "pcca", "sonly"}
