@@ -98,6 +98,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_world(args: argparse.Namespace) -> int:
     from stages.world import WorldConfig, build_world
 
+    if args.format == "tubes":
+        from stages.world.tubes import TubeWorldConfig, build_tube_world
+
+        print(build_tube_world(Path(args.out), TubeWorldConfig(seed=args.seed)))
+        return 0
     config = WorldConfig.default(seed=args.seed)
     summary = build_world(Path(args.out), config)
     print(summary)
@@ -284,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("world", help="build the synthetic demo world (an AVA-format dataset)")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--format", choices=("ava", "tubes"), default="ava",
+                   help="ava: AVA CSVs (default); tubes: a MultiSports-layout tube dataset")  # fmt: skip
     p.set_defaults(func=cmd_world)
 
     p = sub.add_parser("data", help="dataset tools")

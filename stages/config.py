@@ -37,6 +37,7 @@ from stages.train import TrainSection
 from stages.train_bank import TrainBankSection
 from stages.tta import TTAConfig
 from stages.world import WorldConfig
+from stages.world.tubes import TubeWorldConfig
 
 
 class ConfigError(ValueError):
@@ -52,7 +53,8 @@ class PipelineConfig(BaseModel):
     dataset: DatasetConfig
     # When set and ``dataset.root`` holds no dataset yet, the pipeline builds this demo
     # world there first (the demo config uses it; real datasets leave it out).
-    world: WorldConfig | None = None
+    # ``format: tubes`` builds the tube world (stages.world.tubes) instead.
+    world: WorldConfig | TubeWorldConfig | None = None
     detect: DetectConfig = DetectConfig()
     track: TrackConfig = TrackConfig()
     # Optional: fine-tune the backbone end-to-end before extraction (None skips it).

@@ -81,12 +81,18 @@ def decode_keyframes(
     """
     video = np.asarray(video).astype(str)
     timestamp = np.asarray(timestamp, dtype=np.int64)
-    offset = dataset.timestamp_offset
+    rate = dataset.frames_per_timestamp  # None: timestamps in seconds, the video's fps
     for name in sorted(set(video.tolist())):
         stamps = np.unique(timestamp[video == name])
         with VideoReader(dataset.video_path(name)) as reader:
             index = [
-                center_frame(float(t), offset, reader.fps, num_frames=reader.num_frames, video=name)
+                center_frame(
+                    float(t),
+                    dataset.offset_of(name),
+                    rate or reader.fps,
+                    num_frames=reader.num_frames,
+                    video=name,
+                )
                 for t in stamps
             ]
             frames = reader.get_frames(np.asarray(index, dtype=np.int64))

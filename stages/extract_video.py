@@ -229,7 +229,13 @@ class VideoExtractor:
         return torch.stack(per_t, dim=2)  # (N, C, T', s, s)
 
     def run(
-        self, reader: VideoReader, video_id: str, actors: dict[str, np.ndarray], offset: float
+        self,
+        reader: VideoReader,
+        video_id: str,
+        actors: dict[str, np.ndarray],
+        offset: float,
+        *,
+        fps: float | None = None,
     ) -> VideoFeatures:
         """Features of every keyframe that has at least one actor.
 
@@ -237,6 +243,8 @@ class VideoExtractor:
             actors: this video's actor rows: ``timestamp`` int [A], ``boxes`` float32 [A, 4]
                 normalized x1, y1, x2, y2, ``score`` float32 [A], ``track`` int32 [A].
             offset: seconds of the video's first frame in the dataset's timestamps.
+            fps: video frames per timestamp unit (None: the reader's; 1 for tube datasets,
+                whose timestamps are frame numbers).
 
         Returns:
             The video's arrays in the store's dtypes; actors keep their input order within
@@ -261,7 +269,7 @@ class VideoExtractor:
             # Decoding and batch preparation run in a background thread (decord and torch
             # release the GIL), so they overlap the backbone on the previous batch.
             clips: list[np.ndarray] = []
-            for clip in iter_keyframe_clips(reader, timestamps, offset=offset, spec=spec):
+            for clip in iter_keyframe_clips(reader, timestamps, offset=offset, spec=spec, fps=fps):
                 clips.append(clip.frames)
                 if len(clips) == self.cfg.batch_size:
                     yield self._prepare(clips)

@@ -158,7 +158,11 @@ class _SplitRun:
             tv = time.perf_counter()
             with VideoReader(path, short_side=ex.short_side) as reader:
                 features = self.extractor.run(
-                    reader, video_id, self.by_video[video_id], self.dataset.timestamp_offset
+                    reader,
+                    video_id,
+                    self.by_video[video_id],
+                    self.dataset.offset_of(video_id),
+                    fps=self.dataset.frames_per_timestamp,
                 )
                 decoded = reader.decode_counter
         except (VideoError, ValueError) as exc:

@@ -212,7 +212,12 @@ class ClipSupply:
         stamps = self.index.timestamp[rows]
         with VideoReader(self.dataset.video_path(video), short_side=self.ex.short_side) as reader:
             clips = prefetch_keyframe_clips(
-                reader, stamps, offset=self.dataset.timestamp_offset, spec=self.spec, depth=2
+                reader,
+                stamps,
+                offset=self.dataset.offset_of(video),
+                spec=self.spec,
+                depth=2,
+                fps=self.dataset.frames_per_timestamp,
             )
             for row, clip in zip(rows.tolist(), clips, strict=True):
                 yield row, clip.frames

@@ -226,6 +226,23 @@ class PipelineRun:
         return path
 
 
+def tube_table(evaluations: dict[str, Any]) -> str:
+    """Frame-mAP and video-mAP per evaluated model on a tube dataset, with the prior-only
+    baseline on the same boxes."""
+    keys = ("frame_map", "v_map@0.2", "v_map@0.5", "v_map_0.10:0.90")
+    head = f"{'tubes':<14} {'split':<6} {'frame-mAP':>9} {'v@0.2':>7} {'v@0.5':>7} {'v@.1:.9':>8}"
+    lines = [head + f"  {'prior frame/v@0.5':>18}"]
+    for name, rec in evaluations.items():
+        ev = rec["summary"]
+        prior = ev.get("prior") or {}
+        vals = " ".join(f"{ev[k]:>{w}.4f}" for k, w in zip(keys, (9, 7, 7, 8), strict=True))
+        lines.append(
+            f"{name:<14} {ev.get('split', '-'):<6} {vals}  "
+            f"{prior.get('frame_map', float('nan')):>9.4f}/{prior.get('v_map@0.5', float('nan')):.4f}"
+        )
+    return "\n".join(lines)
+
+
 def check_world_config(root: Path, world: BaseModel) -> None:
     """Refuse to build over a demo world that was made with another config."""
     marker = root / "world.json"
@@ -246,12 +263,21 @@ def prepare_dataset(config: PipelineConfig) -> tuple[DatasetConfig, str]:
     root = Path(config.dataset.root)
     if config.world is not None:
         from stages.world import build_world
+        from stages.world.tubes import TubeWorldConfig, build_tube_world
 
         check_world_config(root, config.world)
         # Idempotent: a complete world of this config is returned at once, a partial one
         # (killed build, deleted file) is rebuilt.
-        build_world(root, config.world)
+        if isinstance(config.world, TubeWorldConfig):
+            build_tube_world(root, config.world)
+        else:
+            build_world(root, config.world)
     dataset = config.dataset.model_copy(update={"root": root.resolve()})
+    # Stage configs travel as plain dicts (every field then counts as set), so a tube
+    # dataset's dataset.yaml (its ``tubes:`` block) is merged here, at the edge.
+    resolved = dataset.resolved() if root.is_dir() else dataset
+    if resolved.tubes is not None:
+        dataset = resolved
     preflight(config, dataset)
     return dataset, dataset_fingerprint(dataset)
 
@@ -418,6 +444,10 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"{m['prior_map'] or 0:>6.3f}  {groups}"
             )
     evaluations = summary["stages"].get("evaluate", {}).get("runs", {})
+    tube_evals = {n: r for n, r in evaluations.items() if "v_map@0.5" in r["summary"]}
+    if tube_evals:
+        lines += ["", tube_table(tube_evals)]
+        evaluations = {n: r for n, r in evaluations.items() if n not in tube_evals}
     if evaluations:
         lines.append("")
         lines.append(f"{'evaluation':<14} {'split':<6} {'frame-mAP@0.5':>13}  report")

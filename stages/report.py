@@ -180,6 +180,7 @@ class ModelRow:
     groups: dict[str, float]
     per_class: dict[int, float]
     seconds: float
+    video: dict[str, float] = field(default_factory=dict)  # tube datasets: video-mAP
 
 
 def collect_models(inputs: Mapping[str, StageRef]) -> list[ModelRow]:
@@ -203,6 +204,7 @@ def collect_models(inputs: Mapping[str, StageRef]) -> list[ModelRow]:
             name=name, kind=ref.stage, summary=summary, mAP=float(metrics["mAP"]),
             groups=dict(metrics.get("groups") or {}), per_class=per_class_of(metrics),
             seconds=float(record.get("seconds", 0.0)),
+            video={k: float(v) for k, v in metrics.items() if k.startswith("v_map")},
         ))  # fmt: skip
     return rows
 
@@ -254,6 +256,13 @@ def compute(ctx: StageContext) -> dict[str, Any]:
                      row["parameters"], row["train_seconds"]])  # fmt: skip
     doc.table(["model", "stage", "head", "mAP", "pose", "object", "person", f"head {k}",
                f"tail {k}", "prior", "params", "train s"], rows)  # fmt: skip
+    tubes = [m for m in models if m.video]
+    if tubes:
+        keys = sorted({k for m in tubes for k in m.video})
+        doc.text("Tube dataset: the mAP column is frame-mAP@0.5 (MultiSports protocol: one "
+                 "label per box); video-mAP of the tubes linked from the detections:")  # fmt: skip
+        doc.table(["model", "frame-mAP", *keys],
+                  [[m.name, pct(m.mAP), *(pct(m.video.get(k)) for k in keys)] for m in tubes])  # fmt: skip
     train_split = cfg.report.train_split
     doc.text(f"Head / tail: mean AP of the {k} most / least frequent classes by {train_split!r} "
              "GT rows (the reports' top/bottom 20; a third of the classes when there are "

@@ -49,3 +49,13 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("world") / "tiny"
     build_world(out, WorldConfig.tiny(seed=0))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tube_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small tube world (MultiSports-layout dataset directory), shared by the session."""
+    from stages.world.tubes import TubeWorldConfig, build_tube_world
+
+    out = tmp_path_factory.mktemp("tubes") / "tiny"
+    build_tube_world(out, TubeWorldConfig(n_train_videos=3, n_val_videos=2, n_frames=40))
+    return out

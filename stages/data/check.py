@@ -20,6 +20,7 @@ from .dataset import (
     unique_keyframes,
 )
 from .errors import DataError, DataErrors
+from .kinetics import clip_offset, find_clip, read_offsets_csv
 from .labelmap import labelmap_problems
 from .names import name_problem
 from .types import NO_ACTION, NO_PERSON, BoxTable, LabelMap
@@ -200,6 +201,10 @@ def check_dataset(config: DatasetConfig | str | Path) -> DatasetReport:
         config = config.resolved()
     except DataError as err:
         problems.append(err)
+    if config.tubes is not None:
+        from .tube_check import check_tube_dataset  # tube_check imports this module
+
+        return check_tube_dataset(config, report)
 
     labelmap_path = config.annotation_path(config.labelmap)
     labelmap: LabelMap | None = None
@@ -247,16 +252,18 @@ def check_dataset(config: DatasetConfig | str | Path) -> DatasetReport:
         report.splits[split] = _summarize(split, gt, n_excluded, proposals, labelmap)
 
     infos = _probe_videos(config, located, problems)
+    own = _own_offsets(config, infos, problems)  # AVA-Kinetics: per-video time bases
+    shared = [t.take(~np.isin(t.video.astype(str), list(own))) for t in located]
     offset = config.timestamp_offset
     if offset is None:
         durations = {v: info.duration for v, info in infos.items()}
         try:
-            offset = infer_timestamp_offset(located, durations)
+            offset = infer_timestamp_offset(shared, durations)
         except DataError as err:
             problems.append(err)
     report.timestamp_offset = offset
-    if offset is not None:
-        _check_keyframes_in_videos(located, infos, float(offset), problems)
+    offsets = {v: own.get(v, offset) for v in infos}
+    _check_keyframes_in_videos(located, infos, offsets, problems)
     return report
 
 
@@ -282,6 +289,24 @@ def duplicate_row_warnings(gt: BoxTable | None) -> list[DataError]:
             f"{original}); each copy counts as another box to detect",
         )
     ]
+
+
+def _own_offsets(
+    config: DatasetConfig, infos: dict[str, VideoInfo], problems: list[DataError]
+) -> dict[str, float]:
+    """Offsets of videos with their own time base: the offsets table, Kinetics clips."""
+    own: dict[str, float] = {}
+    if config.timestamp_offsets is not None:
+        try:
+            table = read_offsets_csv(config.annotation_path(config.timestamp_offsets))
+            own.update({v: off for v, (off, _) in table.items()})
+        except DataError as err:
+            problems.append(err)
+    for video, info in infos.items():
+        start = clip_offset(info.path) if info.path.stem != video else None
+        if video not in own and start is not None:
+            own[video] = start
+    return own
 
 
 def _class_list_problems(config: DatasetConfig, labelmap: LabelMap | None) -> list[DataError]:
@@ -315,7 +340,7 @@ def _probe_videos(
     for video, (table, row) in first_row.items():
         if name_problem(video) is not None:
             continue  # reported at its row by the CSV check
-        path = find_video(config.videos_path, video)
+        path = find_video(config.videos_path, video) or find_clip(config.videos_path, video)
         if path is None:
             problems.append(
                 DataError(
@@ -333,7 +358,10 @@ def _probe_videos(
 
 
 def _check_keyframes_in_videos(
-    tables: list[BoxTable], infos: dict[str, VideoInfo], offset: float, problems: list[DataError]
+    tables: list[BoxTable],
+    infos: dict[str, VideoInfo],
+    offsets: dict[str, float | None],
+    problems: list[DataError],
 ) -> None:
     """Report keyframes outside their video (once per keyframe and file) and decode the
     last frame each video needs."""
@@ -345,8 +373,9 @@ def _check_keyframes_in_videos(
         for row in np.sort(first).tolist():
             video = str(table.video[row])
             info = infos.get(video)
-            if info is None:
-                continue  # missing or unreadable video: already reported
+            offset = offsets.get(video)
+            if info is None or offset is None:
+                continue  # missing or unreadable video, or no offset: already reported
             seconds = float(table.timestamp[row]) - offset
             if 0 <= seconds <= info.duration:
                 last_needed[video] = max(last_needed.get(video, 0.0), seconds)

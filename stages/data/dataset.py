@@ -23,7 +23,18 @@ from stages.keys import InKey, NotInKey
 
 from .ava import read_detections_csv, read_excluded_csv, read_gt_csv
 from .errors import DataError
+from .kinetics import clip_offset, find_clip, read_offsets_csv
 from .labelmap import read_labelmap
+from .tube_dataset import (
+    TubeFiles,
+    load_tube_gt,
+    on_keyframes,
+    split_videos,
+    tube_box_table,
+    tube_keyframes,
+    tube_labelmap,
+)
+from .tubes import TubeGT
 from .types import BoxTable, ExcludedKeyframes, LabelMap
 from .videos import VIDEO_EXTENSIONS, VideoInfo, find_video, probe_video
 
@@ -87,6 +98,13 @@ class DatasetConfig(pydantic.BaseModel):
         evaluated_classes: label ids that are evaluated (None: all in the label map).
         exclusive_classes: mutually exclusive (softmax) label ids; None: those with
             label_type PERSON_MOVEMENT (none when the label map has no types).
+        tubes: set for a tube dataset (MultiSports, UCF101-24, JHMDB): its GT file and
+            keyframe sampling, see :mod:`stages.data.tube_dataset`; then ``splits``
+            name only the proposal files (CSV rows with frame numbers as timestamps)
+            and ``labelmap`` is not read (the classes are the GT file's labels).
+        timestamp_offsets: per-video offsets (AVA-Kinetics), a CSV
+            ``video_id,offset[,source]`` in ``annotations_dir``; Kinetics clips named
+            ``<youtube_id>_<start>_<end>`` need no row (see :mod:`stages.data.kinetics`).
     """
 
     model_config = pydantic.ConfigDict(extra="forbid")
@@ -99,6 +117,10 @@ class DatasetConfig(pydantic.BaseModel):
     timestamp_offset: InKey[float | None] = None
     evaluated_classes: InKey[list[int] | None] = None
     exclusive_classes: InKey[list[int] | None] = None
+    tubes: InKey[TubeFiles | None] = None
+    # A CSV of per-video timestamp offsets in annotations_dir (AVA-Kinetics); its content
+    # enters the key through the dataset fingerprint.
+    timestamp_offsets: InKey[str | None] = None
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, root: str | Path | None = None) -> DatasetConfig:
@@ -255,12 +277,43 @@ class Dataset:
             raise KeyError(f"unknown split {split!r} (this dataset has {', '.join(self.splits)})")
         return self.config.splits[split]
 
+    @property
+    def is_tubes(self) -> bool:
+        """A tube dataset: timestamps are 1-based frame numbers (module tube_dataset)."""
+        return self.config.tubes is not None
+
+    @property
+    def frames_per_timestamp(self) -> float | None:
+        """Video frames per timestamp unit: 1 for tube datasets (frame numbers), None for
+        AVA (seconds: the video's own fps)."""
+        return 1.0 if self.is_tubes else None
+
+    @cached_property
+    def tube_gt(self) -> TubeGT:
+        """The GT file of a tube dataset."""
+        files = self._tube_files()
+        return load_tube_gt(self.config.annotation_path(files.annotation), files)
+
+    def _tube_files(self) -> TubeFiles:
+        if self.config.tubes is None:
+            raise DataError(self.root, None, "not a tube dataset (no 'tubes' in its config)")
+        return self.config.tubes
+
+    def tube_videos(self, split: str) -> tuple[str, ...]:
+        """Videos of ``split`` in a tube dataset."""
+        return split_videos(self.tube_gt, self._tube_files(), split)
+
     @cached_property
     def labelmap(self) -> LabelMap:
+        if self.is_tubes:
+            return tube_labelmap(self.tube_gt)
         return read_labelmap(self.config.annotation_path(self.config.labelmap))
 
     def gt(self, split: str) -> BoxTable:
         """The split's GT boxes (strict: checked against the label map)."""
+        if split not in self._gt and self.is_tubes:
+            stride = self._tube_files().stride(split)
+            self._gt[split] = tube_box_table(self.tube_gt, self.tube_videos(split), stride)
         if split not in self._gt:
             name = self._split(split).gt
             if name is None:
@@ -289,9 +342,14 @@ class Dataset:
         path = None if name is None else self.config.annotation_path(name)
         if path is None or not path.is_file():
             return None
-        return read_detections_csv(path, labelmap=self.labelmap)
+        table = read_detections_csv(path, labelmap=self.labelmap)
+        if self.is_tubes:
+            table = on_keyframes(table, self._tube_files().stride(split))
+        return table
 
     def _split_table(self, split: str) -> BoxTable:
+        if self.is_tubes:
+            return self.gt(split)
         if self._split(split).gt is not None:
             return self.gt(split)
         proposals = self.proposals(split)
@@ -299,6 +357,8 @@ class Dataset:
 
     def video_ids(self, split: str) -> list[str]:
         """Sorted video ids of the split's GT (its proposals if it has no GT)."""
+        if self.is_tubes:
+            return sorted(self.tube_videos(split))
         return sorted({str(v) for v in self._split_table(split).video})
 
     def keyframes(self, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -307,7 +367,11 @@ class Dataset:
         Excluded keyframes are kept; see :meth:`excluded`.
 
         Returns: video ``str`` object array [K], timestamp int64 [K] (CSV seconds).
+        A tube dataset's are every ``keyframe_stride``-th frame of each split video.
         """
+        if self.is_tubes:
+            stride = self._tube_files().stride(split)
+            return tube_keyframes(self.tube_gt, self.tube_videos(split), stride)
         table = self._split_table(split)
         return unique_keyframes(table.video, table.timestamp)
 
@@ -318,6 +382,8 @@ class Dataset:
             DataError: no ``<video_id>.<ext>`` file exists.
         """
         path = find_video(self.config.videos_path, video_id)
+        if path is None:
+            path = find_clip(self.config.videos_path, video_id)
         if path is None:
             exts = "|".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
             raise DataError(
@@ -332,12 +398,48 @@ class Dataset:
         return self._videos[video_id]
 
     @cached_property
+    def video_offsets(self) -> dict[str, tuple[float, str]]:
+        """``{video: (offset, source)}`` of the videos with their own time base: rows of
+        the ``timestamp_offsets`` table and Kinetics clips (``<id>_<start>_<end>``)."""
+        out: dict[str, tuple[float, str]] = {}
+        if self.is_tubes:
+            return out
+        if self.config.timestamp_offsets is not None:
+            out.update(read_offsets_csv(self.config.annotation_path(self.config.timestamp_offsets)))
+        tables = [self.gt(s) for s in self.splits if self._split(s).gt is not None]
+        tables += [p for p in map(self.proposals, self.splits) if p is not None]
+        for video in sorted({str(v) for t in tables for v in np.unique(t.video.astype(str))}):
+            if video in out or find_video(self.config.videos_path, video) is not None:
+                continue
+            start = clip_offset(find_clip(self.config.videos_path, video))
+            if start is not None:
+                out[video] = (start, "kinetics")
+        return out
+
+    def offset_of(self, video_id: str) -> float:
+        """Seconds to subtract from ``video_id``'s CSV timestamps: its own time base if
+        it has one (:attr:`video_offsets`), else the dataset's :attr:`timestamp_offset`."""
+        own = self.video_offsets.get(str(video_id))
+        return self.timestamp_offset if own is None else own[0]
+
+    def source_of(self, video_id: str) -> str:
+        """``"kinetics"`` for Kinetics clips (by name or the offsets table), else ``"ava"``."""
+        own = self.video_offsets.get(str(video_id))
+        return "ava" if own is None else own[1]
+
+    @cached_property
     def timestamp_offset(self) -> float:
-        """Seconds to subtract from CSV timestamps to get seconds into the video file."""
+        """Seconds to subtract from CSV timestamps to get seconds into the video file
+        (videos with their own time base, :attr:`video_offsets`, left out)."""
+        if self.is_tubes:
+            return 1.0  # frame numbers are 1-based
         if self.config.timestamp_offset is not None:
             return float(self.config.timestamp_offset)
         tables = [self.gt(s) for s in self.splits if self._split(s).gt is not None]
         tables += [p for p in map(self.proposals, self.splits) if p is not None]
+        own = self.video_offsets
+        if own:
+            tables = [t.take(~np.isin(t.video.astype(str), list(own))) for t in tables]
         videos = {str(v) for t in tables for v in np.unique(t.video.astype(str))}
         durations = {v: self.video_info(v).duration for v in sorted(videos)}
         return infer_timestamp_offset(tables, durations)

@@ -1,5 +1,8 @@
 """``bankflow eval GT PRED --labelmap L ...``: AVA frame-mAP from the command line.
 
+``bankflow eval --tubes GT PRED``: frame- and video-mAP on a tube dataset
+(:mod:`stages.evaluate.tube_cli`).
+
 Also runnable as ``python -m stages.evaluate.cli``. Exit codes: 0 success, 2 bad
 input (missing file, malformed CSV or label map), with a one-line message on stderr.
 """
@@ -41,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def eval_main(argv: list[str] | None = None) -> int:
     """Run the evaluation; print mAP and the per-class table. Returns the exit code."""
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    if "--tubes" in args_list:  # tube datasets: frame- and video-mAP
+        from stages.evaluate.tube_cli import tube_eval_main
+
+        return tube_eval_main(args_list)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:  # argparse printed the usage error already

@@ -109,6 +109,7 @@ def iter_keyframe_clips(
     offset: float,
     spec: ClipSpec,
     chunk_size: int | None = None,
+    fps: float | None = None,
 ) -> Iterator[KeyframeClip]:
     """Clips around the keyframes of ONE video, each needed frame decoded exactly once.
 
@@ -126,6 +127,9 @@ def iter_keyframe_clips(
         spec: clip sampling.
         chunk_size: decode at most this many frames per decoder call (None: all frames new
             to a clip in one call). Bounds the size of a single decoded batch.
+        fps: video frames per timestamp unit; None: the reader's fps (timestamps in
+            seconds). Tube datasets count timestamps in frames: ``fps=1, offset=1`` maps
+            frame number t to frame index t - 1.
 
     Returns:
         An iterator of `KeyframeClip` with frames uint8[T, H, W, 3].
@@ -146,7 +150,11 @@ def iter_keyframe_clips(
     order = np.argsort(times, kind="stable")
     centers = [
         center_frame(
-            float(times[k]), offset, reader.fps, num_frames=reader.num_frames, video=reader.path
+            float(times[k]),
+            offset,
+            reader.fps if fps is None else fps,
+            num_frames=reader.num_frames,
+            video=reader.path,
         )
         for k in order
     ]
@@ -188,6 +196,7 @@ def prefetch_keyframe_clips(
     spec: ClipSpec,
     depth: int = 2,
     chunk_size: int | None = None,
+    fps: float | None = None,
 ) -> Iterator[KeyframeClip]:
     """`iter_keyframe_clips` decoded in a background thread, up to `depth` clips ahead.
 
@@ -201,5 +210,7 @@ def prefetch_keyframe_clips(
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    clips = iter_keyframe_clips(reader, timestamps, offset=offset, spec=spec, chunk_size=chunk_size)
+    clips = iter_keyframe_clips(
+        reader, timestamps, offset=offset, spec=spec, chunk_size=chunk_size, fps=fps
+    )
     return in_background(clips, depth=depth, name=f"decode {reader.path.name}")

@@ -25,6 +25,7 @@ from stages.pipeline import PipelineRun, dry_runner, run_pipeline
 NOT_IN_KEY = {
     "DatasetConfig": {"root", "videos_dir", "annotations_dir", "splits", "labelmap"},
     "SplitFiles": {"gt", "excluded", "proposals"},
+    "TubeFiles": {"trust_pickle"},
     "DetectConfig": {"trust_pickle", "batch_size", "device"},
     "FinetuneConfig": {"device", "num_threads", "clip_cache", "cache_max_bytes"},
     "ExtractConfig": {"batch_size", "device", "allow_low_disk"},

@@ -1,0 +1,149 @@
+"""Tube datasets through the evaluate stage: linking + frame/video-mAP from the files the
+pipeline writes, equal to ``bankflow eval --tubes``, and the peer's values."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import BaseModel
+
+from stages.data import Dataset, DatasetConfig, SplitFiles
+from stages.data.predictions import write_predictions_csv
+from stages.data.tube_dataset import TubeFiles
+from stages.data.types import NO_PERSON, BoxTable
+from stages.evaluate import stage as evaluate_stage
+from stages.evaluate.cli import eval_main
+from stages.evaluate.tube_eval import frame_detections
+from stages.framework import Stage, run_stage
+
+
+class _Written(BaseModel):
+    table: str  # a CSV written by write_predictions_csv, published as predictions/val.csv
+
+
+def _publish(ctx) -> dict:
+    out = ctx.staging / "predictions"
+    out.mkdir()
+    shutil.copy(ctx.config.table, out / "val.csv")
+    return {}
+
+
+# A model-producing stage of the framework (train's output layout), so the evaluate stage
+# reads a published, verified output.
+MODEL = Stage(name="model", code_version="1", config_type=_Written, compute=_publish)
+
+
+def _table(dets: np.ndarray, videos, resolution) -> BoxTable:
+    """Per-frame detections [N, 8] (pixels) as the pipeline's prediction rows."""
+    hw = np.array([resolution[videos[int(i)]] for i in dets[:, 0]], dtype=np.float64)
+    scale = np.column_stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]])
+    n = len(dets)
+    return BoxTable(
+        video=np.array([videos[int(i)] for i in dets[:, 0]], dtype=object),
+        timestamp=dets[:, 1].astype(np.int64),
+        boxes=dets[:, 4:8] / scale,
+        action=dets[:, 2].astype(np.int64) + 1,
+        person=np.full(n, NO_PERSON, dtype=np.int64),
+        score=dets[:, 3].astype(np.float64),
+        line=np.arange(1, n + 1),
+    )
+
+
+def _evaluate(cfg: DatasetConfig, pred_dir, work, **evaluate) -> dict:
+    config = evaluate_stage.EvaluateStageConfig(
+        dataset=cfg,
+        dataset_fingerprint="test",
+        evaluate=evaluate_stage.EvaluateConfig(**evaluate),
+    )
+    ref = run_stage(MODEL, _Written(table=str(pred_dir / "predictions" / "val.csv")), {}, work)
+    out = run_stage(evaluate_stage.STAGE, config, {"predictions": ref}, work)
+    return json.loads((out.path / "metrics.json").read_text()) | {"_dir": str(out.path)}
+
+
+@pytest.fixture
+def peer_dataset(peer_ava, tmp_path):
+    src = peer_ava / "mmaction2_eval_multisports"
+    root = tmp_path / "ms"
+    (root / "annotations").mkdir(parents=True)
+    shutil.copy(src / "gt.pkl", root / "annotations" / "gt.pkl")
+    tubes = TubeFiles(annotation="gt.pkl", trust_pickle=True, split_of={"val": "test"})
+    cfg = DatasetConfig(root=root, tubes=tubes, splits={"val": SplitFiles()})
+    return cfg, np.load(src / "frame_dets_derived.npy")
+
+
+def test_peer_values_from_pipeline_files(peer_dataset, tmp_path):
+    cfg, dets = peer_dataset
+    gt = Dataset.open(cfg).tube_gt
+    videos = gt.test_videos[0]
+    pred_dir = tmp_path / "model"
+    (pred_dir / "predictions").mkdir(parents=True)
+    csv = pred_dir / "predictions" / "val.csv"
+    # the pipeline's own writer (boxes normalised to 3 decimals, frames as timestamps)
+    write_predictions_csv(csv, _table(dets, videos, gt.resolution))
+    m = _evaluate(cfg, pred_dir, tmp_path / "work", train_split="val")
+    # mmaction2's test_multisport_detection: percent, rounded to 4 decimals
+    assert round(100 * m["frame_map"], 4) == 83.6506
+    # with every box's own score the linker finds both people of class 10
+    assert m["v_map@0.5"] == 0.5
+    # the peer's video-mAPs come from linking with its stale score (see LinkingConfig)
+    m = _evaluate(cfg, pred_dir, tmp_path / "work", train_split="val",
+                  linking={"mmaction2_scores": True})  # fmt: skip
+    assert round(100 * m["frame_map"], 4) == 83.6506
+    assert round(100 * m["v_map@0.2"], 4) == 37.5
+    assert round(100 * m["v_map@0.5"], 4) == 37.5
+    assert round(100 * m["v_map_0.10:0.90"], 4) == pytest.approx(29.1667, abs=1e-4)
+    tubes = json.loads((Path(m["_dir"]) / "tubes.json").read_text())
+    assert sum(len(v) for v in tubes.values()) > 0
+
+    # bankflow eval --tubes on the same file gives the same metrics, byte for byte
+    out = tmp_path / "cli"
+    argv = ["--tubes", str(cfg.root / "annotations" / "gt.pkl"), str(csv), "--trust-pickle",
+            "--mmaction2-scores"]  # fmt: skip
+    assert eval_main([*argv, "--out-dir", str(out)]) == 0
+    cli = json.loads((out / "metrics.json").read_text())
+    assert cli == {k: v for k, v in m.items() if k != "_dir"}
+
+
+def test_pickle_gt_needs_trust_in_cli(peer_dataset, tmp_path, capsys):
+    cfg, _ = peer_dataset
+    gt = cfg.root / "annotations" / "gt.pkl"
+    assert eval_main(["--tubes", str(gt), str(gt)]) == 2
+    err = capsys.readouterr().err
+    assert "is a pickle" in err and str(gt) in err and err.count("\n") == 1
+
+
+def test_stage_equals_cli_on_tube_world(tiny_tube_world, tmp_path):
+    ds = Dataset.open(tiny_tube_world)
+    gt, videos = ds.tube_gt, ds.tube_videos("val")
+    # a model's output: every val proposal scored for every class (seeded noise around
+    # the GT label where the proposal overlaps a GT box)
+    props = ds.proposals("val")
+    rng = np.random.default_rng(0)
+    c = len(ds.labelmap)
+    rows = np.repeat(np.arange(len(props)), c)
+    table = props.take(rows)
+    table = BoxTable(
+        video=table.video, timestamp=table.timestamp, boxes=table.boxes,
+        action=np.tile(np.arange(1, c + 1), len(props)), person=table.person,
+        score=rng.uniform(0, 1, len(rows)), line=table.line,
+    )  # fmt: skip
+    pred_dir = tmp_path / "model"
+    (pred_dir / "predictions").mkdir(parents=True)
+    csv = pred_dir / "predictions" / "val.csv"
+    write_predictions_csv(csv, table)
+    m = _evaluate(ds.config, pred_dir, tmp_path / "work", linking={"min_length": 5})
+    assert 0 <= m["frame_map"] <= 1 and m["tubes"] > 0
+    gt_file = tiny_tube_world / "annotations" / "gt.json"
+    out = tmp_path / "cli"
+    assert eval_main(["--tubes", str(gt_file), str(csv), "--min-length", "5",
+                      "--out-dir", str(out)]) == 0  # fmt: skip
+    assert json.loads((out / "metrics.json").read_text()) == {
+        k: v for k, v in m.items() if k != "_dir"
+    }
+    # one detection per box: its best class
+    dets = frame_detections(table, gt, videos)
+    assert len(dets) == len(props)
