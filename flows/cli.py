@@ -36,6 +36,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         help="override a config value, e.g. --set dataset.root=/data/ava (repeatable)",
     )  # fmt: skip
     p.add_argument("--work-root", default=DEFAULT_WORK_ROOT, help="where stage outputs go")
+    p.add_argument(
+        "--cache", default=None, metavar="URL",
+        help="the team's stage cache (s3://…, NFS path); default BANKFLOW_CACHE, then the "
+        "config's cache.url",
+    )  # fmt: skip
 
 
 def cmd_world(args: argparse.Namespace) -> int:
@@ -73,7 +78,7 @@ def _run_pipeline(args: argparse.Namespace, *, until: str | None, force: list[st
 
     summary = pipeline(
         config=str(args.config), overrides=list(args.overrides), work_root=str(work_root),
-        until=until, force=force,
+        until=until, force=force, cache=getattr(args, "cache", None),
     )  # fmt: skip
     print(format_summary(summary))
     return 0
@@ -103,7 +108,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from stages.pipeline import PipelineRun, dry_runner, iter_runs, run_pipeline
 
     config = load_config(args.config, args.overrides)
-    run = PipelineRun(config=config, work_root=Path(args.work_root), runner=dry_runner)
+    run = PipelineRun(
+        config=config, work_root=Path(args.work_root), runner=dry_runner, with_cache=False
+    )
     # Status only looks; it must not write summary.json over a real run's.
     summary = run_pipeline(run, write=False)
     print(f"{'stage':<12} {'key':<17} {'state':<8} {'bytes':>12} {'seconds':>8}  output")

@@ -200,8 +200,22 @@ def read_output(
     )
 
 
-def require_output(ref: StageRef) -> Path:
-    """The directory of a referenced output, refusing one that is incomplete."""
+def require_output(ref: StageRef) -> Path | str:
+    """The directory of a referenced output, refusing one that is incomplete.
+
+    An output read in place from a stage cache (``s3://…/<stage>/<key>/<upload>``) is
+    complete when the cache's record beside its upload exists (stages.remote_cache).
+    """
+    if "://" in ref.uri and not ref.uri.startswith("file://"):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(ref.uri)
+        if not fs.exists(f"{path.rstrip('/').rsplit('/', 1)[0]}/{COMPLETE_MARKER}"):
+            raise StageError(
+                f"{ref.uri}: cached output of stage {ref.stage!r} (key {ref.key}) has no "
+                "completion record; push it again"
+            )
+        return ref.uri
     path = ref.path
     if not (path / COMPLETE_MARKER).is_file():
         raise StageError(

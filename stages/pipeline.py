@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,10 @@ class PipelineRun:
     refs: dict[str, StageRef] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     pending_runs: dict[str, int] = field(default_factory=dict)  # stage -> runs still to come
+    # The team's stage cache URL (--cache); else BANKFLOW_CACHE, else the config's cache.url.
+    cache_url: str | None = None
+    cache: Any = None  # the opened StageCache once the run has planned against it
+    with_cache: bool = True  # False for dry passes (status, the cache plan itself)
 
     def __post_init__(self) -> None:
         for name in [self.until, *self.force]:
@@ -113,11 +118,15 @@ class PipelineRun:
         t0 = time.perf_counter()
         ref, cached = self.runner(name, config, inputs, self.work_root, name in self.force)
         record_name = f"{name}:{label}" if label else name
+        outcome = getattr(self.runner, "outcomes", {}).get((name, ref.key)) or {
+            "source": "local" if cached else "computed", "bytes_pulled": 0, "bytes_pushed": 0,
+        }  # fmt: skip
         self.refs[record_name] = ref
         self.records[record_name] = {
             "key": ref.key,
             "uri": ref.uri,
             "cached": cached,
+            **outcome,  # source: computed | local | pulled | remote | skipped; bytes moved
             "seconds": round(time.perf_counter() - t0, 3),
             "compute_seconds": round(ref.seconds, 3),
             "summary": ref.summary,
@@ -138,6 +147,7 @@ class PipelineRun:
             "work_root": str(self.work_root),
             "finished": dt.datetime.now(dt.UTC).isoformat(),
             "seconds": round(time.perf_counter() - self.started, 3),
+            "cache": self._cache_entry(),
             "stages": self._stage_entries(),
             "models": {},
             "detector": {},
@@ -180,6 +190,16 @@ class PipelineRun:
             summary["detector"] = {"ap50": evaluated["ap50"], "recall": evaluated["recall"]}
         return summary
 
+    def _cache_entry(self) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        recs = self.records.values()
+        return {
+            "url": self.cache.url,
+            "bytes_pulled": sum(r.get("bytes_pulled", 0) for r in recs),
+            "bytes_pushed": sum(r.get("bytes_pushed", 0) for r in recs),
+        }
+
     def _stage_entries(self) -> dict[str, dict[str, Any]]:
         """``stages.<name>`` of summary.json: one entry per stage; a stage run several times
         (``train`` per head) has its runs under ``runs`` and totals at the top."""
@@ -201,6 +221,9 @@ class PipelineRun:
                 key=keys[0] if single else hashlib.sha256("+".join(keys).encode()).hexdigest()[:16],
                 uri=runs[0]["uri"] if single else str(self.work_root / stage),
                 cached=all(r["cached"] for r in runs),
+                source=runs[0]["source"] if len({r["source"] for r in runs}) == 1 else "mixed",
+                bytes_pulled=sum(r["bytes_pulled"] for r in runs),
+                bytes_pushed=sum(r["bytes_pushed"] for r in runs),
                 seconds=round(sum(r["seconds"] for r in runs), 3),
             )
             group["runs"] = group.pop("runs")  # after the totals, for readability
@@ -298,9 +321,33 @@ def run_bank_stages(
     return models
 
 
+def use_cache(run: PipelineRun) -> None:
+    """Plan ``run`` against its stage cache, if one is configured (stages.cached_run)."""
+    from stages.cached_run import CachedRunner, RecordingRunner, plan_sources
+    from stages.remote_cache import open_cache
+
+    url = run.cache_url or os.environ.get("BANKFLOW_CACHE") or run.config.cache.url
+    cache = open_cache(url)
+    if cache is None:
+        return
+    recorder = RecordingRunner()
+    dry = PipelineRun(
+        config=run.config, work_root=run.work_root, runner=recorder, until=run.until,
+        force=run.force, with_cache=False,
+    )  # fmt: skip
+    run_pipeline(dry, write=False)
+    sources = plan_sources(
+        recorder.calls, run.work_root, cache, stores=run.config.cache.stores, force=run.force
+    )
+    run.cache = cache
+    run.runner = CachedRunner(run.runner, cache, sources, push=run.config.cache.push)
+
+
 def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
     """dataset -> detect -> … (later stages join as they land). Returns the summary."""
     cfg = run.config
+    if run.with_cache and run.cache is None:
+        use_cache(run)
     try:
         dataset, fingerprint = prepare_dataset(cfg)
         section = dataset_section(cfg, dataset, fingerprint)
@@ -360,11 +407,17 @@ def iter_runs(summary: dict[str, Any]):
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A plain-text table of stages and results, for the terminal."""
-    lines = [f"{'stage':<16} {'key':<17} {'cached':<7} {'seconds':>8}  output"]
+    lines = [
+        f"{'stage':<16} {'key':<17} {'cached':<7} {'source':<9} {'MB moved':>9} {'seconds':>8}  "
+        "output"
+    ]
     for name, rec in iter_runs(summary):
+        moved = (rec.get("bytes_pulled", 0) + rec.get("bytes_pushed", 0)) / 1e6
+        direction = "↓" if rec.get("bytes_pulled") else "↑" if rec.get("bytes_pushed") else " "
         lines.append(
             f"{name:<16} {rec['key']:<17} {('yes' if rec['cached'] else 'no'):<7} "
-            f"{rec['seconds']:>8.1f}  {rec['uri']}"
+            f"{rec.get('source', '-'):<9} {moved:>8.1f}{direction} {rec['seconds']:>8.1f}  "
+            f"{rec['uri']}"
         )
     det = summary["stages"].get("detect", {}).get("summary", {})
     if det:

@@ -49,3 +49,12 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("world") / "tiny"
     build_world(out, WorldConfig.tiny(seed=0))
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (tests/s3_server.py); environment set while it runs."""
+    from tests.s3_server import moto_s3
+
+    with moto_s3() as server:
+        yield server
