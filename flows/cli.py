@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 DEFAULT_WORK_ROOT = "work"
@@ -135,8 +136,15 @@ def cmd_store(args: argparse.Namespace) -> int:
     if args.action in ("export", "import") and not args.target:
         print(f"bankflow store {args.action}: a target is required", file=sys.stderr)
         return 2
-    if args.action == "info":
+    if args.action == "ls":
+        from flows.team import format_entries, list_root
+
+        print(format_entries(list_root(args.url)))
+    elif args.action == "info":
+        from flows.team import stage_output_info
+
         print(store_info(args.url))
+        print(stage_output_info(args.url))
     elif args.action == "verify":
         report = store_verify(args.url)
         print("ok" if report.ok else "\n".join(report.problems))
@@ -147,6 +155,97 @@ def cmd_store(args: argparse.Namespace) -> int:
     else:  # import: url is the HDF5 file, target the new store
         import_hdf5(args.url, args.target)
         print(f"imported {args.url} -> {args.target}")
+    return 0
+
+
+def _cache_url(args: argparse.Namespace) -> str:
+    url = args.cache or os.environ.get("BANKFLOW_CACHE")
+    if not url and args.config:
+        from stages.config import load_config
+
+        url = load_config(args.config, args.overrides).cache.url
+    if not url:
+        from stages.framework import StageError
+
+        raise StageError("no cache given: pass --cache URL, set BANKFLOW_CACHE or cache.url")
+    return url
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    """``push``/``pull``: a config's stage outputs or STAGE/KEY items, with upstream closure."""
+    from flows.team import (
+        cached_inputs,
+        config_nodes,
+        local_inputs,
+        parse_keys,
+        transfer,
+        upstream_closure,
+    )
+    from stages.remote_cache import open_cache
+
+    work_root = Path(args.work_root)
+    cache = open_cache(_cache_url(args))
+    if args.keys:
+        inputs_of = (
+            (lambda n: local_inputs(work_root, n)) if args.command == "push"
+            else (lambda n: cached_inputs(cache, n))
+        )  # fmt: skip
+        nodes = upstream_closure(parse_keys(args.keys), inputs_of)
+    elif args.config:
+        nodes = [(c.stage, c.key) for c in config_nodes(args.config, args.overrides, work_root)]
+    else:
+        from stages.framework import StageError
+
+        raise StageError(f"bankflow {args.command}: give --config CONFIG or STAGE/KEY items")
+    t0 = time.perf_counter()
+    done = transfer(args.command, work_root, cache, list(dict.fromkeys(nodes)))
+    seconds = time.perf_counter() - t0
+    for (stage, key), what, n, secs in done:
+        print(f"{stage:<11} {key:<17} {what:<22} {n / 1e6:>9.2f} MB {secs:>7.2f} s")
+    moved = sum(n for *_, n, _ in done)
+    print(
+        f"{args.command}: {moved / 1e6:.2f} MB in {seconds:.1f} s "
+        f"({moved / 1e6 / max(seconds, 1e-9):.1f} MB/s) {cache.url} <-> {work_root}"
+    )
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from flows.tasks import locks_location
+    from flows.team import (
+        config_nodes,
+        format_entries,
+        gc_plan,
+        is_cache_root,
+        list_root,
+        remove_entry,
+    )
+
+    keep = None
+    if args.keep:
+        keep = set()
+        for config in args.keep:
+            keep |= {(c.stage, c.key) for c in config_nodes(config, args.overrides, Path("."))}
+    cache = is_cache_root(args.root)
+    lock_dirs = [os.environ["BANKFLOW_LOCKS"]] if os.environ.get("BANKFLOW_LOCKS") else []
+    if not cache:
+        lock_dirs.append(locks_location(args.root))
+    plan = gc_plan(
+        list_root(args.root), keep=keep, older_than_days=args.older_than, lock_dirs=lock_dirs
+    )
+    removed = [e for e, reason in plan if reason is None]
+    for e, reason in plan:
+        if reason is not None:
+            print(f"keep    {e.stage}/{e.key} ({e.state}): {reason}")
+    verb = "removing" if args.apply else "would remove"
+    if removed:
+        print(f"{verb}:")
+        print(format_entries(removed))
+    for e in removed if args.apply else []:
+        remove_entry(args.root, e)
+    freed = sum(e.bytes for e in removed)
+    tail = "" if args.apply else " (dry run: add --apply to delete)"
+    print(f"gc {args.root}: {len(removed)} entries, {freed / 1e6:.1f} MB {verb}{tail}")
     return 0
 
 
@@ -238,10 +337,40 @@ def build_parser() -> argparse.ArgumentParser:
         "store",
         help="feature stores: info|verify STORE, export STORE OUT.h5, import IN.h5 STORE",
     )
-    p.add_argument("action", choices=["info", "verify", "export", "import"])
-    p.add_argument("url", help="a store URL (path, file://, s3://…); for import the .h5 file")
+    p.add_argument("action", choices=["info", "verify", "export", "import", "ls"])
+    p.add_argument(
+        "url", help="a store URL (path, file://, s3://…); for import the .h5 file; for ls a "
+        "work root or stage cache",
+    )  # fmt: skip
     p.add_argument("target", nargs="?", help="export: the .h5 to write; import: the new store")
     p.set_defaults(func=cmd_store)
+
+    for name, what in (("push", "work root -> cache"), ("pull", "cache -> work root")):
+        p = sub.add_parser(
+            name, help=f"copy stage outputs {what}: a config's, or STAGE/KEY items with "
+            "everything upstream of them",
+        )  # fmt: skip
+        p.add_argument("keys", nargs="*", metavar="STAGE/KEY")
+        p.add_argument("--config", help="every stage output of this pipeline config")
+        p.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE")  # fmt: skip
+        p.add_argument("--work-root", default=DEFAULT_WORK_ROOT)
+        p.add_argument("--cache", metavar="URL", help="default BANKFLOW_CACHE, then cache.url")
+        p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser(
+        "gc", help="list (or --apply: delete) staging leftovers, replaced outputs and outputs "
+        "no --keep config reaches, in a work root or cache",
+    )  # fmt: skip
+    p.add_argument("root", help="a work root or a stage cache URL")
+    p.add_argument("--keep", action="append", default=[], metavar="CONFIG",
+                   help="outputs of this config are kept (repeatable); without it only "
+                   "staging and replaced entries are collected")  # fmt: skip
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every --keep config")  # fmt: skip
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="only entries this old")
+    p.add_argument("--apply", action="store_true", help="delete (default: only list)")
+    p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser(
         "serve", help="Prefect server + work pool + deployments + worker, in the foreground"

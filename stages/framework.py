@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import getpass
 import hashlib
 import json
 import logging
@@ -273,6 +274,13 @@ def write_json_atomic(path: Path, value: Any, *, sort_keys: bool = True) -> None
     os.replace(tmp, path)
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "?"
+
+
 def run_stage(
     stage: Stage,
     config: BaseModel,
@@ -327,6 +335,7 @@ def run_stage(
         "libraries": library_versions(),
         "git_revision": git_revision(),
         "host": platform.node(),
+        "user": _user(),
         "python": platform.python_version(),
         "started": started.isoformat(),
         "finished": dt.datetime.now(dt.UTC).isoformat(),

@@ -28,6 +28,7 @@ import logging
 import os
 import platform
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ from stages.framework import (
 log = logging.getLogger("bankflow.cache")
 
 UPLOAD_PREFIX = "up-"
+PUSHING_FILE = "PUSHING.json"  # who is uploading (gc leaves live uploads alone)
+PUSH_TTL_S = 6 * 3600.0  # an upload by another host untouched this long is abandoned
 
 
 class CacheConfig(BaseModel):
@@ -202,7 +205,14 @@ class StageCache:
         sources = [str(local / rel) for rel, _ in manifest]
         targets = [self._path(stage, key, upload, rel) for rel, _ in manifest]
         log.info("cache: pushing %s/%s (%d files) to %s", stage, key, len(sources), self.url)
+        pushing = {
+            "host": platform.node(), "pid": os.getpid(), "heartbeat": time.time(),
+            "ttl_s": PUSH_TTL_S,
+        }  # fmt: skip
         try:
+            self.fs.pipe_file(
+                self._path(stage, key, upload, PUSHING_FILE), json.dumps(pushing).encode()
+            )
             self.fs.put(sources, targets)
             record = {
                 "upload": upload,
@@ -226,6 +236,7 @@ class StageCache:
             log.info("cache: %s/%s was pushed by someone else meanwhile", stage, key)
             self._remove(self._path(stage, key, upload))
             return 0
+        self._remove(self._path(stage, key, upload, PUSHING_FILE))
         return sum(size for _, size in manifest)
 
     def _create_exclusive(self, path: str, data: bytes) -> bool:
