@@ -159,7 +159,13 @@ def list_root(root: str) -> list[RootEntry]:
     if is_cache_root(root):
         cache = StageCache(root)
         cache.check()
-        return cache_entries(cache)
+        entries = cache_entries(cache)
+        if not entries and cache.fs.ls(cache.root, detail=False) and not cache.is_empty_layout():
+            raise CacheError(
+                f"{root}: holds no bankflow stage outputs (not a work root or stage cache); "
+                "give the URL that has <stage>/<key>/ below it"
+            )
+        return entries
     path = Path(root)
     if not path.is_dir():
         raise StageError(f"{root}: no such work root or cache")
@@ -190,7 +196,7 @@ def format_entries(entries: list[RootEntry]) -> str:
     lines = [f"{'stage':<11} {'key':<17} {'state':<9} {'MB':>9} {'created':<20} {'by':<24} store"]
     for e in sorted(entries, key=lambda e: (e.stage, e.state, e.key)):
         created = dt.datetime.fromtimestamp(e.modified, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        extra = ""
+        extra = "" if e.state == "complete" else e.location
         if e.stage == "extract" and e.state == "complete":
             d = store_details(e)
             extra = (

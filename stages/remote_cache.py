@@ -86,6 +86,8 @@ def describe_error(url: str, exc: BaseException) -> str:
             f"{url}: no credentials for this object store; set AWS_ACCESS_KEY_ID/"
             "AWS_SECRET_ACCESS_KEY or AWS_PROFILE (or ~/.aws/credentials)"
         )
+    if name == "ProfileNotFound":
+        return f"{url}: {text}; check AWS_PROFILE and ~/.aws/config"
     if name in ("EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError") or (
         "could not connect" in text.lower()
     ):
@@ -146,6 +148,10 @@ class StageCache:
         """Fail with one line if the cache cannot be listed (endpoint, bucket, credentials)."""
         try:
             if isinstance(self.fs, LocalFileSystem):
+                if Path(self.root).exists() and not Path(self.root).is_dir():
+                    raise CacheError(
+                        f"{self.url}: is a file; a stage cache is a directory or an fsspec URL"
+                    )
                 Path(self.root).mkdir(parents=True, exist_ok=True)
             else:
                 self.fs.ls(self.root, detail=False, refresh=True)
@@ -153,6 +159,8 @@ class StageCache:
             if "bucket" in str(exc).lower():
                 raise CacheError(describe_error(self.url, exc)) from None
             # An empty prefix in an existing bucket is a fresh cache: fine.
+        except CacheError:
+            raise
         except Exception as exc:
             raise CacheError(describe_error(self.url, exc)) from None
 
@@ -323,6 +331,18 @@ class StageCache:
                             stage, key, "staging", self._du(upload_dir), None, None,
                             self._url(stage, key, upload),
                         )  # fmt: skip
+
+    def is_empty_layout(self) -> bool:
+        """True when every top-level entry is a directory of key directories (or empty)."""
+        try:
+            top = self.fs.ls(self.root, detail=True, refresh=True)
+        except FileNotFoundError:
+            return True
+        return all(e["type"] == "directory" for e in top) and not any(
+            e["type"] != "directory"
+            for d in top
+            for e in self.fs.ls(d["name"], detail=True, refresh=True)
+        )
 
     def _ls(self, path: str) -> list[str]:
         try:
