@@ -101,7 +101,7 @@ def test_sigkilled_push_leaves_nothing_complete_and_a_rerun_completes(tmp_path, 
         cache.pull(tmp_path / "b", "blob", ref.key)
     assert read_output(tmp_path / "b", "blob", ref.key) is None
     # Its pusher is dead: gc may collect the orphan (and nothing else).
-    [(entry, reason)] = gc_plan([orphan], keep=None, older_than_days=None, lock_dirs=[])
+    [(_entry, reason)] = gc_plan([orphan], keep=None, older_than_days=None, lock_dirs=[])
     assert reason is None
 
     assert cache.push(work, "blob", ref.key) == output_bytes(work, ref.key)  # the re-run completes
