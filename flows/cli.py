@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -420,13 +421,22 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # Prefect's root handler would print every line twice
+    work_root = getattr(args, "work_root", None)
+    if work_root and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", work_root):
+        print(
+            f"bankflow: error: --work-root {work_root}: a work root is a directory, not a URL; "
+            "give a local path or the path of a mounted share (NFS)",
+            file=sys.stderr,
+        )
+        return 2
+    from featurestore.errors import StoreError
     from stages.config import ConfigError
     from stages.data.errors import DataError, DataErrors
     from stages.framework import StageError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, DataErrors, StageError) as exc:
+    except (ConfigError, DataError, DataErrors, StageError, StoreError) as exc:
         print(f"bankflow: error: {exc}", file=sys.stderr)
         return 2
 

@@ -29,6 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from featurestore.banks import BankStore
+from stages.keys import InKey
 
 
 class WindowConfig(BaseModel):
@@ -36,10 +37,10 @@ class WindowConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    before: float = Field(30.0, ge=0)  # LFB: 60 s window = 30 s each side
-    after: float = Field(30.0, ge=0)
-    include_current: bool = True  # keep the current keyframe's own actors
-    max_per_second: int | None = Field(None, ge=1)  # None: every actor of every second
+    before: InKey[float] = Field(30.0, ge=0)  # LFB: 60 s window = 30 s each side
+    after: InKey[float] = Field(30.0, ge=0)
+    include_current: InKey[bool] = True  # keep the current keyframe's own actors
+    max_per_second: InKey[int | None] = Field(None, ge=1)  # None: every actor of every second
 
 
 class IndexSource(Protocol):

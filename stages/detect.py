@@ -65,6 +65,7 @@ from stages.detector_training import (
 )
 from stages.evaluate.breakdown import detector_ap
 from stages.framework import Stage, StageContext, StageError, write_json_atomic
+from stages.keys import FileInKey, InKey, NotInKey
 
 CODE_VERSION = "2"
 PERSONS_FILE = "persons.parquet"
@@ -77,28 +78,28 @@ FINETUNE_DIR = "finetune"  # fine-tuning state of an unfinished run (staging onl
 class DetectConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["proposals", "fasterrcnn"] = "proposals"
+    source: InKey[Literal["proposals", "fasterrcnn"]] = "proposals"
     # Per-split proposal files overriding the dataset's own (AVA CSV or MMAction2 .pkl).
-    proposals: dict[str, str] = {}
+    proposals: FileInKey[dict[str, str]] = {}
     # Unpickling runs code: an MMAction2 pickle is read only with this opt-in.
-    trust_pickle: bool = False
-    min_score: float = 0.0  # proposals: drop boxes scoring below this
-    splits: list[str] = ["train", "val"]
+    trust_pickle: NotInKey[bool] = False
+    min_score: InKey[float] = 0.0  # proposals: drop boxes scoring below this
+    splits: InKey[list[str]] = ["train", "val"]
 
     # --- source: fasterrcnn ---
-    arch: DetectorArch = "fasterrcnn_resnet50_fpn"
+    arch: InKey[DetectorArch] = "fasterrcnn_resnet50_fpn"
     # A local checkpoint of the whole detector (torchvision state dict, e.g. COCO, or a
     # detector.pt written by this stage); None starts from random weights (then
     # ``finetune`` is required). Its sha256 is recorded in detector.json.
-    checkpoint: str | None = None
-    person_class: int = Field(1, ge=1)  # the person label of a multi-class checkpoint (COCO)
-    score_threshold: float = Field(0.8, ge=0.0, le=1.0)  # the papers keep >= 0.8-0.9
-    finetune: DetectorFinetuneConfig | None = None
+    checkpoint: FileInKey[str | None] = None
+    person_class: InKey[int] = Field(1, ge=1)  # the person label of a multi-class checkpoint (COCO)
+    score_threshold: InKey[float] = Field(0.8, ge=0.0, le=1.0)  # the papers keep >= 0.8-0.9
+    finetune: InKey[DetectorFinetuneConfig | None] = None
     # The detector resizes each frame so its shorter side has this many pixels (the longer
     # side is capped at twice that); None: the architecture's default (800, or 320).
-    image_short_side: int | None = Field(None, ge=32)
-    batch_size: int = Field(4, ge=1)  # keyframes per inference batch
-    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+    image_short_side: InKey[int | None] = Field(None, ge=32)
+    batch_size: NotInKey[int] = Field(4, ge=1)  # keyframes per inference batch
+    device: NotInKey[str] = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
 
 
 class DetectStageConfig(BaseModel):
@@ -106,9 +107,9 @@ class DetectStageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    detect: DetectConfig
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    detect: InKey[DetectConfig]
 
 
 def _load_proposals(dataset: Dataset, cfg: DetectConfig, split: str) -> BoxTable:

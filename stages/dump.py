@@ -42,6 +42,7 @@ from stages.framework import (
     canonical_json,
 )
 from stages.head_data import collate, open_split
+from stages.keys import InKey, NotInKey
 from stages.train import HEAD_FILE
 
 CODE_VERSION = "1"
@@ -56,10 +57,10 @@ class BankDumpConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    from_: str = Field(alias="from")  # the stage-1 train run whose head fills the bank
-    kind: BankKind = "lfb"
-    splits: list[str] | None = None  # None: every split the feature store has
-    batch_keyframes: int = Field(32, ge=1)  # keyframes per head forward
+    from_: InKey[str] = Field(alias="from")  # the stage-1 train run whose head fills the bank
+    kind: InKey[BankKind] = "lfb"
+    splits: InKey[list[str] | None] = None  # None: every split the feature store has
+    batch_keyframes: NotInKey[int] = Field(32, ge=1)  # keyframes per head forward
 
 
 class DumpSection(BaseModel):
@@ -71,8 +72,8 @@ class DumpSection(BaseModel):
 class DumpStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    bank: BankDumpConfig
+    name: InKey[str]
+    bank: InKey[BankDumpConfig]
 
 
 def bank_path(uri: str | Path, split: str) -> Path:

@@ -53,6 +53,7 @@ from stages.evaluate.ava import _keyframe_ids, evaluate_ava
 from stages.evaluate.result import AvaResult
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.framework import Stage, StageContext, StageError, StageRef, output_dir
+from stages.keys import InKey
 from stages.track import iou_matrix
 from stages.train import METRICS_FILE, evaluated_labelmap
 
@@ -67,14 +68,14 @@ class EnsembleRunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # model names (train / train_bank / rebalance runs); empty: every model, pipeline order
-    members: list[str] = []
+    members: InKey[list[str]] = []
     # per member; members not named weigh 1.0
-    weights: dict[str, float] = {}
-    select: bool = False  # greedy forward selection of the members on select_split
-    select_split: str = "val"
-    max_members: int | None = Field(None, ge=1)  # cap on the selected members
-    split: str = "val"  # the split whose predictions are averaged and evaluated
-    match_iou: float = Field(0.5, gt=0.0, le=1.0)  # IoU a box needs to match a reference box
+    weights: InKey[dict[str, float]] = {}
+    select: InKey[bool] = False  # greedy forward selection of the members on select_split
+    select_split: InKey[str] = "val"
+    max_members: InKey[int | None] = Field(None, ge=1)  # cap on the selected members
+    split: InKey[str] = "val"  # the split whose predictions are averaged and evaluated
+    match_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)  # IoU a box needs to match a reference box
 
 
 class EnsembleSection(BaseModel):
@@ -86,11 +87,11 @@ class EnsembleSection(BaseModel):
 class EnsembleStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    name: str
-    members: list[str]  # resolved member names, in order; the stage's inputs carry these
-    run: EnsembleRunConfig
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    name: InKey[str]
+    members: InKey[list[str]]  # resolved member names, in order; the stage's inputs carry these
+    run: InKey[EnsembleRunConfig]
 
 
 @dataclass(frozen=True)

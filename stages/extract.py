@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict
 
 from featurestore import (
     FeatureStore,
@@ -46,6 +46,7 @@ from stages.data import Dataset, DatasetConfig
 from stages.extract_video import VideoExtractor, _device, _probe_shapes, build_schema, load_backbone
 from stages.extract_workers import _become_publisher, _open_store, _published, _SplitRun
 from stages.framework import Stage, StageContext, StageError
+from stages.keys import FileInKey, InKey, NotInKey
 from stages.track import read_actors
 from stages.video import VideoError, VideoReader
 
@@ -60,56 +61,52 @@ WAIT_FOR_OTHERS_S = 6 * 3600.0
 log = logging.getLogger("bankflow.extract")
 
 
-# The fields that decide the backbone and its input clips (what finetune shares with extract).
-BACKBONE_FIELDS = frozenset(
-    {"backbone", "backbone_kwargs", "weights", "num_frames", "frame_stride", "target_fps",
-     "short_side", "mean", "std"}
-)  # fmt: skip
+class BackboneConfig(BaseModel):
+    """The backbone and its input clips: what the finetune stage shares with extract."""
 
-
-class ExtractConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backbone: str = "slowfast_r50"
-    backbone_kwargs: dict[str, Any] = {}
+    backbone: InKey[str] = "slowfast_r50"
+    backbone_kwargs: InKey[dict[str, Any]] = {}
     # A local checkpoint (PySlowFast / MMAction2 / bankflow); None = the finetune stage's
     # weights when the pipeline has one, else a fixed-seed random init (demo only).
-    weights: str | None = None
-    seed: int = 0
-    num_frames: int = 32  # frames of the (fast) clip
-    frame_stride: int = 2  # source frames between clip frames
-    target_fps: float | None = None  # measure the stride at this rate (AVA: 30)
-    short_side: int | None = 256
+    weights: FileInKey[str | None] = None
+    num_frames: InKey[int] = 32  # frames of the (fast) clip
+    frame_stride: InKey[int] = 2  # source frames between clip frames
+    target_fps: InKey[float | None] = None  # measure the stride at this rate (AVA: 30)
+    short_side: InKey[int | None] = 256
+    mean: InKey[tuple[float, float, float]] = (0.45, 0.45, 0.45)
+    std: InKey[tuple[float, float, float]] = (0.225, 0.225, 0.225)
+
+    @classmethod
+    def of(cls, config: BackboneConfig) -> BackboneConfig:
+        """Only the backbone fields of ``config`` (an :class:`ExtractConfig`, say)."""
+        return cls.model_validate(config.model_dump(include=set(cls.model_fields)))
+
+
+class ExtractConfig(BackboneConfig):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: InKey[int] = 0  # of the random init when there are no weights
     # Flip every frame left-right before the backbone, boxes with it (x1' = 1 - x2): a
     # test-time augmentation view (stages.tta). The store then holds the flipped boxes.
-    flip: bool = False
-    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
-    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+    flip: InKey[bool] = False
     # Pool the context map to this (h, w) grid before storing (None: full map).
-    context_grid: tuple[int, int] | None = None
-    store_roi: bool = False  # keep the 7×7 RoI maps (ACRN, PCCA, IGMN, S-only read them)
-    store_roi_t: bool = False  # keep temporal RoI maps (T-only)
-    batch_size: int = 8  # keyframes per backbone forward
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    splits: list[str] = ["train", "val"]
-    allow_low_disk: bool = False
-
-    @model_serializer(mode="wrap")
-    def _omit_unflipped(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # ``flip`` came after stores were published: left out of the dump (and so of the
-        # stage key) while False, it keeps the keys of every unflipped extraction.
-        data = handler(self)
-        if not self.flip:
-            data.pop("flip", None)
-        return data
+    context_grid: InKey[tuple[int, int] | None] = None
+    store_roi: InKey[bool] = False  # keep the 7×7 RoI maps (ACRN, PCCA, IGMN, S-only read them)
+    store_roi_t: InKey[bool] = False  # keep temporal RoI maps (T-only)
+    batch_size: NotInKey[int] = 8  # keyframes per backbone forward (inference)
+    device: NotInKey[Literal["auto", "cpu", "cuda"]] = "auto"
+    splits: InKey[list[str]] = ["train", "val"]
+    allow_low_disk: NotInKey[bool] = False
 
 
 class ExtractStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    extract: ExtractConfig
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    extract: InKey[ExtractConfig]
 
 
 def store_path(uri: str | Path, split: str) -> Path:

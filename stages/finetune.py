@@ -47,9 +47,10 @@ from models.backbones import build_backbone
 from models.losses import ava_loss
 from models.roi import actor_rois
 from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
-from stages.extract import WEIGHTS_FILE, ExtractConfig
+from stages.extract import WEIGHTS_FILE, BackboneConfig
 from stages.framework import Stage, StageContext, StageError, write_json_atomic
 from stages.head_data import SplitIndex
+from stages.keys import InKey, NotInKey
 from stages.train_loop import (
     OptimConfig,
     epoch_order,
@@ -72,36 +73,36 @@ log = logging.getLogger("bankflow.finetune")
 class FinetuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(4, ge=1)
-    batch_keyframes: int = Field(8, ge=1)  # keyframes per step, all their GT persons
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0)  # peak lr after warm-up, cosine to zero
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.5
-    grad_clip: float = 5.0  # max global grad norm; 0 disables
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)  # before the FC, as SlowFast-Det
-    loss: Literal["ava", "bce"] = "ava"
-    flip: bool = True  # random horizontal flip of clip and boxes (p = 0.5 per keyframe)
-    split: str = "train"
-    max_keyframes: int | None = Field(None, ge=1)  # seeded subset, for quick demos
-    freeze_bn: bool = False  # BN statistics frozen (pretrained weights, tiny batches)
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    epochs: InKey[int] = Field(4, ge=1)
+    batch_keyframes: InKey[int] = Field(8, ge=1)  # keyframes per step, all their GT persons
+    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
+    lr: InKey[float] = Field(1e-3, gt=0)  # peak lr after warm-up, cosine to zero
+    momentum: InKey[float] = 0.9  # SGD only
+    weight_decay: InKey[float] = 1e-4
+    warmup_epochs: InKey[float] = 0.5
+    grad_clip: InKey[float] = 5.0  # max global grad norm; 0 disables
+    dropout: InKey[float] = Field(0.5, ge=0.0, lt=1.0)  # before the FC, as SlowFast-Det
+    loss: InKey[Literal["ava", "bce"]] = "ava"
+    flip: InKey[bool] = True  # random horizontal flip of clip and boxes (p = 0.5 per keyframe)
+    split: InKey[str] = "train"
+    max_keyframes: InKey[int | None] = Field(None, ge=1)  # seeded subset, for quick demos
+    freeze_bn: InKey[bool] = False  # BN statistics frozen (pretrained weights, tiny batches)
+    seed: InKey[int] = 0
+    device: NotInKey[Literal["auto", "cpu", "cuda"]] = "auto"
     # torch intra-op CPU threads while training (None: torch's default). On a CPU shared
     # with other jobs, 1 thread measured 2x faster than 2 (threads spin-wait for each other).
-    num_threads: int | None = Field(None, ge=1)
-    clip_cache: Literal["auto", "memory", "stream"] = "auto"
-    cache_max_bytes: int = 2 << 30  # ``auto`` caches clips in RAM below this size
+    num_threads: NotInKey[int | None] = Field(None, ge=1)
+    clip_cache: NotInKey[Literal["auto", "memory", "stream"]] = "auto"
+    cache_max_bytes: NotInKey[int] = 2 << 30  # ``auto`` caches clips in RAM below this size
 
 
 class FinetuneStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    finetune: FinetuneConfig
-    extract: ExtractConfig  # backbone, its kwargs/initial weights, clip sampling
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    finetune: InKey[FinetuneConfig]
+    extract: InKey[BackboneConfig]  # backbone, its kwargs/initial weights, clip sampling
 
 
 class ActorClassifier(nn.Module):
@@ -174,7 +175,7 @@ class ClipSupply:
     """Batches of :class:`Sample` for one epoch, from a RAM cache or streamed per video."""
 
     def __init__(
-        self, dataset: Dataset, index: SplitIndex, rows: np.ndarray, ex: ExtractConfig,
+        self, dataset: Dataset, index: SplitIndex, rows: np.ndarray, ex: BackboneConfig,
         cfg: FinetuneConfig,
     ) -> None:  # fmt: skip
         self.dataset, self.index, self.cfg, self.ex = dataset, index, cfg, ex
@@ -291,7 +292,7 @@ def _optim_config(cfg: FinetuneConfig) -> OptimConfig:
 
 
 def train_epochs(
-    model: ActorClassifier, supply: ClipSupply, cfg: FinetuneConfig, ex: ExtractConfig,
+    model: ActorClassifier, supply: ClipSupply, cfg: FinetuneConfig, ex: BackboneConfig,
     exclusive: list[int], ckpt_dir: Path, device: torch.device,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
@@ -360,7 +361,7 @@ def train_epochs(
 
 
 def build_model(
-    ex: ExtractConfig, cfg: FinetuneConfig, num_classes: int, clip_hw: tuple[int, int]
+    ex: BackboneConfig, cfg: FinetuneConfig, num_classes: int, clip_hw: tuple[int, int]
 ) -> ActorClassifier:
     """The backbone (the extract section's initial weights, else a seeded random init) and a
     fresh seeded head."""

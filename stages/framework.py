@@ -6,7 +6,8 @@ references go in, a small :class:`StageRef` comes out. The output of a stage run
 
     key = hash(stage name, stage CODE_VERSION, config section, keys of the inputs)
 
-so changing one stage's config re-keys that stage and everything downstream of it, and
+where the config section is what its fields' markers let in (:mod:`stages.keys`: no
+path, no execution-only setting; files by their sha256). Changing one stage's config re-keys that stage and everything downstream of it, and
 nothing upstream. Outputs are written into a staging directory, a ``COMPLETE.json``
 marker is written last, and the directory is renamed into place in one step: a crash at
 any point leaves nothing that reads as complete. A published output is never modified;
@@ -36,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
+
+from stages.keys import KeyFileError, excluded_fields, key_payload
 
 log = logging.getLogger("bankflow.stages")
 
@@ -134,14 +137,22 @@ def stage_key(
     config: BaseModel | Mapping[str, Any],
     inputs: Mapping[str, StageRef | str],
 ) -> str:
-    """hash(stage name, CODE_VERSION, config section, the inputs' keys)."""
+    """hash(stage name, CODE_VERSION, the config's key fields, the inputs' keys).
+
+    A typed config enters through :func:`stages.keys.key_payload` (its fields' markers);
+    a plain mapping enters whole.
+    """
     input_keys = {
         name: (ref.key if isinstance(ref, StageRef) else str(ref)) for name, ref in inputs.items()
     }
+    try:
+        section = key_payload(config) if isinstance(config, BaseModel) else dict(config)
+    except KeyFileError as exc:
+        raise StageError(f"stage {stage.name!r}: {exc}") from None
     payload = {
         "stage": stage.name,
         "code_version": stage.code_version,
-        "config": config_payload(config),
+        "config": section,
         "inputs": input_keys,
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
@@ -331,6 +342,7 @@ def run_stage(
         "code_version": stage.code_version,
         "key": key,
         "config": config_payload(config),
+        "not_in_key": excluded_fields(config),  # execution-only settings of this run
         "inputs": {name: {"key": ref.key, "uri": ref.uri} for name, ref in inputs.items()},
         "libraries": library_versions(),
         "git_revision": git_revision(),

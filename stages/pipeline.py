@@ -357,11 +357,7 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
         if cfg.finetune is not None:
             tune_config = finetune.FinetuneStageConfig(
                 dataset=dataset, dataset_fingerprint=fingerprint,
-                finetune=cfg.finetune,
-                # Only the backbone and clip fields: storage options must not re-key it.
-                extract=extract.ExtractConfig(
-                    **cfg.extract.model_dump(include=set(extract.BACKBONE_FIELDS))
-                ),
+                finetune=cfg.finetune, extract=extract.BackboneConfig.of(cfg.extract),
             )  # fmt: skip
             backbone_inputs["finetune"] = run.stage("finetune", tune_config, {})
         features = run.stage(

@@ -59,6 +59,7 @@ from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract import store_path
 from stages.framework import PROVENANCE_FILE, Stage, StageContext, StageError, output_dir
 from stages.head_data import open_training_splits
+from stages.keys import InKey
 from stages.train_loop import TrainData, epoch_batches, iter_batches, predict, read_batch
 
 CODE_VERSION = "1"
@@ -75,23 +76,23 @@ class RebalanceSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(8, ge=1)  # "a small number of epochs" (Kang et al.)
+    epochs: InKey[int] = Field(8, ge=1)  # "a small number of epochs" (Kang et al.)
     # draws per epoch; None: as many as the run has labelled training actors
-    samples_per_epoch: int | None = Field(None, ge=1)
-    batch_actors: int = Field(128, ge=1)
+    samples_per_epoch: InKey[int | None] = Field(None, ge=1)
+    batch_actors: InKey[int] = Field(128, ge=1)
     # AdamW at 3e-3 improved the rare classes of all three demo heads tried (linear, acar,
     # pcca); SGD at 1e-2 for 4 epochs lowered the linear head's tail AP.
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(0.003, gt=0)
-    momentum: float = Field(0.9, ge=0)  # SGD
-    weight_decay: float = Field(1e-4, ge=0)
+    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
+    lr: InKey[float] = Field(0.003, gt=0)
+    momentum: InKey[float] = Field(0.9, ge=0)  # SGD
+    weight_decay: InKey[float] = Field(1e-4, ge=0)
     # False: fine-tune the trained classifier (the reports' "class-balanced finetuning");
     # True: start from a fresh one, as Kang et al.'s cRT does.
-    reinit: bool = False
+    reinit: InKey[bool] = False
     # Actors that match no GT box (false-positive detections) form one more pool drawn
     # like a class; without them the classifier would never see a pure negative.
-    background_pool: bool = True
-    seed: int = 0
+    background_pool: InKey[bool] = True
+    seed: InKey[int] = 0
 
 
 class RebalanceSection(RebalanceSettings):
@@ -104,11 +105,11 @@ class RebalanceSection(RebalanceSettings):
 class RebalanceStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    name: str  # the rebalanced model's name (``<source>_crt`` in the pipeline)
-    source: str  # the name of the run it re-trains
-    rebalance: RebalanceSettings
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    name: InKey[str]  # the rebalanced model's name (``<source>_crt`` in the pipeline)
+    source: InKey[str]  # the name of the run it re-trains
+    rebalance: InKey[RebalanceSettings]
 
 
 def crt_name(model: str) -> str:

@@ -31,6 +31,7 @@ from stages import plots
 from stages.data import Dataset, DatasetConfig
 from stages.evaluate.breakdown import head_tail
 from stages.framework import COMPLETE_MARKER, Stage, StageContext, StageError, StageRef
+from stages.keys import InKey
 from stages.rebalance import CRT_FILE, class_counts, head_tail_k
 from stages.train import METRICS_FILE, evaluated_labelmap
 
@@ -46,19 +47,19 @@ GROUPS = ("pose", "object_manipulation", "person_interaction")
 class ReportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    title: str = "bankflow report"
+    title: InKey[str] = "bankflow report"
     # head/tail size; None: the reports' rule (20, or a third with fewer than 60 classes)
-    head_tail_k: int | None = Field(None, ge=1)
-    train_split: str = "train"  # class frequencies (head/tail) come from its GT
+    head_tail_k: InKey[int | None] = Field(None, ge=1)
+    train_split: InKey[str] = "train"  # class frequencies (head/tail) come from its GT
 
 
 class ReportStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    split: str  # the evaluated split
-    report: ReportConfig = ReportConfig()
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    split: InKey[str]  # the evaluated split
+    report: InKey[ReportConfig] = ReportConfig()
 
 
 # --- a tiny document model rendered to both Markdown and HTML -----------------------

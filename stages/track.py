@@ -31,6 +31,7 @@ from stages.data import Dataset, DatasetConfig
 from stages.detect import read_persons
 from stages.evaluate.ap import pairwise_iou
 from stages.framework import Stage, StageContext, StageError
+from stages.keys import InKey
 
 CODE_VERSION = "1"
 ACTORS_FILE = "actors.parquet"
@@ -40,17 +41,17 @@ class TrackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # Which boxes are the actors of each split: GT persons or detected persons.
-    boxes: dict[str, Literal["gt", "detections"]] = {"train": "gt", "val": "detections"}
-    min_iou: float = 0.3  # a link needs at least this IoU
-    max_gap: int = 2  # keyframes a track may skip (occlusion, missed detection)
+    boxes: InKey[dict[str, Literal["gt", "detections"]]] = {"train": "gt", "val": "detections"}
+    min_iou: InKey[float] = 0.3  # a link needs at least this IoU
+    max_gap: InKey[int] = 2  # keyframes a track may skip (occlusion, missed detection)
 
 
 class TrackStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    track: TrackConfig
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    track: InKey[TrackConfig]
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:

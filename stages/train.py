@@ -39,6 +39,7 @@ from stages.head_data import (
     TrainingSplits,
     open_training_splits,
 )
+from stages.keys import InKey, NotInKey
 from stages.train_loop import OptimConfig, TrainData, predict, train
 
 CODE_VERSION = "4"  # 2: events.jsonl, prior in metrics.json; 4: tensorboard scalars
@@ -56,19 +57,19 @@ class HeadRunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    head: str = "linear"
-    head_kwargs: dict[str, Any] = {}
-    optim: OptimConfig = OptimConfig()
-    train_split: str = "train"
-    val_split: str = "val"
+    head: InKey[str] = "linear"
+    head_kwargs: InKey[dict[str, Any]] = {}
+    optim: InKey[OptimConfig] = OptimConfig()
+    train_split: InKey[str] = "train"
+    val_split: InKey[str] = "val"
     # IoU with a GT box that gives a detected box its labels
-    label_iou: float = Field(0.5, gt=0.0, le=1.0)
+    label_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)
     # Hold the arrays the head reads in RAM: True, False (read each batch from the store,
     # prefetched in a thread), or "auto": in RAM when they take at most preload_max_gb.
-    preload: bool | Literal["auto"] = "auto"
-    preload_max_gb: float = Field(8.0, ge=0.0)
+    preload: NotInKey[bool | Literal["auto"]] = "auto"
+    preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
     # keep only the k best classes per box in the predictions (None: every class)
-    top_k: int | None = Field(None, ge=1)
+    top_k: InKey[int | None] = Field(None, ge=1)
 
 
 class TrainSection(BaseModel):
@@ -80,10 +81,10 @@ class TrainSection(BaseModel):
 class TrainStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    name: str
-    run: HeadRunConfig
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    name: InKey[str]
+    run: InKey[HeadRunConfig]
 
 
 def evaluated_labelmap(dataset: Dataset, config: DatasetConfig) -> LabelMap:

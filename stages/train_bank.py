@@ -53,6 +53,7 @@ from stages.head_data import (
     SplitIndex,
     open_training_splits,
 )
+from stages.keys import InKey, NotInKey
 from stages.train import (
     CHECKPOINT_DIR,
     EVENTS_FILE,
@@ -77,24 +78,26 @@ class BankRunConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    head: str = "lfb"
-    head_kwargs: dict[str, Any] = {}
-    bank: str | None = None  # the dump (``dump.banks.<name>``) read in offline mode
-    window: WindowConfig = WindowConfig()
-    init: Literal["scratch", "stage1"] = "scratch"
+    head: InKey[str] = "lfb"
+    head_kwargs: InKey[dict[str, Any]] = {}
+    bank: InKey[str | None] = None  # the dump (``dump.banks.<name>``) read in offline mode
+    window: InKey[WindowConfig] = WindowConfig()
+    init: InKey[Literal["scratch", "stage1"]] = "scratch"
     # The stage-1 run to fine-tune from (init: stage1); None: the bank's ``from`` run.
-    stage1: str | None = None
-    bank_mode: Literal["offline", "online"] = "offline"
-    bank_preload: bool = False  # hold the bank in RAM instead of reading windows from disk
-    optim: OptimConfig = OptimConfig()
-    train_split: str = "train"
-    val_split: str = "val"
-    label_iou: float = Field(0.5, gt=0.0, le=1.0)
+    stage1: InKey[str | None] = None
+    bank_mode: InKey[Literal["offline", "online"]] = "offline"
+    bank_preload: NotInKey[bool] = (
+        False  # hold the bank in RAM instead of reading windows from disk
+    )
+    optim: InKey[OptimConfig] = OptimConfig()
+    train_split: InKey[str] = "train"
+    val_split: InKey[str] = "val"
+    label_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)
     # The splits' features in RAM: True, False (read per batch), or "auto": in RAM when
     # they take at most preload_max_gb (as for stage-1 runs).
-    preload: bool | Literal["auto"] = "auto"
-    preload_max_gb: float = Field(8.0, ge=0.0)
-    top_k: int | None = Field(None, ge=1)
+    preload: NotInKey[bool | Literal["auto"]] = "auto"
+    preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
+    top_k: InKey[int | None] = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _bank_for_offline(self) -> BankRunConfig:
@@ -114,10 +117,10 @@ class TrainBankSection(BaseModel):
 class TrainBankStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    name: str
-    run: BankRunConfig
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    name: InKey[str]
+    run: InKey[BankRunConfig]
 
 
 # --------------------------------------------------------------------------- banks

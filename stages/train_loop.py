@@ -37,6 +37,7 @@ from torch import nn
 
 from models.losses import ava_loss, ava_scores
 from stages.head_data import KeyframeSource, SplitIndex, collate, iter_batches, jitter_boxes
+from stages.keys import InKey
 from stages.progress import progress_bar
 
 log = logging.getLogger("bankflow.train")
@@ -47,22 +48,22 @@ TENSORBOARD_DIR = "tensorboard"
 class OptimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(6, ge=1)
+    epochs: InKey[int] = Field(6, ge=1)
     # keyframes per step (all actors of each keyframe together)
-    batch_keyframes: int = Field(16, ge=1)
-    optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    momentum: float = Field(0.9, ge=0)  # SGD
+    batch_keyframes: InKey[int] = Field(16, ge=1)
+    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
+    lr: InKey[float] = Field(1e-3, gt=0)
+    momentum: InKey[float] = Field(0.9, ge=0)  # SGD
     # SlowFast-Det / ACAR use 1e-7..1e-4; AdamW default here
-    weight_decay: float = Field(1e-4, ge=0)
-    warmup_epochs: float = Field(0.5, ge=0)
-    schedule: Literal["cosine", "step"] = "cosine"
-    step_epochs: list[int] = []  # step schedule: lr × 0.1 at each
-    grad_clip: float = Field(5.0, ge=0)  # 0: no clipping
+    weight_decay: InKey[float] = Field(1e-4, ge=0)
+    warmup_epochs: InKey[float] = Field(0.5, ge=0)
+    schedule: InKey[Literal["cosine", "step"]] = "cosine"
+    step_epochs: InKey[list[int]] = []  # step schedule: lr × 0.1 at each
+    grad_clip: InKey[float] = Field(5.0, ge=0)  # 0: no clipping
     # edge noise as a fraction of box size (heads that pool boxes)
-    box_jitter: float = Field(0.0, ge=0, lt=0.5)
-    loss: Literal["ava", "bce"] = "ava"
-    seed: int = 0
+    box_jitter: InKey[float] = Field(0.0, ge=0, lt=0.5)
+    loss: InKey[Literal["ava", "bce"]] = "ava"
+    seed: InKey[int] = 0
 
 
 @dataclass

@@ -36,6 +36,7 @@ from stages.extract import ExtractConfig, ExtractStageConfig, store_path
 from stages.extract_video import flip_boxes
 from stages.framework import Stage, StageContext, StageError, StageRef, output_dir
 from stages.head_data import KeyframeSource, SplitIndex, build_index, open_split
+from stages.keys import InKey
 from stages.train import predictions_table
 from stages.train_loop import TrainData, predict
 from stages.trained_run import TrainedRun
@@ -53,8 +54,8 @@ class TTAView(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    short_side: int | Literal["base"] | None = "base"  # "base": the base extraction's
-    flip: bool = False
+    short_side: InKey[int | Literal["base"] | None] = "base"  # "base": the base extraction's
+    flip: InKey[bool] = False
 
 
 class TTAConfig(BaseModel):
@@ -66,8 +67,8 @@ class TTAConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    views: list[TTAView] = Field(default_factory=lambda: [TTAView(flip=True)], min_length=1)
-    include_base: bool = True  # the base extraction is one of the averaged views
+    views: InKey[list[TTAView]] = Field(default_factory=lambda: [TTAView(flip=True)], min_length=1)
+    include_base: InKey[bool] = True  # the base extraction is one of the averaged views
 
 
 def view_extract_config(base: ExtractConfig, view: TTAView, split: str) -> ExtractConfig:
@@ -165,10 +166,10 @@ def predict_views(
 class PredictStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    split: str  # the evaluated split
-    tta: TTAConfig
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    split: InKey[str]  # the evaluated split
+    tta: InKey[TTAConfig]
 
 
 def view_names(inputs: Sequence[str]) -> list[str]:

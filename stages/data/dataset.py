@@ -19,6 +19,8 @@ import numpy as np
 import pydantic
 import yaml
 
+from stages.keys import InKey, NotInKey
+
 from .ava import read_detections_csv, read_excluded_csv, read_gt_csv
 from .errors import DataError
 from .labelmap import read_labelmap
@@ -38,9 +40,9 @@ class SplitFiles(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    gt: str | None = None
-    excluded: str | None = None
-    proposals: str | None = None
+    gt: NotInKey[str | None] = None
+    excluded: NotInKey[str | None] = None
+    proposals: NotInKey[str | None] = None
 
 
 def _default_splits() -> dict[str, SplitFiles]:
@@ -74,14 +76,14 @@ class DatasetConfig(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    root: Path
-    videos_dir: str = "videos"
-    annotations_dir: str = "annotations"
-    splits: dict[str, SplitFiles] = pydantic.Field(default_factory=_default_splits)
-    labelmap: str = "action_list.pbtxt"
-    timestamp_offset: float | None = None
-    evaluated_classes: list[int] | None = None
-    exclusive_classes: list[int] | None = None
+    root: NotInKey[Path]
+    videos_dir: NotInKey[str] = "videos"
+    annotations_dir: NotInKey[str] = "annotations"
+    splits: NotInKey[dict[str, SplitFiles]] = pydantic.Field(default_factory=_default_splits)
+    labelmap: NotInKey[str] = "action_list.pbtxt"
+    timestamp_offset: InKey[float | None] = None
+    evaluated_classes: InKey[list[int] | None] = None
+    exclusive_classes: InKey[list[int] | None] = None
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, root: str | Path | None = None) -> DatasetConfig:

@@ -16,6 +16,7 @@ from stages.data import Dataset, DatasetConfig, read_detections_csv
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.report import write_ava_outputs
 from stages.framework import Stage, StageContext, StageError
+from stages.keys import InKey
 
 CODE_VERSION = "1"
 PREDICTIONS_DIR = "predictions"
@@ -24,17 +25,17 @@ PREDICTIONS_DIR = "predictions"
 class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    split: str = "val"
-    protocol: Literal["2018", "2019", "2020"] = "2019"
-    iou_threshold: float = 0.5
+    split: InKey[str] = "val"
+    protocol: InKey[Literal["2018", "2019", "2020"]] = "2019"
+    iou_threshold: InKey[float] = 0.5
 
 
 class EvaluateStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dataset: DatasetConfig
-    dataset_fingerprint: str
-    evaluate: EvaluateConfig
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    evaluate: InKey[EvaluateConfig]
 
 
 def predictions_csv(uri: str | Path, split: str) -> Path:

@@ -27,6 +27,7 @@ from stages.extract import ExtractConfig, ExtractStageConfig
 from stages.extract_video import VideoExtractor, _probe_shapes, build_schema, flip_boxes
 from stages.framework import StageError, StageRef, run_stage
 from stages.head_data import open_split
+from stages.keys import key_payload
 from stages.pipeline import PipelineRun, dataset_section, prepare_dataset, run_pipeline
 from stages.trained_run import TrainedRun
 from stages.video import VideoReader
@@ -124,10 +125,12 @@ def test_flipped_extraction_is_the_mirrored_extraction(tiny_world: Path) -> None
     assert np.abs(mirrored.context.astype(np.float32) - plain.context).max() > 0.05
 
 
-def test_unflipped_extract_keys_did_not_change() -> None:
-    """``flip`` is left out of the key while False (stores published before it keep theirs)."""
-    assert "flip" not in ExtractConfig().model_dump()
-    assert ExtractConfig(flip=True).model_dump()["flip"] is True
+def test_flip_enters_the_extract_key_and_only_flipped_schemas_say_so() -> None:
+    """``flip`` is a key field like any other (stages.keys); an unflipped store's schema
+    stays as it was before flip existed."""
+    plain = key_payload(ExtractConfig())
+    assert plain["flip"] is False
+    assert key_payload(ExtractConfig(flip=True))["flip"] is True
     assert "flip" not in build_schema(ExtractConfig(), (8, 2, 2), None, None, None).clip
 
 
