@@ -289,16 +289,17 @@ class StageCache:
                     f"{self._url(stage, key, record['upload'], rel)}: {got} bytes, the record "
                     f"says {size}; the cached output is damaged (remove it with bankflow gc)"
                 )
+        final = output_dir(work_root, stage, key)
         write_json_atomic(
             staging / COMPLETE_MARKER,
             {
                 "digest": record["digest"], "manifest": manifest,
-                "summary": record.get("summary", {}), "seconds": record.get("seconds", 0.0),
+                "summary": relocate(record.get("summary", {}), f"/{stage}/{key}", str(final)),
+                "seconds": record.get("seconds", 0.0),
                 "pulled_from": self._url(stage, key),
             },
         )  # fmt: skip
         _fsync_dir(staging)
-        final = output_dir(work_root, stage, key)
         try:
             os.replace(staging, final)
         except OSError:
@@ -368,6 +369,18 @@ class StageCache:
         if record is not None:
             self._remove(self._path(stage, key, COMPLETE_MARKER))
         self._remove(self._path(stage, key))
+
+
+def relocate(value: Any, marker: str, new_dir: str) -> Any:
+    """``value`` with every path inside another work root's ``…/<stage>/<key>`` pointing
+    into ``new_dir`` instead (a pulled summary names the puller's files, not the pusher's)."""
+    if isinstance(value, dict):
+        return {k: relocate(v, marker, new_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [relocate(v, marker, new_dir) for v in value]
+    if isinstance(value, str) and value.startswith("/") and marker in value:
+        return new_dir + value.split(marker, 1)[1]
+    return value
 
 
 def _user() -> str:
