@@ -158,6 +158,20 @@ def stage_key(
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
 
 
+def is_remote(uri: str | os.PathLike) -> bool:
+    """True for an fsspec URL (``s3://…``), False for a path or ``file://``."""
+    text = os.fspath(uri)
+    return "://" in text and not text.startswith("file://")
+
+
+def output_file(uri: str | os.PathLike, *parts: str) -> Path | str:
+    """``uri/part/…``: a Path below a local output, a URL below one read in place from a
+    stage cache (stages.remote_cache) — feature stores and banks open either."""
+    if is_remote(uri):
+        return "/".join([os.fspath(uri).rstrip("/"), *parts])
+    return Path(uri).joinpath(*parts)
+
+
 def output_dir(work_root: Path | str, stage_name: str, key: str) -> Path:
     return Path(work_root) / stage_name / key
 
@@ -218,7 +232,7 @@ def require_output(ref: StageRef) -> Path | str:
     An output read in place from a stage cache (``s3://…/<stage>/<key>/<upload>``) is
     complete when the cache's record beside its upload exists (stages.remote_cache).
     """
-    if "://" in ref.uri and not ref.uri.startswith("file://"):
+    if is_remote(ref.uri):
         import fsspec
 
         fs, path = fsspec.core.url_to_fs(ref.uri)
