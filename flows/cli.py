@@ -115,9 +115,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     # Status only looks; it must not write summary.json over a real run's.
     summary = run_pipeline(run, write=False)
+    from stages.remote_cache import open_cache
+
+    cache = open_cache(args.cache or os.environ.get("BANKFLOW_CACHE") or config.cache.url)
     print(f"{'stage':<12} {'key':<17} {'state':<8} {'bytes':>12} {'seconds':>8}  output")
     for name, rec in iter_runs(summary):
         st = rec["summary"]["status"]
+        if cache is not None and st["state"] != "cached":
+            stage = name.split(":")[0]
+            record = cache.record(stage, rec["key"])
+            if record is not None:  # not here, but a pull away
+                st = {"state": "in cache", "seconds": record.get("seconds"),
+                      "bytes": sum(size for _, size in record["manifest"])}  # fmt: skip
+                rec = {**rec, "uri": cache.data_url(stage, rec["key"])}
         secs = f"{st['seconds']:.1f}" if st["seconds"] is not None else "-"
         print(
             f"{name:<12} {rec['key']:<17} {st['state']:<8} {st['bytes']:>12} {secs:>8}  {rec['uri']}"

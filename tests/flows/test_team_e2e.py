@@ -108,6 +108,22 @@ def test_store_ls_pull_closure_and_gc(team):
     line = next(x for x in listed.stdout.splitlines() if x.startswith("extract"))
     assert extract_key in line and "complete" in line and "backbone slowfast_tiny" in line
     assert "splits train,val" in line and "videos 4" in line
+    # store info on the store read in place names its stage key, extraction and dataset.
+    store = f"{StageCache(cache_url).data_url('extract', extract_key)}/features/val.zarr"
+    info = bankflow("store", "info", store, cwd=tmp)
+    assert info.returncode == 0, info.stderr
+    fingerprint = json.loads(
+        (tmp / "alice" / "work" / "extract" / extract_key / "provenance.json").read_text()
+    )["config"]["dataset_fingerprint"]
+    assert f"stage key  extract {extract_key}" in info.stdout
+    assert (
+        f"fingerprint {fingerprint}" in info.stdout and '"backbone": "slowfast_tiny"' in info.stdout
+    )
+    # status of an empty work root: every stage a pull away.
+    status = bankflow("status", *team["b_args"][:2], "--work-root", str(tmp / "dave"),
+                      *team["b_args"][4:], "--cache", cache_url, cwd=tmp)  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.count("in cache") == len(list(iter_runs(team["a_summary"])))
     # A pull of one key brings everything upstream of it.
     carol = tmp / "carol"
     pulled = bankflow("pull", f"extract/{extract_key}", "--cache", cache_url,
