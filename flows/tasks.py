@@ -50,7 +50,15 @@ from pydantic import BaseModel
 
 from flows.locks import ExpiringLockManager, claim_gpu_slot
 from stages.catalog import STAGES
-from stages.framework import StageError, StageRef, read_output, run_stage, stage_key
+from stages.framework import (
+    StageError,
+    StageRef,
+    output_relpath,
+    read_output,
+    resolve_record,
+    run_stage,
+    stage_key,
+)
 
 # Stages that want a GPU (known now or being added): one place for tags, slots, pools.
 GPU_STAGES = frozenset(
@@ -123,17 +131,28 @@ def result_storage(work_root: str | Path) -> Path | RemoteFileSystem:
     return Path(location)
 
 
-def _forget_record(work_root: str, cache_key: str) -> None:
+def _forget_record(work_root: str, cache_key: str, why: str) -> None:
+    """Drop the cache record ``cache_key`` (logging one line when there was one)."""
     location = results_location(work_root)
     fs, root = fsspec.core.url_to_fs(location)
     path = f"{root.rstrip('/')}/{cache_key}"
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(path)
+        log.warning("cache record %s dropped: %s; looking the key up in %s", cache_key, why,
+                    work_root)  # fmt: skip
+
+
+def cache_record(ref: StageRef) -> StageRef:
+    """What a cache record holds: stage, key, digest and summary, the output named relative
+    to the work root (never where it lived: the record may serve a copy of the root, a
+    root mounted elsewhere, or another root sharing ``BANKFLOW_RESULTS``)."""
+    return ref.model_copy(update={"uri": output_relpath(ref.stage, ref.key)})
 
 
 @dataclass
 class StageKeyPolicy(CachePolicy):
-    """Cache key = ``<stage>-<stage key>``; a record whose output vanished is dropped."""
+    """Cache key = ``<stage>-<stage key>``; a record whose output is not in this run's
+    work root (missing, incomplete, changed since publication) is dropped."""
 
     def compute_key(
         self,
@@ -149,12 +168,14 @@ class StageKeyPolicy(CachePolicy):
         cache_key = f"{call.stage}-{key}"
         try:
             published = read_output(call.work_root, call.stage, key) is not None
+            why = f"no output {output_relpath(call.stage, key)} in this work root"
         except StageError:
             published = False
+            why = f"{output_relpath(call.stage, key)} no longer matches its manifest"
         if not published:
-            # Someone removed (or corrupted) the output: the cached reference would
-            # point at nothing, so forget it and let the task run.
-            _forget_record(call.work_root, cache_key)
+            # The record would name an output this work root does not have: forget it and
+            # let the task find the key here or compute it.
+            _forget_record(call.work_root, cache_key, why)
         return cache_key
 
 
@@ -250,13 +271,21 @@ def stage_task(call: StageCall) -> StageRef:
     logger.addHandler(bridge)
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
+    force = call.force
     try:
-        ref = run_stage(STAGES[call.stage], config, call.inputs, call.work_root, force=call.force)
+        read_output(call.work_root, call.stage, call.key())
+    except StageError as exc:
+        # A published output changed since (a tampered or half-copied file): never used;
+        # moved aside to <stage>/.replaced/ and computed anew.
+        log.warning("stage %s: %s; recomputing", call.stage, exc)
+        force = True
+    try:
+        ref = run_stage(STAGES[call.stage], config, call.inputs, call.work_root, force=force)
     finally:
         logger.removeHandler(bridge)
         logger.setLevel(level)
     bridge.publish_written()
-    return ref
+    return cache_record(ref)
 
 
 def submit_stage(call: StageCall) -> tuple[StageRef, bool]:
@@ -271,8 +300,25 @@ def submit_stage(call: StageCall) -> tuple[StageRef, bool]:
         tags=[f"stage:{call.stage}", *([GPU_TAG] if call.stage in GPU_STAGES else [])],
     )
     state = configured(call, return_state=True)
-    ref = state.result()
-    if not isinstance(ref, StageRef):
-        ref = StageRef.model_validate(ref)
+    ref = resolve_record(_as_ref(state.result()), call.work_root)
+    if ref is None:
+        # A record of this key whose digest is not that of the output here (the output was
+        # recomputed or replaced in this work root, or the record came from another root
+        # sharing the results store): drop it and find or compute the key here.
+        _forget_record(
+            call.work_root, f"{call.stage}-{call.key()}",
+            f"its digest is not that of {output_relpath(call.stage, call.key())} here",
+        )  # fmt: skip
+        state = configured.with_options(refresh_cache=True)(call, return_state=True)
+        ref = resolve_record(_as_ref(state.result()), call.work_root)
+        if ref is None:
+            raise StageError(
+                f"stage {call.stage!r} (key {call.key()}): no verified output at "
+                f"{Path(call.work_root) / output_relpath(call.stage, call.key())} after running it"
+            )
     cached = state.name == "Cached" or ref.cached
     return ref, cached
+
+
+def _as_ref(result: Any) -> StageRef:
+    return result if isinstance(result, StageRef) else StageRef.model_validate(result)

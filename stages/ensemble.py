@@ -52,7 +52,7 @@ from stages.data.predictions import (
 from stages.evaluate.ava import _keyframe_ids, evaluate_ava
 from stages.evaluate.result import AvaResult
 from stages.evaluate.stage import PREDICTIONS_DIR
-from stages.framework import Stage, StageContext, StageError, StageRef, output_dir
+from stages.framework import Stage, StageContext, StageError, StageRef
 from stages.keys import InKey
 from stages.track import iou_matrix
 from stages.train import METRICS_FILE, evaluated_labelmap
@@ -351,9 +351,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "group_map": result.groups,
         **{k: v for k, v in info.items() if k != "selection"},
         "selection": [{k: v for k, v in step.items() if k != "singles"} for step in trace],
-        "predictions_csv": str(
-            output_dir(ctx.work_root, ctx.stage, ctx.key) / PREDICTIONS_DIR / f"{run.split}.csv"
-        ),
+        "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.split}.csv"),
     }
 
 

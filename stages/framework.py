@@ -92,6 +92,11 @@ class StageContext:
     work_root: Path
     log: logging.Logger = field(default=log)
 
+    def relpath(self, *parts: str) -> str:
+        """A file of this output named relative to the work root, for summaries
+        (``train/<key>/predictions/val.csv``): valid wherever the work root moves."""
+        return "/".join([output_relpath(self.stage, self.key), *parts])
+
     def input(self, name: str) -> StageRef:
         try:
             return self.inputs[name]
@@ -176,6 +181,12 @@ def output_dir(work_root: Path | str, stage_name: str, key: str) -> Path:
     return Path(work_root) / stage_name / key
 
 
+def output_relpath(stage_name: str, key: str) -> str:
+    """An output named relative to its work root (what records, summaries and provenance
+    hold, so a work root can be copied, moved or mounted elsewhere)."""
+    return f"{stage_name}/{key}"
+
+
 def _manifest(root: Path) -> list[tuple[str, int]]:
     """(relative path, size) of every file below ``root`` except the marker, sorted."""
     entries = []
@@ -224,6 +235,21 @@ def read_output(
         cached=True,
         seconds=float(record.get("seconds", 0.0)),
     )
+
+
+def resolve_record(record: StageRef, work_root: Path | str) -> StageRef | None:
+    """The output a cache record names (stage, key, digest), looked up in ``work_root``.
+
+    None when this work root has no verified output at that key, or one with another
+    digest (recomputed elsewhere, replaced): a record never points into another root.
+    """
+    try:
+        found = read_output(work_root, record.stage, record.key)
+    except StageError:
+        return None
+    if found is None or found.digest != record.digest:
+        return None
+    return found.model_copy(update={"cached": record.cached, "seconds": record.seconds})
 
 
 def require_output(ref: StageRef) -> Path | str:
@@ -357,7 +383,10 @@ def run_stage(
         "key": key,
         "config": config_payload(config),
         "not_in_key": excluded_fields(config),  # execution-only settings of this run
-        "inputs": {name: {"key": ref.key, "uri": ref.uri} for name, ref in inputs.items()},
+        "inputs": {
+            name: {"key": ref.key, "uri": output_relpath(ref.stage, ref.key)}
+            for name, ref in inputs.items()
+        },
         "libraries": library_versions(),
         "git_revision": git_revision(),
         "host": platform.node(),

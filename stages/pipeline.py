@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,7 +41,9 @@ from stages.evaluate import stage as evaluate
 from stages.fingerprint import dataset_fingerprint
 from stages.framework import (
     StageRef,
+    is_remote,
     output_dir,
+    output_relpath,
     run_stage,
     stage_key,
     stage_status,
@@ -124,7 +127,8 @@ class PipelineRun:
         self.refs[record_name] = ref
         self.records[record_name] = {
             "key": ref.key,
-            "uri": ref.uri,
+            # Relative to the work root; an output read in place from a cache: its URL.
+            "uri": ref.uri if is_remote(ref.uri) else output_relpath(name, ref.key),
             "cached": cached,
             **outcome,  # source: computed | local | pulled | remote | skipped; bytes moved
             "seconds": round(time.perf_counter() - t0, 3),
@@ -141,14 +145,18 @@ class PipelineRun:
         self.pending_runs[name] = left
         return left > 0
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, *, absolute: bool = True) -> dict[str, Any]:
+        """The run's summary. Outputs are named relative to the work root in
+        ``summary.json`` (``absolute=False``: the root may be copied or moved) and as
+        paths under ``work_root`` for the caller (``absolute=True``)."""
+        place = self._place if absolute else (lambda rel: rel)
         summary: dict[str, Any] = {
             "config": self.config.name,
-            "work_root": str(self.work_root),
+            **({"work_root": str(self.work_root)} if absolute else {}),
             "finished": dt.datetime.now(dt.UTC).isoformat(),
             "seconds": round(time.perf_counter() - self.started, 3),
             "cache": self._cache_entry(),
-            "stages": self._stage_entries(),
+            "stages": self._stage_entries(place),
             "models": {},
             "detector": {},
         }
@@ -165,7 +173,7 @@ class PipelineRun:
                     "prior_map": summ.get("prior_map"),
                     "parameters": summ.get("parameters"),
                     "train_seconds": summ.get("train_seconds"),
-                    "predictions_csv": summ.get("predictions_csv"),
+                    "predictions_csv": place(summ.get("predictions_csv")),
                 }
                 if stage == "rebalance":  # cRT: the source run and the head/tail change
                     summary["models"][label].update(
@@ -177,13 +185,12 @@ class PipelineRun:
                 summary.setdefault("ensembles", {})[label] = {
                     k: summ.get(k)
                     for k in ("members", "weights", "val_map", "group_map", "best_member",
-                              "best_member_map", "gain", "selection_optimistic",
-                              "predictions_csv")
-                }  # fmt: skip
+                              "best_member_map", "gain", "selection_optimistic")
+                } | {"predictions_csv": place(summ.get("predictions_csv"))}  # fmt: skip
         if "report" in self.records:
-            uri = Path(self.records["report"]["uri"])
-            summary["report"] = {"markdown": str(uri / report.MARKDOWN_FILE),
-                                 "html": str(uri / report.HTML_FILE)}  # fmt: skip
+            uri = self.records["report"]["uri"]
+            summary["report"] = {"markdown": place(f"{uri}/{report.MARKDOWN_FILE}"),
+                                 "html": place(f"{uri}/{report.HTML_FILE}")}  # fmt: skip
         det = self.records.get("detect", {}).get("summary", {})
         evaluated = det.get(self.config.evaluate.split) or {}
         if "ap50" in evaluated:
@@ -200,11 +207,19 @@ class PipelineRun:
             "bytes_pushed": sum(r.get("bytes_pushed", 0) for r in recs),
         }
 
-    def _stage_entries(self) -> dict[str, dict[str, Any]]:
+    def _place(self, rel: str | None) -> str | None:
+        """A path named relative to the work root, as a path under it (None stays None;
+        an output read in place from a stage cache keeps its URL)."""
+        if rel is None or is_remote(rel):
+            return rel
+        return str(self.work_root / rel)
+
+    def _stage_entries(self, place: Callable[[str], str | None]) -> dict[str, dict[str, Any]]:
         """``stages.<name>`` of summary.json: one entry per stage; a stage run several times
         (``train`` per head) has its runs under ``runs`` and totals at the top."""
         entries: dict[str, dict[str, Any]] = {}
-        for record_name, rec in self.records.items():
+        for record_name, stored in self.records.items():
+            rec = {**stored, "uri": place(stored["uri"])}
             stage, _, label = record_name.partition(":")
             if not label:
                 entries[stage] = rec
@@ -219,7 +234,7 @@ class PipelineRun:
             single = len(runs) == 1
             group.update(
                 key=keys[0] if single else hashlib.sha256("+".join(keys).encode()).hexdigest()[:16],
-                uri=runs[0]["uri"] if single else str(self.work_root / stage),
+                uri=runs[0]["uri"] if single else place(stage),
                 cached=all(r["cached"] for r in runs),
                 source=runs[0]["source"] if len({r["source"] for r in runs}) == 1 else "mixed",
                 bytes_pulled=sum(r["bytes_pulled"] for r in runs),
@@ -232,7 +247,9 @@ class PipelineRun:
     def write_summary(self) -> Path:
         self.work_root.mkdir(parents=True, exist_ok=True)
         path = self.work_root / SUMMARY_FILE
-        write_json_atomic(path, self.summary(), sort_keys=False)  # keep pipeline order
+        # Outputs relative to the work root (copy, move or rsync it: summary.json holds).
+        summary = self.summary(absolute=False)
+        write_json_atomic(path, summary, sort_keys=False)  # keep pipeline order
         return path
 
 

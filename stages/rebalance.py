@@ -57,7 +57,7 @@ from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.breakdown import head_tail_change
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract import store_path
-from stages.framework import PROVENANCE_FILE, Stage, StageContext, StageError, output_dir
+from stages.framework import PROVENANCE_FILE, Stage, StageContext, StageError
 from stages.head_data import open_training_splits
 from stages.keys import InKey
 from stages.train_loop import TrainData, epoch_batches, iter_batches, predict, read_batch
@@ -468,9 +468,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "epochs": len(history),
         "history": history,
         "crt": {k: v for k, v in change.items() if k not in ("head_classes", "tail_classes")},
-        "predictions_csv": str(
-            output_dir(ctx.work_root, ctx.stage, ctx.key) / PREDICTIONS_DIR / f"{val_split}.csv"
-        ),
+        "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{val_split}.csv"),
     }
 
 

@@ -32,7 +32,7 @@ from stages.data.predictions import write_predictions_csv, write_predictions_par
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract import store_path
-from stages.framework import Stage, StageContext, StageError, output_dir
+from stages.framework import Stage, StageContext, StageError
 from stages.head_data import (
     KeyframeSource,
     SplitIndex,
@@ -270,9 +270,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "prior_map": prior.mAP,
         "epochs": len(history),
         "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
-        "predictions_csv": str(
-            output_dir(ctx.work_root, ctx.stage, ctx.key) / PREDICTIONS_DIR / f"{run.val_split}.csv"
-        ),
+        "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.val_split}.csv"),
     }  # fmt: skip
 
 

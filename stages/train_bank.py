@@ -47,7 +47,7 @@ from stages.dump import bank_path, load_stage1_head
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract import store_path
-from stages.framework import Stage, StageContext, StageError, output_dir
+from stages.framework import Stage, StageContext, StageError
 from stages.head_data import (
     KeyframeSource,
     SplitIndex,
@@ -447,9 +447,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "prior_map": prior.mAP,
         "epochs": len(history),
         "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
-        "predictions_csv": str(
-            output_dir(ctx.work_root, ctx.stage, ctx.key) / PREDICTIONS_DIR / f"{run.val_split}.csv"
-        ),
+        "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.val_split}.csv"),
     }  # fmt: skip
 
 

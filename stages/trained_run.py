@@ -42,7 +42,8 @@ def upstream_dir(path: Path, provenance: dict[str, Any], name: str) -> Path:
     """The output directory of input ``name`` of the stage output at ``path``.
 
     Looks beside ``path`` first (``<work_root>/<stage>/<key>``, the layout of every work
-    root), then at the URI recorded at the time.
+    root), then at the URI recorded at the time (relative to the work root; absolute in
+    outputs of older bankflow versions).
     """
     inputs = provenance.get("inputs", {})
     if name not in inputs:
@@ -51,7 +52,8 @@ def upstream_dir(path: Path, provenance: dict[str, Any], name: str) -> Path:
             f"(its inputs: {sorted(inputs)})"
         )
     key = inputs[name]["key"]
-    for candidate in (path.parent.parent / name / key, Path(inputs[name]["uri"])):
+    work_root = path.parent.parent
+    for candidate in (work_root / name / key, work_root / inputs[name]["uri"]):
         if (candidate / COMPLETE_MARKER).is_file():
             return candidate
     raise StageError(

@@ -34,7 +34,7 @@ from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract import ExtractConfig, ExtractStageConfig, store_path
 from stages.extract_video import flip_boxes
-from stages.framework import Stage, StageContext, StageError, StageRef, output_dir
+from stages.framework import Stage, StageContext, StageError, StageRef
 from stages.head_data import KeyframeSource, SplitIndex, build_index, open_split
 from stages.keys import InKey
 from stages.train import predictions_table
@@ -212,10 +212,10 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "predict %s: TTA mAP %.4f over %d views (%s)", run.name, result.mAP, len(views),
         ", ".join(f"{v['mAP']:.4f}" for v in views),
     )  # fmt: skip
-    csv = output_dir(ctx.work_root, ctx.stage, ctx.key) / PREDICTIONS_DIR / f"{split}.csv"
+    csv = ctx.relpath(PREDICTIONS_DIR, f"{split}.csv")
     return {
         "name": run.name, "head": run.head_name, "split": split, "val_map": result.mAP,
-        "group_map": result.groups, "views": views, "predictions_csv": str(csv),
+        "group_map": result.groups, "views": views, "predictions_csv": csv,
     }  # fmt: skip
 
 

@@ -45,25 +45,27 @@ def test_first_run_computes_every_stage_and_writes_summary(two_runs):
     assert list(summary["stages"]) == ["detect", "track", "extract", "train", "evaluate", "report"]
     assert list(summary["stages"]["train"]["runs"]) == ["linear"]
     assert summary["stages"]["train"]["key"] == summary["stages"]["train"]["runs"]["linear"]["key"]
+    root = work / "w"  # summary.json names outputs relative to the work root
     for name, rec in iter_runs(summary):
         assert rec["cached"] is False, name
-        assert Path(rec["uri"]).is_dir() and (Path(rec["uri"]) / "COMPLETE.json").is_file()
-        assert Path(rec["uri"]).parent.name == name.split(":")[0]
+        assert not Path(rec["uri"]).is_absolute()
+        assert (root / rec["uri"]).is_dir() and (root / rec["uri"] / "COMPLETE.json").is_file()
+        assert (root / rec["uri"]).parent.name == name.split(":")[0]
     model = summary["models"]["linear"]
     assert model["stage"] == "train" and model["head"] == "linear" and model["bank"] is None
     assert 0.0 <= model["val_map"] <= 1.0 and set(model["group_map"]) <= {
         "pose", "object_manipulation", "person_interaction"}  # fmt: skip
-    assert Path(model["predictions_csv"]).is_file()
+    assert (root / model["predictions_csv"]).is_file()
     assert 0.0 < summary["detector"]["ap50"] <= 1.0
     assert "train:linear" in first.stdout and "val mAP" in first.stdout
     evaluation = summary["stages"]["evaluate"]["runs"]["linear"]
     assert evaluation["summary"]["mAP"] == pytest.approx(model["val_map"], abs=1e-9)
     for name in ("metrics.json", "metrics.md", "per_class_ap.png"):
-        assert (Path(evaluation["uri"]) / name).is_file()
+        assert (root / evaluation["uri"] / name).is_file()
     assert "frame-mAP@0.5" in first.stdout
     # The run's report (Markdown + HTML + plots), published as a Prefect artifact too.
-    markdown = Path(summary["report"]["markdown"])
-    assert markdown.is_file() and Path(summary["report"]["html"]).is_file()
+    markdown = root / summary["report"]["markdown"]
+    assert markdown.is_file() and (root / summary["report"]["html"]).is_file()
     assert "| linear |" in markdown.read_text()
     # Prefect's state lives under the work root, not ~/.prefect.
     assert (work / "w" / ".prefect").is_dir()

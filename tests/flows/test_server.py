@@ -310,8 +310,9 @@ def test_a_worker_runs_the_pipeline_deployment_with_outputs(server, pipeline_run
     stages = [name.split(":")[0] for name, _ in iter_runs(summary)]
     assert stages[:4] == ["detect", "track", "finetune", "extract"]
     assert {"train", "dump", "train_bank", "evaluate"} <= set(stages)
+    work_root = server.root / "wa"  # summary.json names outputs relative to it
     for _name, rec in iter_runs(summary):
-        assert rec["cached"] is False and (Path(rec["uri"]) / "COMPLETE.json").is_file()
+        assert rec["cached"] is False and (work_root / rec["uri"] / "COMPLETE.json").is_file()
     task_runs = server.task_runs(pipeline_runs.first)
     states = _by_cache_key(task_runs)
     assert set(states) == set(_expected_keys(summary))  # one task run per stage run
@@ -331,7 +332,7 @@ def test_a_worker_runs_the_pipeline_deployment_with_outputs(server, pipeline_run
     mine = [a for a in progress if a.task_run_id == extract_run.id]
     assert len(mine) == 1 and mine[0].type == "progress" and float(mine[0].data) == 100.0
     assert any(a.flow_run_id == pipeline_runs.first for a in tables)
-    features = Path(summary["stages"]["extract"]["uri"]) / "features"
+    features = work_root / summary["stages"]["extract"]["uri"] / "features"
     stored = {v for store in features.glob("*.zarr") for v in FeatureStore.open(store).videos()}
     assert len(stored) == N_BIGGER and _extracted_by(server, pipeline_runs.first) == stored
     logged = {m.split()[-2] for m in server.logs(pipeline_runs.first)

@@ -133,7 +133,10 @@ def test_provenance_is_recorded(tmp_path):
     prov = json.loads((Path(b.uri) / "provenance.json").read_text())
     assert prov["stage"] == "b" and prov["code_version"] == "1"
     assert prov["config"] == {"factor": 2}
-    assert prov["inputs"] == {"a": {"key": a.key, "uri": a.uri}}
+    # The input's output directory, named relative to the work root (issue 23).
+    assert prov["inputs"] == {
+        "a": {"key": a.key, "uri": Path(a.uri).relative_to(tmp_path).as_posix()}
+    }
     assert prov["libraries"]["numpy"] and prov["libraries"]["pydantic"]
     assert prov["started"] <= prov["finished"]
 

@@ -81,10 +81,11 @@ def test_lfb_head_trains_on_the_bank(
     assert saved["kwargs"]["bank_dim"] == store.schema.pooled_dim  # filled from the bank
     assert saved["bank_kind"] == "lfb" and saved["window"]["before"] == 4
 
-    # The window read from disk per batch trains exactly like the preloaded bank.
+    # The window read from disk per batch trains exactly like the preloaded bank, which is
+    # why bank_preload is not in the key (stages.keys): computed in another work root.
     preloaded = run_stage(train_bank.STAGE, config(stage1, "lfb", bank="lfb", bank_preload=True),
-                          inputs, tmp_path)  # fmt: skip
-    assert preloaded.key != ref.key
+                          inputs, tmp_path / "preloaded")  # fmt: skip
+    assert preloaded.key == ref.key and not preloaded.cached
     a, b = weights(ref), weights(preloaded)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert preloaded.summary["val_map"] == s["val_map"]
@@ -92,8 +93,9 @@ def test_lfb_head_trains_on_the_bank(
     # Features beyond the RAM budget ("auto" with 0 GB: AVA's context maps) are read from
     # the feature store per batch, and train exactly like features held in RAM.
     streamed = run_stage(train_bank.STAGE, config(stage1, "lfb", bank="lfb", preload_max_gb=0.0),
-                         inputs, tmp_path)  # fmt: skip
-    assert streamed.key != ref.key and train_bank.BankRunConfig(bank="x").preload == "auto"
+                         inputs, tmp_path / "streamed")  # fmt: skip
+    assert streamed.key == ref.key and not streamed.cached
+    assert train_bank.BankRunConfig(bank="x").preload == "auto"
     c = weights(streamed)
     assert all(torch.equal(a[k], c[k]) for k in a)
 
