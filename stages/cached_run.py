@@ -21,6 +21,8 @@ in the cache (a pulled output brings its upstream closure, so ``bankflow infer``
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from pydantic import BaseModel
 
 from stages.catalog import STAGES
 from stages.framework import StageError, StageRef, output_dir, read_output, stage_key
-from stages.remote_cache import StageCache
+from stages.remote_cache import StageCache, open_cache
 
 log = logging.getLogger("bankflow.cache")
 
@@ -53,7 +55,12 @@ class RecordingRunner:
     calls: list[CallRecord] = field(default_factory=list)
 
     def __call__(
-        self, stage: str, config: BaseModel, inputs: dict[str, StageRef], work_root: Path, force: bool
+        self,
+        stage: str,
+        config: BaseModel,
+        inputs: dict[str, StageRef],
+        work_root: Path,
+        force: bool,
     ) -> tuple[StageRef, bool]:
         key = stage_key(STAGES[stage], config, inputs)
         self.calls.append(CallRecord(stage, key, [(r.stage, r.key) for r in inputs.values()]))
@@ -94,11 +101,7 @@ def plan_sources(
             continue
         in_cache = cache.has(*node)
         users = [sources.get(c) for c in consumers.get(node, [])]
-        needed = (
-            not users
-            or "computed" in users
-            or (in_cache and "pulled" in users)
-        )
+        needed = not users or "computed" in users or (in_cache and "pulled" in users)
         if not needed:
             sources[node] = "remote" if in_cache else "skipped"
         elif in_cache:
@@ -120,7 +123,12 @@ class CachedRunner:
     outcomes: dict[Node, dict[str, Any]] = field(default_factory=dict)
 
     def __call__(
-        self, stage: str, config: BaseModel, inputs: dict[str, StageRef], work_root: Path, force: bool
+        self,
+        stage: str,
+        config: BaseModel,
+        inputs: dict[str, StageRef],
+        work_root: Path,
+        force: bool,
     ) -> tuple[StageRef, bool]:
         key = stage_key(STAGES[stage], config, inputs)
         node = (stage, key)
@@ -148,3 +156,24 @@ class CachedRunner:
         if self.push and not self.cache.has(stage, key):
             outcome["bytes_pushed"] = self.cache.push(work_root, stage, key)
         return ref, cached
+
+
+def use_cache(run: Any, run_pipeline: Callable[..., Any]) -> None:
+    """Plan ``run`` (a :class:`stages.pipeline.PipelineRun`) against its stage cache —
+    ``--cache``, else ``BANKFLOW_CACHE``, else the config's ``cache.url`` — if any: a dry
+    pass records every call, then the run's runner becomes a :class:`CachedRunner`."""
+    url = run.cache_url or os.environ.get("BANKFLOW_CACHE") or run.config.cache.url
+    cache = open_cache(url)
+    if cache is None:
+        return
+    recorder = RecordingRunner()
+    dry = type(run)(
+        config=run.config, work_root=run.work_root, runner=recorder, until=run.until,
+        force=run.force, with_cache=False,
+    )  # fmt: skip
+    run_pipeline(dry, write=False)
+    sources = plan_sources(
+        recorder.calls, run.work_root, cache, stores=run.config.cache.stores, force=run.force
+    )
+    run.cache = cache
+    run.runner = CachedRunner(run.runner, cache, sources, push=run.config.cache.push)

@@ -12,7 +12,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -338,33 +337,13 @@ def run_bank_stages(
     return models
 
 
-def use_cache(run: PipelineRun) -> None:
-    """Plan ``run`` against its stage cache, if one is configured (stages.cached_run)."""
-    from stages.cached_run import CachedRunner, RecordingRunner, plan_sources
-    from stages.remote_cache import open_cache
-
-    url = run.cache_url or os.environ.get("BANKFLOW_CACHE") or run.config.cache.url
-    cache = open_cache(url)
-    if cache is None:
-        return
-    recorder = RecordingRunner()
-    dry = PipelineRun(
-        config=run.config, work_root=run.work_root, runner=recorder, until=run.until,
-        force=run.force, with_cache=False,
-    )  # fmt: skip
-    run_pipeline(dry, write=False)
-    sources = plan_sources(
-        recorder.calls, run.work_root, cache, stores=run.config.cache.stores, force=run.force
-    )
-    run.cache = cache
-    run.runner = CachedRunner(run.runner, cache, sources, push=run.config.cache.push)
-
-
 def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
     """dataset -> detect -> … (later stages join as they land). Returns the summary."""
     cfg = run.config
     if run.with_cache and run.cache is None:
-        use_cache(run)
+        from stages.cached_run import use_cache  # plans against the team's stage cache
+
+        use_cache(run, run_pipeline)
     try:
         dataset, fingerprint = prepare_dataset(cfg)
         section = dataset_section(cfg, dataset, fingerprint)
