@@ -203,3 +203,47 @@ class socket_port:
 
     def __exit__(self, *exc) -> None:
         self.sock.close()
+
+
+def test_gc_spares_locked_young_and_kept_outputs(tmp_path, cache_url):
+    from flows.locks import ExpiringLockManager
+
+    work = tmp_path / "a"
+    kept, stray = publish_blob(work, files=2), publish_blob(work, files=2, seed=1)
+    cache = StageCache(cache_url)
+    for ref in (kept, stray):
+        cache.push(work, "blob", ref.key)
+    for root in (str(work), cache_url):
+        entries = [e for e in list_root(root) if e.state == "complete"]
+        assert {e.key for e in entries} == {kept.key, stray.key}
+        keep = {("blob", kept.key)}
+        plan = {e.key: reason for e, reason in gc_plan(entries, keep=keep, older_than_days=None,
+                                                        lock_dirs=[])}  # fmt: skip
+        assert plan == {stray.key: None}  # the kept one is not even considered
+        young = gc_plan(entries, keep=keep, older_than_days=1.0, lock_dirs=[])
+        assert [reason for _, reason in young] == ["younger than 1 days"]
+        # A running stage holds the key's lock: never touched.
+        locks = ExpiringLockManager(tmp_path / "locks")
+        assert locks.acquire_lock(f"blob-{stray.key}", "runner", acquire_timeout=0)
+        try:
+            [(_, reason)] = gc_plan(entries, keep=keep, older_than_days=None,
+                                    lock_dirs=[str(tmp_path / "locks")])  # fmt: skip
+            assert reason is not None and reason.startswith("locked by runner")
+        finally:
+            locks.release_lock(f"blob-{stray.key}", "runner")
+
+
+@pytest.mark.slow
+def test_push_and_pull_commands_move_given_keys(tmp_path, cache_url):
+    ref = publish_blob(tmp_path / "a", files=4)
+    pushed = bankflow("push", f"blob/{ref.key}", "--cache", cache_url,
+                      "--work-root", str(tmp_path / "a"))  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    assert f"blob        {ref.key}  pushed" in pushed.stdout and "MB/s" in pushed.stdout
+    pulled = bankflow("pull", f"blob/{ref.key}", "--work-root", str(tmp_path / "b"),
+                      env={"BANKFLOW_CACHE": cache_url})  # fmt: skip
+    assert pulled.returncode == 0, pulled.stderr
+    assert f"blob        {ref.key}  pulled" in pulled.stdout
+    assert read_output(tmp_path / "b", "blob", ref.key).digest == ref.digest
+    bad = bankflow("pull", "no-slash", "--cache", cache_url, "--work-root", str(tmp_path / "b"))
+    _one_line_error(bad, "no-slash", "STAGE/KEY")
