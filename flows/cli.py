@@ -93,6 +93,11 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         help="override a config value, e.g. --set dataset.root=/data/ava (repeatable)",
     )  # fmt: skip
     p.add_argument("--work-root", default=DEFAULT_WORK_ROOT, help="where stage outputs go")
+    p.add_argument(
+        "--cache", default=None, metavar="URL",
+        help="the team's stage cache (s3://…, NFS path); default BANKFLOW_CACHE, then the "
+        "config's cache.url",
+    )  # fmt: skip
 
 
 def cmd_world(args: argparse.Namespace) -> int:
@@ -140,7 +145,7 @@ def _run_pipeline(args: argparse.Namespace, *, until: str | None, force: list[st
 
     summary = pipeline(
         config=str(args.config), overrides=list(args.overrides), work_root=str(work_root),
-        until=until, force=force,
+        until=until, force=force, cache=getattr(args, "cache", None),
     )  # fmt: skip
     print(format_summary(summary))
     return 0
@@ -169,7 +174,7 @@ def _dry_run(config: Any, work_root: Path) -> list[tuple[str, dict[str, Any]]]:
     """(stage run name, record) of every stage the config runs; keys computed, nothing run."""
     from stages.pipeline import PipelineRun, dry_runner, iter_runs, run_pipeline
 
-    run = PipelineRun(config=config, work_root=work_root, runner=dry_runner)
+    run = PipelineRun(config=config, work_root=work_root, runner=dry_runner, with_cache=False)
     # Only looking: it must not write summary.json over a real run's.
     return list(iter_runs(run_pipeline(run, write=False)))
 
@@ -178,9 +183,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     from stages.config import load_config
 
     config = load_config(args.config, args.overrides)
+    from stages.remote_cache import open_cache
+
+    cache = open_cache(args.cache or os.environ.get("BANKFLOW_CACHE") or config.cache.url)
     print(f"{'stage':<12} {'key':<17} {'state':<8} {'bytes':>12} {'seconds':>8}  output")
     for name, rec in _dry_run(config, Path(args.work_root)):
         st = rec["summary"]["status"]
+        if cache is not None and st["state"] != "cached":
+            stage = name.split(":")[0]
+            record = cache.record(stage, rec["key"])
+            if record is not None:  # not here, but a pull away
+                st = {"state": "in cache", "seconds": record.get("seconds"),
+                      "bytes": sum(size for _, size, *_ in record["manifest"])}  # fmt: skip
+                rec = {**rec, "uri": cache.data_url(stage, rec["key"])}
         secs = f"{st['seconds']:.1f}" if st["seconds"] is not None else "-"
         print(
             f"{name:<12} {rec['key']:<17} {st['state']:<8} {st['bytes']:>12} {secs:>8}  {rec['uri']}"
@@ -224,8 +239,15 @@ def cmd_store(args: argparse.Namespace) -> int:
     if args.action in ("export", "import") and not args.target:
         print(f"bankflow store {args.action}: a target is required", file=sys.stderr)
         return 2
-    if args.action == "info":
+    if args.action == "ls":
+        from flows.team import format_entries, list_root
+
+        print(format_entries(list_root(args.url)))
+    elif args.action == "info":
+        from flows.team import stage_output_info
+
         print(store_info(args.url))
+        print(stage_output_info(args.url))
     elif args.action == "verify":
         report = store_verify(args.url)
         print("ok" if report.ok else "\n".join(report.problems))
@@ -237,6 +259,18 @@ def cmd_store(args: argparse.Namespace) -> int:
         import_hdf5(args.url, args.target)
         print(f"imported {args.url} -> {args.target}")
     return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from flows.team_commands import transfer_command
+
+    return transfer_command(args)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from flows.team_commands import gc_command
+
+    return gc_command(args)
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -344,8 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
         "store",
         help="feature stores: info|verify STORE, export STORE OUT.h5, import IN.h5 STORE",
     )
-    p.add_argument("action", choices=["info", "verify", "export", "import"])
-    p.add_argument("url", help="a store URL (path, file://, s3://…); for import the .h5 file")
+    p.add_argument("action", choices=["info", "verify", "export", "import", "ls"])
+    p.add_argument(
+        "url", help="a store URL (path, file://, s3://…); for import the .h5 file; for ls a "
+        "work root or stage cache",
+    )  # fmt: skip
     p.add_argument("target", nargs="?", help="export: the .h5 to write; import: the new store")
     p.set_defaults(func=cmd_store)
 
@@ -359,6 +396,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--source-config", help="PySlowFast .yaml, MMAction2 .py, pytorchvideo:<hub> or a preset"
     )
     c.set_defaults(func=cmd_checkpoint_inspect)
+
+    for name, what in (("push", "work root -> cache"), ("pull", "cache -> work root")):
+        p = sub.add_parser(
+            name, help=f"copy stage outputs {what}: a config's, or STAGE/KEY items with "
+            "everything upstream of them",
+        )  # fmt: skip
+        p.add_argument("keys", nargs="*", metavar="STAGE/KEY")
+        p.add_argument("--config", help="every stage output of this pipeline config")
+        p.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE")  # fmt: skip
+        p.add_argument("--work-root", default=DEFAULT_WORK_ROOT)
+        p.add_argument("--cache", metavar="URL", help="default BANKFLOW_CACHE, then cache.url")
+        p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser(
+        "gc", help="list (or --apply: delete) staging leftovers, replaced outputs and outputs "
+        "no --keep config reaches, in a work root or cache",
+    )  # fmt: skip
+    p.add_argument("root", help="a work root or a stage cache URL")
+    p.add_argument("--keep", action="append", default=[], metavar="CONFIG",
+                   help="outputs of this config are kept (repeatable); without it only "
+                   "staging and replaced entries are collected")  # fmt: skip
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override applied to every --keep config")  # fmt: skip
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="only entries this old")
+    p.add_argument("--apply", action="store_true", help="delete (default: only list)")
+    p.set_defaults(func=cmd_gc)
 
     p = sub.add_parser(
         "serve", help="Prefect server + work pool + deployments + worker, in the foreground"

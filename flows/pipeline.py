@@ -38,12 +38,14 @@ def pipeline(
     work_root: str = "work",
     until: str | None = None,
     force: list[str] | None = None,
+    cache: str | None = None,
 ) -> dict[str, Any]:
-    """Run the pipeline described by ``config`` (a YAML path) with ``overrides``."""
+    """Run the pipeline described by ``config`` (a YAML path) with ``overrides``; ``cache``
+    (else ``BANKFLOW_CACHE``, else the config's ``cache.url``) names the team's stage cache."""
     cfg = load_config(config, overrides or [])
     run = PipelineRun(
         config=cfg, work_root=Path(work_root), runner=prefect_runner,
-        until=until, force=frozenset(force or []),
+        until=until, force=frozenset(force or []), cache_url=cache,
     )  # fmt: skip
     summary = run_pipeline(run)
     publish_artifacts(summary)

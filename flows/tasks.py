@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import logging
 import os
 import re
@@ -103,10 +104,29 @@ def locks_location(work_root: str | Path) -> str:
     return os.environ.get("BANKFLOW_LOCKS") or f"{results_location(work_root).rstrip('/')}/locks"
 
 
+_SAVED_STORAGE: dict[tuple[str, str], RemoteFileSystem] = {}
+
+
 def result_storage(work_root: str | Path) -> Path | RemoteFileSystem:
+    """A directory, or for a URL a ``RemoteFileSystem`` block, saved on the Prefect server
+    when called in a flow run (Prefect refuses unsaved storage blocks for cache records).
+
+    The block holds only the URL: credentials stay where fsspec/botocore read them.
+    """
     location = results_location(work_root)
     if _is_url(location):
-        return RemoteFileSystem(basepath=location)
+        block = RemoteFileSystem(basepath=location)
+        from prefect.context import FlowRunContext
+        from prefect.settings import PREFECT_API_URL
+
+        if FlowRunContext.get() is None:
+            return block
+        cache_key = (str(PREFECT_API_URL.value()), location)
+        if cache_key not in _SAVED_STORAGE:
+            name = "bankflow-results-" + hashlib.sha256(location.encode()).hexdigest()[:12]
+            block.save(name, overwrite=True)
+            _SAVED_STORAGE[cache_key] = RemoteFileSystem.load(name)
+        return _SAVED_STORAGE[cache_key]
     Path(location).mkdir(parents=True, exist_ok=True)
     return Path(location)
 

@@ -31,6 +31,7 @@ from stages.evaluate.stage import EvaluateConfig
 from stages.extract import ExtractConfig
 from stages.finetune import FinetuneConfig
 from stages.rebalance import RebalanceSection, crt_name
+from stages.remote_cache import CacheConfig
 from stages.report import ReportConfig
 from stages.track import TrackConfig
 from stages.train import TrainSection
@@ -73,6 +74,8 @@ class PipelineConfig(BaseModel):
     ensemble: EnsembleSection = EnsembleSection()
     # The Markdown/HTML report of the run (null: no report).
     report: ReportConfig | None = ReportConfig()
+    # The team's shared stage cache (never part of a key): see stages.remote_cache.
+    cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> PipelineConfig:

@@ -39,6 +39,7 @@ from stages.framework import (
     StageContext,
     StageError,
     canonical_json,
+    output_file,
 )
 from stages.head_data import collate, open_split
 from stages.keys import InKey, NotInKey
@@ -75,14 +76,24 @@ class DumpStageConfig(BaseModel):
     bank: InKey[BankDumpConfig]
 
 
-def bank_path(uri: str | Path, split: str) -> Path:
-    return Path(uri) / BANKS_DIR / f"{split}.zarr"
+def bank_path(uri: str | Path, split: str) -> Path | str:
+    return output_file(uri, BANKS_DIR, f"{split}.zarr")
 
 
 def store_splits(features_uri: str | Path) -> list[str]:
     """The splits a feature-store output holds (``features/<split>.zarr``), sorted."""
-    root = Path(features_uri) / FEATURES_DIR
-    splits = sorted(p.name[: -len(".zarr")] for p in root.glob("*.zarr") if p.is_dir())
+    root = output_file(features_uri, FEATURES_DIR)
+    if isinstance(root, str):  # read in place from a stage cache
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(root)
+        found = [
+            e["name"].rstrip("/") for e in fs.ls(path, detail=True) if e["type"] == "directory"
+        ]
+        names = [name.rsplit("/", 1)[-1] for name in found]
+    else:
+        names = [p.name for p in root.glob("*.zarr") if p.is_dir()]
+    splits = sorted(n[: -len(".zarr")] for n in names if n.endswith(".zarr"))
     if not splits:
         raise StageError(f"dump: {root} holds no feature stores (<split>.zarr)")
     return splits

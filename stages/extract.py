@@ -46,7 +46,7 @@ from models.roi import RoIAlignSpec
 from stages.data import Dataset, DatasetConfig
 from stages.extract_video import VideoExtractor, _device, _probe_shapes, build_schema, load_backbone
 from stages.extract_workers import _become_publisher, _open_store, _published, _SplitRun
-from stages.framework import Stage, StageContext, StageError
+from stages.framework import Stage, StageContext, StageError, output_file
 from stages.keys import FileInKey, FileOrNameInKey, InKey, NotInKey
 from stages.track import read_actors
 from stages.video import VideoError, VideoReader
@@ -128,8 +128,9 @@ class ExtractStageConfig(BaseModel):
     extract: InKey[ExtractConfig]
 
 
-def store_path(uri: str | Path, split: str) -> Path:
-    return Path(uri) / FEATURES_DIR / f"{split}.zarr"
+def store_path(uri: str | Path, split: str) -> Path | str:
+    """The split's store of an extract output (a URL when read in place from a cache)."""
+    return output_file(uri, FEATURES_DIR, f"{split}.zarr")
 
 
 def _actors_by_video(table: pa.Table) -> dict[str, dict[str, np.ndarray]]:
@@ -202,7 +203,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         )  # fmt: skip
         n_kf = sum(len(np.unique(a["timestamp"])) for a in by_video.values())
         n_act = sum(len(a["timestamp"]) for a in by_video.values())
-        path = store_path(ctx.staging, split)
+        path = Path(store_path(ctx.staging, split))
         _check_disk(path.parent, estimate_store_bytes(schema, n_kf, n_act), ex.allow_low_disk)
         store = _open_store(path, schema, ctx.key, split, list(by_video))
         t0 = time.perf_counter()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import getpass
 import hashlib
 import json
 import logging
@@ -160,6 +161,20 @@ def stage_key(
         "inputs": input_keys,
     }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
+
+
+def is_remote(uri: str | os.PathLike) -> bool:
+    """True for an fsspec URL (``s3://…``), False for a path or ``file://``."""
+    text = os.fspath(uri)
+    return "://" in text and not text.startswith("file://")
+
+
+def output_file(uri: str | os.PathLike, *parts: str) -> Path | str:
+    """``uri/part/…``: a Path below a local output, a URL below one read in place from a
+    stage cache (stages.remote_cache) — feature stores and banks open either."""
+    if is_remote(uri):
+        return "/".join([os.fspath(uri).rstrip("/"), *parts])
+    return Path(uri).joinpath(*parts)
 
 
 def output_dir(work_root: Path | str, stage_name: str, key: str) -> Path:
@@ -314,8 +329,22 @@ def resolve_record(record: StageRef, work_root: Path | str) -> StageRef | None:
     return found.model_copy(update={"cached": record.cached, "seconds": record.seconds})
 
 
-def require_output(ref: StageRef) -> Path:
-    """The directory of a referenced output, refusing one that is incomplete."""
+def require_output(ref: StageRef) -> Path | str:
+    """The directory of a referenced output, refusing one that is incomplete.
+
+    An output read in place from a stage cache (``s3://…/<stage>/<key>/<upload>``) is
+    complete when the cache's record beside its upload exists (stages.remote_cache).
+    """
+    if is_remote(ref.uri):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(ref.uri)
+        if not fs.exists(f"{path.rstrip('/').rsplit('/', 1)[0]}/{COMPLETE_MARKER}"):
+            raise StageError(
+                f"{ref.uri}: cached output of stage {ref.stage!r} (key {ref.key}) has no "
+                "completion record; push it again"
+            )
+        return ref.uri
     path = ref.path
     if not (path / COMPLETE_MARKER).is_file():
         raise StageError(
@@ -371,6 +400,13 @@ def write_json_atomic(path: Path, value: Any, *, sort_keys: bool = True) -> None
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "?"
 
 
 def run_stage(
@@ -431,6 +467,7 @@ def run_stage(
         "libraries": library_versions(),
         "git_revision": git_revision(),
         "host": platform.node(),
+        "user": _user(),
         "python": platform.python_version(),
         "started": started.isoformat(),
         "finished": dt.datetime.now(dt.UTC).isoformat(),

@@ -40,6 +40,7 @@ from stages.evaluate import stage as evaluate
 from stages.fingerprint import dataset_fingerprint
 from stages.framework import (
     StageRef,
+    is_remote,
     output_dir,
     output_relpath,
     run_stage,
@@ -102,6 +103,10 @@ class PipelineRun:
     refs: dict[str, StageRef] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     pending_runs: dict[str, int] = field(default_factory=dict)  # stage -> runs still to come
+    # The team's stage cache URL (--cache); else BANKFLOW_CACHE, else the config's cache.url.
+    cache_url: str | None = None
+    cache: Any = None  # the opened StageCache once the run has planned against it
+    with_cache: bool = True  # False for dry passes (status, the cache plan itself)
 
     def __post_init__(self) -> None:
         for name in [self.until, *self.force]:
@@ -116,11 +121,16 @@ class PipelineRun:
         t0 = time.perf_counter()
         ref, cached = self.runner(name, config, inputs, self.work_root, name in self.force)
         record_name = f"{name}:{label}" if label else name
+        outcome = getattr(self.runner, "outcomes", {}).get((name, ref.key)) or {
+            "source": "local" if cached else "computed", "bytes_pulled": 0, "bytes_pushed": 0,
+        }  # fmt: skip
         self.refs[record_name] = ref
         self.records[record_name] = {
             "key": ref.key,
-            "uri": output_relpath(name, ref.key),  # relative to the work root
+            # Relative to the work root; an output read in place from a cache: its URL.
+            "uri": ref.uri if is_remote(ref.uri) else output_relpath(name, ref.key),
             "cached": cached,
+            **outcome,  # source: computed | local | pulled | remote | skipped; bytes moved
             "seconds": round(time.perf_counter() - t0, 3),
             "compute_seconds": round(ref.seconds, 3),
             "summary": ref.summary,
@@ -145,6 +155,7 @@ class PipelineRun:
             **({"work_root": str(self.work_root)} if absolute else {}),
             "finished": dt.datetime.now(dt.UTC).isoformat(),
             "seconds": round(time.perf_counter() - self.started, 3),
+            "cache": self._cache_entry(),
             "stages": self._stage_entries(place),
             "models": {},
             "detector": {},
@@ -186,9 +197,22 @@ class PipelineRun:
             summary["detector"] = {"ap50": evaluated["ap50"], "recall": evaluated["recall"]}
         return summary
 
+    def _cache_entry(self) -> dict[str, Any] | None:
+        if self.cache is None:
+            return None
+        recs = self.records.values()
+        return {
+            "url": self.cache.url,
+            "bytes_pulled": sum(r.get("bytes_pulled", 0) for r in recs),
+            "bytes_pushed": sum(r.get("bytes_pushed", 0) for r in recs),
+        }
+
     def _place(self, rel: str | None) -> str | None:
-        """A path named relative to the work root, as a path under it (None stays None)."""
-        return None if rel is None else str(self.work_root / rel)
+        """A path named relative to the work root, as a path under it (None stays None;
+        an output read in place from a stage cache keeps its URL)."""
+        if rel is None or is_remote(rel):
+            return rel
+        return str(self.work_root / rel)
 
     def _stage_entries(self, place: Callable[[str], str | None]) -> dict[str, dict[str, Any]]:
         """``stages.<name>`` of summary.json: one entry per stage; a stage run several times
@@ -212,6 +236,9 @@ class PipelineRun:
                 key=keys[0] if single else hashlib.sha256("+".join(keys).encode()).hexdigest()[:16],
                 uri=runs[0]["uri"] if single else place(stage),
                 cached=all(r["cached"] for r in runs),
+                source=runs[0]["source"] if len({r["source"] for r in runs}) == 1 else "mixed",
+                bytes_pulled=sum(r["bytes_pulled"] for r in runs),
+                bytes_pushed=sum(r["bytes_pushed"] for r in runs),
                 seconds=round(sum(r["seconds"] for r in runs), 3),
             )
             group["runs"] = group.pop("runs")  # after the totals, for readability
@@ -342,6 +369,10 @@ def run_bank_stages(
 def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
     """dataset -> detect -> … (later stages join as they land). Returns the summary."""
     cfg = run.config
+    if run.with_cache and run.cache is None:
+        from stages.cached_run import use_cache  # plans against the team's stage cache
+
+        use_cache(run, run_pipeline)
     try:
         dataset, fingerprint = prepare_dataset(cfg)
         section = dataset_section(cfg, dataset, fingerprint)
@@ -397,11 +428,17 @@ def iter_runs(summary: dict[str, Any]):
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A plain-text table of stages and results, for the terminal."""
-    lines = [f"{'stage':<16} {'key':<17} {'cached':<7} {'seconds':>8}  output"]
+    lines = [
+        f"{'stage':<16} {'key':<17} {'cached':<7} {'source':<9} {'MB moved':>9} {'seconds':>8}  "
+        "output"
+    ]
     for name, rec in iter_runs(summary):
+        moved = (rec.get("bytes_pulled", 0) + rec.get("bytes_pushed", 0)) / 1e6
+        direction = "↓" if rec.get("bytes_pulled") else "↑" if rec.get("bytes_pushed") else " "
         lines.append(
             f"{name:<16} {rec['key']:<17} {('yes' if rec['cached'] else 'no'):<7} "
-            f"{rec['seconds']:>8.1f}  {rec['uri']}"
+            f"{rec.get('source', '-'):<9} {moved:>8.1f}{direction} {rec['seconds']:>8.1f}  "
+            f"{rec['uri']}"
         )
     det = summary["stages"].get("detect", {}).get("summary", {})
     if det:

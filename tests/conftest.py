@@ -59,3 +59,12 @@ def tiny_tube_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tubes") / "tiny"
     build_tube_world(out, TubeWorldConfig(n_train_videos=3, n_val_videos=2, n_frames=40))
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (tests/s3_server.py); environment set while it runs."""
+    from tests.s3_server import moto_s3
+
+    with moto_s3() as server:
+        yield server
