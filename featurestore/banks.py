@@ -36,6 +36,7 @@ from zarr.core.sync import sync
 from featurestore.backend import list_keys, local_path, normalize_url, open_zarr_store
 from featurestore.errors import StoreError, where
 from featurestore.layout import VIDEOS, check_video_id, chunk_rows
+from featurestore.nodes import open_videos_group, video_group_states
 
 BANK_KEY = "bankflow_bank"
 BANK_VERSION = 1
@@ -70,9 +71,24 @@ class BankStore:
             name: tuple(int(s) for s in shape) for name, shape in attrs["arrays"].items()
         }
         self._root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+")
-        self._videos = self._root[VIDEOS]
+        # None while the bank is being created (root metadata written, videos group not yet).
+        self._videos_node = open_videos_group(self._root, create=mode == "a")
         self._handles: dict[tuple[str, str], zarr.Array] = {}
         self._index: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    @property
+    def _videos(self) -> zarr.Group | None:
+        if self._videos_node is None:
+            self._videos_node = open_videos_group(self._root, create=self.mode == "a")
+        return self._videos_node
+
+    def _video_group(self, video_id: str) -> zarr.Group:
+        try:
+            if self._videos is None:
+                raise KeyError(video_id)
+            return self._videos[video_id]
+        except KeyError:
+            raise StoreError(f"{where(self.url, video_id)}: no such video in the bank") from None
 
     # ----------------------------------------------------------------- create / open
 
@@ -182,17 +198,14 @@ class BankStore:
 
     def video_states(self) -> dict[str, bool]:
         """Every video group present -> its ``complete`` attribute."""
-        return {n: bool(g.attrs.get("complete", False)) for n, g in self._videos.groups()}
+        return video_group_states(self._zstore)
 
     def videos(self) -> list[str]:
         """Sorted ids of the complete videos."""
         return sorted(v for v, done in self.video_states().items() if done)
 
     def video_attrs(self, video_id: str) -> dict:
-        try:
-            return self._videos[video_id].attrs.asdict()
-        except KeyError:
-            raise StoreError(f"{where(self.url, video_id)}: no such video in the bank") from None
+        return self._video_group(video_id).attrs.asdict()
 
     def is_complete_video(self, video_id: str) -> bool:
         try:
@@ -264,12 +277,14 @@ class BankStore:
             if not np.all(np.isfinite(value)):
                 raise StoreError(f"{where(self.url, video_id, name)}: non-finite values")
             data[name] = np.asarray(value, dtype=BANK_DTYPE)
-        if video_id in self._videos:
+        videos = self._videos
+        assert videos is not None  # mode "a" creates it
+        if video_id in videos:
             if self.is_complete_video(video_id):
                 raise StoreError(f"{where(self.url, video_id)}: already complete in the bank")
-            del self._videos[video_id]
+            del videos[video_id]
         self._forget(video_id)
-        group = self._videos.create_group(video_id, attributes={"complete": False})
+        group = videos.create_group(video_id, attributes={"complete": False})
         target = int(self._attrs.get("chunk_target_bytes", DEFAULT_BANK_CHUNK_BYTES))
 
         async def create_and_fill(name: str, value: np.ndarray) -> None:
@@ -340,8 +355,8 @@ class BankStore:
         key = (video_id, name)
         if key not in self._handles:
             try:
-                self._handles[key] = self._videos[video_id][name]
-            except KeyError:
+                self._handles[key] = self._video_group(video_id)[name]
+            except (KeyError, StoreError):
                 raise StoreError(
                     f"{where(self.url, video_id, name)}: no such video/array in the bank"
                 ) from None

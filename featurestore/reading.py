@@ -38,7 +38,7 @@ class StoreReading:
 
     url: str
     schema: StoreSchema
-    _videos: zarr.Group
+    _videos: zarr.Group | None  # None while the store is being created
     _arrays: dict[tuple[str, str], zarr.Array]
     _small: dict[str, dict[str, np.ndarray]]
     videos: Callable[..., list[str]]  # FeatureStore.videos(complete_only=True)
@@ -50,6 +50,8 @@ class StoreReading:
 
     def _video_group(self, video_id: str) -> zarr.Group:
         try:
+            if self._videos is None:
+                raise KeyError(video_id)
             return self._videos[video_id]
         except KeyError as exc:
             raise KeyframeNotFoundError(

@@ -47,6 +47,7 @@ from featurestore.layout import (
     check_video_id,
     chunk_rows,
 )
+from featurestore.nodes import open_videos_group, video_group_states
 from featurestore.reading import StoreReading
 from featurestore.schema import SCHEMA_VERSION, StoreSchema
 
@@ -85,10 +86,17 @@ class FeatureStore(StoreReading):
         self._attrs = attrs
         self.schema = StoreSchema.from_json(attrs["schema"])
         self._root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+")
-        self._videos = self._root[VIDEOS]
+        # None while the store is being created (root metadata written, videos group not yet).
+        self._videos_node = open_videos_group(self._root, create=mode == "a")
         self._locks = LockFiles(url)
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
         self._small: dict[str, dict[str, np.ndarray]] = {}
+
+    @property
+    def _videos(self) -> zarr.Group | None:
+        if self._videos_node is None:
+            self._videos_node = open_videos_group(self._root, create=self.mode == "a")
+        return self._videos_node
 
     # ----------------------------------------------------------------- create / open
 
@@ -240,9 +248,7 @@ class FeatureStore(StoreReading):
 
     def video_states(self) -> dict[str, bool]:
         """Every video group present -> its ``complete`` attribute."""
-        return {
-            name: bool(group.attrs.get("complete", False)) for name, group in self._videos.groups()
-        }
+        return video_group_states(self._zstore)
 
     def videos(self, complete_only: bool = True) -> list[str]:
         """Sorted video ids in the store (only complete ones unless ``complete_only=False``)."""
@@ -337,15 +343,17 @@ class FeatureStore(StoreReading):
         self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict, *, overwrite: bool
     ) -> None:
         """Write ``arrays`` into a fresh group for ``video_id``; set ``attrs`` (complete) last."""
-        if video_id in self._videos:
+        videos = self._videos
+        assert videos is not None  # mode "a" creates it
+        if video_id in videos:
             if self.is_complete_video(video_id) and not overwrite:
                 raise StoreError(
                     f"{where(self.url, video_id)}: already complete; refusing to overwrite "
                     "(pass overwrite=True)"
                 )
-            del self._videos[video_id]
+            del videos[video_id]
         self._forget(video_id)
-        group = self._videos.create_group(video_id, attributes={"complete": False})
+        group = videos.create_group(video_id, attributes={"complete": False})
         target = self.chunk_target_bytes
         compressors = COMPRESSORS[self.compression]
 
