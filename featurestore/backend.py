@@ -122,6 +122,15 @@ class LockFiles:
         except FileNotFoundError:
             pass
 
+    def names(self) -> list[str]:
+        """Names of the files present (none if the directory does not exist)."""
+        try:
+            if self._local is not None:
+                return sorted(os.listdir(self._local))
+            return sorted(p.rsplit("/", 1)[-1] for p in self._fs.ls(self._root, detail=False))
+        except FileNotFoundError:
+            return []
+
     def modified_time(self, name: str) -> float | None:
         """Last-modified time (POSIX seconds) of ``name``, or None if it does not exist."""
         try:

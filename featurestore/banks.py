@@ -34,6 +34,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from featurestore.backend import list_keys, local_path, normalize_url, open_zarr_store
+from featurestore.chunks import bad_chunks, chunk_codecs, read_checked
 from featurestore.errors import StoreError, where
 from featurestore.layout import VIDEOS, check_video_id, chunk_rows
 from featurestore.nodes import open_videos_group, video_group_states
@@ -292,7 +293,7 @@ class BankStore:
             arr = await zarr.api.asynchronous.create_array(
                 self._zstore, name=f"{VIDEOS}/{video_id}/{name}", shape=value.shape,
                 dtype=value.dtype, chunks=(rows, *value.shape[1:]), fill_value=0,
-                compressors=None, config={"write_empty_chunks": True},
+                compressors=chunk_codecs("none"), config={"write_empty_chunks": True},
             )  # fmt: skip
             if value.size:
                 await arr.setitem(Ellipsis, value)
@@ -362,8 +363,13 @@ class BankStore:
                 ) from None
         return self._handles[key]
 
+    def _read(self, video_id: str, name: str, selection: Any) -> Any:
+        """A coroutine reading ``name[selection]``; a corrupt chunk raises StoreError."""
+        arr = self.array(video_id, name).async_array
+        return read_checked(self.url, video_id, name, arr, selection)
+
     def _read_whole(self, video_id: str, names: Sequence[str]) -> list[np.ndarray]:
-        return _gather([self.array(video_id, n).async_array.getitem(slice(None)) for n in names])
+        return _gather([self._read(video_id, n, slice(None)) for n in names])
 
     def index(self, video_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(timestamps int32 [K], actor_offset int64 [K+1], track int32 [A]), cached.
@@ -394,7 +400,7 @@ class BankStore:
                 raise StoreError(
                     f"{where(self.url, video_id)}: rows [{a0}, {a1}) outside [0, {n_act})"
                 )
-            reads += [self.array(video_id, n).async_array.getitem(slice(a0, a1)) for n in names]
+            reads += [self._read(video_id, n, slice(a0, a1)) for n in names]
         values = iter(_gather(reads))
         return [{n: next(values) for n in names} for _ in ranges]
 
@@ -403,8 +409,9 @@ class BankStore:
         names = [*INDEX_ARRAYS, *self.arrays]
         return dict(zip(names, self._read_whole(video_id, names), strict=True))
 
-    def verify(self) -> list[str]:
-        """Problems found (empty: OK): completeness, shapes, dtypes, CSR, missing chunks."""
+    def verify(self, *, quick: bool = False) -> list[str]:
+        """Problems found (empty: OK): completeness, shapes, dtypes, CSR, missing chunks and,
+        unless ``quick``, chunks that do not decode or fail their checksum."""
         problems: list[str] = []
         states = self.video_states()
         missing = sorted(set(self.expected_videos or ()) - set(states))
@@ -419,6 +426,7 @@ class BankStore:
             shapes = {"timestamps": (n_kf,), "actor_offset": (n_kf + 1,), "track": (n_act,)}
             shapes.update({n: (n_act, *s) for n, s in self.arrays.items()})
             present = list_keys(self._zstore, f"{VIDEOS}/{video_id}/")
+            index_ok = True
             for name, shape in shapes.items():
                 arr = self.array(video_id, name)
                 dtype = INDEX_ARRAYS.get(name, BANK_DTYPE)
@@ -435,6 +443,13 @@ class BankStore:
                 )
                 if n_missing:
                     problems.append(f"video {video_id!r}: {name} misses {n_missing} chunks")
+                elif not quick:
+                    corrupt = bad_chunks(arr)[1]
+                    problems += [f"video {video_id!r}: {name} chunk {c}" for c in corrupt[:5]]
+                    if name in INDEX_ARRAYS and corrupt:
+                        index_ok = False
+            if not index_ok:
+                continue
             _, off, _ = self.index(video_id)
             if off[-1] != n_act or np.any(np.diff(off) < 0):
                 problems.append(f"video {video_id!r}: actor_offset is not CSR over {n_act} rows")

@@ -32,6 +32,7 @@ from featurestore.backend import (
     open_zarr_store,
     store_nbytes,
 )
+from featurestore.chunks import chunk_codecs
 from featurestore.claims import DEFAULT_TTL_S, Claim, try_claim
 from featurestore.errors import StoreError, where
 from featurestore.features import (
@@ -40,7 +41,7 @@ from featurestore.features import (
     expected_shapes,
 )
 from featurestore.layout import (
-    COMPRESSORS,
+    COMPRESSIONS,
     DEFAULT_CHUNK_TARGET_BYTES,
     ROOT_KEY,
     VIDEOS,
@@ -136,9 +137,10 @@ class FeatureStore(StoreReading):
             return cls.open(url, mode="a", expect_schema=schema)
         for video_id in expected_videos or ():
             check_video_id(video_id)
-        if compression not in COMPRESSORS:
+        if compression not in COMPRESSIONS:
             raise StoreError(
-                f"{where(name)}: compression must be one of {sorted(COMPRESSORS)}, got {compression!r}"
+                f"{where(name)}: compression must be one of {sorted(COMPRESSIONS)}, "
+                f"got {compression!r}"
             )
         if chunk_target_bytes <= 0:
             raise StoreError(f"{where(name)}: chunk_target_bytes must be positive")
@@ -355,7 +357,7 @@ class FeatureStore(StoreReading):
         self._forget(video_id)
         group = videos.create_group(video_id, attributes={"complete": False})
         target = self.chunk_target_bytes
-        compressors = COMPRESSORS[self.compression]
+        compressors = chunk_codecs(self.compression)
 
         async def create_and_fill(name: str, data: np.ndarray) -> None:
             rows = chunk_rows(data.shape, data.dtype.itemsize, target)
@@ -387,6 +389,8 @@ class FeatureStore(StoreReading):
 
         ``expected_videos`` defaults to the list given to ``create``; without either, every
         video group present must be complete. Run from a single process after all writers.
+        Claims left on complete videos (a writer killed after marking its video complete,
+        before releasing) are deleted: a finalized store holds no locks.
         """
         self._require_writable()
         expected = self.expected_videos if expected_videos is None else list(expected_videos)
@@ -397,6 +401,9 @@ class FeatureStore(StoreReading):
             raise StoreError(
                 f"{where(self.url)}: cannot finalize: {self._completeness_summary(expected)}"
             )
+        for name in self._locks.names():
+            if name.endswith(".json") and states.get(name[: -len(".json")], False):
+                self._locks.delete(name)
         attrs = dict(self._attrs)
         attrs.update(complete=True, finalized_at=_now(), n_videos=len(states))
         if expected is not None:
@@ -415,9 +422,10 @@ class FeatureStore(StoreReading):
     def array_names() -> tuple[str, ...]:
         return tuple(ARRAY_DTYPES)
 
-    def verify(self) -> VerifyReport:
-        """Check completeness, shapes, CSR offsets, timestamps and that every chunk exists."""
+    def verify(self, *, quick: bool = False) -> VerifyReport:
+        """Check completeness, shapes, CSR offsets, timestamps, that every chunk exists and
+        (unless ``quick``) that every chunk decodes and matches its checksum."""
         # verify builds on this class, so it is imported here rather than at module top.
         from featurestore.verify import verify_store
 
-        return verify_store(self)
+        return verify_store(self, quick=quick)

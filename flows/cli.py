@@ -131,7 +131,7 @@ def cmd_store(args: argparse.Namespace) -> int:
     if args.action == "info":
         print(store_info(args.url))
     elif args.action == "verify":
-        report = store_verify(args.url)
+        report = store_verify(args.url, quick=args.quick)
         print("ok" if report.ok else "\n".join(report.problems))
         return 0 if report.ok else 1
     elif args.action == "export":
@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["info", "verify", "export", "import"])
     p.add_argument("url", help="a store URL (path, file://, s3://…); for import the .h5 file")
     p.add_argument("target", nargs="?", help="export: the .h5 to write; import: the new store")
+    p.add_argument("--quick", action="store_true",
+                   help="verify: only check every chunk exists (default: decode every chunk)")  # fmt: skip
     p.set_defaults(func=cmd_store)
 
     p = sub.add_parser(
@@ -284,13 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False  # Prefect's root handler would print every line twice
+    from featurestore.errors import StoreError
     from stages.config import ConfigError
     from stages.data.errors import DataError, DataErrors
     from stages.framework import StageError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError, DataErrors, StageError) as exc:
+    except (ConfigError, DataError, DataErrors, StageError, StoreError) as exc:
         print(f"bankflow: error: {exc}", file=sys.stderr)
         return 2
 
