@@ -68,13 +68,17 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def _run_pipeline(args: argparse.Namespace, *, until: str | None, force: list[str]) -> int:
     work_root = Path(args.work_root)
     _prefect_env(work_root)
-    from flows.pipeline import pipeline
-    from stages.pipeline import format_summary
+    from flows.embedded import embedded_server
 
-    summary = pipeline(
-        config=str(args.config), overrides=list(args.overrides), work_root=str(work_root),
-        until=until, force=force,
-    )  # fmt: skip
+    # Our own server (dies with this process, stale ones stopped), not Prefect's ephemeral.
+    with embedded_server(Path(os.environ["PREFECT_HOME"])):
+        from flows.pipeline import pipeline
+        from stages.pipeline import format_summary
+
+        summary = pipeline(
+            config=str(args.config), overrides=list(args.overrides), work_root=str(work_root),
+            until=until, force=force,
+        )  # fmt: skip
     print(format_summary(summary))
     return 0
 
