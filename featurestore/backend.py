@@ -6,9 +6,10 @@ missing chunks) and small exclusive-create files (claim locks) on the same backe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import fsspec
@@ -39,6 +40,18 @@ def open_zarr_store(url: str | os.PathLike, *, read_only: bool) -> Store:
     if path is not None:
         return LocalStore(path, read_only=read_only)
     return FsspecStore.from_url(os.fspath(url), read_only=read_only)
+
+
+@contextlib.contextmanager
+def naming_failed_writes(location: str) -> Iterator[None]:
+    """Give an OSError raised without a file name (zarr's chunk writes: ENOSPC, EIO) the
+    location being written, so that "No space left on device" says where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, location) from exc
 
 
 async def _collect(it: AsyncIterator[str]) -> list[str]:

@@ -33,7 +33,13 @@ import zarr.errors
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from featurestore.backend import list_keys, local_path, normalize_url, open_zarr_store
+from featurestore.backend import (
+    list_keys,
+    local_path,
+    naming_failed_writes,
+    normalize_url,
+    open_zarr_store,
+)
 from featurestore.chunks import bad_chunks, chunk_codecs, read_checked
 from featurestore.errors import StoreError, where
 from featurestore.layout import VIDEOS, check_video_id, chunk_rows
@@ -301,7 +307,8 @@ class BankStore:
         async def write_all() -> None:
             await asyncio.gather(*(create_and_fill(n, v) for n, v in data.items()))
 
-        sync(write_all())
+        with naming_failed_writes(f"{self.url}/{VIDEOS}/{video_id}"):
+            sync(write_all())
         group.update_attributes(
             {
                 "complete": True, "n_keyframes": n_kf, "n_actors": n_act,

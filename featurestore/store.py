@@ -28,6 +28,7 @@ from zarr.core.sync import sync
 from featurestore.backend import (
     LockFiles,
     local_path,
+    naming_failed_writes,
     normalize_url,
     open_zarr_store,
     store_nbytes,
@@ -380,7 +381,8 @@ class FeatureStore(StoreReading):
             # concurrently (zarr runs codecs in threads) instead of ~20 sequential round trips.
             await asyncio.gather(*(create_and_fill(n, d) for n, d in arrays.items()))
 
-        sync(write_all())
+        with naming_failed_writes(f"{self.url}/{VIDEOS}/{video_id}"):
+            sync(write_all())
         # Last, in one metadata write: the video is complete only once everything is stored.
         group.update_attributes(attrs)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -72,8 +73,11 @@ def _run_pipeline(args: argparse.Namespace, *, until: str | None, force: list[st
 
     # Our own server (dies with this process, stale ones stopped), not Prefect's ephemeral.
     with embedded_server(Path(os.environ["PREFECT_HOME"])):
+        from flows.console import prefect_output_to
         from flows.pipeline import pipeline
         from stages.pipeline import format_summary
+
+        prefect_output_to(Path(os.environ["PREFECT_HOME"]) / "prefect.log")  # tracebacks
 
         summary = pipeline(
             config=str(args.config), overrides=list(args.overrides), work_root=str(work_root),
@@ -299,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ConfigError, DataError, DataErrors, StageError, StoreError) as exc:
         print(f"bankflow: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk outside a stage's compute (those are StageErrors)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(f"bankflow: error: out of disk space writing {exc.filename or '?'}: "
+              f"{exc.strerror}; free some space and rerun", file=sys.stderr)  # fmt: skip
         return 2
 
 

@@ -148,6 +148,19 @@ def _wait_healthy(api_url: str, proc: subprocess.Popen, log_path: Path, timeout_
     raise RuntimeError(f"the embedded Prefect server did not answer within {timeout_s:.0f} s")
 
 
+def _drain_prefect_clients() -> None:
+    """Send the logs and events Prefect still queues while the server is up (it would
+    otherwise send them at interpreter exit, to a stopped server, and print an error)."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):  # best effort: the run's result is decided
+            service.drain_all(timeout=5)
+
+
 @contextlib.contextmanager
 def embedded_server(prefect_home: Path) -> Iterator[str | None]:
     """Run a Prefect server for this process; yields its API URL (None: PREFECT_API_URL set).
@@ -182,6 +195,7 @@ def embedded_server(prefect_home: Path) -> Iterator[str | None]:
         os.environ["PREFECT_API_URL"] = api_url
         yield api_url
     finally:
+        _drain_prefect_clients()
         os.environ.pop("PREFECT_API_URL", None)
         stop_process(proc.pid, rec["start_time"])
         proc.poll()

@@ -36,6 +36,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from stages.diskspace import disk_full_as_stage_error
+
 log = logging.getLogger("bankflow.stages")
 
 COMPLETE_MARKER = "COMPLETE.json"
@@ -87,6 +89,7 @@ class StageContext:
     staging: Path  # write every output file below this directory
     work_root: Path
     log: logging.Logger = field(default=log)
+    expected_bytes: int | None = None  # the output's projected size, if the stage knows it
 
     def input(self, name: str) -> StageRef:
         try:
@@ -301,7 +304,8 @@ def run_stage(
         staging=staging, work_root=work_root,
     )  # fmt: skip
     log.info("stage %s: computing key %s", stage.name, key)
-    summary = stage.compute(ctx) or {}
+    with disk_full_as_stage_error(ctx):  # ENOSPC -> one line: stage, file, bytes
+        summary = stage.compute(ctx) or {}
     seconds = time.perf_counter() - t0
 
     provenance = {
