@@ -6,9 +6,10 @@ missing chunks) and small exclusive-create files (claim locks) on the same backe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import fsspec
@@ -39,6 +40,18 @@ def open_zarr_store(url: str | os.PathLike, *, read_only: bool) -> Store:
     if path is not None:
         return LocalStore(path, read_only=read_only)
     return FsspecStore.from_url(os.fspath(url), read_only=read_only)
+
+
+@contextlib.contextmanager
+def naming_failed_writes(location: str) -> Iterator[None]:
+    """Give an OSError raised without a file name (zarr's chunk writes: ENOSPC, EIO) the
+    location being written, so that "No space left on device" says where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, location) from exc
 
 
 async def _collect(it: AsyncIterator[str]) -> list[str]:
@@ -121,6 +134,15 @@ class LockFiles:
                 self._fs.rm_file(self._path(name))
         except FileNotFoundError:
             pass
+
+    def names(self) -> list[str]:
+        """Names of the files present (none if the directory does not exist)."""
+        try:
+            if self._local is not None:
+                return sorted(os.listdir(self._local))
+            return sorted(p.rsplit("/", 1)[-1] for p in self._fs.ls(self._root, detail=False))
+        except FileNotFoundError:
+            return []
 
     def modified_time(self, name: str) -> float | None:
         """Last-modified time (POSIX seconds) of ``name``, or None if it does not exist."""

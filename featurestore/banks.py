@@ -33,9 +33,17 @@ import zarr.errors
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from featurestore.backend import list_keys, local_path, normalize_url, open_zarr_store
+from featurestore.backend import (
+    list_keys,
+    local_path,
+    naming_failed_writes,
+    normalize_url,
+    open_zarr_store,
+)
+from featurestore.chunks import bad_chunks, chunk_codecs, read_checked
 from featurestore.errors import StoreError, where
 from featurestore.layout import VIDEOS, check_video_id, chunk_rows
+from featurestore.nodes import open_videos_group, video_group_states
 
 BANK_KEY = "bankflow_bank"
 BANK_VERSION = 1
@@ -70,9 +78,24 @@ class BankStore:
             name: tuple(int(s) for s in shape) for name, shape in attrs["arrays"].items()
         }
         self._root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+")
-        self._videos = self._root[VIDEOS]
+        # None while the bank is being created (root metadata written, videos group not yet).
+        self._videos_node = open_videos_group(self._root, create=mode == "a")
         self._handles: dict[tuple[str, str], zarr.Array] = {}
         self._index: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    @property
+    def _videos(self) -> zarr.Group | None:
+        if self._videos_node is None:
+            self._videos_node = open_videos_group(self._root, create=self.mode == "a")
+        return self._videos_node
+
+    def _video_group(self, video_id: str) -> zarr.Group:
+        try:
+            if self._videos is None:
+                raise KeyError(video_id)
+            return self._videos[video_id]
+        except KeyError:
+            raise StoreError(f"{where(self.url, video_id)}: no such video in the bank") from None
 
     # ----------------------------------------------------------------- create / open
 
@@ -182,17 +205,14 @@ class BankStore:
 
     def video_states(self) -> dict[str, bool]:
         """Every video group present -> its ``complete`` attribute."""
-        return {n: bool(g.attrs.get("complete", False)) for n, g in self._videos.groups()}
+        return video_group_states(self._zstore)
 
     def videos(self) -> list[str]:
         """Sorted ids of the complete videos."""
         return sorted(v for v, done in self.video_states().items() if done)
 
     def video_attrs(self, video_id: str) -> dict:
-        try:
-            return self._videos[video_id].attrs.asdict()
-        except KeyError:
-            raise StoreError(f"{where(self.url, video_id)}: no such video in the bank") from None
+        return self._video_group(video_id).attrs.asdict()
 
     def is_complete_video(self, video_id: str) -> bool:
         try:
@@ -264,12 +284,14 @@ class BankStore:
             if not np.all(np.isfinite(value)):
                 raise StoreError(f"{where(self.url, video_id, name)}: non-finite values")
             data[name] = np.asarray(value, dtype=BANK_DTYPE)
-        if video_id in self._videos:
+        videos = self._videos
+        assert videos is not None  # mode "a" creates it
+        if video_id in videos:
             if self.is_complete_video(video_id):
                 raise StoreError(f"{where(self.url, video_id)}: already complete in the bank")
-            del self._videos[video_id]
+            del videos[video_id]
         self._forget(video_id)
-        group = self._videos.create_group(video_id, attributes={"complete": False})
+        group = videos.create_group(video_id, attributes={"complete": False})
         target = int(self._attrs.get("chunk_target_bytes", DEFAULT_BANK_CHUNK_BYTES))
 
         async def create_and_fill(name: str, value: np.ndarray) -> None:
@@ -277,7 +299,7 @@ class BankStore:
             arr = await zarr.api.asynchronous.create_array(
                 self._zstore, name=f"{VIDEOS}/{video_id}/{name}", shape=value.shape,
                 dtype=value.dtype, chunks=(rows, *value.shape[1:]), fill_value=0,
-                compressors=None, config={"write_empty_chunks": True},
+                compressors=chunk_codecs("none"), config={"write_empty_chunks": True},
             )  # fmt: skip
             if value.size:
                 await arr.setitem(Ellipsis, value)
@@ -285,7 +307,8 @@ class BankStore:
         async def write_all() -> None:
             await asyncio.gather(*(create_and_fill(n, v) for n, v in data.items()))
 
-        sync(write_all())
+        with naming_failed_writes(f"{self.url}/{VIDEOS}/{video_id}"):
+            sync(write_all())
         group.update_attributes(
             {
                 "complete": True, "n_keyframes": n_kf, "n_actors": n_act,
@@ -340,15 +363,20 @@ class BankStore:
         key = (video_id, name)
         if key not in self._handles:
             try:
-                self._handles[key] = self._videos[video_id][name]
-            except KeyError:
+                self._handles[key] = self._video_group(video_id)[name]
+            except (KeyError, StoreError):
                 raise StoreError(
                     f"{where(self.url, video_id, name)}: no such video/array in the bank"
                 ) from None
         return self._handles[key]
 
+    def _read(self, video_id: str, name: str, selection: Any) -> Any:
+        """A coroutine reading ``name[selection]``; a corrupt chunk raises StoreError."""
+        arr = self.array(video_id, name).async_array
+        return read_checked(self.url, video_id, name, arr, selection)
+
     def _read_whole(self, video_id: str, names: Sequence[str]) -> list[np.ndarray]:
-        return _gather([self.array(video_id, n).async_array.getitem(slice(None)) for n in names])
+        return _gather([self._read(video_id, n, slice(None)) for n in names])
 
     def index(self, video_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(timestamps int32 [K], actor_offset int64 [K+1], track int32 [A]), cached.
@@ -379,7 +407,7 @@ class BankStore:
                 raise StoreError(
                     f"{where(self.url, video_id)}: rows [{a0}, {a1}) outside [0, {n_act})"
                 )
-            reads += [self.array(video_id, n).async_array.getitem(slice(a0, a1)) for n in names]
+            reads += [self._read(video_id, n, slice(a0, a1)) for n in names]
         values = iter(_gather(reads))
         return [{n: next(values) for n in names} for _ in ranges]
 
@@ -388,8 +416,9 @@ class BankStore:
         names = [*INDEX_ARRAYS, *self.arrays]
         return dict(zip(names, self._read_whole(video_id, names), strict=True))
 
-    def verify(self) -> list[str]:
-        """Problems found (empty: OK): completeness, shapes, dtypes, CSR, missing chunks."""
+    def verify(self, *, quick: bool = False) -> list[str]:
+        """Problems found (empty: OK): completeness, shapes, dtypes, CSR, missing chunks and,
+        unless ``quick``, chunks that do not decode or fail their checksum."""
         problems: list[str] = []
         states = self.video_states()
         missing = sorted(set(self.expected_videos or ()) - set(states))
@@ -404,6 +433,7 @@ class BankStore:
             shapes = {"timestamps": (n_kf,), "actor_offset": (n_kf + 1,), "track": (n_act,)}
             shapes.update({n: (n_act, *s) for n, s in self.arrays.items()})
             present = list_keys(self._zstore, f"{VIDEOS}/{video_id}/")
+            index_ok = True
             for name, shape in shapes.items():
                 arr = self.array(video_id, name)
                 dtype = INDEX_ARRAYS.get(name, BANK_DTYPE)
@@ -420,6 +450,13 @@ class BankStore:
                 )
                 if n_missing:
                     problems.append(f"video {video_id!r}: {name} misses {n_missing} chunks")
+                elif not quick:
+                    corrupt = bad_chunks(arr)[1]
+                    problems += [f"video {video_id!r}: {name} chunk {c}" for c in corrupt[:5]]
+                    if name in INDEX_ARRAYS and corrupt:
+                        index_ok = False
+            if not index_ok:
+                continue
             _, off, _ = self.index(video_id)
             if off[-1] != n_act or np.any(np.diff(off) < 0):
                 problems.append(f"video {video_id!r}: actor_offset is not CSR over {n_act} rows")

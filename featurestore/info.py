@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from featurestore.banks import BankStore
+from featurestore.errors import StoreError
 from featurestore.schema import describe_store_estimate, format_bytes
 from featurestore.store import FeatureStore
 from featurestore.verify import VerifyReport
@@ -43,6 +45,21 @@ def store_info(url: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
-def store_verify(url: str | os.PathLike) -> VerifyReport:
-    """``FeatureStore.open(url).verify()`` for an incomplete store too (it is reported)."""
-    return FeatureStore.open(url, mode="r", allow_incomplete=True).verify()
+def store_verify(url: str | os.PathLike, *, quick: bool = False) -> VerifyReport:
+    """Verify a feature store or a bank (incomplete ones too: that is reported).
+
+    Every chunk is decoded (its checksum checked) unless ``quick``, which only checks that
+    every chunk exists.
+    """
+    try:
+        return FeatureStore.open(url, mode="r", allow_incomplete=True).verify(quick=quick)
+    except StoreError as exc:
+        if "is not a bankflow feature store" not in str(exc):
+            raise
+        try:
+            bank = BankStore.open(url, allow_incomplete=True)
+        except StoreError:
+            raise exc from None
+    return VerifyReport(
+        url=bank.url, problems=bank.verify(quick=quick), n_videos=len(bank.video_states())
+    )

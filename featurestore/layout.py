@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 from featurestore.errors import StoreError
 
@@ -28,7 +27,8 @@ VIDEOS = "videos"
 DEFAULT_CHUNK_TARGET_BYTES = 256 << 10
 # Backbone activations compress ~40% with zstd, but decoding costs more than reading the
 # bytes (tests/benchmarks/test_bench_store.py): stores are uncompressed unless asked.
-COMPRESSORS: dict[str, Any] = {"none": None, "zstd": "auto"}
+# Either way every chunk carries a crc32c checksum (featurestore.chunks.chunk_codecs).
+COMPRESSIONS = ("none", "zstd")
 
 
 def chunk_rows(shape: Sequence[int], itemsize: int, target_bytes: int) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
+from featurestore.chunks import DECODE_ERRORS, corrupt_chunk_error, read_checked
 from featurestore.errors import StoreError, where
 from featurestore.features import KeyframeFeatures, VideoFeatures
 from featurestore.schema import StoreSchema
@@ -38,7 +39,7 @@ class StoreReading:
 
     url: str
     schema: StoreSchema
-    _videos: zarr.Group
+    _videos: zarr.Group | None  # None while the store is being created
     _arrays: dict[tuple[str, str], zarr.Array]
     _small: dict[str, dict[str, np.ndarray]]
     videos: Callable[..., list[str]]  # FeatureStore.videos(complete_only=True)
@@ -50,6 +51,8 @@ class StoreReading:
 
     def _video_group(self, video_id: str) -> zarr.Group:
         try:
+            if self._videos is None:
+                raise KeyError(video_id)
             return self._videos[video_id]
         except KeyError as exc:
             raise KeyframeNotFoundError(
@@ -67,10 +70,14 @@ class StoreReading:
                 raise StoreError(f"{where(self.url, video_id, name)}: array is missing") from exc
         return self._arrays[key]
 
+    def _read(self, video_id: str, name: str, selection: Any) -> Any:
+        """A coroutine reading ``name[selection]``; a corrupt chunk raises StoreError."""
+        arr = self.array(video_id, name).async_array
+        return read_checked(self.url, video_id, name, arr, selection)
+
     def _small_arrays(self, video_id: str) -> dict[str, np.ndarray]:
         if video_id not in self._small:
-            arrays = [self.array(video_id, name).async_array for name in SMALL_ARRAYS]
-            values = _gather([a.getitem(slice(None)) for a in arrays])
+            values = _gather([self._read(video_id, name, slice(None)) for name in SMALL_ARRAYS])
             self._small[video_id] = dict(zip(SMALL_ARRAYS, values, strict=True))
         return self._small[video_id]
 
@@ -94,12 +101,7 @@ class StoreReading:
         a0, a1 = int(offsets[k0]), int(offsets[k1])
         names = ["context", *self._large_names()]
         slices = [slice(k0, k1)] + [slice(a0, a1)] * (len(names) - 1)
-        values = _gather(
-            [
-                self.array(video_id, n).async_array.getitem(s)
-                for n, s in zip(names, slices, strict=True)
-            ]
-        )
+        values = _gather([self._read(video_id, n, s) for n, s in zip(names, slices, strict=True)])
         return VideoFeatures(
             timestamps=small["timestamps"][k0:k1].copy(),
             actor_offset=offsets[k0 : k1 + 1] - offsets[k0],
@@ -169,7 +171,7 @@ class StoreReading:
             plan.append((video_id, row, a0, a1))
             for name in names:
                 sel = slice(row, row + 1) if name == "context" else slice(a0, a1)
-                reads.append(self.array(video_id, name).async_array.getitem(sel))
+                reads.append(self._read(video_id, name, sel))
         values = iter(_gather(reads))
         out = []
         for video_id, row, a0, a1 in plan:
@@ -203,7 +205,11 @@ class StoreReading:
             return np.zeros((0, self.schema.pooled_dim), dtype=arr.dtype)
         unique, inverse = np.unique(rows, return_inverse=True)
         # An orthogonal selection decodes each touched chunk once, whatever the row order.
-        return arr.get_orthogonal_selection((unique,))[inverse.reshape(-1)]
+        try:
+            values = arr.get_orthogonal_selection((unique,))
+        except DECODE_ERRORS as exc:
+            raise corrupt_chunk_error(self.url, video_id, "pooled", arr, unique, exc) from None
+        return values[inverse.reshape(-1)]
 
     def actor_index(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every actor of every complete video: (video id str [N], keyframe row [N], actor row [N]).

@@ -28,10 +28,12 @@ from zarr.core.sync import sync
 from featurestore.backend import (
     LockFiles,
     local_path,
+    naming_failed_writes,
     normalize_url,
     open_zarr_store,
     store_nbytes,
 )
+from featurestore.chunks import chunk_codecs
 from featurestore.claims import DEFAULT_TTL_S, Claim, try_claim
 from featurestore.errors import StoreError, where
 from featurestore.features import (
@@ -40,13 +42,14 @@ from featurestore.features import (
     expected_shapes,
 )
 from featurestore.layout import (
-    COMPRESSORS,
+    COMPRESSIONS,
     DEFAULT_CHUNK_TARGET_BYTES,
     ROOT_KEY,
     VIDEOS,
     check_video_id,
     chunk_rows,
 )
+from featurestore.nodes import open_videos_group, video_group_states
 from featurestore.reading import StoreReading
 from featurestore.schema import SCHEMA_VERSION, StoreSchema
 
@@ -87,10 +90,17 @@ class FeatureStore(StoreReading):
         self._attrs = attrs
         self.schema = StoreSchema.from_json(attrs["schema"])
         self._root = zarr.open_group(zstore, mode="r" if mode == "r" else "r+")
-        self._videos = self._root[VIDEOS]
+        # None while the store is being created (root metadata written, videos group not yet).
+        self._videos_node = open_videos_group(self._root, create=mode == "a")
         self._locks = LockFiles(url)
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
         self._small: dict[str, dict[str, np.ndarray]] = {}
+
+    @property
+    def _videos(self) -> zarr.Group | None:
+        if self._videos_node is None:
+            self._videos_node = open_videos_group(self._root, create=self.mode == "a")
+        return self._videos_node
 
     # ----------------------------------------------------------------- create / open
 
@@ -130,9 +140,10 @@ class FeatureStore(StoreReading):
             return cls.open(url, mode="a", expect_schema=schema)
         for video_id in expected_videos or ():
             check_video_id(video_id)
-        if compression not in COMPRESSORS:
+        if compression not in COMPRESSIONS:
             raise StoreError(
-                f"{where(name)}: compression must be one of {sorted(COMPRESSORS)}, got {compression!r}"
+                f"{where(name)}: compression must be one of {sorted(COMPRESSIONS)}, "
+                f"got {compression!r}"
             )
         if chunk_target_bytes <= 0:
             raise StoreError(f"{where(name)}: chunk_target_bytes must be positive")
@@ -242,9 +253,7 @@ class FeatureStore(StoreReading):
 
     def video_states(self) -> dict[str, bool]:
         """Every video group present -> its ``complete`` attribute."""
-        return {
-            name: bool(group.attrs.get("complete", False)) for name, group in self._videos.groups()
-        }
+        return video_group_states(self._zstore)
 
     def videos(self, complete_only: bool = True) -> list[str]:
         """Sorted video ids in the store (only complete ones unless ``complete_only=False``)."""
@@ -339,17 +348,19 @@ class FeatureStore(StoreReading):
         self, video_id: str, arrays: dict[str, np.ndarray], attrs: dict, *, overwrite: bool
     ) -> None:
         """Write ``arrays`` into a fresh group for ``video_id``; set ``attrs`` (complete) last."""
-        if video_id in self._videos:
+        videos = self._videos
+        assert videos is not None  # mode "a" creates it
+        if video_id in videos:
             if self.is_complete_video(video_id) and not overwrite:
                 raise StoreError(
                     f"{where(self.url, video_id)}: already complete; refusing to overwrite "
                     "(pass overwrite=True)"
                 )
-            del self._videos[video_id]
+            del videos[video_id]
         self._forget(video_id)
-        group = self._videos.create_group(video_id, attributes={"complete": False})
+        group = videos.create_group(video_id, attributes={"complete": False})
         target = self.chunk_target_bytes
-        compressors = COMPRESSORS[self.compression]
+        compressors = chunk_codecs(self.compression)
 
         async def create_and_fill(name: str, data: np.ndarray) -> None:
             rows = chunk_rows(data.shape, data.dtype.itemsize, target)
@@ -372,7 +383,8 @@ class FeatureStore(StoreReading):
             # concurrently (zarr runs codecs in threads) instead of ~20 sequential round trips.
             await asyncio.gather(*(create_and_fill(n, d) for n, d in arrays.items()))
 
-        sync(write_all())
+        with naming_failed_writes(f"{self.url}/{VIDEOS}/{video_id}"):
+            sync(write_all())
         # Last, in one metadata write: the video is complete only once everything is stored.
         group.update_attributes(attrs)
 
@@ -381,6 +393,8 @@ class FeatureStore(StoreReading):
 
         ``expected_videos`` defaults to the list given to ``create``; without either, every
         video group present must be complete. Run from a single process after all writers.
+        Claims left on complete videos (a writer killed after marking its video complete,
+        before releasing) are deleted: a finalized store holds no locks.
         """
         self._require_writable()
         expected = self.expected_videos if expected_videos is None else list(expected_videos)
@@ -391,6 +405,9 @@ class FeatureStore(StoreReading):
             raise StoreError(
                 f"{where(self.url)}: cannot finalize: {self._completeness_summary(expected)}"
             )
+        for name in self._locks.names():
+            if name.endswith(".json") and states.get(name[: -len(".json")], False):
+                self._locks.delete(name)
         attrs = dict(self._attrs)
         attrs.update(complete=True, finalized_at=_now(), n_videos=len(states))
         if expected is not None:
@@ -409,9 +426,10 @@ class FeatureStore(StoreReading):
     def array_names() -> tuple[str, ...]:
         return tuple(ARRAY_DTYPES)
 
-    def verify(self) -> VerifyReport:
-        """Check completeness, shapes, CSR offsets, timestamps and that every chunk exists."""
+    def verify(self, *, quick: bool = False) -> VerifyReport:
+        """Check completeness, shapes, CSR offsets, timestamps, that every chunk exists and
+        (unless ``quick``) that every chunk decodes and matches its checksum."""
         # verify builds on this class, so it is imported here rather than at module top.
         from featurestore.verify import verify_store
 
-        return verify_store(self)
+        return verify_store(self, quick=quick)

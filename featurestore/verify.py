@@ -2,7 +2,9 @@
 
 Zarr reads a missing chunk as the fill value (zeros), so a deleted or never-written chunk
 looks like valid all-zero features. We therefore list the objects under each array and
-compare with the chunk keys its shape and chunking require.
+compare with the chunk keys its shape and chunking require. Then (unless ``quick``) every
+chunk is decoded, which checks its crc32c checksum (``featurestore.chunks``) and, for
+stores written without one, at least its length.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from featurestore.backend import list_keys
+from featurestore.chunks import bad_chunks
 from featurestore.features import expected_dtype, expected_shapes
 from featurestore.layout import VIDEOS
 from featurestore.store import FeatureStore
@@ -28,19 +31,24 @@ class VerifyReport:
     Attributes:
         url: the store.  problems: one human-readable line per problem (empty if ok).
         n_videos: video groups checked.  n_chunks: chunk objects confirmed present.
+        n_decoded: chunks decoded (0 with ``quick``).
     """
 
     url: str
     problems: list[str] = field(default_factory=list)
     n_videos: int = 0
     n_chunks: int = 0
+    n_decoded: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def __str__(self) -> str:
-        head = f"{self.url}: {self.n_videos} videos, {self.n_chunks} chunks checked"
+        head = (
+            f"{self.url}: {self.n_videos} videos, {self.n_chunks} chunks present, "
+            f"{self.n_decoded} decoded"
+        )
         if self.ok:
             return f"{head}: OK"
         return f"{head}: {len(self.problems)} problems\n" + "\n".join(
@@ -55,7 +63,7 @@ def _chunk_keys(arr) -> list[str]:
     return [f"{arr.path}/{arr.metadata.encode_chunk_key(c)}" for c in coords]
 
 
-def _verify_video(store: FeatureStore, video_id: str, report: VerifyReport) -> None:
+def _verify_video(store: FeatureStore, video_id: str, report: VerifyReport, *, quick: bool) -> None:
     def problem(text: str) -> None:
         report.problems.append(f"video {video_id!r}: {text}")
 
@@ -96,6 +104,15 @@ def _verify_video(store: FeatureStore, video_id: str, report: VerifyReport) -> N
             )
             problem(f"array {name!r} misses {len(missing)} of {len(keys)} chunks: {shown}")
             bad.add(name)
+        elif not quick and name not in bad:
+            n_decoded, corrupt = bad_chunks(arr)
+            report.n_decoded += n_decoded
+            for line in corrupt[:_MAX_LISTED]:
+                problem(f"array {name!r} chunk {line}")
+            if len(corrupt) > _MAX_LISTED:
+                problem(f"array {name!r}: {len(corrupt) - _MAX_LISTED} more corrupt chunks")
+            if corrupt:
+                bad.add(name)
     extra = sorted({k.split("/")[2] for k in present if k.count("/") >= 3} - set(shapes))
     if extra:
         problem(f"unexpected arrays {extra} (schema does not store them)")
@@ -114,8 +131,9 @@ def _verify_video(store: FeatureStore, video_id: str, report: VerifyReport) -> N
         )
 
 
-def verify_store(store: FeatureStore) -> VerifyReport:
-    """Check every video (complete, shapes/dtypes vs schema, CSR, sorted timestamps, chunks)."""
+def verify_store(store: FeatureStore, *, quick: bool = False) -> VerifyReport:
+    """Check every video (complete, shapes/dtypes vs schema, CSR, sorted timestamps, chunks
+    present and, unless ``quick``, decoding with a matching checksum)."""
     report = VerifyReport(url=store.url)
     states = store.video_states()
     expected = store.expected_videos
@@ -125,7 +143,7 @@ def verify_store(store: FeatureStore) -> VerifyReport:
             report.problems.append(f"missing videos {missing} (expected at create/finalize)")
     for video_id in sorted(states):
         report.n_videos += 1
-        _verify_video(store, video_id, report)
+        _verify_video(store, video_id, report, quick=quick)
     if not store.complete:
         report.problems.append("store is not finalized (root 'complete' attribute is false)")
     return report

@@ -9,6 +9,7 @@ before Prefect starts. User errors are one line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -140,13 +141,20 @@ def _run_pipeline(args: argparse.Namespace, *, until: str | None, force: list[st
     load_config(args.config, args.overrides)
     work_root = Path(args.work_root)
     _prefect_env(work_root)
-    from flows.pipeline import pipeline
-    from stages.pipeline import format_summary
+    from flows.embedded import embedded_server
 
-    summary = pipeline(
-        config=str(args.config), overrides=list(args.overrides), work_root=str(work_root),
-        until=until, force=force, cache=getattr(args, "cache", None),
-    )  # fmt: skip
+    # Our own server (dies with this process, stale ones stopped), not Prefect's ephemeral.
+    with embedded_server(Path(os.environ["PREFECT_HOME"])):
+        from flows.console import prefect_output_to
+        from flows.pipeline import pipeline
+        from stages.pipeline import format_summary
+
+        prefect_output_to(Path(os.environ["PREFECT_HOME"]) / "prefect.log")  # tracebacks
+
+        summary = pipeline(
+            config=str(args.config), overrides=list(args.overrides), work_root=str(work_root),
+            until=until, force=force, cache=getattr(args, "cache", None),
+        )  # fmt: skip
     print(format_summary(summary))
     return 0
 
@@ -249,7 +257,7 @@ def cmd_store(args: argparse.Namespace) -> int:
         print(store_info(args.url))
         print(stage_output_info(args.url))
     elif args.action == "verify":
-        report = store_verify(args.url)
+        report = store_verify(args.url, quick=args.quick)
         print("ok" if report.ok else "\n".join(report.problems))
         return 0 if report.ok else 1
     elif args.action == "export":
@@ -384,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
         "work root or stage cache",
     )  # fmt: skip
     p.add_argument("target", nargs="?", help="export: the .h5 to write; import: the new store")
+    p.add_argument("--quick", action="store_true",
+                   help="verify: only check every chunk exists (default: decode every chunk)")  # fmt: skip
     p.set_defaults(func=cmd_store)
 
     p = sub.add_parser("checkpoint", help="backbone checkpoints from model zoos")
@@ -490,10 +500,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as exc:
-        if not isinstance(exc, user_errors()):
-            raise
-        print(f"bankflow: error: {exc}", file=sys.stderr)
-        return 2
+        if isinstance(exc, user_errors()):
+            print(f"bankflow: error: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # A full disk outside a stage's compute (inside one it is a StageError).
+            print(f"bankflow: error: out of disk space writing {exc.filename or '?'}: "
+                  f"{exc.strerror}; free some space and rerun", file=sys.stderr)  # fmt: skip
+            return 2
+        raise
     finally:
         # main() called in-process (tests, notebooks) must not leave a handler bound to a
         # stream that may be closed by the time the next bankflow log line is written.

@@ -10,7 +10,9 @@ one also stops the flow runs it launched.
 
 A server start takes ~20-40 s on a small machine (docs/design.md §7). With
 ``PREFECT_SERVER_API_AUTH_STRING`` set, the server requires it (basic auth) and every
-client started here gets it as ``PREFECT_API_AUTH_STRING``.
+client started here gets it as ``PREFECT_API_AUTH_STRING``. Whoever reaches the API can
+start flow runs, i.e. run code on the workers: a host other than loopback is refused
+without an auth string, unless ``--insecure`` (then a warning at start and every hour).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import ipaddress
 import os
 import signal
 import socket
@@ -33,6 +36,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 4200
 DEFAULT_POOL = "bankflow"
 SERVER_START_TIMEOUT_S = 240.0
+INSECURE_WARNING_EVERY_S = 3600.0
 
 
 @dataclass
@@ -45,6 +49,7 @@ class ServeOptions:
     limit: int | None = None  # flow runs per worker; default max(1, GPUs per worker)
     prefect_file: Path = PROJECT_DIR / "prefect.yaml"
     deploy: bool = True
+    insecure: bool = False  # listen beyond loopback without an auth string
 
 
 @dataclass
@@ -116,6 +121,35 @@ def count_gpus() -> int:
 def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         return s.connect_ex((host, port)) == 0
+
+
+def is_loopback(host: str) -> bool:
+    """True if every address ``host`` resolves to is a loopback address."""
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return False
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def exposure_problem(options: ServeOptions, env: dict[str, str]) -> str | None:
+    """Why serving on ``options.host`` is refused (None: loopback, auth set, or --insecure)."""
+    if options.insecure or env.get("PREFECT_SERVER_API_AUTH_STRING") or is_loopback(options.host):
+        return None
+    return (
+        f"refusing to serve on {options.host}:{options.port} without "
+        "PREFECT_SERVER_API_AUTH_STRING: anyone who reaches the port could start flow runs "
+        "(run code on the workers); set it (e.g. PREFECT_SERVER_API_AUTH_STRING=user:secret), "
+        "use --host 127.0.0.1, or pass --insecure on a trusted network"
+    )
+
+
+def insecure_warning(options: ServeOptions) -> str:
+    return (
+        f"bankflow serve: WARNING: the Prefect API on {options.host}:{options.port} has no "
+        "authentication (--insecure): anyone who reaches it can run code on the workers"
+    )
 
 
 def _auth_header() -> dict[str, str]:
@@ -200,6 +234,10 @@ def split_gpus(gpus: int, workers: int) -> list[list[str]]:
 
 
 def serve(options: ServeOptions) -> int:
+    refused = exposure_problem(options, dict(os.environ))
+    if refused:
+        print(f"bankflow serve: {refused}", file=sys.stderr)
+        return 2
     prefect_home = Path(os.environ["PREFECT_HOME"])
     prefect_home.mkdir(parents=True, exist_ok=True)
     if _port_in_use(options.host, options.port):
@@ -221,6 +259,9 @@ def serve(options: ServeOptions) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     log_path = prefect_home / "server.log"
+    exposed = options.insecure and not (env.get("PREFECT_SERVER_API_AUTH_STRING")
+                                        or is_loopback(options.host))  # fmt: skip
+    next_warning = time.monotonic()
     try:
         with open(log_path, "ab") as server_log:
             server = started.add("server", subprocess.Popen(
@@ -230,6 +271,9 @@ def serve(options: ServeOptions) -> int:
             ))  # fmt: skip
         print(f"bankflow serve: starting the Prefect server (PREFECT_HOME={prefect_home}, "
               f"log {log_path})", flush=True)  # fmt: skip
+        if exposed:
+            print(insecure_warning(options), file=sys.stderr, flush=True)
+            next_warning = time.monotonic() + INSECURE_WARNING_EVERY_S
         wait_for_api(api_url, server, log_path, SERVER_START_TIMEOUT_S)
         ensure_pool(options.pool)
         gpus = count_gpus() if options.gpus is None else options.gpus
@@ -254,6 +298,9 @@ def serve(options: ServeOptions) -> int:
             flush=True,
         )
         while not stopping:
+            if exposed and time.monotonic() >= next_warning:
+                print(insecure_warning(options), file=sys.stderr, flush=True)
+                next_warning = time.monotonic() + INSECURE_WARNING_EVERY_S
             for name, proc in started.processes:
                 if proc.poll() is not None:
                     print(f"bankflow serve: {name} exited ({proc.returncode})", file=sys.stderr)
@@ -274,7 +321,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--port", type=int, default=None, help="server port (default BANKFLOW_PORT or 4200)"
     )
-    p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    p.add_argument(
+        "--host", default="127.0.0.1",
+        help="listen address (default loopback; any other needs PREFECT_SERVER_API_AUTH_STRING)",
+    )  # fmt: skip
+    p.add_argument(
+        "--insecure", action="store_true",
+        help="serve a non-loopback host without an auth string (warns at start and hourly)",
+    )  # fmt: skip
     p.add_argument("--pool", default=DEFAULT_POOL, help="process work pool to create and serve")
     p.add_argument("--workers", type=int, default=1, help="process workers to start (0: none)")
     p.add_argument(
@@ -298,5 +352,5 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(
         host=args.host, port=args.port or default_port(), pool=args.pool, workers=args.workers,
         gpus=args.gpus, limit=args.limit, prefect_file=args.prefect_file.resolve(),
-        deploy=args.deploy,
+        deploy=args.deploy, insecure=args.insecure,
     )  # fmt: skip

@@ -18,8 +18,8 @@ claims videos one at a time, waits for videos another live process holds (taking
 the claim of a process that died), and exactly one process finalizes the stores and lets
 the framework publish them; the others wait for that publication and then return it.
 
-Before starting, the projected store size is logged and a target without enough free
-disk space is refused (``allow_low_disk`` overrides).
+Before writing, the projected size of every split's store is logged and a target without
+enough free disk space for all of them is refused (``allow_low_disk`` overrides).
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from featurestore import (
 )
 from models.roi import RoIAlignSpec
 from stages.data import Dataset, DatasetConfig
+from stages.diskspace import bytes_under
 from stages.extract_video import VideoExtractor, _device, _probe_shapes, build_schema, load_backbone
 from stages.extract_workers import _become_publisher, _open_store, _published, _SplitRun
 from stages.framework import Stage, StageContext, StageError, output_file
@@ -181,9 +182,8 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     # The staging dir is recognised by its inode once the framework renames it into place.
     inode = ctx.staging.stat().st_ino
     published = functools.partial(_published, ctx, inode)
+    plans = []
     for split in ex.splits:
-        if published():
-            break
         by_video = _actors_by_video(read_actors(ctx.input("track").uri, split))
         if not by_video:
             raise StageError(f"extract: split {split!r} has no actors (track stage output)")
@@ -203,9 +203,17 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         )  # fmt: skip
         n_kf = sum(len(np.unique(a["timestamp"])) for a in by_video.values())
         n_act = sum(len(a["timestamp"]) for a in by_video.values())
-        path = Path(store_path(ctx.staging, split))
-        _check_disk(path.parent, estimate_store_bytes(schema, n_kf, n_act), ex.allow_low_disk)
-        store = _open_store(path, schema, ctx.key, split, list(by_video))
+        plans.append((split, by_video, schema, n_kf, n_act))
+    # One check for the whole stage (every split's store), less what a killed run wrote.
+    ctx.expected_bytes = sum(estimate_store_bytes(p[2], p[3], p[4]) for p in plans)
+    if not published():  # (once published, the staging path must not be recreated)
+        needed = max(0, ctx.expected_bytes - bytes_under(ctx.staging))
+        _check_disk(ctx.staging / "features", needed, ex.allow_low_disk)
+    for split, by_video, schema, n_kf, n_act in plans:
+        if published():
+            break
+        store = _open_store(Path(store_path(ctx.staging, split)), schema, ctx.key, split,
+                            list(by_video))  # fmt: skip
         t0 = time.perf_counter()
         job = _SplitRun(ctx, split, dataset, VideoExtractor(model, ex, schema), store, by_video,
                         owner, published)  # fmt: skip

@@ -38,6 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from stages.diskspace import disk_full_as_stage_error
 from stages.keys import KeyFileError, excluded_fields, key_payload
 
 log = logging.getLogger("bankflow.stages")
@@ -91,6 +92,7 @@ class StageContext:
     staging: Path  # write every output file below this directory
     work_root: Path
     log: logging.Logger = field(default=log)
+    expected_bytes: int | None = None  # the output's projected size, if the stage knows it
 
     def relpath(self, *parts: str) -> str:
         """A file of this output named relative to the work root, for summaries
@@ -451,7 +453,8 @@ def run_stage(
         staging=staging, work_root=work_root,
     )  # fmt: skip
     log.info("stage %s: computing key %s", stage.name, key)
-    summary = stage.compute(ctx) or {}
+    with disk_full_as_stage_error(ctx):  # ENOSPC -> one line: stage, file, bytes
+        summary = stage.compute(ctx) or {}
     seconds = time.perf_counter() - t0
 
     provenance = {

@@ -136,3 +136,48 @@ def test_bench_store_write_and_batches(
             f"{format_bytes(want / secs)}/s, {secs / mem_s:.0f}× numpy"
         )
     print(f"    {'numpy in memory':18s} {mem_s / N_BATCHES * 1e3:7.2f} ms/batch")
+
+
+def _write_and_read(url: Path, videos: dict[str, VideoFeatures], batches) -> tuple[float, float]:
+    store = FeatureStore.create(url, _schema(), provenance={}, expected_videos=list(videos))
+    t0 = time.perf_counter()
+    for video_id, feats in videos.items():
+        store.write_video(video_id, feats)
+    store.finalize()
+    write_s = time.perf_counter() - t0
+    reader = FeatureStore.open(url)
+    for video_id in videos:
+        reader.index(video_id)
+    _, read_s = _timed(lambda: sum(_batch_from_store_concurrent(reader, b) for b in batches))
+    return write_s, read_s
+
+
+@pytest.mark.bench
+def test_bench_checksum_overhead(tmp_path: Path, monkeypatch) -> None:
+    """Write and batch-read cost of the crc32c codec: the same videos with and without it,
+    alternated 3 times (the machine is shared; the best of each is compared)."""
+    import featurestore.store
+
+    rng = np.random.default_rng(0)
+    videos = {f"vid{i:03d}": _video(rng) for i in range(N_VIDEOS)}
+    ids = list(videos)
+    batches = [
+        [(ids[rng.integers(N_VIDEOS)], 902 + int(rng.integers(N_KEYFRAMES))) for _ in range(BATCH)]
+        for _ in range(N_BATCHES)
+    ]
+    plain = lambda compression: None  # noqa: E731  (the codec chain before issue 20)
+    best: dict[bool, list[float]] = {True: [np.inf, np.inf], False: [np.inf, np.inf]}
+    for rep in range(3):
+        for checksum in (True, False):
+            with monkeypatch.context() as m:
+                if not checksum:
+                    m.setattr(featurestore.store, "chunk_codecs", plain)
+                w, r = _write_and_read(tmp_path / f"{rep}-{checksum}.zarr", videos, batches)
+            best[checksum] = [min(best[checksum][0], w), min(best[checksum][1], r)]
+    (w1, r1), (w0, r0) = best[True], best[False]
+    print(
+        f"\n[store bench] crc32c checksum, {N_VIDEOS} videos, batches of {BATCH} keyframes: "
+        f"write {w1 / N_VIDEOS * 1e3:.1f} vs {w0 / N_VIDEOS * 1e3:.1f} ms/video "
+        f"({w1 / w0:.2f}×), read {r1 / N_BATCHES * 1e3:.1f} vs {r0 / N_BATCHES * 1e3:.1f} "
+        f"ms/batch ({r1 / r0:.2f}×)"
+    )

@@ -83,3 +83,22 @@ def test_killed_writer_is_taken_over_after_ttl(tmp_path: Path) -> None:
     assert log.read_text().split("\n")[:2] == ["rescuer a", "rescuer b"]
     store.finalize()
     assert store.verify().ok
+
+
+def test_claim_left_on_a_complete_video_is_gone_after_finalize(tmp_path: Path) -> None:
+    """A writer killed between marking its video complete and releasing the claim leaves a
+    lock that no resumed writer touches (the video is done); it must not be published
+    with the store (the flaky end of test_killed_extraction_resumes_bitwise_equal)."""
+    url = tmp_path / "store.zarr"
+    store = FeatureStore.create(url, small_schema(), provenance={}, expected_videos=["a", "b"])
+    claim = store.try_claim("a", "doomed")
+    assert claim is not None
+    store.write_video("a", make_video(store.schema, seed=1))
+    claim._stop.set()  # the heartbeat dies with its process; the lock stays
+    with store.claim("b", "resumer") as held:
+        assert held is not None
+        store.write_video("b", make_video(store.schema, seed=2))
+    assert [p.name for p in (url / "locks").glob("*.json")] == ["a.json"]
+    store.finalize()
+    assert not list((url / "locks").glob("*.json"))
+    assert FeatureStore.open(url).verify().ok

@@ -11,6 +11,8 @@ import h5py
 import numpy as np
 import pytest
 import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from featurestore import (
@@ -126,6 +128,34 @@ class StoreContract:
         report = store_verify(url)
         assert not report.ok
         assert any("'vid_a'" in p and "'context'" in p and key in p for p in report.problems)
+
+    def test_corrupt_chunks_are_caught_where_read(self, store: FeatureStore, url: str) -> None:
+        """A chunk truncated to half and one with a flipped byte: ``verify`` names both (it
+        said OK before the checksum), ``quick`` only checks existence, and reading either
+        raises StoreError naming store, video, array and chunk (was ValueError: reshape)."""
+        self._fill(store)
+        store.finalize()
+        proto = default_buffer_prototype()
+        truncated = f"{VIDEOS}/vid_a/context/c/0/0/0/0"
+        flipped = f"{VIDEOS}/-vid_b/pooled/c/0/0"
+        for key, damage in ((truncated, lambda b: b[: len(b) // 2]),
+                            (flipped, lambda b: b[:3] + bytes([b[3] ^ 1]) + b[4:])):  # fmt: skip
+            data = sync(store.zarr_store.get(key, prototype=proto)).to_bytes()
+            sync(store.zarr_store.set(key, proto.buffer.from_bytes(damage(data))))
+        report = store_verify(url)
+        assert any(truncated in p and "'context'" in p for p in report.problems), report
+        assert any(flipped in p and "checksum" in p for p in report.problems), report
+        assert store_verify(url, quick=True).ok
+        reader = FeatureStore.open(url)
+        with pytest.raises(StoreError) as err:
+            reader.read_video("vid_a")
+        assert str(err.value).startswith(f"store {reader.url!r}, video 'vid_a', array 'context'")
+        assert f"chunk {truncated!r}: corrupt" in str(err.value)
+        with pytest.raises(StoreError, match=f"video '-vid_b', array 'pooled', chunk '{flipped}'"):
+            reader.read_pooled("-vid_b", [0])
+        t = int(reader.index("-vid_b")[0][0])
+        with pytest.raises(StoreError, match=r"array 'pooled', chunk .*crc32c checksum mismatch"):
+            reader.read_keyframes([("-vid_b", t)])
 
     def test_verify_catches_bad_index_arrays(self, store: FeatureStore, url: str) -> None:
         self._fill(store)
@@ -333,7 +363,9 @@ def test_chunking_and_compression_follow_create_options(tmp_path: Path, compress
     store.write_video("v", feats)
     context = store.array("v", "context")
     assert context.chunks == (3, 64, 4, 4)  # ceil(5000 / 2048) rows
-    assert bool(context.compressors) == (compression == "zstd")
+    # Every array ends its chain with a crc32c checksum; zstd only when asked.
+    assert isinstance(context.compressors[-1], Crc32cCodec)
+    assert any(isinstance(c, ZstdCodec) for c in context.compressors) == (compression == "zstd")
     assert store.array("v", "timestamps").chunks == (7,)  # capped at the array length
     store.finalize()
     reopened = FeatureStore.open(tmp_path / "s.zarr")

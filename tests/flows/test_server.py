@@ -74,6 +74,7 @@ class Server:
     root: Path  # temporary directory of this module
     env: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
+    serve_pid: int = 0  # the ``bankflow serve`` process (its descendants: the server)
 
     @contextlib.contextmanager
     def client(self):
@@ -141,12 +142,12 @@ class Server:
 class Worker:
     """A ``prefect worker start`` process (limit 1) in its own session."""
 
-    def __init__(self, server: Server, name: str) -> None:
+    def __init__(self, server: Server, name: str, limit: int = 1) -> None:
         self.log = server.root / f"worker-{name}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL,
-                 "--type", "process", "--limit", "1", "--name", name],
+                 "--type", "process", "--limit", str(limit), "--name", name],
                 cwd=ROOT, env=server.env, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
@@ -208,7 +209,7 @@ def server(tmp_path_factory):
         assert proc.poll() is None, f"bankflow serve exited:\n{log.read_text()[-4000:]}"
         assert time.monotonic() < deadline, f"bankflow serve not ready:\n{log.read_text()[-4000:]}"
         time.sleep(0.5)
-    srv = Server(api=env["PREFECT_API_URL"], root=root, env=env)
+    srv = Server(api=env["PREFECT_API_URL"], root=root, env=env, serve_pid=proc.pid)
     srv.timings["serve_ready_s"] = round(time.monotonic() - t0, 1)
     yield srv
     os.killpg(proc.pid, signal.SIGINT)
@@ -533,3 +534,62 @@ def test_d_killed_worker_resumes_without_recompute_bitwise(server, split_extract
                                 if p.is_file() and p.name != "zarr.json" and "locks" not in p.parts)  # fmt: skip
         for rel in chunks:
             assert (got / rel).read_bytes() == (want / rel).read_bytes(), rel
+
+
+def _server_rss_kb(server: Server) -> int:
+    """Resident memory of the Prefect server processes under ``bankflow serve`` (kB)."""
+    total = 0
+    for pid in descendants(server.serve_pid):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"server" in cmdline and b"worker" not in cmdline:
+                status = Path(f"/proc/{pid}/status").read_text()
+                total += int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
+    return total
+
+
+def test_f_eight_runs_submitted_at_once(server):
+    """Load (issue 20): 8 runs of the tiny pipeline submitted at once to one worker with
+    ``--limit 2``: all complete, each stage key computed once (the others Cached), no lock
+    left behind; the server's RSS before and after is recorded in timings.json."""
+    params = _params(server, "wl", world="world-load")
+    prep = Worker(server, "prep-load")
+    try:
+        _timed_run(server, "stage-track/cpu", params)  # the world exists before the rush
+    finally:
+        prep.stop()
+    rss_before = _server_rss_kb(server)
+    worker = Worker(server, "load", limit=2)
+    try:
+        worker.wait_started()
+        t0 = time.monotonic()
+        run_ids = [server.run("bankflow-pipeline/demo", params) for _ in range(8)]
+        runs = [server.wait(r, timeout=1800) for r in run_ids]
+        server.timings["load_8_runs_wall_s"] = round(time.monotonic() - t0, 1)
+    finally:
+        worker.stop()
+    server.timings["load_server_rss_kb"] = [rss_before, _server_rss_kb(server)]
+    assert [r.state_name for r in runs] == ["Completed"] * 8
+    overlap = sum(a.start_time < b.end_time and b.start_time < a.end_time
+                  for i, a in enumerate(runs) for b in runs[i + 1:])  # fmt: skip
+    assert overlap >= 1, "the worker never ran two flow runs at once"
+    states: dict[str, list[str]] = {}
+    for run_id in run_ids:
+        for name, state in _by_cache_key(server.task_runs(run_id)).items():
+            states.setdefault(name, []).append(state)
+    summary = json.loads((Path(params["work_root"]) / "summary.json").read_text())
+    assert set(states) == set(_expected_keys(summary))
+    for name, seen in states.items():
+        stage = name.split("-")[0]
+        computed = seen.count("Completed")
+        # detect and track were computed by the preparation run: cached in all 8.
+        assert computed == (0 if stage in ("detect", "track") else 1), (name, seen)
+        assert seen.count("Cached") == 8 - computed, (name, seen)
+    work = Path(params["work_root"])
+    assert not list((work / ".prefect" / "results" / "locks").glob("*.lock"))
+    assert not list(work.glob("*/*/features/*.zarr/locks/*.json"))
+    # Nothing half-done: no staging dir. What extract's publisher leaves beside them is the
+    # publication lock of its (published) key, which the next publisher of that key tidies.
+    left = list(work.glob("*/.staging/*"))
+    assert all(p.name.endswith(".publish.json") for p in left), left
+    assert all((p.parents[1] / p.name.split(".")[0] / "COMPLETE.json").is_file() for p in left)

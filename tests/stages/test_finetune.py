@@ -223,3 +223,60 @@ def test_flip_mirrors_frames_and_boxes() -> None:
     twice = flip_sample(flipped)
     np.testing.assert_array_equal(twice.clip, clip)
     np.testing.assert_allclose(twice.boxes, sample.boxes, atol=1e-6)
+
+
+KILL_WORKER = """
+import sys, torch
+from pathlib import Path
+torch.set_num_threads(1)
+from stages.finetune import STAGE
+from stages.framework import run_stage
+from tests.stages.test_finetune import make_config
+run_stage(STAGE, make_config(Path(sys.argv[1]), epochs=3), {}, Path(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_finetune_resumes_from_last_epoch_bitwise(
+    world: Path, tmp_path: Path
+) -> None:
+    """A real SIGKILL (issue 20, fault injection) once epoch 0's checkpoint exists: the
+    rerun starts at epoch 1 and ends bitwise equal to an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = make_config(world, epochs=3)
+    staging = tmp_path / "killed" / STAGE.name / STAGING_DIR / stage_key(STAGE, config, {})
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_WORKER, str(world), str(tmp_path / "killed")], cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not (staging / CHECKPOINT_DIR / "epoch_0.pt").exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    done = sorted(p.name for p in (staging / CHECKPOINT_DIR).glob("epoch_*.pt"))
+    assert "epoch_2.pt" not in done, "killed too late: the run had finished"
+    resumed = run_stage(STAGE, config, {}, tmp_path / "killed")
+    straight = run_stage(STAGE, config, {}, tmp_path / "straight")
+    assert [e["epoch"] for e in resumed.summary["epochs"]] == [0, 1, 2]
+    losses = [[e["loss"] for e in ref.summary["epochs"]] for ref in (straight, resumed)]
+    assert losses[0] == losses[1]
+    for name in (WEIGHTS_FILE, HEAD_FILE):
+        a, b = (torch.load(p / name, weights_only=True) for p in (straight.path, resumed.path))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}: {key}"

@@ -105,3 +105,67 @@ def test_second_run_serves_every_new_stage_from_cache(small_run) -> None:
     for stage in ("rebalance", "ensemble", "report"):
         assert again["stages"][stage]["cached"] is True, stage
         assert again["stages"][stage]["key"] == summary["stages"][stage]["key"]
+
+
+KILL_REPORT = """
+import sys, torch
+from pathlib import Path
+torch.set_num_threads(1)
+from stages.config import load_config
+from stages.pipeline import PipelineRun, run_pipeline
+overrides = sys.argv[3:]
+cfg = load_config(sys.argv[1], overrides)
+run_pipeline(PipelineRun(config=cfg, work_root=Path(sys.argv[2])), write=False)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_report_publishes_nothing_and_rerun_completes(small_run) -> None:
+    """Fault injection (issue 20): SIGKILL as soon as the report's staging dir exists.
+    Nothing reads as published; the next run writes the same report. Runs last in this
+    module: it removes and rebuilds the fixture's report output."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stages.framework import STAGING_DIR, read_output
+
+    cfg, run, summary = small_run
+    key = summary["stages"]["report"]["key"]
+    published = Path(summary["report"]["markdown"]).parent
+    before = {p.name: p.read_bytes() for p in published.iterdir() if p.suffix in (".md", ".csv")}
+    shutil.rmtree(published)
+    staging = run.work_root / "report" / STAGING_DIR / key
+    root = Path(__file__).resolve().parents[2]
+    overrides = [f"dataset.root={cfg.dataset.root}", "world=null",
+                 "train.runs.acrn={head: acrn, head_kwargs: {reduce_dim: 16, dim: 8}, "
+                 "optim: {epochs: 2, batch_keyframes: 8}}",
+                 "rebalance.models=[linear]", "rebalance.epochs=2",
+                 "ensemble.runs.both={members: [linear, acrn]}",
+                 "report.title=tiny report"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILL_REPORT, str(TINY_YAML), str(run.work_root), *overrides],
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"},
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not staging.exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(60)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert read_output(run.work_root, "report", key) is None  # nothing half-written published
+    again = run_pipeline(PipelineRun(config=cfg, work_root=run.work_root), write=False)
+    assert again["stages"]["report"]["key"] == key and not again["stages"]["report"]["cached"]
+    after = {p.name: p.read_bytes() for p in published.iterdir() if p.suffix in (".md", ".csv")}
+    assert after.keys() == before.keys() and after
+    assert read_output(run.work_root, "report", key) is not None
