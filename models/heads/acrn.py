@@ -1,5 +1,10 @@
 """ACRN: first-order actor-context relation maps (ACAR-Net §3.2, after Sun et al. 2018).
 
+Two variants: ``"mmaction2"`` (default) is MMAction2's released ACRN and AVA bbox head,
+which loads its checkpoints (:mod:`models.heads.acrn_mmaction2` lists how it differs
+from the reading below); ``"paper"`` is bankflow's reading of ACAR §3.2, kept because
+the ACAR ``variant="paper"`` head shares its encoder (``ActorContextRelation``).
+
 Every actor feature A^i [C] is tiled over the H x W locations of the keyframe's context
 map X [C, H, W], concatenated with it and convolved into a relation map F^i [d, H, W]
 that says, per location, how the actor relates to that piece of the scene.
@@ -19,9 +24,13 @@ Choices where ACAR §3.2 / §4.1 are vague:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 
+from models.heads.acrn_mmaction2 import MMAction2ACRN, mmaction2_acrn_state
 from models.heads.batch import ActorBatch, HeadOutput
 
 
@@ -61,7 +70,11 @@ class ActorContextRelation(nn.Module):
 class ACRNHead(nn.Module):
     """Actor-centric relation head: classify each actor from its first-order relation map.
 
-    Output ``features``: Tensor[N, reduce_dim + dim] = [reduced A^i, mean_{x,y} F^i].
+    ``variant="mmaction2"`` (default): MMAction2's ACRN and AVA bbox head
+    (:mod:`models.heads.acrn_mmaction2`), which loads its checkpoints
+    (:meth:`load_mmaction2`); ``features`` = spatial max of the map, Tensor[N, dim];
+    ``dim`` defaults to ``in_channels`` (its AVA config: 2 x 2304 -> 2304).
+    ``variant="paper"``: the reading above; ``features`` = Tensor[N, reduce_dim + dim].
     """
 
     # The feature-store arrays this head reads (the trainer reads nothing else).
@@ -72,22 +85,59 @@ class ACRNHead(nn.Module):
         *,
         in_channels: int,
         num_classes: int,
-        reduce_dim: int = 1024,
-        dim: int = 512,
+        reduce_dim: int | None = None,
+        dim: int | None = None,
         dropout: float = 0.5,
+        variant: Literal["mmaction2", "paper"] = "mmaction2",
+        stride: int = 1,
+        num_convs: int = 1,
     ) -> None:
         super().__init__()
-        self.encoder = ActorContextRelation(in_channels=in_channels, reduce_dim=reduce_dim, dim=dim)
+        if variant not in ("mmaction2", "paper"):
+            raise ValueError(f"variant must be 'mmaction2' or 'paper', got {variant!r}")
+        self.variant = variant
         self.dropout = nn.Dropout(dropout)
+        self.encoder: nn.Module
+        if variant == "mmaction2":
+            if reduce_dim is not None:
+                raise ValueError(
+                    "MMAction2's ACRN has no reduce step: leave out reduce_dim, or use "
+                    "variant='paper'"
+                )
+            dim = in_channels if dim is None else dim
+            self.encoder = MMAction2ACRN(
+                in_channels=in_channels, dim=dim, stride=stride, num_convs=num_convs
+            )
+            self.classifier = nn.Linear(dim, num_classes)
+            return
+        reduce_dim, dim = reduce_dim or 1024, dim or 512
+        self.encoder = ActorContextRelation(in_channels=in_channels, reduce_dim=reduce_dim, dim=dim)
         self.classifier = nn.Linear(reduce_dim + dim, num_classes)
 
     def first_order(self, batch: ActorBatch) -> Tensor:
         """First-order relation maps F^i: Tensor[N, dim, H, W] (what the ACFB bank stores)."""
+        if self.variant == "mmaction2":
+            return self.encoder(batch.pooled, batch.context, batch.batch_index)
         return self.encoder(batch)
 
+    def load_mmaction2(
+        self, state: Mapping[str, Tensor], *, class_index: Sequence[int] | None = None
+    ) -> dict[str, Tensor]:
+        """Load an MMAction2 ACRN detector's ``state_dict`` (shared head and ``fc_cls``)
+        strictly; returns the other keys (the backbone's)."""
+        if self.variant != "mmaction2":
+            raise ValueError("MMAction2 ACRN checkpoints load into variant='mmaction2' heads")
+        head, rest = mmaction2_acrn_state(state, class_index=class_index)
+        self.load_state_dict(head, strict=True)
+        return rest
+
     def forward(self, batch: ActorBatch) -> HeadOutput:
-        actor, context = self.encoder.reduce(batch)
-        maps = self.encoder.relate(actor, context, batch.batch_index)  # [N, d, H, W]
-        feats = torch.cat([actor, maps.mean(dim=(2, 3))], dim=1)  # [N, r + d]
+        if self.variant == "mmaction2":
+            maps = self.first_order(batch)  # [N, d, H, W]
+            feats = maps.amax(dim=(2, 3))  # BBoxHeadAVA's spatial max
+        else:
+            actor, context = self.encoder.reduce(batch)
+            maps = self.encoder.relate(actor, context, batch.batch_index)  # [N, d, H, W]
+            feats = torch.cat([actor, maps.mean(dim=(2, 3))], dim=1)  # [N, r + d]
         logits = self.classifier(self.dropout(feats))
         return HeadOutput(logits=logits, features=feats)

@@ -21,6 +21,14 @@ Choices where the descriptions are vague, with reasons:
   reason it gives for LayerNorm and dropout being needed on a small-data bank.
 - The window is the reader's: LFB uses 60 s around t with the current clip included, which
   is how its non-local block also relates the current actors to each other.
+- ``pad_mode``: ``"mask"`` (default) leaves the window's padding out of the attention;
+  ``"zeros"`` is MMAction2's ``LFB`` (``sample_long_term_features``): a window of
+  ``num_slots`` slots (``window_size x max_num_sampled_feat``, 60 x 5 in its AVA configs)
+  holding zeros where no feature was sampled, and every slot attended to. The LFB paper
+  (Wu et al. 2019, §3.2) does not say how short windows are filled; the release
+  (MMAction2's port of it, whose checkpoints this head loads with
+  :meth:`LFBHead.load_mmaction2`) attends to the zeros. For ``max``/``avg`` the zeros take
+  part in the pool (MMAction2 pools the unprojected features; here they are projected).
 - A keyframe with an empty window (all-False mask) never gives NaN: NL passes the projected
   ``S`` through its residual blocks unchanged (no key, no update); max/avg give zeros.
 - Classifier: ``concat(S_t, FBO out)`` -> dropout 0.5 (SlowFast-Det's AVA head) -> FC.
@@ -34,7 +42,7 @@ L], each block's weights over the keyframe's window (0 at padding), NL only.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -42,9 +50,11 @@ from torch import Tensor, nn
 
 from models.heads.bank_features import bank_window
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.lfb_mmaction2 import mmaction2_lfb_state
 from models.heads.ragged import pad_actors, unpad_actors
 
 FBOKind = Literal["nl", "max", "avg"]
+PadMode = Literal["mask", "zeros"]
 
 
 def masked_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor) -> Tensor:
@@ -107,8 +117,16 @@ class LFBHead(nn.Module):
         input_dropout: float = 0.2,
         nl_dropout: float = 0.2,
         dropout: float = 0.5,
+        pad_mode: PadMode = "mask",
+        num_slots: int | None = None,
     ) -> None:
         super().__init__()
+        if pad_mode not in ("mask", "zeros"):
+            raise ValueError(f"pad_mode must be 'mask' or 'zeros', got {pad_mode!r}")
+        if num_slots is not None and (pad_mode != "zeros" or num_slots < 1):
+            raise ValueError("num_slots (>= 1) goes with pad_mode='zeros'")
+        self.pad_mode: PadMode = pad_mode
+        self.num_slots = num_slots
         if fbo not in ("nl", "max", "avg"):
             raise ValueError(f"fbo must be 'nl', 'max' or 'avg', got {fbo!r}")
         if num_layers < 1:
@@ -160,6 +178,8 @@ class LFBHead(nn.Module):
         mask = window["mask"]  # (B, L)
         # the window is per keyframe: project it once, not once per actor
         features = window["features"].to(batch.pooled.dtype)
+        if self.pad_mode == "zeros":
+            features, mask = self._zero_slots(features, mask)
         bank = self.input_dropout(self.project_bank(features))  # (B, L, d)
         if self.fbo == "max":
             filled = bank.masked_fill(~mask[..., None], torch.finfo(bank.dtype).min)
@@ -175,6 +195,37 @@ class LFBHead(nn.Module):
             s, w = block(s, bank, mask)  # w: (B, A, L)
             weights.append(unpad_actors(w, actors))
         return unpad_actors(s, actors), torch.stack(weights, dim=1)
+
+    def _zero_slots(self, features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """pad_mode 'zeros': every empty slot is a zero feature that is attended to, up to
+        ``num_slots`` slots per keyframe (the window's own length when None)."""
+        b, length, dim = features.shape
+        slots = length if self.num_slots is None else self.num_slots
+        real = int(mask.sum(dim=1).max()) if mask.numel() else 0
+        if real > slots:
+            raise ValueError(
+                f"LFBHead(num_slots={slots}) got a window with {real} entries for one keyframe"
+            )
+        features = features * mask[..., None].to(features.dtype)
+        # Real entries first, so a window longer than ``slots`` keeps all of them.
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, : min(slots, length)]
+        features = torch.gather(features, 1, order[..., None].expand(-1, -1, dim))
+        if slots > features.shape[1]:
+            features = torch.cat(
+                [features, features.new_zeros(b, slots - features.shape[1], dim)], 1
+            )
+        return features, torch.ones(b, slots, dtype=torch.bool, device=mask.device)
+
+    def load_mmaction2(
+        self, state: Mapping[str, Tensor], *, class_index: Sequence[int] | None = None
+    ) -> dict[str, Tensor]:
+        """Load an MMAction2 LFB checkpoint's ``state_dict`` (FBO-NL and ``fc_cls``) strictly;
+        returns its other keys (the backbone's). See :mod:`models.heads.lfb_mmaction2`."""
+        if self.fbo != "nl":
+            raise ValueError("MMAction2 FBONonLocal checkpoints load into fbo='nl' heads")
+        head, rest = mmaction2_lfb_state(state, class_index=class_index)
+        self.load_state_dict(head, strict=True)
+        return rest
 
     def forward(self, batch: ActorBatch) -> HeadOutput:
         if batch.pooled.dim() != 2 or batch.pooled.shape[1] != self.in_channels:

@@ -21,16 +21,14 @@ result depends on three accidents of implementation, reproduced here exactly:
    scores (numpy's default sort kernel, so equal scores come out in whatever order
    that kernel leaves them, reversed).
 
-Rows whose scores are all distinct within a keyframe (or a (keyframe, class) group)
-have only one possible order, so they are ordered with vectorised numpy; only
-keyframes (groups) that contain equal scores are replayed through ``heapq`` or
-``np.argsort`` one at a time.
+Keyframes without two equal scores of one class, and without equal scores across the
+cap, have only one possible outcome, so they are ordered with vectorised numpy; only the
+others are replayed through ``heapq`` (``np.argsort`` for 2018's per-group sort).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import defaultdict, deque
 
 import numpy as np
 
@@ -72,55 +70,69 @@ def heap_keyframe_order(
     if n == 0:
         return np.empty(0, dtype=np.int64)
     kf_pos = first_seen_position(kf)
-    order = np.lexsort((np.arange(n), -score, kf_pos))
+    rows = np.arange(n)
+    order = np.lexsort((rows, -score, kf_pos))
     pos_sorted = kf_pos[order]
-    tie = (pos_sorted[1:] == pos_sorted[:-1]) & (score[order][1:] == score[order][:-1])
-    tied_kf = np.unique(pos_sorted[1:][tie])
-
     group_start = np.searchsorted(pos_sorted, pos_sorted, side="left")
-    rank_in_kf = np.arange(n) - group_start
+    rank_in_kf = rows - group_start
     keep = np.ones(n, dtype=bool) if cap is None else rank_in_kf < cap
-    keep &= ~np.isin(pos_sorted, tied_kf)
     result = order[keep]
-    if tied_kf.size == 0:
+
+    # Only two things depend on the heap's layout: which of several equal scores
+    # straddling the cap survive, and the order of equal scores of one class (the
+    # order across classes never meets: matching and ranking are per class). Keyframes
+    # with neither are fully decided by the sort above.
+    replay = np.zeros(kf_pos.max() + 1, dtype=bool)
+    by_class = np.lexsort((rows, action, -score, kf_pos))
+    same = (kf_pos[by_class][1:] == kf_pos[by_class][:-1]) & (
+        (score[by_class][1:] == score[by_class][:-1])
+        & (action[by_class][1:] == action[by_class][:-1])
+    )
+    replay[kf_pos[by_class][1:][same]] = True
+    if cap is not None:
+        at_cut = np.flatnonzero(rank_in_kf[1:] == cap) + 1  # the first row left out
+        straddle = score[order[at_cut]] == score[order[at_cut - 1]]
+        replay[pos_sorted[at_cut[straddle]]] = True
+    if not replay.any():
         return result
+    result = result[~replay[kf_pos[result]]]
 
-    # Keyframes with equal scores: replay the heap. Equal tuples are the same
-    # detection as far as evaluation goes, so any of their rows may stand for them.
-    replayed: list[np.ndarray] = []
-    bounds = np.searchsorted(pos_sorted, np.stack([tied_kf, tied_kf + 1]))
-    for lo, hi in bounds.T:
-        rows = np.sort(order[lo:hi])  # file order
-        replayed.append(_replay_heap(rows, score, action, boxes, cap))
-    # Stitch: vectorised keyframes and replayed ones, keyframes in first-seen order.
-    pieces = [result, *replayed]
-    merged = np.concatenate(pieces)
-    sizes = [len(p) for p in pieces]
-    within = np.concatenate([np.arange(s) for s in sizes])
-    # Inside the vectorised block, `within` already follows the official order.
-    return merged[np.lexsort((within, kf_pos[merged]))]
+    # Replay the heap for those keyframes, all of them in one pass over Python lists.
+    rows_in = np.flatnonzero(replay[kf_pos])  # file order
+    rows_in = rows_in[np.argsort(kf_pos[rows_in], kind="stable")]  # grouped, file order kept
+    bounds = np.flatnonzero(np.diff(kf_pos[rows_in])) + 1
+    items = list(
+        zip(
+            score[rows_in].tolist(),
+            action[rows_in].tolist(),
+            *boxes[rows_in][:, [1, 0, 3, 2]].T.tolist(),  # the official tuple: y1 x1 y2 x2
+            strict=True,
+        )
+    )
+    index = rows_in.tolist()
+    replayed: list[int] = []
+    for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(index)], strict=True):
+        replayed += _replay_heap(items[lo:hi], index[lo:hi], cap)
+    merged = np.concatenate([result, np.asarray(replayed, dtype=np.int64)])
+    # Keyframes in first-seen order; inside one, the order each part already has.
+    return merged[np.lexsort((np.arange(merged.size), kf_pos[merged]))]
 
 
-def _replay_heap(
-    rows: np.ndarray,
-    score: np.ndarray,
-    action: np.ndarray,
-    boxes: np.ndarray,
-    cap: int | None,
-) -> np.ndarray:
-    """One keyframe through ``heapq`` exactly as ``read_csv`` does it."""
+def _replay_heap(items: list[tuple], index: list[int], cap: int | None) -> list[int]:
+    """One keyframe's rows (official tuples, file order) through ``heapq`` exactly as
+    ``read_csv`` does it; returns the kept rows' indices in the official order. Equal
+    tuples are the same detection as far as evaluation goes, so any of their rows may
+    stand for them."""
     heap: list[tuple] = []
-    where: dict[tuple, deque[int]] = defaultdict(deque)
-    for r in rows.tolist():
-        x1, y1, x2, y2 = boxes[r].tolist()
-        item = (float(score[r]), int(action[r]), y1, x1, y2, x2)
-        where[item].append(r)
+    where: dict[tuple, list[int]] = {}
+    for item, r in zip(items, index, strict=True):
+        where.setdefault(item, []).append(r)
         if cap is None or len(heap) < cap:
             heapq.heappush(heap, item)
         elif item[0] > heap[0][0]:
             heapq.heapreplace(heap, item)
     kept = sorted(heap, key=lambda t: -t[0])
-    return np.array([where[t].popleft() for t in kept], dtype=np.int64)
+    return [where[t].pop() for t in kept]
 
 
 def argsort_desc_groups(group: np.ndarray, score: np.ndarray) -> np.ndarray:

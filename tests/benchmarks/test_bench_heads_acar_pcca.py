@@ -22,9 +22,11 @@ from models.heads.pcca import PCCAHead
 C, K, H, W, ACTORS = 2304, 80, 16, 22, 3
 HEADS: dict[str, tuple[type[nn.Module], dict[str, str]]] = {
     "linear": (LinearHead, {}),
-    "acrn": (ACRNHead, {}),
-    "acar-nl": (ACARHead, {"hr2o": "nl"}),
-    "acar-rn": (ACARHead, {"hr2o": "rn"}),
+    "acrn": (ACRNHead, {}),  # MMAction2's release
+    "acrn-paper": (ACRNHead, {"variant": "paper"}),
+    "acar-nl": (ACARHead, {"hr2o": "nl"}),  # ACAR-Net's release
+    "acar-nl-paper": (ACARHead, {"hr2o": "nl", "variant": "paper"}),
+    "acar-rn": (ACARHead, {"hr2o": "rn", "variant": "paper"}),
     "pcca": (PCCAHead, {}),
 }
 

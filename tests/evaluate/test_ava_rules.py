@@ -111,6 +111,14 @@ def test_detection_on_gt_keyframe_of_another_class_is_false_positive_in_2020():
     assert ap1(gt, dets, protocol="2020") == 0.5
 
 
+def test_gt_keyframe_of_a_class_outside_the_label_map_still_counts_in_2020():
+    # The official 2020 code collects GT keyframes before dropping other classes' rows.
+    gt = [("v", 902, *A, 1), ("v", 903, *A, 7)]  # 7 is not in the label map [1, 2]
+    dets = [("v", 902, *A, 1, 0.5), ("v", 903, *A, 1, 0.9)]
+    for ties in ("official", "stable"):
+        assert ap1(gt, dets, protocol="2020", ties=ties) == 0.5
+
+
 def test_no_fall_back_to_the_next_best_gt():
     # Both detections overlap A best; the second also overlaps B enough but may not take it.
     b_near = (0.1, 0.1, 0.45, 0.4)  # IoU with A = 0.857

@@ -27,6 +27,7 @@ make_batch = partial(random_actor_batch, channels=C, height=H, width=W)
 
 
 def tiny_head(**kwargs) -> ACRNHead:
+    kwargs.setdefault("variant", "paper")  # MMAction2's: test_heads_acrn_mmaction2.py
     return ACRNHead(in_channels=C, num_classes=K, reduce_dim=12, dim=8, **kwargs)
 
 

@@ -73,7 +73,7 @@ def test_empty_window_is_acrn_and_finite() -> None:
     out.logits.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
     head.eval()
-    acrn = ACRNHead(in_channels=C, num_classes=K, reduce_dim=R, dim=D).eval()
+    acrn = ACRNHead(in_channels=C, num_classes=K, reduce_dim=R, dim=D, variant="paper").eval()
     acrn.load_state_dict(
         {k: v for k, v in head.acar.state_dict().items() if not k.startswith("reasoning.")}
     )
@@ -121,7 +121,7 @@ def test_reads_a_bank_dumped_by_a_stage1_acar() -> None:
     out = head.eval()(with_bank(make_batch([3], seed=6), window))
     assert out.logits.shape == (3, K)
     # an ACRN state leaves HR2O fresh; anything else is refused
-    acrn = ACRNHead(in_channels=C, num_classes=K, reduce_dim=R, dim=D)
+    acrn = ACRNHead(in_channels=C, num_classes=K, reduce_dim=R, dim=D, variant="paper")
     assert all(k.startswith("reasoning.") for k in tiny_head().init_from_stage1(acrn.state_dict()))
     with pytest.raises(ValueError, match="init_from_stage1"):
         tiny_head().init_from_stage1({"classifier.weight": torch.zeros(K, R + D)})

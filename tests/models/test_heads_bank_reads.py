@@ -16,7 +16,8 @@ C, K, H, W = 8, 5, 4, 6
 # name: (kwargs, bank arrays per entry)
 STAGE2 = {
     "lfb": ({"hidden_dim": 8}, {"features": (C,)}),
-    "acar_acfb": ({"reduce_dim": 8, "dim": 6}, {"maps": (6, H, W)}),
+    # the released ACAR's first-order maps: unpadded 3x3 then a stride-2 pool of H x W
+    "acar_acfb": ({"reduce_dim": 8, "dim": 6}, {"maps": (6, (H - 1) // 2, (W - 1) // 2)}),
     "tonly_memory": ({"hidden_dim": 8, "num_heads": 2}, {"features": (C,)}),
     "amcr_hafb": (
         {"hidden_dim": 16, "num_layers": 1, "num_heads": 2},

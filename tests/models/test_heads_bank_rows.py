@@ -31,14 +31,15 @@ def stage1(name: str, **kw):
     torch.manual_seed(0)
     tiny = {
         "linear": {},
-        "acrn": {"reduce_dim": 8, "dim": 6},
-        "acar": {"reduce_dim": 8, "dim": 6},
+        "acrn": {"dim": 6},
+        "acar": {"reduce_dim": 8, "dim": 6, "variant": "paper"},
+        "acar_release": {"reduce_dim": 8, "dim": 6},
         "amcr": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2, "pos_input_size": (4, 6)},
         "tonly": {"hidden_dim": 16, "num_heads": 2},
         "sonly": {"hidden_dim": 16, "num_heads": 2},
         "igmn_dam": {"attention_hidden": 8, "fuse_hidden": 16},
     }[name]
-    return build_head(name, in_channels=C, num_classes=K, **{**tiny, **kw})
+    return build_head(name.removesuffix("_release"), in_channels=C, num_classes=K, **{**tiny, **kw})
 
 
 @pytest.mark.parametrize(
@@ -47,6 +48,9 @@ def stage1(name: str, **kw):
         ("linear", "lfb", {"features": (C,)}),
         ("acar", "lfb", {"features": (8 + 6,)}),
         ("acar", "acfb", {"maps": (6, H, W)}),
+        # the released ACAR: [ReLU(fc1 A), GAP] and maps after its unpadded 3x3 + pool
+        ("acar_release", "lfb", {"features": (6 + 6,)}),
+        ("acar_release", "acfb", {"maps": (6, (H - 1) // 2, (W - 1) // 2)}),
         ("acrn", "acfb", {"maps": (6, H, W)}),
         ("amcr", "hrafb", {"interaction": (16,), "movement": (C,)}),
         ("tonly", "memory", {"features": (C,)}),

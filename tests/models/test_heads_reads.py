@@ -17,7 +17,7 @@ from tests.models.heads_testing import random_actor_batch
 
 SMALL = {
     "linear": {},
-    "acrn": {"reduce_dim": 8, "dim": 8},
+    "acrn": {"dim": 8},
     "acar": {"reduce_dim": 8, "dim": 8},
     "amcr_slim": {"hidden_dim": 16, "num_heads": 2, "pos_input_size": [4, 6]},
     "pcca": {"dim": 16, "num_layers": 1, "num_heads": 2},
@@ -31,7 +31,9 @@ def strip(batch, reads: frozenset[str]):
     """The batch as the trainer builds it when only ``reads`` were read from the store."""
     return replace(
         batch,
-        context=batch.context if "context" in reads else torch.zeros((batch.num_keyframes, 0, 0, 0)),
+        context=batch.context
+        if "context" in reads
+        else torch.zeros((batch.num_keyframes, 0, 0, 0)),
         roi=batch.roi if "roi" in reads else None,
         roi_t=batch.roi_t if "roi_t" in reads else None,
     )

@@ -31,7 +31,7 @@ def one_thread():
 def small_run(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory):
     cfg = load_config(TINY_YAML, [
         f"dataset.root={tiny_world}", "world=null",
-        "train.runs.acrn={head: acrn, head_kwargs: {reduce_dim: 16, dim: 8}, "
+        "train.runs.acrn={head: acrn, head_kwargs: {dim: 8}, "
         "optim: {epochs: 2, batch_keyframes: 8}}",
         "rebalance.models=[linear]", "rebalance.epochs=2",
         "ensemble.runs.both={members: [linear, acrn]}",

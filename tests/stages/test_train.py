@@ -47,7 +47,7 @@ TINY_YAML = REPO / "tests" / "flows" / "tiny.yaml"
 # Widths small enough that 2 epochs of any head take well under a second on one core.
 HEAD_KWARGS: dict[str, dict[str, Any]] = {
     "linear": {},
-    "acrn": {"reduce_dim": 16, "dim": 8},
+    "acrn": {"dim": 8},
     "acar": {"reduce_dim": 16, "dim": 8},
     "amcr": {"hidden_dim": 16, "num_layers": 1, "num_heads": 2},
     "amcr_slim": {"hidden_dim": 16, "num_heads": 2},
