@@ -130,7 +130,7 @@ PAPER_RECIPES["tonly"] = PAPER_RECIPES["sonly"]
 # heads' kinds, context scales, box enlargements) with narrower maps and tokens.
 PROBE_WIDTHS: dict[str, dict[str, Any]] = {
     "linear": {},
-    "acrn": {"reduce_dim": 32, "dim": 32},
+    "acrn": {"dim": 32},  # MMAction2 variant: no reduction
     "acar": {"reduce_dim": 32, "dim": 32},
     "amcr": {"hidden_dim": 64, "num_heads": 4},
     "amcr_slim": {"hidden_dim": 64, "num_heads": 4},
@@ -177,7 +177,7 @@ def scaled_recipe(
 
 def probe_recipe(head: str) -> HeadRecipe:
     """The recipe of the relational probes (``tests/stages/relational_probes.py``)."""
-    return scaled_recipe(head, batch_keyframes=16, epochs=30, head_kwargs=PROBE_WIDTHS[head])
+    return scaled_recipe(head, batch_keyframes=32, epochs=20, head_kwargs=PROBE_WIDTHS[head])
 
 
 def zero_init_residual(model: nn.Module) -> int:
