@@ -139,19 +139,22 @@ def _keyframe(
 
 
 def write_probe(
-    root: Path, probe: str, *, videos: int, keyframes: int = 4, seed: int = 0
-) -> ProbeSplit:
+    root: Path, probe: str, *, videos: int, keyframes: int = 4, seed: int = 0,
+    same_look: bool = False,
+) -> ProbeSplit:  # fmt: skip
     """Write a probe world of ``videos`` x ``keyframes`` keyframes (2-3 actors each) to a
     feature store at ``root``; returns it with the labels of its actors in store order."""
     rng = np.random.default_rng([seed, PROBES.index(probe)])
     store = FeatureStore.create(root, _schema(), provenance={"probe": probe, "seed": seed})
     names = [f"v{v:03d}" for v in range(videos)]
+    look = np.ones(CHANNELS - 3)  # every actor's appearance with ``same_look``
     labels, scored = [], []
     for name in names:
         n = int(rng.integers(2, 4))
         slots = rng.permutation(3)[:n]
         tracks = [
-            {"slot": int(s), "look": rng.normal(0, 1, CHANNELS - 3), "bit": rng.random() < 0.5}
+            {"slot": int(s), "look": look if same_look else rng.normal(0, 1, CHANNELS - 3),
+             "bit": rng.random() < 0.5}  # fmt: skip
             for s in slots
         ]
         maps, boxes, offsets = [], [], [0]
@@ -230,15 +233,15 @@ class ProbeWorld:
 
 def probe_world(
     root: Path, probe: str, *, train_videos: int = 12, val_videos: int = 6,
-    keyframes: int = 32, seed: int = 0,
+    keyframes: int = 32, seed: int = 0, same_look: bool = False,
 ) -> ProbeWorld:  # fmt: skip
     """Write ``probe``'s train and val stores under ``root`` (val drawn from another seed)."""
     return ProbeWorld(
         probe=probe,
         train=write_probe(root / "train", probe, videos=train_videos, keyframes=keyframes,
-                          seed=seed),
+                          seed=seed, same_look=same_look),
         val=write_probe(root / "val", probe, videos=val_videos, keyframes=keyframes,
-                        seed=seed + 1000),
+                        seed=seed + 1000, same_look=same_look),
     )  # fmt: skip
 
 
