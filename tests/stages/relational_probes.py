@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from featurestore import FeatureStore, StoreSchema, VideoFeatures
 from models.heads import head_reads
@@ -153,8 +154,11 @@ def write_probe(
         n = int(rng.integers(2, 4))
         slots = rng.permutation(3)[:n]
         tracks = [
-            {"slot": int(s), "look": look if same_look else rng.normal(0, 1, CHANNELS - 3),
-             "bit": rng.random() < 0.5}  # fmt: skip
+            {
+                "slot": int(s),
+                "look": look if same_look else rng.normal(0, 1, CHANNELS - 3),
+                "bit": rng.random() < 0.5,
+            }
             for s in slots
         ]
         maps, boxes, offsets = [], [], [0]
@@ -246,13 +250,16 @@ def probe_world(
 
 
 def run_probe(
-    head: str, world: ProbeWorld, ckpt_dir: Path, *, recipe: HeadRecipe | None = None
-) -> ProbeResult:
-    """Train ``head`` with ``recipe`` (default: its probe-size paper recipe) on the world's
-    train split with the project's training loop; its AP on the scored val actors."""
+    head: str, world: ProbeWorld, ckpt_dir: Path, *, recipe: HeadRecipe | None = None,
+    model: nn.Module | None = None,
+) -> ProbeResult:  # fmt: skip
+    """Train ``head`` (or ``model``, with ``head``'s recipe) with ``recipe`` (default: the
+    head's probe-size paper recipe) on the world's train split with the project's training
+    loop; its AP on the scored val actors."""
     recipe = recipe or probe_recipe(head)
     torch.manual_seed(recipe.optim.seed)
-    model = build_recipe_head(head, recipe, in_channels=CHANNELS, num_classes=1)
+    if model is None:
+        model = build_recipe_head(head, recipe, in_channels=CHANNELS, num_classes=1)
     arrays = set(head_reads(model))
 
     def source(split: ProbeSplit) -> KeyframeSource:

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from models.roi import actor_rois
+from stages.recipes import probe_recipe
+from stages.train_loop import OptimConfig
 from tests.stages.relational_probes import (
     MARKER,
     OBJECT,
@@ -114,19 +116,27 @@ def test_linear_reads_its_own_actor_only(worlds, tmp_path):
         assert result.ap < result.chance + 0.12, (probe, result)
 
 
-# (head, the probe its paper claims, AP it must reach): measured APs in docs/findings-probes.md
+# (head, the probe its paper claims, AP it must reach, optimiser): measured APs and why in
+# docs/findings-probes.md. ``None``: the head's paper recipe at probe size. S-only's paper
+# lr (0.01 at 64 clips) underfits the probe's 240 steps (AP 0.64); the loop's default
+# AdamW shows the head itself relates actors (AP 0.98).
+ADAMW = OptimConfig(epochs=20, batch_keyframes=32)
 CLAIMS = [
-    ("acrn", "actor_context", 0.6),
-    ("acar", "actor_context_actor", 0.8),
-    ("pcca", "actor_context", 0.9),
-    ("amcr", "actor_context", 0.8),
-    ("sonly", "actor_actor", 0.8),
+    ("acrn", "actor_context", 0.6, None),
+    ("acar", "actor_context_actor", 0.8, None),
+    ("pcca", "actor_context", 0.9, None),
+    ("sonly", "actor_actor", 0.9, ADAMW),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("head", "probe", "floor"), CLAIMS, ids=[c[0] for c in CLAIMS])
-def test_relation_head_learns_the_relation_its_paper_claims(worlds, tmp_path, head, probe, floor):
-    result = run_probe(head, worlds(probe), tmp_path / head)
+@pytest.mark.parametrize(("head", "probe", "floor", "optim"), CLAIMS, ids=[c[0] for c in CLAIMS])
+def test_relation_head_learns_the_relation_its_paper_claims(
+    worlds, tmp_path, head, probe, floor, optim
+):
+    recipe = probe_recipe(head)
+    if optim is not None:
+        recipe = recipe.model_copy(update={"optim": optim})
+    result = run_probe(head, worlds(probe), tmp_path / head, recipe=recipe)
     assert result.ap > floor, result
     assert result.ap > result.chance + 0.1, result
