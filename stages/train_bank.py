@@ -67,7 +67,7 @@ from stages.train import (
 )
 from stages.train_loop import OptimConfig, TrainData, predict, read_batch, train
 
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: acar_acfb wraps the released ACAR head; official tie order in the val mAP
 
 log = logging.getLogger("bankflow.train_bank")
 

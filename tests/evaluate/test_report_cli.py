@@ -105,3 +105,34 @@ def test_module_runs_as_script(peer_detection):
     )
     assert run.returncode == 0, run.stderr
     assert "mAP@0.5 = 0.093855" in run.stdout
+
+
+def test_eval_ties_option_and_stage_config(tmp_path, capsys):
+    from stages.evaluate.stage import EvaluateConfig
+
+    (tmp_path / "gt.csv").write_text("v1,0902,0.1,0.1,0.4,0.4,1\n")
+    # Equal scores: the official argsort[::-1] ranks the second row (the FP) first.
+    (tmp_path / "det.csv").write_text(
+        "v1,902,0.1,0.1,0.4,0.4,1,0.5\nv1,902,0.6,0.6,0.9,0.9,1,0.5\n"
+    )
+    (tmp_path / "l.pbtxt").write_text('item {\n  name: "a"\n  id: 1\n}\n')
+    base = [
+        str(tmp_path / "gt.csv"),
+        str(tmp_path / "det.csv"),
+        "--labelmap",
+        str(tmp_path / "l.pbtxt"),
+    ]
+    results = {}
+    for ties in ("official", "stable"):
+        out = tmp_path / f"{ties}.json"
+        assert eval_main([*base, "--ties", ties, "--json", str(out)]) == 0
+        results[ties] = json.loads(out.read_text())["mAP"]
+    assert results == {"official": 0.5, "stable": 1.0}
+    assert eval_main([*base, "--json", str(tmp_path / "default.json")]) == 0
+    assert json.loads((tmp_path / "default.json").read_text())["mAP"] == 0.5
+    capsys.readouterr()
+    assert eval_main([*base, "--ties", "file"]) == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert EvaluateConfig().ties == "official" and EvaluateConfig(ties="stable").ties == "stable"
+    with pytest.raises(ValueError, match="ties"):
+        EvaluateConfig(ties="file")  # type: ignore[arg-type]

@@ -31,9 +31,7 @@ def strip(batch, reads: frozenset[str]):
     """The batch as the trainer builds it when only ``reads`` were read from the store."""
     return replace(
         batch,
-        context=batch.context
-        if "context" in reads
-        else torch.zeros((batch.num_keyframes, 0, 0, 0)),
+        context=batch.context if "context" in reads else torch.zeros((batch.num_keyframes, 0, 0, 0)),
         roi=batch.roi if "roi" in reads else None,
         roi_t=batch.roi_t if "roi_t" in reads else None,
     )
