@@ -17,7 +17,13 @@ import torch
 from stages.recipes import probe_recipe
 from stages.train_loop import OptimConfig
 from tests.stages.probe_heads import BoxMaskACRN
-from tests.stages.relational_probes import CHANNELS, PROBES, probe_world, run_probe
+from tests.stages.relational_probes import (
+    CHANNELS,
+    PROBES,
+    probe_world,
+    run_probe,
+    scene_level_ap,
+)
 
 pytestmark = pytest.mark.bench
 
@@ -45,6 +51,10 @@ def test_probe_table(tmp_path):
     print("\n| head | " + " | ".join(PROBES) + " |")
     print("|---" * (len(PROBES) + 1) + "|")
     print("| chance | " + " | ".join(f"{chance[p]:.3f}" for p in PROBES) + " |")
+    scene = {p: scene_level_ap(worlds[p]) for p in ("actor_actor", "actor_context",
+                                                   "actor_context_actor")}  # fmt: skip
+    print("| scene-level | " + " | ".join(f"{scene[p]:.3f}" if p in scene else "—"
+                                         for p in PROBES) + " |")  # fmt: skip
     for head, row in rows:
         print(f"| {head} | " + " | ".join(f"{ap:.3f}" for ap in row) + " |")
     assert all(0.0 <= ap <= 1.0 for _, row in rows for ap in row)

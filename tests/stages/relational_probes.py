@@ -280,3 +280,35 @@ def run_probe(
         chance=float(labels.mean()),
         seconds=time.perf_counter() - t0,
     )
+
+
+def _scene_cues(split: ProbeSplit, probe: str) -> list[tuple[int, int]]:
+    """(actors, actors carrying the probe's cue) of each actor's keyframe, in store order."""
+    cues: list[tuple[int, int]] = []
+    for video in split.store.videos():
+        context = np.asarray(split.store.array(video, "context")[:])
+        pooled = np.asarray(split.store.array(video, "pooled")[:])
+        offsets = np.asarray(split.store.array(video, "actor_offset")[:])
+        for k in range(len(offsets) - 1):
+            n = int(offsets[k + 1] - offsets[k])
+            if probe == "actor_actor":
+                cue = int((pooled[offsets[k] : offsets[k + 1], MARKER] > 1.0).sum())
+            else:  # objects: 2 x 2 cells each in the two rows above the boxes
+                cue = int((context[k, OBJECT, 1:3] > 1.0).sum()) // 4
+            cues += [(n, cue)] * n
+    return cues
+
+
+def scene_level_ap(world: ProbeWorld) -> float:
+    """AP of the best score that knows each keyframe's actor count and how many actors
+    carry the cue (marker or object) but not which one is the scored actor: the label rate
+    of each (count, cues) cell on the train split, applied to val."""
+    if world.probe not in ("actor_actor", "actor_context", "actor_context_actor"):
+        raise ValueError(f"no scene-level cue for probe {world.probe!r}")
+    rates: dict[tuple[int, int], list[float]] = {}
+    train_cues = _scene_cues(world.train, world.probe)
+    for cue, label in zip(train_cues, world.train.labels[:, 0], strict=True):
+        rates.setdefault(cue, []).append(float(label))
+    val_cues = _scene_cues(world.val, world.probe)
+    scores = np.array([np.mean(rates.get(cue, [0.5])) for cue in val_cues])
+    return average_precision(scores, world.val.labels[:, 0])
