@@ -32,7 +32,8 @@ igmn_dam   SGD    0.003   12      5e-4      --              93k, 120k it       1
 =========  =====  ======  ======  ========  ==============  =================  =========
 
 ACRN has no recipe of its own in ACAR-Net (it is ACAR-Net's first-order ablation, trained
-the same way); ``tonly`` and ``amcr_slim`` share ``sonly``'s and ``amcr``'s. AMCRNet gives
+the same way; the released ``acrn`` head is MMAction2's, whose config trains 10 epochs with
+a cosine schedule — not used here); ``tonly`` and ``amcr_slim`` share ``sonly``'s and ``amcr``'s. AMCRNet gives
 no weight decay; 1e-4 (PySlowFast's SGD default for heads trained from scratch) is used.
 """
 
