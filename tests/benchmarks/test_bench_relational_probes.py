@@ -1,0 +1,81 @@
+"""Relational probe table: val AP of every stage-1 head on every probe (one run, CPU).
+
+Each head is trained with the project's loop and its paper recipe at probe size
+(:func:`stages.recipes.probe_recipe`) on the probe worlds of
+``tests/stages/relational_probes.py``; chance is the positive rate of the scored val
+actors. Set ``BANKFLOW_PROBE_HEADS=linear,acar`` to run a subset. The table is copied
+into docs/findings-probes.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from stages.recipes import probe_recipe
+from stages.train_loop import OptimConfig
+from tests.stages.probe_heads import BoxMaskACRN
+from tests.stages.relational_probes import (
+    CHANNELS,
+    PROBES,
+    probe_world,
+    run_probe,
+    scene_level_ap,
+)
+
+pytestmark = pytest.mark.bench
+
+HEADS = ("linear", "acrn", "acar", "pcca", "sonly", "tonly", "igmn_dam", "amcr_slim", "amcr")
+
+
+def test_probe_table(tmp_path):
+    heads = os.environ.get("BANKFLOW_PROBE_HEADS", ",".join(HEADS)).split(",")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        worlds = {p: probe_world(tmp_path / p, p) for p in PROBES}
+        chance = {}
+        rows = []
+        for head in heads:
+            row = []
+            for probe in PROBES:
+                result = run_probe(head, worlds[probe], tmp_path / "ckpt" / head / probe)
+                chance[probe] = result.chance
+                row.append(result.ap)
+                print(f"{head} {probe}: AP {result.ap:.3f} ({result.seconds:.0f} s)", flush=True)
+            rows.append((head, row))
+    finally:
+        torch.set_num_threads(threads)
+    print("\n| head | " + " | ".join(PROBES) + " |")
+    print("|---" * (len(PROBES) + 1) + "|")
+    print("| chance | " + " | ".join(f"{chance[p]:.3f}" for p in PROBES) + " |")
+    scene = {p: scene_level_ap(worlds[p]) for p in ("actor_actor", "actor_context",
+                                                   "actor_context_actor")}  # fmt: skip
+    print("| scene-level | " + " | ".join(f"{scene[p]:.3f}" if p in scene else "—"
+                                         for p in PROBES) + " |")  # fmt: skip
+    for head, row in rows:
+        print(f"| {head} | " + " | ".join(f"{ap:.3f}" for ap in row) + " |")
+    assert all(0.0 <= ap <= 1.0 for _, row in rows for ap in row)
+
+
+def test_location_diagnostic(tmp_path):
+    """ACRN with and without the actor's box as an input channel, trained long (AdamW 3e-3,
+    80 epochs) on actor_context: what the missing location costs the map heads."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        world = probe_world(tmp_path / "actor_context", "actor_context")
+        long = OptimConfig(epochs=80, batch_keyframes=32, lr=3e-3)
+        recipe = probe_recipe("acrn").model_copy(update={"optim": long})
+        aps = {}
+        for name in ("acrn", "acrn + box mask"):
+            torch.manual_seed(0)
+            model = BoxMaskACRN(in_channels=CHANNELS, num_classes=1) if "mask" in name else None
+            result = run_probe("acrn", world, tmp_path / name, recipe=recipe, model=model)
+            aps[name] = result.ap
+            print(f"{name}, AdamW 3e-3, 80 epochs, actor_context: AP {result.ap:.3f}")
+    finally:
+        torch.set_num_threads(threads)
+    assert all(0.0 <= ap <= 1.0 for ap in aps.values())
