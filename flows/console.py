@@ -14,6 +14,20 @@ from pathlib import Path
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class RunFormatter(logging.Formatter):
+    """:data:`FORMAT`, with the flow or task run a Prefect record belongs to named as
+    Prefect's console does (``Task run 'track-7c1' - Finished in state Cached(...)``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        for kind, attr in (("Task run", "task_run_name"), ("Flow run", "flow_run_name")):
+            name = getattr(record, attr, None)
+            if name:
+                head, sep, message = line.partition(f"{record.name}: ")
+                return f"{head}{sep}{kind} {name!r} - {message}"
+        return line
+
+
 def _is_console(handler: logging.Handler) -> bool:
     """Prefect's console handlers (not a user's or pytest's handlers on the root logger)."""
     return type(handler).__name__ in ("PrefectConsoleHandler", "_SafeStreamHandler")
@@ -23,7 +37,7 @@ def prefect_output_to(path: Path) -> logging.Handler:
     """Replace every console handler of the ``prefect*`` loggers by one file handler."""
     path.parent.mkdir(parents=True, exist_ok=True)
     to_file = logging.FileHandler(path, encoding="utf-8")
-    to_file.setFormatter(logging.Formatter(FORMAT))
+    to_file.setFormatter(RunFormatter(FORMAT))
     # Prefect's config puts its console handler on the root logger (and may on its own).
     names = [
         "",

@@ -15,6 +15,7 @@ import numpy as np
 from stages.config import ConfigError, PipelineConfig
 from stages.data import Dataset, DatasetConfig
 from stages.data.errors import DataError
+from stages.data.kinetics import find_clip
 from stages.data.types import BoxTable
 from stages.data.videos import VIDEO_EXTENSIONS, find_video
 
@@ -35,11 +36,15 @@ def used_splits(config: PipelineConfig) -> list[str]:
 
 def named_files(config: PipelineConfig, dataset: DatasetConfig) -> list[tuple[str, Path]]:
     """(config key, path) of every file the config names that a stage will open."""
-    files = [("dataset.labelmap", dataset.annotation_path(dataset.labelmap))]
-    for split in used_splits(config):
-        if split in dataset.splits:
-            for field, name in dataset.splits[split].named_files().items():
-                files.append((f"dataset.splits.{split}.{field}", dataset.annotation_path(name)))
+    if dataset.tubes is not None:
+        # A tube dataset's classes, splits and boxes all come from its one GT file.
+        files = [("dataset.tubes.annotation", dataset.annotation_path(dataset.tubes.annotation))]
+    else:
+        files = [("dataset.labelmap", dataset.annotation_path(dataset.labelmap))]
+        for split in used_splits(config):
+            if split in dataset.splits:
+                for field, name in dataset.splits[split].named_files().items():
+                    files.append((f"dataset.splits.{split}.{field}", dataset.annotation_path(name)))
     files += [(f"detect.proposals.{s}", Path(p)) for s, p in config.detect.proposals.items()]
     if config.detect.source == "fasterrcnn" and config.detect.checkpoint:
         files.append(("detect.checkpoint", Path(config.detect.checkpoint)))
@@ -65,7 +70,8 @@ def _check_videos_exist(dataset: Dataset, table: BoxTable) -> None:
     """Every video a table names has a file (existence only: decoding is the stages' job)."""
     names, first = np.unique(table.video.astype(str), return_index=True)
     for name, row in sorted(zip(names.tolist(), first.tolist(), strict=True), key=lambda x: x[1]):
-        if find_video(dataset.config.videos_path, name) is None:
+        videos = dataset.config.videos_path
+        if find_video(videos, name) is None and find_clip(videos, name) is None:
             exts = "|".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
             raise DataError(
                 table.source, int(table.line[row]),

@@ -51,13 +51,14 @@ def test_demo_tubes_runs_and_heads_beat_the_prior(tmp_path):
         if ev["frame_map"] > ev["prior"]["frame_map"]:
             beat.append(name)
         # the same numbers from the model's prediction file alone
-        pred = Path(summary["models"][name]["predictions_csv"])
+        # summary.json names outputs relative to the work root
+        pred = tmp_path / "w" / summary["models"][name]["predictions_csv"]
         cli = tmp_path / f"cli_{name}"
         gt = tmp_path / "world" / "annotations" / "gt.json"
         assert eval_main(["--tubes", str(gt), str(pred), "--min-length", "8",
                           "--out-dir", str(cli)]) == 0  # fmt: skip
-        stage_metrics = json.loads((Path(rec["uri"]) / "metrics.json").read_text())
+        stage_metrics = json.loads((tmp_path / "w" / rec["uri"] / "metrics.json").read_text())
         assert json.loads((cli / "metrics.json").read_text()) == stage_metrics
     assert "pcca" in beat and len(beat) >= 3, {n: r["summary"] for n, r in runs.items()}
-    report = Path(summary["report"]["markdown"]).read_text()
+    report = (tmp_path / "w" / summary["report"]["markdown"]).read_text()
     assert "video-mAP" in report and "v_map@0.5" in report

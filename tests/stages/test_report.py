@@ -141,7 +141,7 @@ def test_sigkill_during_report_publishes_nothing_and_rerun_completes(small_run) 
     staging = run.work_root / "report" / STAGING_DIR / key
     root = Path(__file__).resolve().parents[2]
     overrides = [f"dataset.root={cfg.dataset.root}", "world=null",
-                 "train.runs.acrn={head: acrn, head_kwargs: {reduce_dim: 16, dim: 8}, "
+                 "train.runs.acrn={head: acrn, head_kwargs: {dim: 8}, "
                  "optim: {epochs: 2, batch_keyframes: 8}}",
                  "rebalance.models=[linear]", "rebalance.epochs=2",
                  "ensemble.runs.both={members: [linear, acrn]}",
