@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict
 
 from stages.diskspace import disk_full_as_stage_error
 from stages.keys import KeyFileError, excluded_fields, key_payload
+from stages.keys import hash_file as file_sha256  # read now: outputs are verified with it
 
 log = logging.getLogger("bankflow.stages")
 
@@ -199,15 +200,6 @@ def _manifest(root: Path) -> list[tuple[str, int]]:
             if rel != COMPLETE_MARKER:
                 entries.append((rel, full.stat().st_size))
     return sorted(entries)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes (read in 1 MiB blocks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _manifest_with_sha256(root: Path) -> list[tuple[str, int, str]]:

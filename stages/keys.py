@@ -83,12 +83,17 @@ def file_sha256(path: str | Path, *, field: str = "file") -> str:
     memo = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     digest = _FILE_DIGESTS.get(memo)
     if digest is None:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = _FILE_DIGESTS[memo] = h.hexdigest()
+        digest = _FILE_DIGESTS[memo] = hash_file(p)
     return digest
+
+
+def hash_file(path: str | Path) -> str:
+    """sha256 (hex) of a file's bytes, read now (never memoised: integrity checks use it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _file_payload(value: Any, where: str) -> Any:

@@ -48,6 +48,7 @@ from models.heads.acar_release import (
     ReleaseEncoder,
     ReleaseHR2O,
     acar_net_head_state,
+    masked_actor_attention,
     split_acar_net_state,
 )
 from models.heads.acrn import ActorContextRelation
@@ -87,12 +88,7 @@ class NonLocalBlock(nn.Module):
         q = _conv_per_actor(self.query, query)
         k = _conv_per_actor(self.key, key_value)
         v = _conv_per_actor(self.value, key_value)
-        logits = torch.einsum("bidyx,bjdyx->bijyx", q, k) * self.scale  # [B, Nq, M, H, W]
-        valid = key_mask[:, None, :, None, None]
-        # finfo.min rather than -inf: a row without any valid key stays finite (no NaN).
-        logits = logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
-        att = torch.softmax(logits, dim=2) * valid
-        h = torch.einsum("bijyx,bjdyx->bidyx", att, v)  # [B, Nq, d, H, W]
+        h, att = masked_actor_attention(q, k, v, key_mask, self.scale)  # [B, Nq, d, H, W]
         h = self.norm(h.movedim(2, -1)).movedim(-1, 2).relu()
         h = self.dropout(_conv_per_actor(self.out, h))
         has_key = key_mask.any(dim=1)[:, None, None, None, None]

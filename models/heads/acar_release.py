@@ -47,6 +47,22 @@ def _per_actor(module: nn.Module, maps: Tensor) -> Tensor:
     return out.view(b, n, *out.shape[1:])
 
 
+def masked_actor_attention(
+    q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Attention across actors at each map location (HR2O's, in both ACAR variants).
+
+    q [B, Nq, d, H, W]; k, v [B, M, d, H, W]; key_mask Bool[B, M].
+    Returns (attended values [B, Nq, d, H, W], attention [B, Nq, M, H, W]).
+    """
+    logits = torch.einsum("bidyx,bjdyx->bijyx", q, k) * scale  # [B, Nq, M, H, W]
+    valid = key_mask[:, None, :, None, None]
+    # finfo.min rather than -inf: a row without any valid key stays finite (no NaN).
+    logits = logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
+    att = torch.softmax(logits, dim=2) * valid
+    return torch.einsum("bijyx,bjdyx->bidyx", att, v), att
+
+
 class ReleaseNonLocalBlock(nn.Module):
     """``HR2O_NL`` of the release, with padded actor slots masked out of the keys."""
 
@@ -69,11 +85,7 @@ class ReleaseNonLocalBlock(nn.Module):
         q = _per_actor(self.conv_q, query)
         k = _per_actor(self.conv_k, key_value)
         v = _per_actor(self.conv_v, key_value)
-        logits = torch.einsum("bidyx,bjdyx->bijyx", q, k) * self.scale
-        valid = key_mask[:, None, :, None, None]
-        logits = logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
-        att = torch.softmax(logits, dim=2) * valid
-        h = torch.einsum("bijyx,bjdyx->bidyx", att, v)
+        h, att = masked_actor_attention(q, k, v, key_mask, self.scale)
         h = _per_actor(self.norm, h).relu()
         h = self.dp(_per_actor(self.conv, h))
         has_key = key_mask.any(dim=1)[:, None, None, None, None]
