@@ -29,6 +29,7 @@ from featurestore import format_bytes
 from models.heads import build_head, head_reads
 from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
+from stages.distributed import is_main, run_data_parallel
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract import store_path
@@ -191,6 +192,13 @@ def stored_arrays(schema: Any) -> set[str]:
 
 
 def compute(ctx: StageContext) -> dict[str, Any]:
+    """The stage on ``run.optim.devices`` data-parallel processes (stages.distributed)."""
+    devices = ctx.config.run.optim.devices  # type: ignore[attr-defined]
+    return run_data_parallel(compute_rank, ctx, devices=devices)
+
+
+def compute_rank(ctx: StageContext) -> dict[str, Any]:
+    """One rank's part: every rank trains; rank 0 evaluates and writes the outputs."""
     cfg: TrainStageConfig = ctx.config  # type: ignore[assignment]
     run = cfg.run
     dataset = Dataset.open(cfg.dataset)
@@ -248,6 +256,8 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         events=ctx.staging / EVENTS_FILE,
     )  # fmt: skip
     train_seconds = time.perf_counter() - t0
+    if not is_main():
+        return {}
     result, table = val_map(predict(model, data.val, data))
     prior, _ = val_map(prior_scores(train_index.labels, len(val_index.boxes)))
 

@@ -43,6 +43,7 @@ from models.heads import HEADS, build_head
 from stages.bank_window import BankWindowReader, WindowConfig, pad_windows, window_entries
 from stages.data import Dataset, DatasetConfig
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
+from stages.distributed import is_main, run_data_parallel
 from stages.dump import bank_path, load_stage1_head
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
@@ -319,6 +320,18 @@ def _probe_features_dim(model: nn.Module, data: TrainData, width: int) -> int:
 
 
 def compute(ctx: StageContext) -> dict[str, Any]:
+    """The stage on ``run.optim.devices`` data-parallel processes (stages.distributed)."""
+    run: BankRunConfig = ctx.config.run  # type: ignore[attr-defined]
+    if run.optim.devices > 1 and run.bank_mode == "online":
+        raise StageError(
+            f"train_bank {ctx.config.name}: bank_mode online keeps one memory of the "  # type: ignore[attr-defined]
+            "keyframes seen in training order; it trains on one device (optim.devices: 1)"
+        )
+    return run_data_parallel(compute_rank, ctx, devices=run.optim.devices)
+
+
+def compute_rank(ctx: StageContext) -> dict[str, Any]:
+    """One rank's part: every rank trains; rank 0 evaluates and writes the outputs."""
     cfg: TrainBankStageConfig = ctx.config  # type: ignore[assignment]
     run = cfg.run
     if run.head not in HEADS:
@@ -419,6 +432,8 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         events=ctx.staging / EVENTS_FILE,
     )  # fmt: skip
     train_seconds = time.perf_counter() - t0
+    if not is_main():
+        return {}
     result, table = val_map(val_scores(model))
     prior, _ = val_map(prior_scores(train_index.labels, n_val))
 
