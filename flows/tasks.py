@@ -50,6 +50,7 @@ from pydantic import BaseModel
 
 from flows.locks import ExpiringLockManager, claim_gpu_slot
 from stages.catalog import STAGES
+from stages.distributed import config_devices
 from stages.framework import (
     StageError,
     StageRef,
@@ -261,9 +262,9 @@ class StageLogBridge(logging.Handler):
 )
 def stage_task(call: StageCall) -> StageRef:
     """Run one stage (or find its published output) and return the reference."""
-    if call.stage in GPU_STAGES:
-        claim_gpu_slot()
     config = call.typed_config()
+    if call.stage in GPU_STAGES:
+        claim_gpu_slot(count=config_devices(config))
     splits = list(getattr(getattr(config, "extract", None), "splits", None) or [])
     logger = logging.getLogger("bankflow")
     bridge = StageLogBridge(call.stage, splits)

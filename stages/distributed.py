@@ -178,3 +178,19 @@ def run_data_parallel(fn: Callable[..., Any], *args: Any, devices: int) -> Any:
             nprocs=devices, join=True,
         )  # fmt: skip
         return json.loads(Path(result).read_text())
+
+
+def config_devices(config: Any) -> int:
+    """The data-parallel device count a stage config asks for (its largest ``devices``
+    field, nested models included; 1 when it has none): the GPU slots its task claims."""
+    found = 1
+    if isinstance(config, dict):
+        children = list(config.values())
+    elif hasattr(type(config), "model_fields"):
+        value = getattr(config, "devices", None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            found = max(found, value)
+        children = [getattr(config, name) for name in type(config).model_fields]
+    else:
+        return found
+    return max([found, *(config_devices(c) for c in children)])

@@ -25,8 +25,11 @@ from stages import train as train_stage
 from stages.distributed import shard
 from stages.framework import STAGING_DIR, read_output, run_stage, stage_key
 from tests.stages.test_train import REPO, Features
-from tests.stages.test_train import features as _features  # noqa: F401 (fixture)
-from tests.stages.test_train import one_thread as _one_thread  # noqa: F401 (fixture)
+from tests.stages.test_train import features as _features
+from tests.stages.test_train import one_thread as _one_thread
+
+features = _features  # the train tests' fixtures: the tiny world's features, one thread
+one_thread = _one_thread
 
 # ACAR pools boxes (box jitter is drawn per global batch) and relates the actors of a
 # keyframe (a keyframe never straddles two ranks); no dropout: its masks are drawn per rank.
