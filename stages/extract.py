@@ -49,6 +49,7 @@ from stages.extract_video import VideoExtractor, _device, _probe_shapes, build_s
 from stages.extract_workers import _become_publisher, _open_store, _published, _SplitRun
 from stages.framework import Stage, StageContext, StageError, output_file
 from stages.keys import FileInKey, FileOrNameInKey, InKey, NotInKey
+from stages.precision import Precision
 from stages.track import read_actors
 from stages.video import VideoError, VideoReader
 
@@ -117,6 +118,8 @@ class ExtractConfig(BackboneConfig):
     roi_align: InKey[RoIAlignConfig] = RoIAlignConfig()
     batch_size: NotInKey[int] = 8  # keyframes per backbone forward (inference)
     device: NotInKey[Literal["auto", "cpu", "cuda"]] = "auto"
+    # Autocast of the backbone forward (stages.precision); the store stays fp16.
+    precision: InKey[Precision] = "fp32"
     splits: InKey[list[str]] = ["train", "val"]
     allow_low_disk: NotInKey[bool] = False
 

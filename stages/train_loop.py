@@ -20,7 +20,6 @@ At a terminal each epoch (and each :func:`predict`) shows a progress bar on stde
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -40,29 +39,12 @@ from models.losses import ava_loss, ava_scores, loss_normalizers
 from stages.distributed import all_reduce_gradients, all_reduce_sum, barrier, shard, world
 from stages.head_data import KeyframeSource, SplitIndex, collate, iter_batches, jitter_boxes
 from stages.keys import InKey, NotInKey
+from stages.precision import Precision, autocast, grad_scaler
 from stages.progress import progress_bar
 
 log = logging.getLogger("bankflow.train")
 
 TENSORBOARD_DIR = "tensorboard"
-
-
-Precision = Literal["fp32", "bf16", "fp16"]
-
-
-def autocast(precision: str, device: torch.device) -> Any:
-    """The autocast context of ``precision`` on ``device`` (no-op for fp32)."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        raise TrainingError("precision fp16 needs a CUDA device (use bf16 on CPU)")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def grad_scaler(precision: str) -> Any:
-    """fp16's gradient scaler (None otherwise: bf16 has fp32's exponent range)."""
-    return torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
 
 def model_device(model: nn.Module) -> torch.device:
