@@ -30,6 +30,7 @@ NOT_IN_KEY = {
     "FinetuneConfig": {"device", "devices", "num_threads", "clip_cache", "cache_max_bytes"},
     "ExtractConfig": {"batch_size", "device", "allow_low_disk"},
     "OptimConfig": {"devices"},
+    "RebalanceSettings": {"devices"},
     "HeadRunConfig": {"preload", "preload_max_gb"},
     "BankRunConfig": {"bank_preload", "preload", "preload_max_gb"},
     "BankDumpConfig": {"batch_keyframes"},
