@@ -189,7 +189,7 @@ def test_single_label_softmax_targets(tiny_tube_world):
     import torch
 
     from models.losses import ava_loss, ava_scores
-    from stages.finetune import gt_actor_index
+    from stages.extract.finetune import gt_actor_index
 
     ds = Dataset.open(tiny_tube_world)
     index = gt_actor_index(ds.gt("train"), ds.labelmap)

@@ -29,12 +29,12 @@ import zarr
 from featurestore import StoreError
 from featurestore.banks import BankStore, feature_video_digest
 from models.heads.bank_features import bank_rows
-from stages import dump as dump_stage
 from stages.config import load_config
-from stages.extract import store_path
+from stages.extract.stage import store_path
 from stages.framework import STAGING_DIR, StageRef, read_output, run_stage, stage_key
-from stages.head_data import collate, open_split
 from stages.pipeline import PipelineRun, prepare_dataset, run_pipeline
+from stages.train import dump as dump_stage
+from stages.train.data import collate, open_split
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_YAML = REPO / "tests" / "flows" / "tiny.yaml"

@@ -29,8 +29,10 @@ import torch
 
 from featurestore import FeatureStore, StoreSchema
 from featurestore.backend import LockFiles
-from stages import extract, extract_workers
 from stages.data import Dataset
+from stages.detect.track import ACTORS_FILE, read_actors
+from stages.extract import stage as extract
+from stages.extract import workers as extract_workers
 from stages.framework import (
     COMPLETE_MARKER,
     STAGING_DIR,
@@ -40,7 +42,6 @@ from stages.framework import (
     run_stage,
     stage_key,
 )
-from stages.track import ACTORS_FILE, read_actors
 from stages.video import ClipSpec, VideoReader, center_frame
 from tests.stages.extract_worker import stage_configs, track_input
 

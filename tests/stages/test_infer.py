@@ -23,13 +23,13 @@ import torch
 from featurestore import FeatureStore
 from featurestore.banks import BankStore
 from flows.cli import main as cli_main
-from stages import dump as dump_stage
 from stages.config import load_config
 from stages.data import read_detections_csv
 from stages.framework import StageError
-from stages.infer import InferConfig, infer_video, keyframe_seconds, video_id_for
 from stages.pipeline import PipelineRun, run_pipeline
-from stages.trained_run import TrainedRun
+from stages.tools.infer import InferConfig, infer_video, keyframe_seconds, video_id_for
+from stages.train import dump as dump_stage
+from stages.train.run import TrainedRun
 from stages.video import VideoReader
 
 REPO = Path(__file__).resolve().parents[2]

@@ -3,7 +3,7 @@
 The probe: copy a work root with a trained stage-1 run, replace its ``head.pt`` by a
 pickle that runs a shell command when unpickled (padded to the original size, so the
 publication manifest's (path, size) check passes), then ``stage dump --force``. Before
-the fix ``stages/dump.py`` loaded it with ``weights_only=False`` and the command ran.
+the fix ``stages/train/dump.py`` loaded it with ``weights_only=False`` and the command ran.
 Now the file's sha256 differs from the one recorded at publication and the load is
 refused naming the file; with the manifest forged too, ``weights_only=True`` refuses it.
 """
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages import rebalance
-from stages.dump import load_stage1_head
 from stages.framework import COMPLETE_MARKER, StageError
 from stages.pipeline import PipelineRun, run_pipeline
-from stages.trained_run import TrainedRun
+from stages.train import rebalance
+from stages.train.dump import load_stage1_head
+from stages.train.run import TrainedRun
 from tests.stages.test_dump import stage1_outputs
 
 

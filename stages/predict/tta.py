@@ -32,14 +32,14 @@ from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
-from stages.extract import ExtractConfig, ExtractStageConfig, store_path
-from stages.extract_video import flip_boxes
+from stages.extract.stage import ExtractConfig, ExtractStageConfig, store_path
+from stages.extract.video import flip_boxes
 from stages.framework import Stage, StageContext, StageError, StageRef
-from stages.head_data import KeyframeSource, SplitIndex, build_index, open_split
-from stages.keys import InKey
-from stages.train import predictions_table
-from stages.train_loop import TrainData, predict
-from stages.trained_run import TrainedRun
+from stages.framework.keys import InKey
+from stages.train.data import KeyframeSource, SplitIndex, build_index, open_split
+from stages.train.loop import TrainData, predict
+from stages.train.run import TrainedRun
+from stages.train.stage import predictions_table
 
 if TYPE_CHECKING:
     from stages.pipeline import PipelineRun
@@ -126,7 +126,7 @@ def predict_views(
     """Average ``head``'s class probabilities over the views ``stores``.
 
     Args:
-        head: a trained head (eval mode is set by :func:`stages.train_loop.predict`).
+        head: a trained head (eval mode is set by :func:`stages.train.loop.predict`).
         stores: one feature store per view, all of the same actors of one split.
         labelmap: the head's classes in output order; exclusive: dense indices of the
             softmax (pose) classes.

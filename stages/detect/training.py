@@ -28,7 +28,7 @@ from torchvision.models.detection import FasterRCNN
 from models.detector import detector_losses
 from stages.data import BoxTable, Dataset
 from stages.data.dataset import unique_keyframes
-from stages.keys import InKey
+from stages.framework.keys import InKey
 from stages.video import VideoReader, center_frame
 
 STATE_FILE = "state.pt"

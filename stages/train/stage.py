@@ -1,7 +1,7 @@
 """train: a stage-1 head over cached features (one stage run per head config).
 
 Reads the extract stage's feature stores, labels actors from the GT (IoU >= 0.5), trains
-the head with the one loop of :mod:`stages.train_loop` (resumable per epoch), measures
+the head with the one loop of :mod:`stages.train.loop` (resumable per epoch), measures
 val frame-mAP every epoch with the project's evaluator, and writes the val predictions
 as AVA CSV and Parquet (``predictions/<split>.csv``), which the evaluate stage and
 ensembles read. The prior-only baseline (every box scored by the training class
@@ -31,16 +31,16 @@ from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
-from stages.extract import store_path
+from stages.extract.stage import store_path
 from stages.framework import Stage, StageContext, StageError
-from stages.head_data import (
+from stages.framework.keys import InKey, NotInKey
+from stages.train.data import (
     KeyframeSource,
     SplitIndex,
     TrainingSplits,
     open_training_splits,
 )
-from stages.keys import InKey, NotInKey
-from stages.train_loop import OptimConfig, TrainData, predict, train
+from stages.train.loop import OptimConfig, TrainData, predict, train
 
 # 2: events.jsonl, prior in metrics.json; 4: tensorboard scalars; 5: acar and acrn are
 # the released heads, and the val mAP orders equal scores as the official evaluator

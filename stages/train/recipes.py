@@ -8,7 +8,7 @@ keyframe in the same batch, which the relation heads need: they relate the actor
 keyframe). What is scaled (:func:`scaled_recipe`): the base learning rate, linearly with
 the batch (Goyal et al., the warm-up rule ACAR-Net cites), and the length (epochs).
 
-Two things are not in :class:`stages.train_loop.OptimConfig` and are approximated:
+Two things are not in :class:`stages.train.loop.OptimConfig` and are approximated:
 Nesterov momentum (ACAR-Net, PCCA) runs as plain momentum, and the ×0.66 drops of the
 AVA-Kinetics report as ×0.1 drops at the last two of its four steps.
 
@@ -49,7 +49,7 @@ from models.heads import build_head
 from models.heads.acar import NonLocalBlock
 from models.heads.acar_release import ReleaseNonLocalBlock
 from models.heads.relation_transformer import RelationEncoderLayer
-from stages.train_loop import OptimConfig
+from stages.train.loop import OptimConfig
 
 
 class PaperRecipe(BaseModel):

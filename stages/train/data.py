@@ -20,10 +20,10 @@ import torch
 
 from featurestore import FeatureStore, KeyframeFeatures
 from models.heads.batch import ActorBatch
-from stages.background import in_background
 from stages.data import BoxTable, Dataset, LabelMap
+from stages.detect.track import iou_matrix
 from stages.framework import StageError
-from stages.track import iou_matrix
+from stages.framework.background import in_background
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ Two sources (``detect.source``):
   named in the config). Boxes below ``min_score`` are dropped.
 * ``fasterrcnn``: run a torchvision Faster R-CNN (``arch``) loaded from ``checkpoint``
   and/or fine-tuned on the train split's GT boxes (``finetune``; see
-  :mod:`stages.detector_training`), keeping boxes with score >= ``score_threshold``. It
+  :mod:`stages.detect.training`), keeping boxes with score >= ``score_threshold``. It
   runs on every keyframe of each configured split: the split's GT keyframes together with
   the keyframes of the dataset's proposal file when it has one (AVA's released proposals
   cover every keyframe, so on AVA this is every keyframe). The fine-tuned weights are
@@ -56,7 +56,7 @@ from stages.data import (
     read_mmaction_proposals,
 )
 from stages.data.dataset import unique_keyframes
-from stages.detector_training import (
+from stages.detect.training import (
     DetectorFinetuneConfig,
     decode_keyframes,
     finetune_detector,
@@ -71,7 +71,7 @@ from stages.framework import (
     verify_published_file,
     write_json_atomic,
 )
-from stages.keys import FileInKey, InKey, NotInKey
+from stages.framework.keys import FileInKey, InKey, NotInKey
 
 CODE_VERSION = "2"
 PERSONS_FILE = "persons.parquet"

@@ -11,11 +11,11 @@ lines file (``events.jsonl``: one object per event, flushed at once) that a shel
 it: ``tensorboard --logdir <work_root>/train`` shows every head's curves).
 
 With a store-backed source (``preload=False``) the next batches are read and collated in
-a background thread (:func:`stages.head_data.iter_batches`) while the head computes, so
+a background thread (:func:`stages.train.data.iter_batches`) while the head computes, so
 the store's per-call latency stays off the step time.
 
 At a terminal each epoch (and each :func:`predict`) shows a progress bar on stderr
-(:mod:`stages.progress`: step i/steps and the running mean loss; never in logs or CI).
+(:mod:`stages.framework.progress`: step i/steps and the running mean loss; never in logs or CI).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from models.losses import ava_loss, ava_scores
-from stages.head_data import KeyframeSource, SplitIndex, collate, iter_batches, jitter_boxes
-from stages.keys import InKey
-from stages.progress import progress_bar
+from stages.framework.keys import InKey
+from stages.framework.progress import progress_bar
+from stages.train.data import KeyframeSource, SplitIndex, collate, iter_batches, jitter_boxes
 
 log = logging.getLogger("bankflow.train")
 

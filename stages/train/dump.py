@@ -32,7 +32,7 @@ from featurestore import FeatureStore, StoreError
 from featurestore.banks import BankStore, feature_video_digest
 from models.heads import build_head
 from models.heads.bank_features import bank_rows
-from stages.extract import FEATURES_DIR, store_path
+from stages.extract.stage import FEATURES_DIR, store_path
 from stages.framework import (
     COMPLETE_MARKER,
     Stage,
@@ -41,9 +41,9 @@ from stages.framework import (
     canonical_json,
     output_file,
 )
-from stages.head_data import collate, open_split
-from stages.keys import InKey, NotInKey
-from stages.trained_run import load_head_file
+from stages.framework.keys import InKey, NotInKey
+from stages.train.data import collate, open_split
+from stages.train.run import load_head_file
 
 CODE_VERSION = "1"
 BANKS_DIR = "banks"

@@ -49,6 +49,7 @@ from stages.data.predictions import (
     write_predictions_csv,
     write_predictions_parquet,
 )
+from stages.detect.track import iou_matrix
 from stages.evaluate.ava import _keyframe_ids, evaluate_ava
 from stages.evaluate.result import AvaResult
 from stages.evaluate.stage import PREDICTIONS_DIR
@@ -59,9 +60,8 @@ from stages.framework import (
     StageRef,
     verify_published_file,
 )
-from stages.keys import InKey
-from stages.track import iou_matrix
-from stages.train import METRICS_FILE, evaluated_labelmap
+from stages.framework.keys import InKey
+from stages.train.stage import METRICS_FILE, evaluated_labelmap
 
 CODE_VERSION = "1"
 

@@ -47,11 +47,11 @@ from models.backbones import build_backbone
 from models.losses import ava_loss
 from models.roi import actor_rois
 from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
-from stages.extract import WEIGHTS_FILE, BackboneConfig
+from stages.extract.stage import WEIGHTS_FILE, BackboneConfig
 from stages.framework import Stage, StageContext, StageError, write_json_atomic
-from stages.head_data import SplitIndex
-from stages.keys import InKey, NotInKey
-from stages.train_loop import (
+from stages.framework.keys import InKey, NotInKey
+from stages.train.data import SplitIndex
+from stages.train.loop import (
     OptimConfig,
     epoch_order,
     latest_checkpoint,

@@ -31,7 +31,7 @@ from stages.framework import (
     read_published_json,
 )
 
-HEAD_FILE = "head.pt"  # what the train stage writes (stages.train.HEAD_FILE)
+HEAD_FILE = "head.pt"  # what the train stage writes (stages.train.stage.HEAD_FILE)
 POSE_LABEL_TYPE = "PERSON_MOVEMENT"
 
 
@@ -114,7 +114,7 @@ class TrainedRun:
     @classmethod
     def open(cls, path: str | Path, *, stages: tuple[str, ...] = ("train",)) -> TrainedRun:
         """The run at ``path``, an output of one of ``stages`` (``train_bank`` too for a
-        caller that rebuilds the stage-2 bank: see :mod:`stages.infer`)."""
+        caller that rebuilds the stage-2 bank: see :mod:`stages.tools.infer`)."""
         path = Path(path)
         provenance = read_provenance(path)
         if provenance.get("stage") not in stages:

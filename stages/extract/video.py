@@ -1,6 +1,6 @@
 """Running the backbone over one video: decode in the background, batch, RoIAlign.
 
-Part of the extract stage (:mod:`stages.extract`).
+Part of the extract stage (:mod:`stages.extract.stage`).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from featurestore.features import expected_shapes
 from models.backbones import build_backbone
 from models.backbones.source_config import read_source_config
 from models.roi import actor_rois
-from stages.background import in_background
 from stages.framework import StageError
+from stages.framework.background import in_background
 from stages.video import ClipSpec, VideoReader, iter_keyframe_clips
 
 if TYPE_CHECKING:
-    from stages.extract import ExtractConfig
+    from stages.extract.stage import ExtractConfig
 
 log = logging.getLogger("bankflow.extract")
 

@@ -6,7 +6,7 @@ references go in, a small :class:`StageRef` comes out. The output of a stage run
 
     key = hash(stage name, stage CODE_VERSION, config section, keys of the inputs)
 
-where the config section is what its fields' markers let in (:mod:`stages.keys`: no
+where the config section is what its fields' markers let in (:mod:`stages.framework.keys`: no
 path, no execution-only setting; files by their sha256). Changing one stage's config re-keys that stage and everything downstream of it, and
 nothing upstream. Outputs are written into a staging directory, a ``COMPLETE.json``
 marker is written last, and the directory is renamed into place in one step: a crash at
@@ -38,9 +38,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from stages.diskspace import disk_full_as_stage_error
-from stages.keys import KeyFileError, excluded_fields, key_payload
-from stages.keys import hash_file as file_sha256  # read now: outputs are verified with it
+from stages.framework.diskspace import disk_full_as_stage_error
+from stages.framework.keys import KeyFileError, excluded_fields, key_payload
+from stages.framework.keys import hash_file as file_sha256  # read now: outputs are verified with it
 
 log = logging.getLogger("bankflow.stages")
 
@@ -147,7 +147,7 @@ def stage_key(
 ) -> str:
     """hash(stage name, CODE_VERSION, the config's key fields, the inputs' keys).
 
-    A typed config enters through :func:`stages.keys.key_payload` (its fields' markers);
+    A typed config enters through :func:`stages.framework.keys.key_payload` (its fields' markers);
     a plain mapping enters whole.
     """
     input_keys = {
@@ -174,7 +174,7 @@ def is_remote(uri: str | os.PathLike) -> bool:
 
 def output_file(uri: str | os.PathLike, *parts: str) -> Path | str:
     """``uri/part/…``: a Path below a local output, a URL below one read in place from a
-    stage cache (stages.remote_cache) — feature stores and banks open either."""
+    stage cache (stages.framework.remote_cache) — feature stores and banks open either."""
     if is_remote(uri):
         return "/".join([os.fspath(uri).rstrip("/"), *parts])
     return Path(uri).joinpath(*parts)
@@ -327,7 +327,7 @@ def require_output(ref: StageRef) -> Path | str:
     """The directory of a referenced output, refusing one that is incomplete.
 
     An output read in place from a stage cache (``s3://…/<stage>/<key>/<upload>``) is
-    complete when the cache's record beside its upload exists (stages.remote_cache).
+    complete when the cache's record beside its upload exists (stages.framework.remote_cache).
     """
     if is_remote(ref.uri):
         import fsspec

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from stages.data import DatasetConfig
-from stages.keys import file_sha256
+from stages.framework.keys import file_sha256
 
 
 def _role_digest(path: Path) -> str:

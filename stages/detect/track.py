@@ -28,10 +28,10 @@ from pydantic import BaseModel, ConfigDict
 from scipy.optimize import linear_sum_assignment
 
 from stages.data import Dataset, DatasetConfig
-from stages.detect import read_persons
+from stages.detect.stage import read_persons
 from stages.evaluate.ap import pairwise_iou
 from stages.framework import Stage, StageContext, StageError, verify_published_file
-from stages.keys import InKey
+from stages.framework.keys import InKey
 
 CODE_VERSION = "1"
 ACTORS_FILE = "actors.parquet"

@@ -1,6 +1,6 @@
 """Several processes extracting into one staging store: claims, waiting, publishing.
 
-Part of the extract stage (:mod:`stages.extract`): each process claims videos one at a
+Part of the extract stage (:mod:`stages.extract.stage`): each process claims videos one at a
 time, waits for videos another live process holds (taking over the claims of processes
 that died on this host), and exactly one process finalizes and publishes.
 """
@@ -37,7 +37,7 @@ POLL_S = 0.5
 WAIT_FOR_OTHERS_S = 6 * 3600.0
 
 if TYPE_CHECKING:
-    from stages.extract import ExtractConfig
+    from stages.extract.stage import ExtractConfig
 
 log = logging.getLogger("bankflow.extract")
 

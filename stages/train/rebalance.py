@@ -46,7 +46,6 @@ from torch import nn
 
 from models.heads import build_head
 from models.losses import ava_loss
-from stages import train as train_stage
 from stages.data import Dataset, DatasetConfig
 from stages.data.predictions import (
     read_predictions_parquet,
@@ -56,7 +55,7 @@ from stages.data.predictions import (
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.breakdown import head_tail_change
 from stages.evaluate.stage import PREDICTIONS_DIR
-from stages.extract import store_path
+from stages.extract.stage import store_path
 from stages.framework import (
     PROVENANCE_FILE,
     Stage,
@@ -65,10 +64,11 @@ from stages.framework import (
     read_published_json,
     verify_published_file,
 )
-from stages.head_data import open_training_splits
-from stages.keys import InKey
-from stages.train_loop import TrainData, epoch_batches, iter_batches, predict, read_batch
-from stages.trained_run import load_head_file
+from stages.framework.keys import InKey
+from stages.train import stage as train_stage
+from stages.train.data import open_training_splits
+from stages.train.loop import TrainData, epoch_batches, iter_batches, predict, read_batch
+from stages.train.run import load_head_file
 
 CODE_VERSION = "1"
 CRT_FILE = "crt.json"
@@ -322,7 +322,7 @@ def model_data(
     """The train / val sources and batch reader the model was trained with.
 
     A stage-1 run reads the extract stage's feature stores. An offline ``train_bank`` run
-    also gets its bank windows through :func:`stages.train_bank.bank_attach` (the bank
+    also gets its bank windows through :func:`stages.train.bank.bank_attach` (the bank
     found through the run's provenance: its ``dump`` input, whose key the run's key, and
     so this stage's key, already covers). Online-memory runs are refused: their memory is
     written by the forward pass and is not part of ``head.pt``.
@@ -358,10 +358,10 @@ def model_data(
 def _bank_attach(run_dir: Path, run: Mapping[str, Any], data: TrainData) -> Any:
     """The offline bank-window hook of a train_bank run (its dump found by provenance)."""
     from featurestore.banks import BankStore
-    from stages.bank_window import WindowConfig
-    from stages.dump import bank_path
-    from stages.train_bank import bank_attach
-    from stages.trained_run import read_provenance, upstream_dir
+    from stages.train.bank import bank_attach
+    from stages.train.dump import bank_path
+    from stages.train.run import read_provenance, upstream_dir
+    from stages.train.window import WindowConfig
 
     if run.get("bank_mode", "offline") != "offline":
         raise StageError(

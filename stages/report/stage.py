@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from stages import plots
 from stages.data import Dataset, DatasetConfig
 from stages.evaluate.breakdown import head_tail
 from stages.framework import (
@@ -38,9 +37,10 @@ from stages.framework import (
     StageRef,
     read_published_json,
 )
-from stages.keys import InKey
-from stages.rebalance import CRT_FILE, class_counts, head_tail_k
-from stages.train import METRICS_FILE, evaluated_labelmap
+from stages.framework.keys import InKey
+from stages.report import plots
+from stages.train.rebalance import CRT_FILE, class_counts, head_tail_k
+from stages.train.stage import METRICS_FILE, evaluated_labelmap
 
 CODE_VERSION = "1"
 MARKDOWN_FILE = "report.md"

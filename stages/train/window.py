@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from featurestore.banks import BankStore
-from stages.keys import InKey
+from stages.framework.keys import InKey
 
 
 class WindowConfig(BaseModel):

@@ -1,7 +1,7 @@
 """Raw-video inference: a trained run applied to any video file (``bankflow infer``).
 
 The run's own pipeline is replayed on one video, with the settings recorded in its
-provenance (see :mod:`stages.trained_run`):
+provenance (see :mod:`stages.train.run`):
 
 1. **detect** persons on one keyframe per second (seconds 0, 1, ... of the video;
    CSV timestamps ``offset + s``) with a torchvision Faster R-CNN: the run's fine-tuned
@@ -18,17 +18,17 @@ provenance (see :mod:`stages.trained_run`):
 
 A stage-2 run (a ``train_bank`` output: lfb, acar_acfb, amcr_hafb, tonly_memory, igmn)
 reads its long-term bank over the video itself, windowed with the run's window config
-(:class:`stages.bank_window.BankWindowReader`, as in training):
+(:class:`stages.train.window.BankWindowReader`, as in training):
 
 - ``bank_mode: offline``: the ``dump`` output the run read (its provenance) names the
   stage-1 run whose head filled the bank and the bank kind; that head is run over the
   video's own feature store with the dump stage's code
-  (:func:`stages.dump.dump_video`, :func:`stages.dump.write_bank_video`) into a one-video
+  (:func:`stages.train.dump.dump_video`, :func:`stages.train.dump.write_bank_video`) into a one-video
   bank ``bank.zarr`` beside ``features.zarr``, its rows aligned with the store's actors;
 - ``bank_mode: online``: the memory is not saved with the run (the training forward pass
   writes it), so it is rebuilt as the run built it for its val split before predicting
   it: reset, filled by one pass of the trained head over the video's keyframes
-  (:func:`stages.train_bank.fill_memory`), then read by the prediction pass.
+  (:func:`stages.train.bank.fill_memory`), then read by the prediction pass.
 
 ``infer.json`` records the bank (mode, kind, stage-1 run, window, rows, seconds).
 """
@@ -58,22 +58,13 @@ from models.detector import (
     build_person_detector,
     detect_persons,
 )
-from stages.annotate import KeyframeLabels, write_annotated_video
-from stages.bank_window import WindowConfig
 from stages.data import LabelMap, read_labelmap
 from stages.data.predictions import write_predictions_csv
-from stages.detect import DETECTOR_FILE, boxes_table, resolve_device
-from stages.detector_training import to_tensor
-from stages.dump import (
-    DumpStageConfig,
-    dump_video,
-    load_stage1_head,
-    row_shapes,
-    video_key,
-    write_bank_video,
-)
-from stages.extract import FEATURES_DIR, WEIGHTS_FILE, ExtractConfig
-from stages.extract_video import (
+from stages.detect.stage import DETECTOR_FILE, boxes_table, resolve_device
+from stages.detect.track import link_tracks
+from stages.detect.training import to_tensor
+from stages.extract.stage import FEATURES_DIR, WEIGHTS_FILE, ExtractConfig
+from stages.extract.video import (
     VideoExtractor,
     _probe_shapes,
     build_schema,
@@ -81,10 +72,8 @@ from stages.extract_video import (
     load_backbone,
 )
 from stages.framework import StageError
-from stages.head_data import KeyframeSource, build_index, open_split
-from stages.track import link_tracks
-from stages.train import predictions_table
-from stages.train_bank import (
+from stages.tools.annotate import KeyframeLabels, write_annotated_video
+from stages.train.bank import (
     BankRunConfig,
     OnlineMemoryHead,
     StoreIndex,
@@ -93,8 +82,19 @@ from stages.train_bank import (
     online_attach,
     video_bases,
 )
-from stages.train_loop import TrainData, predict
-from stages.trained_run import TrainedRun, read_provenance, upstream_dir
+from stages.train.data import KeyframeSource, build_index, open_split
+from stages.train.dump import (
+    DumpStageConfig,
+    dump_video,
+    load_stage1_head,
+    row_shapes,
+    video_key,
+    write_bank_video,
+)
+from stages.train.loop import TrainData, predict
+from stages.train.run import TrainedRun, read_provenance, upstream_dir
+from stages.train.stage import predictions_table
+from stages.train.window import WindowConfig
 from stages.video import VideoError, VideoReader, center_frame
 
 log = logging.getLogger("bankflow.infer")

@@ -34,10 +34,10 @@ from matplotlib.patches import Rectangle
 
 from featurestore import FeatureStore, KeyframeFeatures
 from stages.data import Dataset
-from stages.extract import FEATURES_DIR
+from stages.extract.stage import FEATURES_DIR
 from stages.framework import StageError
-from stages.head_data import collate
-from stages.trained_run import TrainedRun
+from stages.train.data import collate
+from stages.train.run import TrainedRun
 from stages.video import VideoError, VideoReader, center_frame
 
 PICTURED = {"acar": "hr2o", "amcr": "bhoi", "amcr_slim": "bhoi", "igmn_dam": "semantic"}

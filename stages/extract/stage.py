@@ -44,12 +44,12 @@ from featurestore import (
 )
 from models.roi import RoIAlignSpec
 from stages.data import Dataset, DatasetConfig
-from stages.diskspace import bytes_under
-from stages.extract_video import VideoExtractor, _device, _probe_shapes, build_schema, load_backbone
-from stages.extract_workers import _become_publisher, _open_store, _published, _SplitRun
+from stages.detect.track import read_actors
+from stages.extract.video import VideoExtractor, _device, _probe_shapes, build_schema, load_backbone
+from stages.extract.workers import _become_publisher, _open_store, _published, _SplitRun
 from stages.framework import Stage, StageContext, StageError, output_file
-from stages.keys import FileInKey, FileOrNameInKey, InKey, NotInKey
-from stages.track import read_actors
+from stages.framework.diskspace import bytes_under
+from stages.framework.keys import FileInKey, FileOrNameInKey, InKey, NotInKey
 from stages.video import VideoError, VideoReader
 
 CODE_VERSION = "3"  # 2: fine-tuned weights win over extract.weights; 3: RoI y scale per axis
@@ -108,7 +108,7 @@ class ExtractConfig(BackboneConfig):
 
     seed: InKey[int] = 0  # of the random init when there are no weights
     # Flip every frame left-right before the backbone, boxes with it (x1' = 1 - x2): a
-    # test-time augmentation view (stages.tta). The store then holds the flipped boxes.
+    # test-time augmentation view (stages.predict.tta). The store then holds the flipped boxes.
     flip: InKey[bool] = False
     # Pool the context map to this (h, w) grid before storing (None: full map).
     context_grid: InKey[tuple[int, int] | None] = None

@@ -1,9 +1,9 @@
 """train_bank: a stage-2 head that reads a long-term bank window around each keyframe.
 
-Like :mod:`stages.train` (same labels, the same loop of :mod:`stages.train_loop`, the
+Like :mod:`stages.train.stage` (same labels, the same loop of :mod:`stages.train.loop`, the
 same outputs: ``head.pt``, ``metrics.json`` with per-class and per-group AP,
 ``predictions/<val split>.csv``, so evaluate works unchanged), but every batch's
-``ActorBatch.bank`` is filled by the window reader (:mod:`stages.bank_window`) for that
+``ActorBatch.bank`` is filled by the window reader (:mod:`stages.train.window`) for that
 batch's keyframes, through the loop's ``attach`` hook.
 
 Banks, ``bank_mode``:
@@ -40,21 +40,21 @@ from torch import nn
 from featurestore import FeatureStore, StoreError
 from featurestore.banks import BankStore
 from models.heads import HEADS, build_head
-from stages.bank_window import BankWindowReader, WindowConfig, pad_windows, window_entries
 from stages.data import Dataset, DatasetConfig
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
-from stages.dump import bank_path, load_stage1_head
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
-from stages.extract import store_path
+from stages.extract.stage import store_path
 from stages.framework import Stage, StageContext, StageError
-from stages.head_data import (
+from stages.framework.keys import InKey, NotInKey
+from stages.train.data import (
     KeyframeSource,
     SplitIndex,
     open_training_splits,
 )
-from stages.keys import InKey, NotInKey
-from stages.train import (
+from stages.train.dump import bank_path, load_stage1_head
+from stages.train.loop import OptimConfig, TrainData, predict, read_batch, train
+from stages.train.stage import (
     CHECKPOINT_DIR,
     EVENTS_FILE,
     HEAD_FILE,
@@ -66,7 +66,7 @@ from stages.train import (
     prior_scores,
     stored_arrays,
 )
-from stages.train_loop import OptimConfig, TrainData, predict, read_batch, train
+from stages.train.window import BankWindowReader, WindowConfig, pad_windows, window_entries
 
 CODE_VERSION = "2"  # 2: acar_acfb wraps the released ACAR head; official tie order in the val mAP
 

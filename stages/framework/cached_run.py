@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from stages.catalog import STAGES
 from stages.framework import StageError, StageRef, output_dir, read_output, stage_key
-from stages.remote_cache import StageCache, open_cache
+from stages.framework.remote_cache import StageCache, open_cache
 
 log = logging.getLogger("bankflow.cache")
 
