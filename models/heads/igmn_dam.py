@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import roi_align
 
+from models.boxes import iou_matrix_torch
 from models.heads.amcr import feature_map_rois
 from models.heads.batch import ActorBatch, HeadOutput
 from models.heads.ragged import actor_slots, pad_actors
@@ -71,17 +72,6 @@ def enlarge_boxes(boxes: Tensor, scale: float) -> Tensor:
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     half = (boxes[:, 2:] - boxes[:, :2]) * (scale / 2)
     return torch.cat([centre - half, centre + half], dim=1).clamp(0.0, 1.0)
-
-
-def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of boxes a [..., P, 4] with b [..., Q, 4] -> [..., P, Q] (0 for empty unions)."""
-    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
-    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
-    union = area_a[..., :, None] + area_b[..., None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
 def relaxed_targets(labels: Tensor, boxes: Tensor, batch_index: Tensor) -> Tensor:
@@ -99,7 +89,7 @@ def relaxed_targets(labels: Tensor, boxes: Tensor, batch_index: Tensor) -> Tenso
     num_keyframes = int(batch_index.max()) + 1
     padded_boxes, mask = pad_actors(boxes, batch_index, num_keyframes)  # (B, A, 4)
     padded_labels, _ = pad_actors(labels, batch_index, num_keyframes)  # (B, A, K)
-    iou = pairwise_iou(boxes[:, None, :], padded_boxes[batch_index])[:, 0]  # (N, A)
+    iou = iou_matrix_torch(boxes[:, None, :], padded_boxes[batch_index])[:, 0]  # (N, A)
     iou = iou * mask[batch_index]
     return (iou[:, :, None] * padded_labels[batch_index]).amax(dim=1)
 

@@ -27,9 +27,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 from scipy.optimize import linear_sum_assignment
 
+from models.boxes import iou_matrix
 from stages.data import Dataset, DatasetConfig
 from stages.detect.stage import read_persons
-from stages.evaluate.ap import pairwise_iou
 from stages.framework import Stage, StageContext, StageError, verify_published_file
 from stages.framework.keys import InKey
 
@@ -52,12 +52,6 @@ class TrackStageConfig(BaseModel):
     dataset: InKey[DatasetConfig]
     dataset_fingerprint: InKey[str]
     track: InKey[TrackConfig]
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU [N, M] between every box of ``a`` [N, 4] and every box of ``b`` [M, 4]."""
-    n, m = len(a), len(b)
-    return pairwise_iou(np.repeat(a, m, axis=0), np.tile(b, (n, 1))).reshape(n, m)
 
 
 def link_tracks(

@@ -43,13 +43,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import linear_sum_assignment
 
+from models.boxes import iou_matrix
 from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap, read_detections_csv
 from stages.data.predictions import (
     read_predictions_parquet,
     write_predictions_csv,
     write_predictions_parquet,
 )
-from stages.detect.track import iou_matrix
 from stages.evaluate.ava import _keyframe_ids, evaluate_ava
 from stages.evaluate.result import AvaResult
 from stages.evaluate.stage import PREDICTIONS_DIR
