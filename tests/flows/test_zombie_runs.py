@@ -17,9 +17,16 @@ import uuid
 import pytest
 
 from flows.serve import CRASH_AUTOMATION, HEARTBEAT_ENV, ensure_crash_automation, ensure_pool
-from tests.flows.test_server import POOL, Server, Worker, _by_cache_key, _params, serving
-
-pytestmark = pytest.mark.slow
+from tests.flows.test_server import (
+    BIGGER,
+    FINAL,
+    POOL,
+    Server,
+    Worker,
+    _by_cache_key,
+    _params,
+    serving,
+)
 
 HEARTBEAT_S = 30
 CRASH_AFTER_S = 45
@@ -54,6 +61,43 @@ def _automations(server: Server) -> list:
         return c.read_automations_by_name(CRASH_AUTOMATION)
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--heartbeat", "10"], "--heartbeat 10: Prefect's minimum is 30 s"),
+        (["--crash-after", "30"], "--crash-after 30 must exceed --heartbeat 30"),
+    ],
+)
+def test_heartbeat_settings_that_cannot_work_are_refused(
+    args: list[str], message: str, tmp_path, monkeypatch, capsys
+) -> None:
+    """One line, exit 2, nothing started (no server log)."""
+    from flows.cli import main as bankflow
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("PREFECT_HOME", str(home))
+    code = bankflow(["serve", "--workers", "0", "--no-deploy", "--work-root",
+                     str(tmp_path / "w"), *args])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (home / "server.log").exists()
+
+
+def test_the_pool_template_gets_the_heartbeat_and_keeps_the_rest() -> None:
+    from prefect.workers.process import ProcessWorker
+
+    from flows.serve import with_heartbeat
+
+    base = ProcessWorker.get_default_base_job_template()
+    got = with_heartbeat(base, 40)
+    assert got["variables"]["properties"]["env"]["default"] == {HEARTBEAT_ENV: "40"}
+    assert with_heartbeat(got, 40) == got  # idempotent
+    del got["variables"]["properties"]["env"]["default"]
+    assert got == base  # nothing else changed, and the input was not mutated
+    assert "default" not in base["variables"]["properties"]["env"]
+
+
+@pytest.mark.slow
 def test_serve_sets_up_heartbeats_and_the_crash_automation_once(server):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -71,16 +115,23 @@ def test_serve_sets_up_heartbeats_and_the_crash_automation_once(server):
         assert c.read_work_pool(POOL).base_job_template == template
 
 
+@pytest.mark.slow
 def test_killed_worker_run_crashes_and_the_next_run_resumes(server):
-    params = _params(server, "wz", world="world-zombie")
+    # 12 videos and a wider backbone: extraction lasts ~10-30 s here, the window to kill in.
+    params = _params(server, "wz", *BIGGER, world="world-zombie")
     victim = Worker(server, "victim")
     run_id = server.run("bankflow-pipeline/demo", params)
     deadline = time.monotonic() + 600
     with server.client() as c:
         while True:  # mid-flow: a stage done, the run still going, a heartbeat on record
             states = _by_cache_key(server.task_runs(run_id))
-            running = c.read_flow_run(run_id).state_name == "Running"
-            if running and "Completed" in states.values() and _heartbeats(server, run_id):
+            state = c.read_flow_run(run_id).state_name
+            assert state not in FINAL, f"the run ended ({state}) before it could be killed"
+            if (
+                state == "Running"
+                and "Completed" in states.values()
+                and _heartbeats(server, run_id)
+            ):
                 break
             assert victim.proc.poll() is None and time.monotonic() < deadline, states
             time.sleep(0.2)
@@ -111,6 +162,7 @@ def test_killed_worker_run_crashes_and_the_next_run_resumes(server):
     states = _by_cache_key(server.task_runs(resumed_id))
     assert {states[name] for name in done_before} == {"Cached"}, (done_before, states)
     assert set(states) > done_before and "Completed" in states.values(), states
+    server.timings["cached_after_resume"] = sorted(n.split("-")[0] for n in done_before)
 
 
 def _parse(stamp: str):
