@@ -211,7 +211,8 @@ def with_heartbeat(template: dict, heartbeat_s: int) -> dict:
     import copy
 
     template = copy.deepcopy(template)
-    env = template["variables"]["properties"]["env"]
+    props = template.setdefault("variables", {}).setdefault("properties", {})
+    env = props.setdefault("env", {"type": "object", "title": "Environment Variables"})
     env["default"] = {**(env.get("default") or {}), HEARTBEAT_ENV: str(heartbeat_s)}
     return template
 
