@@ -126,11 +126,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     print(report.format_summary())
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if not report.ok:
-        print(f"\n{len(report.problems)} problem(s):", file=sys.stderr)
+    if not report.ok:  # bad input: one error line per problem, exit 2
         for problem in report.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
+            print(f"bankflow data check: error: {problem}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -165,6 +165,15 @@ def _labelmap_case(text_change: Callable[[str], str]):
     return mutate
 
 
+def _labelmap_typo_in_data_check(inp: Inputs):
+    """``label_id: 4`` typed as 3: ``data check`` names the duplicate's row and the lost id
+    once (it used to add the lost id once per CSV file and list, four lines)."""
+    lines = inp.labelmap.read_text().splitlines()
+    row = lines.index("  label_id: 4") + 1
+    set_line(inp.labelmap, row, "  label_id: 3")
+    return ["data", "check", str(inp.world)], f"{inp.labelmap}:{row}"
+
+
 def _status_case(*overrides: str, named: Callable[[Inputs], str]):
     def mutate(inp: Inputs):
         return inp.status(*overrides), named(inp)
@@ -257,6 +266,8 @@ CASES: list[tuple[str, Callable[[Inputs], tuple[list[str], str]], str]] = [
     # datasets: other files
     ("labelmap-duplicate-id", _labelmap_case(lambda t: t.replace("label_id: 4\n", "label_id: 3\n", 1)),
      r"duplicate label_id 3"),
+    ("labelmap-duplicate-id-check", _labelmap_typo_in_data_check,
+     r"duplicate label_id 3 \(first given on line \d+\); id 4, .* is missing \(\d+ CSV row\(s\) use it"),
     ("labelmap-syntax", _labelmap_case(lambda t: "labl {\n" + t), r"unknown block 'labl'"),
     ("labelmap-missing", _dataset_yaml_case(lambda m: m.update(labelmap="nope.pbtxt"),
                                             lambda i: i.world / "annotations" / "nope.pbtxt"),
