@@ -51,10 +51,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from models.heads.batch import ActorBatch, HeadOutput
 from models.heads.contract import Attention, Head
+from models.heads.ops import roi_align
 from models.heads.ragged import pad_actors, unpad_actors
 from models.heads.relation_transformer import RelationEncoderLayer
 

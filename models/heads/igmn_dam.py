@@ -60,11 +60,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from models.heads.amcr import feature_map_rois
 from models.heads.batch import ActorBatch, HeadOutput
 from models.heads.contract import Attention, Head, HeadData, aux_class_mask
+from models.heads.ops import roi_align
 from models.heads.ragged import actor_slots, pad_actors
 
 

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from models.heads.batch import ActorBatch, HeadOutput
 from models.heads.contract import Head
+from models.heads.ops import roi_align
 
 
 def enlarged_box_rois(
