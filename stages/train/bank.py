@@ -39,7 +39,6 @@ from torch import nn
 from featurestore import FeatureStore, StoreError
 from featurestore.banks import BankStore
 from models.heads import HEADS, ONLINE_KINDS, Head, HeadData, build_from_data, head_class
-from models.heads.contract import validate_head_kwargs
 from stages.data import Dataset, DatasetConfig
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
@@ -105,7 +104,11 @@ class BankRunConfig(BaseModel):
             raise ValueError("bank_mode 'offline' needs `bank: <dump name>`")
         if self.bank_mode == "online" and self.init == "stage1" and not self.stage1:
             raise ValueError("init 'stage1' in online mode needs `stage1: <train run name>`")
-        validate_head_kwargs(self.head, self.head_kwargs)  # a typo fails at config load
+        # A typo fails at config load. Imported here: loading a config imports no head
+        # (torch) until a run is validated.
+        from models.heads.contract import validate_head_kwargs
+
+        validate_head_kwargs(self.head, self.head_kwargs)
         return self
 
 

@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from featurestore import format_bytes
 from models.heads import HeadData, build_from_data, head_reads
-from models.heads.contract import validate_head_kwargs
 from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
@@ -77,14 +76,18 @@ class HeadRunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _head_takes_kwargs(self) -> HeadRunConfig:
-        validate_head_kwargs(self.head, self.head_kwargs)  # a typo fails at config load
+        # A typo fails at config load. Imported here: loading a config imports no head
+        # (torch) until a run is validated.
+        from models.heads.contract import validate_head_kwargs
+
+        validate_head_kwargs(self.head, self.head_kwargs)
         return self
 
 
 class TrainSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    runs: dict[str, HeadRunConfig] = {"linear": HeadRunConfig()}
+    runs: dict[str, HeadRunConfig] = Field(default_factory=lambda: {"linear": HeadRunConfig()})
 
 
 class TrainStageConfig(BaseModel):
