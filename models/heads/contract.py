@@ -4,27 +4,30 @@ Every head is a :class:`Head` (an ``nn.Module``: ``head(ActorBatch) -> HeadOutpu
 optional features the stages use are declared here with their defaults, so no stage looks
 a head up by name, by ``getattr`` or by signature (docs/design.md §5):
 
-================== ======================= =============================================
-declaration        default                 used by
-================== ======================= =============================================
-``reads``          None (every array)      train: which feature-store arrays to read
-``needs_labels``   False                   the loop: ``head(batch, labels=...)``
-``BANK_KIND``      None (a stage-1 head)   train_bank: the bank kind it reads
-``BANK_SOURCES``   ``{"lfb"}``             dump: the kinds its ``bank_rows`` fills
-``bank_rows``      lfb: ``features``       dump, infer (the bank over a new video)
-``ONLINE_MEMORY``  False                   train_bank ``bank_mode: online``
-``memory_dim``     (if ONLINE_MEMORY)      train_bank/infer: the online memory's width
-``init_from_stage1`` None                  train_bank ``init: stage1``
-``ATTENTION``      None (no picture)       ``bankflow attention``: which maps, drawn how
-``classifier``     (required)              rebalance (cRT): the final ``nn.Linear``
-``kwargs_from_data`` the bank's widths     the one constructor, :func:`build_from_data`
-================== ======================= =============================================
+==================== ======================= ===========================================
+declaration          default                 used by
+==================== ======================= ===========================================
+``reads``            None (every array)      train: which feature-store arrays to read
+``needs_labels``     False                   the loop: ``head(batch, labels=...)``
+``BANK_KIND``        None (a stage-1 head)   train_bank: the bank kind it reads
+``BANK_SOURCES``     ``("lfb",)``            dump: the kinds its ``bank_rows`` fills
+``bank_rows``        lfb: ``features``       dump, infer (the bank over a new video)
+``ONLINE_MEMORY``    False                   train_bank ``bank_mode: online``
+``memory_dim``       (if ONLINE_MEMORY)      train_bank/infer: the online memory's width
+``init_from_stage1`` None                    train_bank ``init: stage1``
+``ATTENTION``        None (no picture)       ``bankflow attention``: which maps, drawn how
+``classifier``       (required)              rebalance (cRT): the final ``nn.Linear``
+``kwargs_from_data`` the bank's widths       the one constructor, :func:`build_from_data`
+==================== ======================= ===========================================
+
+A picture style also names what the head must have: ``context_tokens`` a
+``context_scales`` attribute, ``enlarged_box`` ``context_scale`` and ``roi_size``.
 
 Bank kinds are declared by the heads (``BANK_SOURCES`` of the producers, ``BANK_KIND`` of
 the readers); :data:`models.heads.BANK_KINDS` is derived from them.
 
 This module imports torch only; :func:`validate_head_kwargs` imports the registry (every
-head module) when called.
+head module; torchvision waits for the first RoIAlign, :mod:`models.heads.ops`) when called.
 """
 
 from __future__ import annotations
