@@ -398,6 +398,7 @@ def infer_video(
     out.mkdir(parents=True, exist_ok=True)
     run = TrainedRun.open(run_dir, stages=("train", "train_bank"))
     bank = video_bank(run)  # before detection: a bank that cannot be rebuilt fails fast
+    head = run.build_head()  # so does a head.pt whose state does not fit its head
     labelmap, exclusive = run.classes(read_labelmap(cfg.labelmap) if cfg.labelmap else None)
     device = resolve_device(cfg.device)
     video_id = video_id_for(video)
@@ -448,7 +449,7 @@ def infer_video(
             use_roi=store.schema.roi_shape is not None,
             use_roi_t=store.schema.roi_t_shape is not None,
         )  # fmt: skip
-        model = run.build_head()
+        model: nn.Module = head
         if bank is not None:
             model, bank_record = bank_model(bank, model, data, source, out)
             timings["bank"] = bank_record["seconds"]
