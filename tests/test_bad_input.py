@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from flows.cli import main
@@ -139,6 +140,14 @@ def same_size_change(path: Path) -> None:
 
 
 # --- the cases: (id, mutate copies and return (argv, what the line must name), message) ---
+
+
+def state_of_another_head(run: Path) -> None:
+    """A head.pt (re-signed) whose weights are not the ones its head record builds."""
+    saved = torch.load(run / "head.pt", weights_only=True)
+    saved["state"] = {f"renamed.{k}": v for k, v in saved["state"].items()}
+    torch.save(saved, run / "head.pt")
+    forge_manifest(run, "head.pt")
 
 
 def _gt_case(**fields: str):
@@ -302,6 +311,9 @@ CASES: list[tuple[str, Callable[[Inputs], tuple[list[str], str]], str]] = [
     ("config-bad-value", _status_case("train.runs.linear.optim.epochs=many",
                                       named=lambda i: str(i.tmp / "pipeline.yaml")),
      r"invalid config: train.runs.linear.optim.epochs"),
+    ("config-head-kwargs-typo", _status_case("train.runs.linear.head_kwargs={dropuot: 0.1}",
+                                             named=lambda i: "train.runs.linear"),
+     r"invalid config: train.runs.linear: head_kwargs: head 'linear' takes no 'dropuot' \(it takes dropout\)"),
     ("set-without-equals", _status_case("train.runs.linear", named=lambda i: "train.runs.linear"),
      r"expected section.key=value"),
     ("set-run-typo", _status_case("train.runs.linaer.optim.epochs=2",
@@ -335,6 +347,8 @@ CASES: list[tuple[str, Callable[[Inputs], tuple[list[str], str]], str]] = [
     ("head-not-tensor-file", _run_case(lambda r: ((r / "head.pt").write_bytes(b"\x80\x04garbage"),
                                                   forge_manifest(r, "head.pt"))),
      r"not a plain tensor file; refusing to load it"),
+    ("head-state-does-not-fit", _run_case(state_of_another_head),
+     r"does not fit a 'linear' head \(missing \['classifier.weight'"),
     ("head-missing", _run_case(lambda r: (r / "head.pt").unlink(), name=""), r"train run without head.pt"),
     ("provenance-changed", _run_case(lambda r: (r / "provenance.json").write_text(
         (r / "provenance.json").read_text().replace('"train"', '"trian"', 1)), name="provenance.json"),

@@ -30,7 +30,7 @@ from torch import nn
 
 from featurestore import FeatureStore, StoreError
 from featurestore.banks import BankStore, feature_video_digest
-from models.heads import build_head
+from models.heads import BANK_KINDS
 from models.heads.bank_features import bank_rows
 from stages.extract.stage import FEATURES_DIR, store_path
 from stages.framework import (
@@ -43,11 +43,12 @@ from stages.framework import (
 )
 from stages.framework.keys import InKey, NotInKey
 from stages.train.data import collate, open_split
-from stages.train.run import load_head_file
+from stages.train.run import load_trained_head
 
 CODE_VERSION = "1"
 BANKS_DIR = "banks"
-BankKind = Literal["lfb", "acfb", "hrafb", "memory", "identity"]
+# The kinds the heads declare (models.heads.BANK_KINDS): a new kind needs no change here.
+BankKind = Literal[BANK_KINDS]  # type: ignore[valid-type]
 
 log = logging.getLogger("bankflow.dump")
 
@@ -97,15 +98,6 @@ def store_splits(features_uri: str | Path) -> list[str]:
     if not splits:
         raise StageError(f"dump: {root} holds no feature stores (<split>.zarr)")
     return splits
-
-
-def load_stage1_head(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained head of a train-stage output (eval mode) and its saved build record."""
-    saved = load_head_file(run_dir)
-    head = build_head(saved["head"], in_channels=saved["in_channels"],
-                      num_classes=len(saved["classes"]), **saved["kwargs"])  # fmt: skip
-    head.load_state_dict(saved["state"])
-    return head.eval(), saved
 
 
 def video_key(bank: BankDumpConfig, stage1_key: str, features_digest: str) -> str:
@@ -268,7 +260,7 @@ def _dump_split(ctx: StageContext, split: str, head: nn.Module, earlier: Earlier
 
 def compute(ctx: StageContext) -> dict[str, Any]:
     cfg: DumpStageConfig = ctx.config  # type: ignore[assignment]
-    head, saved = load_stage1_head(ctx.input("train").path)
+    head, saved = load_trained_head(ctx.input("train").path)
     splits = cfg.bank.splits or store_splits(ctx.input("extract").uri)
     earlier = EarlierDumps(ctx.work_root, ctx.key)
     try:

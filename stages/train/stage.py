@@ -23,10 +23,10 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from featurestore import format_bytes
-from models.heads import build_head, head_reads
+from models.heads import HeadData, build_from_data, head_reads
 from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
@@ -41,11 +41,12 @@ from stages.train.data import (
     open_training_splits,
 )
 from stages.train.loop import OptimConfig, TrainData, predict, train
+from stages.train.run import HEAD_FILE as HEAD_FILE  # re-exported: tests and tools read it here
+from stages.train.run import save_head_file
 
 # 2: events.jsonl, prior in metrics.json; 4: tensorboard scalars; 5: acar and acrn are
 # the released heads, and the val mAP orders equal scores as the official evaluator
 CODE_VERSION = "5"
-HEAD_FILE = "head.pt"
 HISTORY_FILE = "history.json"
 EVENTS_FILE = "events.jsonl"
 METRICS_FILE = "metrics.json"
@@ -73,11 +74,20 @@ class HeadRunConfig(BaseModel):
     # keep only the k best classes per box in the predictions (None: every class)
     top_k: InKey[int | None] = Field(None, ge=1)
 
+    @model_validator(mode="after")
+    def _head_takes_kwargs(self) -> HeadRunConfig:
+        # A typo fails at config load. Imported here: loading a config imports no head
+        # (torch) until a run is validated.
+        from models.heads.contract import validate_head_kwargs
+
+        validate_head_kwargs(self.head, self.head_kwargs)
+        return self
+
 
 class TrainSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    runs: dict[str, HeadRunConfig] = {"linear": HeadRunConfig()}
+    runs: dict[str, HeadRunConfig] = Field(default_factory=lambda: {"linear": HeadRunConfig()})
 
 
 class TrainStageConfig(BaseModel):
@@ -204,18 +214,13 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     train_index, val_index, exclusive = splits.train_index, splits.val_index, splits.exclusive
     schema = train_store.schema
     torch.manual_seed(run.optim.seed)
-    head_kwargs = dict(run.head_kwargs)
-    if run.head == "igmn_dam":
-        # IGMN leaves the softmax (pose) classes out of its two auxiliary classification
-        # losses (§3.3); which classes those are is the dataset's business, not the config's.
-        head_kwargs.setdefault("aux_class_mask", [k not in exclusive for k in range(len(labelmap))])
-    model = build_head(
-        run.head, in_channels=schema.pooled_dim, num_classes=len(labelmap), **head_kwargs
-    )
+    head_data = HeadData(in_channels=schema.pooled_dim, num_classes=len(labelmap),
+                         exclusive=tuple(exclusive))  # fmt: skip
+    model, _ = build_from_data(run.head, head_data, run.head_kwargs)
     reads = head_reads(model)
     missing = {"roi": schema.roi_shape, "roi_t": schema.roi_t_shape}
     absent = sorted(name for name, shape in missing.items() if name in reads and shape is None)
-    if absent and getattr(model, "reads", None) is not None:
+    if absent and model.reads is not None:
         raise StageError(
             f"train {cfg.name}: head {run.head!r} reads {', '.join(absent)}, which the feature "
             f"store {features_uri} does not hold (extract with store_{absent[0]}: true)"
@@ -255,9 +260,9 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     out.mkdir(exist_ok=True)
     write_predictions_csv(out / f"{run.val_split}.csv", table)
     write_predictions_parquet(out / f"{run.val_split}.parquet", table)
-    torch.save({"head": run.head, "kwargs": run.head_kwargs, "state": model.state_dict(),
-                "in_channels": schema.pooled_dim, "classes": labelmap.ids.tolist()},
-               ctx.staging / HEAD_FILE)  # fmt: skip
+    # The config's kwargs (aux_class_mask, filled from the data, only weighs training losses).
+    save_head_file(ctx.staging, head=run.head, kwargs=run.head_kwargs, state=model.state_dict(),
+                   in_channels=schema.pooled_dim, classes=labelmap.ids.tolist())  # fmt: skip
     (ctx.staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
     metrics = {**result.to_json(), "prior": prior.to_json()}
     (ctx.staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
