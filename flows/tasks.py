@@ -50,7 +50,6 @@ from pydantic import BaseModel
 
 from flows.locks import ExpiringLockManager, claim_gpu_slot
 from stages.catalog import STAGES
-from stages.distributed import config_devices
 from stages.framework import (
     StageError,
     StageRef,
@@ -60,6 +59,7 @@ from stages.framework import (
     run_stage,
     stage_key,
 )
+from stages.framework.distributed import config_devices
 
 # Stages that want a GPU (known now or being added): one place for tags, slots, pools.
 GPU_STAGES = frozenset(

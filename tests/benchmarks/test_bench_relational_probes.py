@@ -1,7 +1,7 @@
 """Relational probe table: val AP of every stage-1 head on every probe (one run, CPU).
 
 Each head is trained with the project's loop and its paper recipe at probe size
-(:func:`stages.recipes.probe_recipe`) on the probe worlds of
+(:func:`stages.train.recipes.probe_recipe`) on the probe worlds of
 ``tests/stages/relational_probes.py``; chance is the positive rate of the scored val
 actors. Set ``BANKFLOW_PROBE_HEADS=linear,acar`` to run a subset. The table is copied
 into docs/findings-probes.md.
@@ -14,8 +14,8 @@ import os
 import pytest
 import torch
 
-from stages.recipes import probe_recipe
-from stages.train_loop import OptimConfig
+from stages.train.loop import OptimConfig
+from stages.train.recipes import probe_recipe
 from tests.stages.probe_heads import BoxMaskACRN
 from tests.stages.relational_probes import (
     CHANNELS,

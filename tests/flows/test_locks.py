@@ -210,8 +210,8 @@ def test_no_slots_configured_means_no_slot_handling(monkeypatch):
 
 def test_data_parallel_stage_claims_all_its_slots_or_none(tmp_path, monkeypatch):
     import flows.locks as locks
-    from stages.distributed import config_devices
-    from stages.train import HeadRunConfig, TrainSection
+    from stages.framework.distributed import config_devices
+    from stages.train.stage import HeadRunConfig, TrainSection
 
     monkeypatch.setenv("BANKFLOW_GPU_SLOTS", "0,1,2")
     monkeypatch.setenv("BANKFLOW_GPU_SLOT_DIR", str(tmp_path))

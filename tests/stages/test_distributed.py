@@ -1,4 +1,4 @@
-"""Data-parallel training (stages.distributed) and mixed precision on the tiny world's features.
+"""Data-parallel training (stages.framework.distributed) and mixed precision on the tiny world's features.
 
 Two gloo processes on CPU train the same global batches as one process: the final weights
 agree within 1e-5 and the val mAP within 1e-4; a two-process run killed mid-run resumes
@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from stages import train as train_stage
-from stages.distributed import shard
 from stages.framework import STAGING_DIR, read_output, run_stage, stage_key
+from stages.framework.distributed import shard
+from stages.train import stage as train_stage
 from tests.stages.test_train import REPO, Features
 from tests.stages.test_train import features as _features
 from tests.stages.test_train import one_thread as _one_thread

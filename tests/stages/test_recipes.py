@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.heads import HEADS
-from stages.recipes import (
+from stages.train.recipes import (
     PAPER_RECIPES,
     PROBE_WIDTHS,
     build_recipe_head,
