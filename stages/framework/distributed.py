@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,9 @@ def _backend() -> str:
 def _init_from_env() -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
-    dist.init_process_group(_backend(), init_method="env://")
+    # Ranks other than 0 wait in the next all-reduce while rank 0 evaluates an epoch (a
+    # full val pass at AVA scale): a longer wait than the default 30 minutes is allowed.
+    dist.init_process_group(_backend(), init_method="env://", timeout=timedelta(hours=4))
 
 
 def _free_port() -> int:
@@ -151,7 +154,8 @@ def run_data_parallel(fn: Callable[..., Any], *args: Any, devices: int) -> Any:
 
     ``devices`` 1, or a process group already set up: ``fn`` runs here. Started by
     ``torchrun`` (``RANK``/``WORLD_SIZE`` set): joins that group (every process of the job
-    runs the same stage) and returns each rank's own value. Otherwise ``devices`` processes
+    runs the same stage on one shared work root); rank 0 returns its value, the other
+    ranks exit the process once ``fn`` is done. Otherwise ``devices`` processes
     are spawned; ``fn`` and ``args`` must be picklable (a module-level function, the stage
     context), and torch's threads are shared out between them.
     """
@@ -160,9 +164,15 @@ def run_data_parallel(fn: Callable[..., Any], *args: Any, devices: int) -> Any:
     if launched_by_torchrun():
         _init_from_env()
         try:
-            return fn(*args)
+            out = fn(*args)
         finally:
             dist.destroy_process_group()
+        if int(os.environ["RANK"]) != 0:
+            # Rank 0 publishes the output; another rank ends here, before its caller could
+            # publish the same staging directory (docs/design.md: a shared work root).
+            logging.shutdown()
+            os._exit(0)
+        return out
     import torch.multiprocessing as mp
 
     if torch.cuda.is_available() and torch.cuda.device_count() < devices:

@@ -47,5 +47,16 @@ def cpu_bf16_backward_guard(precision: str, device: torch.device | str) -> Any:
     test's tiny SlowFast has; the same gradient without oneDNN is finite); docs/design.md.
     """
     if precision == "bf16" and torch.device(device).type == "cpu":
-        return torch.backends.mkldnn.flags(enabled=False)
+        return _mkldnn_off()
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _mkldnn_off() -> Any:
+    # Only this switch (torch.backends.mkldnn.flags also sets a TF32 flag and warns).
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = before
