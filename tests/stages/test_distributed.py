@@ -152,3 +152,47 @@ def test_bf16_trains_close_to_fp32(features: Features, single, tmp_path: Path) -
     np.testing.assert_allclose(losses, fp32, rtol=0.01)
     assert abs(bf16.summary["val_map"] - single.summary["val_map"]) < 0.01
     assert max_difference(weights(single.path), weights(bf16.path)) > 0  # it did autocast
+
+
+TORCHRUN_RANK = """
+import sys
+import torch
+from stages.framework.distributed import all_reduce_sum, run_data_parallel, world
+
+def body():
+    rank, size = world()
+    return float(all_reduce_sum(torch.tensor(float(rank + 1))))
+
+out = run_data_parallel(body, devices=2)
+print(f"returned {out}")
+"""
+
+
+def test_torchrun_environment_is_joined_and_only_rank_0_returns(tmp_path: Path) -> None:
+    """Processes started with RANK / WORLD_SIZE / MASTER_ADDR (as torchrun starts them) join
+    that group instead of spawning; a rank other than 0 ends when the body is done."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def env(rank: int) -> dict[str, str]:
+        return {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}  # fmt: skip
+
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TORCHRUN_RANK],
+            cwd=REPO,
+            text=True,
+            env=env(r),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for r in range(2)
+    ]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "returned 3.0" in outs[0]  # 1 + 2 summed over the two ranks
+    assert "returned" not in outs[1]
