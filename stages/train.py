@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from featurestore import format_bytes
 from models.heads import build_head, head_reads
@@ -40,6 +40,7 @@ from stages.head_data import (
     open_training_splits,
 )
 from stages.keys import InKey, NotInKey
+from stages.recipes import PAPER_RECIPES, scaled_recipe, zero_init_residual
 from stages.train_loop import OptimConfig, TrainData, predict, train
 
 # 2: events.jsonl, prior in metrics.json; 4: tensorboard scalars; 5: acar and acrn are
@@ -72,6 +73,45 @@ class HeadRunConfig(BaseModel):
     preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
     # keep only the k best classes per box in the predictions (None: every class)
     top_k: InKey[int | None] = Field(None, ge=1)
+    # A paper's training recipe scaled to this run (stages/recipes.py): "paper" (the head's
+    # own) or a recipe's name ("acar", ...). It sets every optim field the run does not set
+    # itself (optimizer, lr scaled to optim.batch_keyframes, momentum, weight decay, warm-up,
+    # step schedule at the paper's fractions of optim.epochs) and zero-initialises the
+    # residual relation branches. Resolved at load, so the resolved optim enters the key.
+    recipe: InKey[str | None] = None
+    # None: True with a recipe, else False (the heads' own initialisation)
+    zero_init_residual: InKey[bool | None] = None
+
+    @model_validator(mode="after")
+    def _apply_recipe(self) -> HeadRunConfig:
+        if self.recipe is None:
+            return self
+        name = self.head if self.recipe == "paper" else self.recipe
+        if name not in PAPER_RECIPES:
+            known = ", ".join(["paper", *sorted(PAPER_RECIPES)])
+            what = f"head {self.head!r} has no paper recipe" if self.recipe == "paper" else (
+                f"unknown recipe {self.recipe!r}")  # fmt: skip
+            raise ValueError(f"{what}; expected one of {known}")
+        paper = scaled_recipe(
+            name, batch_keyframes=self.optim.batch_keyframes, epochs=self.optim.epochs
+        ).optim
+        given = self.optim.model_fields_set
+        update = {k: getattr(paper, k) for k in RECIPE_OPTIM_FIELDS if k not in given}
+        self.optim = self.optim.model_copy(update=update)
+        return self
+
+    @property
+    def zero_init(self) -> bool:
+        """Whether training starts with the residual relation branches at zero."""
+        if self.zero_init_residual is None:
+            return self.recipe is not None
+        return self.zero_init_residual
+
+
+# The optim fields a recipe sets (epochs and batch_keyframes stay the run's: the scale).
+RECIPE_OPTIM_FIELDS = (
+    "optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "step_epochs",
+)  # fmt: skip
 
 
 class TrainSection(BaseModel):
@@ -212,6 +252,9 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     model = build_head(
         run.head, in_channels=schema.pooled_dim, num_classes=len(labelmap), **head_kwargs
     )
+    if run.zero_init:
+        log.info("%s: %d residual relation branches start at zero", cfg.name,
+                 zero_init_residual(model))  # fmt: skip
     reads = head_reads(model)
     missing = {"roi": schema.roi_shape, "roi_t": schema.roi_t_shape}
     absent = sorted(name for name, shape in missing.items() if name in reads and shape is None)
