@@ -3,8 +3,9 @@
 Each head is trained with the project's loop and its paper recipe at probe size
 (:func:`stages.recipes.probe_recipe`) on the probe worlds of
 ``tests/stages/relational_probes.py``; chance is the positive rate of the scored val
-actors. Set ``BANKFLOW_PROBE_HEADS=linear,acar`` to run a subset. The table is copied
-into docs/findings-probes.md.
+actors. A row ``acrn+box_mask`` is ``acrn`` with ``actor_position: box_mask``. Set
+``BANKFLOW_PROBE_HEADS=linear,acar`` to run a subset. The table is copied into
+docs/findings-probes.md.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import os
 import pytest
 import torch
 
-from stages.recipes import probe_recipe
+from stages.recipes import HeadRecipe, probe_recipe
 from stages.train_loop import OptimConfig
-from tests.stages.probe_heads import BoxMaskACRN
 from tests.stages.relational_probes import (
-    CHANNELS,
     PROBES,
     probe_world,
     run_probe,
@@ -27,7 +26,18 @@ from tests.stages.relational_probes import (
 
 pytestmark = pytest.mark.bench
 
-HEADS = ("linear", "acrn", "acar", "pcca", "sonly", "tonly", "igmn_dam", "amcr_slim", "amcr")
+HEADS = ("linear", "acrn", "acrn+box_mask", "acar", "acar+box_mask", "pcca", "sonly", "tonly",
+         "igmn_dam", "amcr_slim", "amcr")  # fmt: skip
+
+
+def row_recipe(row: str) -> tuple[str, HeadRecipe]:
+    """(head, its probe recipe) of a table row ``head`` or ``head+<actor_position>``."""
+    head, _, position = row.partition("+")
+    recipe = probe_recipe(head)
+    if position:
+        kwargs = {**recipe.head_kwargs, "actor_position": position}
+        recipe = recipe.model_copy(update={"head_kwargs": kwargs})
+    return head, recipe
 
 
 def test_probe_table(tmp_path):
@@ -40,8 +50,10 @@ def test_probe_table(tmp_path):
         rows = []
         for head in heads:
             row = []
+            name, recipe = row_recipe(head)
             for probe in PROBES:
-                result = run_probe(head, worlds[probe], tmp_path / "ckpt" / head / probe)
+                ckpt = tmp_path / "ckpt" / head / probe
+                result = run_probe(name, worlds[probe], ckpt, recipe=recipe)
                 chance[probe] = result.chance
                 row.append(result.ap)
                 print(f"{head} {probe}: AP {result.ap:.3f} ({result.seconds:.0f} s)", flush=True)
@@ -68,12 +80,10 @@ def test_location_diagnostic(tmp_path):
     try:
         world = probe_world(tmp_path / "actor_context", "actor_context")
         long = OptimConfig(epochs=80, batch_keyframes=32, lr=3e-3)
-        recipe = probe_recipe("acrn").model_copy(update={"optim": long})
         aps = {}
-        for name in ("acrn", "acrn + box mask"):
-            torch.manual_seed(0)
-            model = BoxMaskACRN(in_channels=CHANNELS, num_classes=1) if "mask" in name else None
-            result = run_probe("acrn", world, tmp_path / name, recipe=recipe, model=model)
+        for name in ("acrn", "acrn+box_mask"):
+            recipe = row_recipe(name)[1].model_copy(update={"optim": long})
+            result = run_probe("acrn", world, tmp_path / name, recipe=recipe)
             aps[name] = result.ap
             print(f"{name}, AdamW 3e-3, 80 epochs, actor_context: AP {result.ap:.3f}")
     finally:
