@@ -96,8 +96,11 @@ def _features(index, batch, labels: np.ndarray) -> dict[str, np.ndarray]:
 def _fit(x: np.ndarray, y: np.ndarray, hidden: int, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     d = x.shape[1]
-    layers = [nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, y.shape[1])]
-    model = nn.Linear(d, y.shape[1]) if hidden == 0 else nn.Sequential(*layers)
+    model: nn.Module = nn.Linear(d, y.shape[1])
+    if hidden:
+        model = nn.Sequential(
+            nn.Linear(d, hidden), nn.ReLU(), nn.Dropout(0.3), nn.Linear(hidden, y.shape[1])
+        )
     xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).float()
     mean, std = xt.mean(0), xt.std(0).clamp(min=1e-3)
     model.register_buffer("mean", mean)
