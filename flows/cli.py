@@ -126,11 +126,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     print(report.format_summary())
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if not report.ok:
-        print(f"\n{len(report.problems)} problem(s):", file=sys.stderr)
+    if not report.ok:  # bad input: one error line per problem, exit 2
         for problem in report.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
+            print(f"bankflow data check: error: {problem}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -191,7 +190,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from stages.config import load_config
 
     config = load_config(args.config, args.overrides)
-    from stages.remote_cache import open_cache
+    from stages.framework.remote_cache import open_cache
 
     cache = open_cache(args.cache or os.environ.get("BANKFLOW_CACHE") or config.cache.url)
     print(f"{'stage':<12} {'key':<17} {'state':<8} {'bytes':>12} {'seconds':>8}  output")
@@ -234,7 +233,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_checkpoint_inspect(args: argparse.Namespace) -> int:
     """Exit 0: the checkpoint loads as described; 1: it would be refused (the report says
     why); 2: it cannot be read at all."""
-    from stages.checkpoint_inspect import inspect_checkpoint
+    from stages.tools.checkpoint_inspect import inspect_checkpoint
 
     result = inspect_checkpoint(args.file, args.source_config)
     print("\n".join(result.lines))
@@ -282,7 +281,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from stages.infer import InferConfig, infer_video
+    from stages.tools.infer import InferConfig, infer_video
 
     cfg = InferConfig(
         detector=args.detector, detector_arch=args.detector_arch,
@@ -309,7 +308,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_attention(args: argparse.Namespace) -> int:
-    from stages.attention import attention_picture
+    from stages.tools.attention import attention_picture
 
     info = attention_picture(
         args.run, args.video, args.timestamp, args.out, store=args.store,

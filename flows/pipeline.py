@@ -82,7 +82,7 @@ def publish_artifacts(summary: dict[str, Any]) -> None:
         report = Path(rec["uri"]) / "metrics.md"
         if report.is_file():
             create_markdown_artifact(report.read_text(), key=_artifact_key(f"evaluation-{name}"))
-    # The run's report (stages.report): its Markdown; the PNGs and HTML sit beside it.
+    # The run's report (stages.report.stage): its Markdown; the PNGs and HTML sit beside it.
     markdown = Path((summary.get("report") or {}).get("markdown", ""))
     if markdown.is_file():
         create_markdown_artifact(

@@ -1,7 +1,7 @@
 """Working as a team: ``bankflow store ls``, ``push``, ``pull`` and ``gc``.
 
 A *root* is a work root (a local or NFS directory where stages publish) or a stage cache
-(an fsspec URL or path, :mod:`stages.remote_cache`). ``ls`` lists what a root holds,
+(an fsspec URL or path, :mod:`stages.framework.remote_cache`). ``ls`` lists what a root holds,
 ``push``/``pull`` move a config's stage outputs (or given keys, with their upstream
 closure) between a work root and a cache, ``gc`` lists or deletes what no kept config
 reaches, staging leftovers and replaced outputs — never anything a live stage, pull or
@@ -27,7 +27,13 @@ from stages.framework import (
     STAGING_DIR,
     StageError,
 )
-from stages.remote_cache import PUSHING_FILE, UPLOAD_PREFIX, CacheError, StageCache, is_url
+from stages.framework.remote_cache import (
+    PUSHING_FILE,
+    UPLOAD_PREFIX,
+    CacheError,
+    StageCache,
+    is_url,
+)
 
 # A staging directory or upload with a file this recent may belong to a running stage
 # (extraction refreshes its claims every 100 s) and is left alone.
@@ -215,8 +221,8 @@ def format_entries(entries: list[RootEntry]) -> str:
 # ------------------------------------------------------------------ keys of configs
 def config_nodes(config_path: str, overrides: list[str], work_root: Path) -> list[Any]:
     """Every stage call (stage, key, inputs) of a config, computed without running."""
-    from stages.cached_run import RecordingRunner
     from stages.config import load_config
+    from stages.framework.cached_run import RecordingRunner
     from stages.pipeline import PipelineRun, run_pipeline
 
     recorder = RecordingRunner()

@@ -31,7 +31,7 @@ def transfer_command(args: argparse.Namespace) -> int:
         transfer,
         upstream_closure,
     )
-    from stages.remote_cache import open_cache
+    from stages.framework.remote_cache import open_cache
 
     work_root = Path(args.work_root)
     cache = open_cache(_cache_url(args))

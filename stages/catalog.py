@@ -6,22 +6,18 @@ look stages up here by the names users type (``bankflow stage detect``).
 
 from __future__ import annotations
 
-from stages import (
-    detect,
-    dump,
-    ensemble,
-    extract,
-    finetune,
-    rebalance,
-    report,
-    track,
-    train,
-    train_bank,
-    tta,
-)
+from stages.detect import stage as detect
+from stages.detect import track
 from stages.evaluate import stage as evaluate
+from stages.extract import finetune
+from stages.extract import stage as extract
 from stages.framework import Stage
+from stages.predict import ensemble, tta
+from stages.report import stage as report
 from stages.stage_names import STAGE_ORDER
+from stages.train import bank as train_bank
+from stages.train import dump, rebalance
+from stages.train import stage as train
 
 __all__ = ["STAGES", "STAGE_ORDER"]
 

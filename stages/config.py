@@ -24,19 +24,19 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from stages.data.dataset import DatasetConfig
 from stages.data.names import name_problem
-from stages.detect import DetectConfig
-from stages.dump import DumpSection
-from stages.ensemble import EnsembleSection
+from stages.detect.stage import DetectConfig
+from stages.detect.track import TrackConfig
 from stages.evaluate.stage import EvaluateConfig
-from stages.extract import ExtractConfig
-from stages.finetune import FinetuneConfig
-from stages.rebalance import RebalanceSection, crt_name
-from stages.remote_cache import CacheConfig
-from stages.report import ReportConfig
-from stages.track import TrackConfig
-from stages.train import TrainSection
-from stages.train_bank import TrainBankSection
-from stages.tta import TTAConfig
+from stages.extract.finetune import FinetuneConfig
+from stages.extract.stage import ExtractConfig
+from stages.framework.remote_cache import CacheConfig
+from stages.predict.ensemble import EnsembleSection
+from stages.predict.tta import TTAConfig
+from stages.report.stage import ReportConfig
+from stages.train.bank import TrainBankSection
+from stages.train.dump import DumpSection
+from stages.train.rebalance import RebalanceSection, crt_name
+from stages.train.stage import TrainSection
 from stages.world import WorldConfig
 from stages.world.tubes import TubeWorldConfig
 
@@ -65,7 +65,7 @@ class PipelineConfig(BaseModel):
     # Long-term banks dumped from stage-1 runs, and the stage-2 heads that read them.
     dump: DumpSection = DumpSection()
     train_bank: TrainBankSection = TrainBankSection()
-    # Test-time augmentation (stages.tta): extra extraction views, averaged per box.
+    # Test-time augmentation (stages.predict.tta): extra extraction views, averaged per box.
     tta: TTAConfig | None = None
     evaluate: EvaluateConfig = EvaluateConfig()
     # Class-balanced classifier re-training (cRT) of the named runs (none by default).
@@ -74,7 +74,7 @@ class PipelineConfig(BaseModel):
     ensemble: EnsembleSection = EnsembleSection()
     # The Markdown/HTML report of the run (null: no report).
     report: ReportConfig | None = ReportConfig()
-    # The team's shared stage cache (never part of a key): see stages.remote_cache.
+    # The team's shared stage cache (never part of a key): see stages.framework.remote_cache.
     cache: CacheConfig = CacheConfig()
 
     @model_validator(mode="after")
@@ -98,7 +98,9 @@ class PipelineConfig(BaseModel):
         for source in self.rebalance.models:
             _known("rebalance.models", source, set(models), "models")
         models += [crt_name(source) for source in self.rebalance.models]
-        if self.tta is not None:  # one predict run per stage-1 run, labelled as stages.tta does
+        if (
+            self.tta is not None
+        ):  # one predict run per stage-1 run, labelled as stages.predict.tta does
             models += [f"{name}_tta" for name in self.train.runs]
         for name, ens in self.ensemble.runs.items():
             for member in ens.members:

@@ -20,24 +20,14 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from stages import (
-    detect,
-    dump,
-    ensemble,
-    extract,
-    finetune,
-    rebalance,
-    report,
-    track,
-    train,
-    train_bank,
-    tta,
-)
 from stages.catalog import STAGE_ORDER, STAGES
 from stages.config import PipelineConfig
 from stages.data import DatasetConfig
+from stages.detect import stage as detect
+from stages.detect import track
 from stages.evaluate import stage as evaluate
-from stages.fingerprint import dataset_fingerprint
+from stages.extract import finetune
+from stages.extract import stage as extract
 from stages.framework import (
     StageRef,
     is_remote,
@@ -48,7 +38,13 @@ from stages.framework import (
     stage_status,
     write_json_atomic,
 )
+from stages.framework.fingerprint import dataset_fingerprint
+from stages.predict import ensemble, tta
 from stages.preflight import preflight
+from stages.report import stage as report
+from stages.train import bank as train_bank
+from stages.train import dump, rebalance
+from stages.train import stage as train
 
 log = logging.getLogger("bankflow.pipeline")
 
@@ -370,7 +366,7 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
     """dataset -> detect -> … (later stages join as they land). Returns the summary."""
     cfg = run.config
     if run.with_cache and run.cache is None:
-        from stages.cached_run import use_cache  # plans against the team's stage cache
+        from stages.framework.cached_run import use_cache  # plans against the team's stage cache
 
         use_cache(run, run_pipeline)
     try:
@@ -400,7 +396,9 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
         models.update(run_bank_stages(run, dataset, fingerprint, features, models))
         # cRT of the chosen train / train_bank runs: the models <name>_crt.
         models.update(rebalance.run_rebalance_stages(run, dataset, fingerprint, features, models))
-        if cfg.tta is not None:  # test-time augmentation: extra views, averaged (stages.tta)
+        if (
+            cfg.tta is not None
+        ):  # test-time augmentation: extra views, averaged (stages.predict.tta)
             models.update(tta.run_tta_stages(run, section))
         run.pending_runs["evaluate"] = len(models)
         for name, predictions in models.items():

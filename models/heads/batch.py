@@ -27,7 +27,7 @@ class ActorBatch:
             which keys they read): ``mask`` Bool[B, L], ``dt`` float[B, L] (seconds from
             the keyframe), ``track`` long[B, L], ``current`` Bool[B, L], and the bank's
             arrays, e.g. ``features`` [B, L, D] or ``maps`` [B, L, d, H, W]
-            (:mod:`stages.bank_window` builds it).
+            (:mod:`stages.train.window` builds it).
     """
 
     context: Tensor

@@ -19,7 +19,7 @@ import numpy as np
 import pydantic
 import yaml
 
-from stages.keys import InKey, NotInKey
+from stages.framework.keys import InKey, NotInKey
 
 from .ava import read_detections_csv, read_excluded_csv, read_gt_csv
 from .errors import DataError

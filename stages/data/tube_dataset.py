@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 import pydantic
 
-from stages.keys import InKey, NotInKey
+from stages.framework.keys import InKey, NotInKey
 
 from .errors import DataError
 from .tubes import TubeGT, read_tube_file

@@ -30,7 +30,7 @@ from stages.evaluate.tube_eval import (
     write_tube_outputs,
 )
 from stages.framework import Stage, StageContext, StageError, verify_published_file
-from stages.keys import InKey
+from stages.framework.keys import InKey
 
 CODE_VERSION = "3"  # 2: equal scores in the official order by default; 3: tube datasets
 PREDICTIONS_DIR = "predictions"

@@ -26,7 +26,7 @@ from stages.data.tubes import TubeGT
 from stages.data.types import BoxTable
 from stages.evaluate.linking import LinkedTubes, link_tubes
 from stages.evaluate.tubes import frame_map, video_map_summary
-from stages.keys import InKey
+from stages.framework.keys import InKey
 
 
 class LinkingConfig(BaseModel):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stages.background import in_background
+from stages.framework.background import in_background
 from stages.video.clips import ClipSpec, center_frame
 from stages.video.reader import VideoReader
 

@@ -37,9 +37,9 @@ from torch import nn
 
 from stages.data import Dataset, DatasetConfig
 from stages.evaluate.result import GROUP_OF_LABEL_TYPE
-from stages.extract import store_path
-from stages.head_data import KeyframeSource, build_index, collate, open_split
-from stages.train import evaluated_labelmap
+from stages.extract.stage import store_path
+from stages.train.data import KeyframeSource, build_index, collate, open_split
+from stages.train.stage import evaluated_labelmap
 from tests.stages.relational_probes import average_precision
 
 GROUP = "person_interaction"

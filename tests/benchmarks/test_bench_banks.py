@@ -3,7 +3,7 @@
 A synthetic feature store (6 videos × 60 keyframes × 3 actors, C=256 pooled features,
 4×4 context) and a stage-1 linear head are dumped into an LFB bank by the real dump stage
 (keyframes/s). Then the lfb head (FBO-NL, 2 layers of 128) trains through
-:func:`stages.train_loop.train` on a 60 s window (LFB's: 30 s each side, ~180 entries),
+:func:`stages.train.loop.train` on a 60 s window (LFB's: 30 s each side, ~180 entries),
 the window either read from the bank on disk for every batch (only its rows) or gathered
 from the bank preloaded into RAM. Figure of merit: ``preloaded step / disk step``
 (1.0: reading windows from disk costs nothing).
@@ -24,15 +24,15 @@ import torch
 from featurestore import FeatureStore, StoreSchema, VideoFeatures
 from featurestore.banks import BankStore
 from models.heads import build_head
-from stages import dump as dump_stage
-from stages.bank_window import BankWindowReader, WindowConfig
 from stages.data import LabelMap
-from stages.extract import store_path
+from stages.extract.stage import store_path
 from stages.framework import COMPLETE_MARKER, StageRef, run_stage
-from stages.head_data import KeyframeSource, build_index
-from stages.train import HEAD_FILE
-from stages.train_bank import offline_attach
-from stages.train_loop import OptimConfig, TrainData, train
+from stages.train import dump as dump_stage
+from stages.train.bank import offline_attach
+from stages.train.data import KeyframeSource, build_index
+from stages.train.loop import OptimConfig, TrainData, train
+from stages.train.stage import HEAD_FILE
+from stages.train.window import BankWindowReader, WindowConfig
 
 N_VIDEOS, N_KEYFRAMES, N_ACTORS, C, K = 6, 60, 3, 256, 20
 BATCH, EPOCHS = 16, 3

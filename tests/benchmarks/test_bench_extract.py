@@ -23,10 +23,10 @@ import pytest
 import torch
 
 from featurestore import FeatureStore, StoreSchema, estimate_store_bytes, format_bytes
-from stages import extract
 from stages.data import Dataset
+from stages.detect.track import read_actors
+from stages.extract import stage as extract
 from stages.framework import run_stage
-from stages.track import read_actors
 from stages.video import ClipSpec, VideoReader, iter_keyframe_clips
 from stages.world import WorldConfig, build_world
 from tests.stages.extract_worker import stage_configs, track_input

@@ -22,8 +22,7 @@ from models.losses import ava_scores
 from models.roi import actor_rois
 from stages.data import DataError, Dataset, DatasetConfig
 from stages.evaluate.ap import precision_recall, rank_by_score, voc_ap
-from stages.extract import WEIGHTS_FILE, ExtractConfig
-from stages.finetune import (
+from stages.extract.finetune import (
     HEAD_FILE,
     STAGE,
     ClipSupply,
@@ -31,6 +30,7 @@ from stages.finetune import (
     FinetuneStageConfig,
     gt_actor_index,
 )
+from stages.extract.stage import WEIGHTS_FILE, ExtractConfig
 from stages.framework import run_stage
 from stages.world import WorldConfig, build_world
 

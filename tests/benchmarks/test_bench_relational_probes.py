@@ -1,7 +1,7 @@
 """Relational probe table: val AP of every stage-1 head on every probe (one run, CPU).
 
 Each head is trained with the project's loop and its paper recipe at probe size
-(:func:`stages.recipes.probe_recipe`) on the probe worlds of
+(:func:`stages.train.recipes.probe_recipe`) on the probe worlds of
 ``tests/stages/relational_probes.py``; chance is the positive rate of the scored val
 actors. A row ``acrn+box_mask`` is ``acrn`` with ``actor_position: box_mask``. Set
 ``BANKFLOW_PROBE_HEADS=linear,acar`` to run a subset. The table is copied into
@@ -15,8 +15,8 @@ import os
 import pytest
 import torch
 
-from stages.recipes import HeadRecipe, probe_recipe, scaled_recipe
-from stages.train_loop import OptimConfig
+from stages.train.loop import OptimConfig
+from stages.train.recipes import HeadRecipe, probe_recipe, scaled_recipe
 from tests.stages.relational_probes import (
     PROBES,
     probe_world,

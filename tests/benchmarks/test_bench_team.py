@@ -20,7 +20,7 @@ import torch
 
 from featurestore import FeatureStore
 from stages.framework import Stage, StageContext, run_stage
-from stages.remote_cache import StageCache
+from stages.framework.remote_cache import StageCache
 from tests.benchmarks.test_bench_train import make_store, step_seconds
 from tests.flows.cache_worker import publish_blob
 

@@ -1,7 +1,7 @@
 """Is data loading the bottleneck of head training? Step time, features in RAM vs the store.
 
 A synthetic store (AVA-like per-keyframe shapes, scaled down: C=256, 8x8 context, 7x7 RoI
-maps, 3 actors per keyframe) is trained through :func:`stages.train_loop.train` three
+maps, 3 actors per keyframe) is trained through :func:`stages.train.loop.train` three
 ways: preloaded into RAM, read from the store in the loop (``prefetch=0``), and read from
 the store by the background prefetch thread (``prefetch=2``, the default). The figure of
 merit is ``RAM step time / store step time`` (1.0: loading costs nothing; aim >= 0.8).
@@ -22,8 +22,8 @@ import torch
 from featurestore import FeatureStore, StoreSchema, VideoFeatures
 from models.heads import build_head, head_reads
 from stages.data import LabelMap
-from stages.head_data import KeyframeSource, build_index
-from stages.train_loop import OptimConfig, TrainData, train
+from stages.train.data import KeyframeSource, build_index
+from stages.train.loop import OptimConfig, TrainData, train
 
 N_VIDEOS, N_KEYFRAMES, N_ACTORS, C, GRID, K = 6, 40, 3, 256, 8, 20
 BATCH, EPOCHS = 16, 3

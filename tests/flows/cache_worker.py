@@ -39,7 +39,7 @@ def publish_blob(work_root: Path, **config: int) -> StageRef:
 
 
 def main(argv: list[str]) -> int:
-    from stages.remote_cache import StageCache
+    from stages.framework.remote_cache import StageCache
 
     _, work_root, cache_url, *rest = argv
     ref = publish_blob(Path(work_root), files=int(rest[0]) if rest else 64)

@@ -16,7 +16,7 @@ import pytest
 
 from flows.team import gc_plan, list_root
 from stages.framework import read_output
-from stages.remote_cache import CacheError, StageCache
+from stages.framework.remote_cache import CacheError, StageCache
 from tests.flows.cache_worker import publish_blob
 
 ROOT = Path(__file__).resolve().parents[2]

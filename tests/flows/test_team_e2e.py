@@ -19,8 +19,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
+from stages.framework.remote_cache import StageCache
 from stages.pipeline import iter_runs
-from stages.remote_cache import StageCache
 from tests.flows.cache_worker import publish_blob
 
 ROOT = Path(__file__).resolve().parents[2]

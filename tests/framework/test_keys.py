@@ -1,4 +1,4 @@
-"""Stage keys say what changes results, and nothing else (stages.keys).
+"""Stage keys say what changes results, and nothing else (stages.framework.keys).
 
 Every field of every stage config carries a key marker; paths never enter a key (files by
 their sha256, the dataset by its content fingerprint); execution-only settings stay out.
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from stages.catalog import STAGES
 from stages.config import PipelineConfig
 from stages.framework import StageError, stage_key
-from stages.keys import FileInKey, InKey, KeyRole, NotInKey, declared_models, field_role
+from stages.framework.keys import FileInKey, InKey, KeyRole, NotInKey, declared_models, field_role
 from stages.pipeline import PipelineRun, dry_runner, run_pipeline
 
 # What is left out of keys, per config model: execution only, or (DatasetConfig) where

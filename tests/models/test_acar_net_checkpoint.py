@@ -205,8 +205,8 @@ def test_acar_net_yaml_is_a_source_config(tmp_path) -> None:
 
 def test_extract_takes_the_acar_net_file(acar_checkpoint) -> None:
     """``extract.weights`` + ``extract.source_config`` at the ACAR-Net file: its backbone."""
-    from stages.extract import ExtractConfig
-    from stages.extract_video import load_backbone
+    from stages.extract.stage import ExtractConfig
+    from stages.extract.video import load_backbone
 
     path, state = acar_checkpoint
     cfg = ExtractConfig(backbone="slowfast_tiny", weights=str(path), source_config=PRESET)

@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 
-from stages import detect, extract, track
 from stages.config import load_config
+from stages.detect import stage as detect
+from stages.detect import track
+from stages.extract import stage as extract
 from stages.framework import StageRef, run_stage
 from stages.pipeline import dataset_section, prepare_dataset
 

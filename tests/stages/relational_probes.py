@@ -6,7 +6,7 @@ boxes, and the store's per-actor arrays are pooled from that map exactly as extr
 pools them (:func:`models.roi.actor_rois`: RoIAlign 7 x 7, aligned, max-pool), so
 ``context``, ``pooled``, ``roi`` and ``roi_t`` relate to each other as in a real store.
 The world is written to a real (zarr) :class:`featurestore.FeatureStore`, read back with
-:class:`stages.head_data.KeyframeSource` and trained with :func:`stages.train_loop.train`,
+:class:`stages.train.data.KeyframeSource` and trained with :func:`stages.train.loop.train`,
 the project's one training loop.
 
 Channels of the map: ``MARKER`` (an actor's own tag, painted in its box), ``OBJECT`` (a
@@ -45,9 +45,9 @@ from featurestore import FeatureStore, StoreSchema, VideoFeatures
 from models.heads import head_reads
 from models.roi import actor_rois
 from stages.data import LabelMap
-from stages.head_data import KeyframeSource, SplitIndex, build_index
-from stages.recipes import HeadRecipe, build_recipe_head, probe_recipe
-from stages.train_loop import TrainData, predict, train
+from stages.train.data import KeyframeSource, SplitIndex, build_index
+from stages.train.loop import TrainData, predict, train
+from stages.train.recipes import HeadRecipe, build_recipe_head, probe_recipe
 
 PROBES = ("control", "actor_actor", "actor_context", "actor_context_actor", "identity")
 RELATIONAL = PROBES[1:]
@@ -201,7 +201,7 @@ def write_probe(
 
 
 def probe_index(split: ProbeSplit) -> SplitIndex:
-    """The :class:`SplitIndex` of a probe store (what :func:`stages.head_data.build_index`
+    """The :class:`SplitIndex` of a probe store (what :func:`stages.train.data.build_index`
     builds from a GT table), labelled with the probe's labels."""
     labelmap = LabelMap(ids=np.array([1]), names=("probe",), label_types=(None,))
     index = build_index(split.store, None, labelmap)

@@ -16,11 +16,11 @@ from PIL import Image
 
 from featurestore import FeatureStore
 from flows.cli import main as cli_main
-from stages.attention import attention_picture, enlarged, paste_in_box, upsample
 from stages.config import load_config
 from stages.data import Dataset
 from stages.framework import StageError
 from stages.pipeline import PipelineRun, run_pipeline
+from stages.tools.attention import attention_picture, enlarged, paste_in_box, upsample
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_YAML = REPO / "tests" / "flows" / "tiny.yaml"

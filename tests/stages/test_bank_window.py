@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from featurestore.banks import BankStore
-from stages import dump as dump_stage
-from stages.bank_window import BankWindowReader, WindowConfig
 from stages.framework import run_stage
+from stages.train import dump as dump_stage
+from stages.train.window import BankWindowReader, WindowConfig
 from tests.stages.test_dump import Stage1, stage1_outputs
 
 # video -> (timestamps, actors per keyframe); gaps at 903-904 and 907-909 of "a".

@@ -18,7 +18,7 @@ from models.detector import (
     detector_checkpoint,
 )
 from stages.data import DataError, Dataset, DatasetConfig
-from stages.detect import (
+from stages.detect.stage import (
     DETECTOR_FILE,
     DETECTOR_REPORT,
     PERSONS_FILE,
@@ -28,15 +28,15 @@ from stages.detect import (
     detection_keyframes,
     read_persons,
 )
-from stages.detector_training import (
+from stages.detect.training import (
     DetectorFinetuneConfig,
     TrainingSet,
     decode_keyframes,
     finetune_detector,
     to_tensor,
 )
-from stages.fingerprint import dataset_fingerprint
 from stages.framework import StageError, StageRef, run_stage
+from stages.framework.fingerprint import dataset_fingerprint
 
 SMALL_ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from featurestore import FeatureStore
-from stages import extract
+from stages.extract import stage as extract
 from stages.framework import STAGING_DIR, StageError, StageRef, run_stage
 from tests.stages.extract_worker import stage_configs, track_input
 

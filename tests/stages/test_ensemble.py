@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-from stages import ensemble
 from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
 from stages.data.predictions import read_predictions_parquet, write_predictions_parquet
-from stages.ensemble import BoxScores, average, match_boxes
 from stages.evaluate import stage as evaluate
 from stages.evaluate.ava import evaluate_ava
-from stages.fingerprint import dataset_fingerprint
 from stages.framework import Stage, StageContext, StageError, run_stage
+from stages.framework.fingerprint import dataset_fingerprint
+from stages.predict import ensemble
+from stages.predict.ensemble import BoxScores, average, match_boxes
 
 LABELS = LabelMap(ids=np.array([1, 2, 3]), names=("a", "b", "c"), label_types=(None,) * 3)
 

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 
 from models.roi import RoIAlignSpec
-from stages.extract import ExtractConfig, RoIAlignConfig
-from stages.extract_video import VideoExtractor, build_schema
+from stages.extract.stage import ExtractConfig, RoIAlignConfig
+from stages.extract.video import VideoExtractor, build_schema
 
 
 def test_default_roi_align_leaves_the_schema_as_before():

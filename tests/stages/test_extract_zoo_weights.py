@@ -12,8 +12,8 @@ import torch
 from featurestore import FeatureStore
 from models.backbones import slowfast_tiny
 from models.backbones.naming import mmaction2_name
-from stages import extract
-from stages.extract_video import build_schema, load_backbone
+from stages.extract import stage as extract
+from stages.extract.video import build_schema, load_backbone
 from stages.framework import StageError, run_stage, stage_key
 from tests.models.parity_testing import named_random_tensor
 from tests.models.test_backbones_parity_mmaction2 import (

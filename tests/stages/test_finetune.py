@@ -13,8 +13,7 @@ from models.backbones import build_backbone
 from models.heads.linear import LinearHead
 from models.losses import ava_loss
 from stages.data import BoxTable, DataError, Dataset, DatasetConfig, LabelMap
-from stages.extract import WEIGHTS_FILE, ExtractConfig
-from stages.finetune import (
+from stages.extract.finetune import (
     CHECKPOINT_DIR,
     HEAD_FILE,
     STAGE,
@@ -28,6 +27,7 @@ from stages.finetune import (
     flip_sample,
     gt_actor_index,
 )
+from stages.extract.stage import WEIGHTS_FILE, ExtractConfig
 from stages.framework import STAGING_DIR, Stage, StageError, StageRef, run_stage, stage_key
 
 # Slow path 2 frames, Fast path 4, 64x48 pixels: a step on 2 clips takes ~0.05 s.
@@ -229,7 +229,7 @@ KILL_WORKER = """
 import sys, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from stages.finetune import STAGE
+from stages.extract.finetune import STAGE
 from stages.framework import run_stage
 from tests.stages.test_finetune import make_config
 run_stage(STAGE, make_config(Path(sys.argv[1]), epochs=3), {}, Path(sys.argv[2]))

@@ -39,7 +39,7 @@ from models.losses import ava_scores
 from stages.config import load_config
 from stages.data import read_detections_csv
 from stages.pipeline import PipelineRun, run_pipeline
-from stages.trained_run import TrainedRun
+from stages.train.run import TrainedRun
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_YAML = REPO / "tests" / "flows" / "tiny.yaml"

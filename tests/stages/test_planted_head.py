@@ -3,7 +3,7 @@
 The probe: copy a work root with a trained stage-1 run, replace its ``head.pt`` by a
 pickle that runs a shell command when unpickled (padded to the original size, so the
 publication manifest's (path, size) check passes), then ``stage dump --force``. Before
-the fix ``stages/dump.py`` loaded it with ``weights_only=False`` and the command ran.
+the fix ``stages/train/dump.py`` loaded it with ``weights_only=False`` and the command ran.
 Now the file's sha256 differs from the one recorded at publication and the load is
 refused naming the file; with the manifest forged too, ``weights_only=True`` refuses it.
 """
@@ -20,11 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages import rebalance
-from stages.dump import load_stage1_head
 from stages.framework import COMPLETE_MARKER, StageError
 from stages.pipeline import PipelineRun, run_pipeline
-from stages.trained_run import TrainedRun
+from stages.train.run import TrainedRun, load_trained_head
 from tests.stages.test_dump import stage1_outputs
 
 
@@ -93,7 +91,7 @@ def test_planted_head_with_forged_manifest_is_refused_by_weights_only(
         [e[0], e[1], digest] if e[0] == "head.pt" else e for e in record["manifest"]
     ]
     record_path.write_text(json.dumps(record))
-    for load in (load_stage1_head, rebalance.load_head, TrainedRun.open):
+    for load in (load_trained_head, TrainedRun.open):
         with pytest.raises(StageError, match=r"head\.pt: not a plain tensor file"):
             load(head.parent)
     assert not marker.exists()

@@ -13,9 +13,9 @@ import torch
 
 from featurestore import KeyframeFeatures
 from models.heads import build_head
-from stages import progress
-from stages.head_data import KeyframeSource, SplitIndex
-from stages.train_loop import OptimConfig, TrainData, predict, train
+from stages.framework import progress
+from stages.train.data import KeyframeSource, SplitIndex
+from stages.train.loop import OptimConfig, TrainData, predict, train
 
 KEYFRAMES, ACTORS, CHANNELS, CLASSES = 10, 2, 8, 3
 

@@ -17,11 +17,11 @@ from scipy import stats
 from torch import nn
 
 from models.heads.batch import HeadOutput
-from stages import rebalance
-from stages import train as train_stage
 from stages.evaluate import stage as evaluate
 from stages.framework import StageError, StageRef, run_stage
-from stages.rebalance import ClassBalancedSampler
+from stages.train import rebalance
+from stages.train import stage as train_stage
+from stages.train.rebalance import ClassBalancedSampler
 from tests.stages import test_train
 from tests.stages.test_train import HEAD_KWARGS, Features
 
@@ -232,8 +232,8 @@ def test_an_offline_bank_run_is_rebalanced_with_its_bank(
     tiny_world: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     """A stage-2 (lfb over a dumped bank) run: batches carry the run's bank windows."""
-    from stages import dump as dump_stage
-    from stages import train_bank
+    from stages.train import bank as train_bank
+    from stages.train import dump as dump_stage
     from tests.stages.test_dump import stage1_outputs
 
     stage1 = stage1_outputs(tiny_world, tmp_path_factory)

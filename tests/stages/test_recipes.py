@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.heads import HEADS
-from stages.recipes import (
+from stages.train.recipes import (
     PAPER_RECIPES,
     PROBE_WIDTHS,
     build_recipe_head,
@@ -68,7 +68,7 @@ def test_zero_init_counts_the_branches_it_zeroes():
 
 
 def test_a_run_names_a_recipe_and_gets_it_scaled_to_its_batch_and_length():
-    from stages.train import HeadRunConfig
+    from stages.train.stage import HeadRunConfig
 
     run = HeadRunConfig.model_validate(
         {"head": "acar", "recipe": "paper", "optim": {"epochs": 35, "batch_keyframes": 16}}
@@ -90,8 +90,8 @@ def test_a_run_names_a_recipe_and_gets_it_scaled_to_its_batch_and_length():
 
 
 def test_a_recipe_enters_the_train_key():
-    from stages.keys import key_payload
-    from stages.train import HeadRunConfig
+    from stages.framework.keys import key_payload
+    from stages.train.stage import HeadRunConfig
 
     plain = key_payload(HeadRunConfig(head="acar", optim={"epochs": 6}))
     paper = key_payload(HeadRunConfig(head="acar", recipe="paper", optim={"epochs": 6}))

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from models.roi import actor_rois
-from stages.recipes import probe_recipe
-from stages.train_loop import OptimConfig
+from stages.train.loop import OptimConfig
+from stages.train.recipes import probe_recipe
 from tests.stages.relational_probes import (
     MARKER,
     OBJECT,

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from stages import report
 from stages.config import load_config
 from stages.framework import stage_key
 from stages.pipeline import PipelineRun, format_summary, prepare_dataset, run_pipeline
+from stages.report import stage as report
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "flows" / "tiny.yaml"
 

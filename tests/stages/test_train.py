@@ -23,16 +23,16 @@ import pytest
 import torch
 
 from models.heads import HEADS, build_head
-from stages import train as train_stage
 from stages.config import load_config
 from stages.data import Dataset, DatasetConfig
 from stages.data.predictions import read_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
-from stages.extract import store_path
+from stages.extract.stage import store_path
 from stages.framework import STAGING_DIR, StageRef, read_output, run_stage, stage_key
-from stages.head_data import KeyframeSource, build_index, open_split
 from stages.pipeline import PipelineRun, prepare_dataset, run_pipeline
-from stages.train_loop import (
+from stages.train import stage as train_stage
+from stages.train.data import KeyframeSource, build_index, open_split
+from stages.train.loop import (
     OptimConfig,
     TrainData,
     TrainingError,

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from models.heads.batch import ActorBatch, HeadOutput
-from stages import dump as dump_stage
-from stages import train_bank
+from models.heads.contract import Head
 from stages.config import load_config
 from stages.framework import StageError, StageRef, run_stage
 from stages.pipeline import PipelineRun, run_pipeline
+from stages.train import bank as train_bank
+from stages.train import dump as dump_stage
 from tests.stages.test_dump import TINY_YAML, Stage1, stage1_outputs
 
 LFB_KWARGS = {"hidden_dim": 16, "num_layers": 1}
@@ -82,7 +83,7 @@ def test_lfb_head_trains_on_the_bank(
     assert saved["bank_kind"] == "lfb" and saved["window"]["before"] == 4
 
     # The window read from disk per batch trains exactly like the preloaded bank, which is
-    # why bank_preload is not in the key (stages.keys): computed in another work root.
+    # why bank_preload is not in the key (stages.framework.keys): computed in another work root.
     preloaded = run_stage(train_bank.STAGE, config(stage1, "lfb", bank="lfb", bank_preload=True),
                           inputs, tmp_path / "preloaded")  # fmt: skip
     assert preloaded.key == ref.key and not preloaded.cached
@@ -145,7 +146,7 @@ def test_online_memory_starts_unseen(stage1: Stage1) -> None:
     """Unseen entries are masked out; written ones come back as stored."""
     seen_banks: list[dict[str, torch.Tensor]] = []
 
-    class Echo(torch.nn.Module):
+    class Echo(Head):  # the contract: a head is a models.heads.Head
         def forward(self, batch):
             seen_banks.append(dict(batch.bank))
             return HeadOutput(logits=batch.pooled[:, :1], features=batch.pooled[:, :2] + 1)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.boxes import iou_matrix
 from stages.data import BoxTable, LabelMap
-from stages.head_data import SplitIndex, assign_labels, iter_batches
-from stages.track import iou_matrix
-from stages.train import predictions_table, prior_scores
-from stages.train_loop import EventLog, OptimConfig, epoch_batches, epoch_order, lr_factor
+from stages.train.data import SplitIndex, assign_labels, iter_batches
+from stages.train.loop import EventLog, OptimConfig, epoch_batches, epoch_order, lr_factor
+from stages.train.stage import predictions_table, prior_scores
 
 
 def gt_table(rows: list[tuple[str, int, tuple[float, float, float, float], int, int]]):

@@ -19,17 +19,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.roi import actor_rois
-from stages import extract, tta
 from stages.config import load_config
 from stages.data import Dataset
 from stages.data.predictions import read_predictions_parquet
-from stages.extract import ExtractConfig, ExtractStageConfig
-from stages.extract_video import VideoExtractor, _probe_shapes, build_schema, flip_boxes
+from stages.extract import stage as extract
+from stages.extract.stage import ExtractConfig, ExtractStageConfig
+from stages.extract.video import VideoExtractor, _probe_shapes, build_schema, flip_boxes
 from stages.framework import StageError, StageRef, run_stage
-from stages.head_data import open_split
-from stages.keys import key_payload
+from stages.framework.keys import key_payload
 from stages.pipeline import PipelineRun, dataset_section, prepare_dataset, run_pipeline
-from stages.trained_run import TrainedRun
+from stages.predict import tta
+from stages.train.data import open_split
+from stages.train.run import TrainedRun
 from stages.video import VideoReader
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,7 +127,7 @@ def test_flipped_extraction_is_the_mirrored_extraction(tiny_world: Path) -> None
 
 
 def test_flip_enters_the_extract_key_and_only_flipped_schemas_say_so() -> None:
-    """``flip`` is a key field like any other (stages.keys); an unflipped store's schema
+    """``flip`` is a key field like any other (stages.framework.keys); an unflipped store's schema
     stays as it was before flip existed."""
     plain = key_payload(ExtractConfig())
     assert plain["flip"] is False

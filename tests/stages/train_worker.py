@@ -20,7 +20,7 @@ def main(spec_path: str) -> None:
 
     # The same thread count as the test process: float sums must happen in the same order.
     torch.set_num_threads(1)
-    import stages.train as train_stage
+    import stages.train.stage as train_stage
     from stages.framework import StageRef, run_stage
 
     spec = json.loads(Path(spec_path).read_text())

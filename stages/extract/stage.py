@@ -1,0 +1,244 @@
+"""extract: backbone features of every actor of every keyframe, into Zarr feature stores.
+
+For each split, each video is decoded once (the decode-once clip iterator; decoding and
+batch preparation run in a background thread so they overlap the backbone), the backbone
+runs on the clip around every keyframe (batched), each actor box is RoIAligned (7×7) and
+max-pooled, and the video is written to ``features/<split>.zarr`` as one group (docs/design.md §3)
+by a writer thread while the next video is computed. The stage is resumable per video: a
+killed run restarted with the same config finds its staging store, skips complete videos
+and rewrites unfinished ones (taking over claims of killed processes on this host at
+once, of other hosts after the claim TTL); inference is deterministic on CPU for a fixed
+torch thread count, so the result is bitwise equal to an uninterrupted run.
+
+Which keyframes a video has comes from the track stage's actors: a keyframe with no
+person box has nothing to pool and is not stored (readers see a gap in ``timestamps``).
+
+Several processes may run the same stage (same key, same staging store) at once: each
+claims videos one at a time, waits for videos another live process holds (taking over
+the claim of a process that died), and exactly one process finalizes the stores and lets
+the framework publish them; the others wait for that publication and then return it.
+
+Before writing, the projected size of every split's store is logged and a target without
+enough free disk space for all of them is refused (``allow_low_disk`` overrides).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from featurestore import (
+    FeatureStore,
+    estimate_store_bytes,
+    format_bytes,
+)
+from models.roi import RoIAlignSpec
+from stages.data import Dataset, DatasetConfig
+from stages.detect.track import read_actors
+from stages.extract.video import VideoExtractor, _device, _probe_shapes, build_schema, load_backbone
+from stages.extract.workers import _become_publisher, _open_store, _published, _SplitRun
+from stages.framework import Stage, StageContext, StageError, output_file
+from stages.framework.diskspace import bytes_under
+from stages.framework.keys import FileInKey, FileOrNameInKey, InKey, NotInKey
+from stages.video import VideoError, VideoReader
+
+CODE_VERSION = "3"  # 2: fine-tuned weights win over extract.weights; 3: RoI y scale per axis
+FEATURES_DIR = "features"
+WEIGHTS_FILE = "backbone.pt"  # what the finetune stage publishes
+log = logging.getLogger("bankflow.extract")
+
+
+class RoIAlignConfig(BaseModel):
+    """How actor boxes are pooled (``models.roi.RoIAlignSpec``; the defaults are
+    bankflow's, MMAction2's AVA configs: ``output_size: 8, spatial_scale: 0.0625``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_size: InKey[int] = 7  # RoIAlign grid side
+    aligned: InKey[bool] = True  # torchvision's half-pixel offset
+    sampling_ratio: InKey[int] = 0  # samples per bin side, 0 = adaptive
+    pool: InKey[Literal["max", "avg"]] = "max"  # grid -> the pooled actor vector
+    # None: map size / input size on each axis; a number: that scale on both (1/16).
+    spatial_scale: InKey[float | None] = None
+
+    def spec(self) -> RoIAlignSpec:
+        return RoIAlignSpec(**self.model_dump())
+
+
+class BackboneConfig(BaseModel):
+    """The backbone and its input clips: what the finetune stage shares with extract."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: InKey[str] = "slowfast_r50"
+    backbone_kwargs: InKey[dict[str, Any]] = {}
+    # A local checkpoint (PySlowFast / MMAction2 / bankflow); None = the finetune stage's
+    # weights when the pipeline has one, else a fixed-seed random init (demo only).
+    weights: FileInKey[str | None] = None
+    # Where the weights' architecture is stated (strides, dilations, alpha, frame sampling,
+    # input normalisation): a PySlowFast .yaml, an MMAction2 .py (parsed, never run),
+    # pytorchvideo:<hub name> or a preset such as pyslowfast/SLOWFAST_32x2_R50_SHORT.
+    # None: the config the checkpoint embeds; a zoo checkpoint without one is refused.
+    source_config: FileOrNameInKey[str | None] = None
+    num_frames: InKey[int] = 32  # frames of the (fast) clip
+    frame_stride: InKey[int] = 2  # source frames between clip frames
+    target_fps: InKey[float | None] = None  # measure the stride at this rate (AVA: 30)
+    short_side: InKey[int | None] = 256
+    mean: InKey[tuple[float, float, float]] = (0.45, 0.45, 0.45)
+    std: InKey[tuple[float, float, float]] = (0.225, 0.225, 0.225)
+
+    @classmethod
+    def of(cls, config: BackboneConfig) -> BackboneConfig:
+        """Only the backbone fields of ``config`` (an :class:`ExtractConfig`, say)."""
+        return cls.model_validate(config.model_dump(include=set(cls.model_fields)))
+
+
+class ExtractConfig(BackboneConfig):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: InKey[int] = 0  # of the random init when there are no weights
+    # Flip every frame left-right before the backbone, boxes with it (x1' = 1 - x2): a
+    # test-time augmentation view (stages.predict.tta). The store then holds the flipped boxes.
+    flip: InKey[bool] = False
+    # Pool the context map to this (h, w) grid before storing (None: full map).
+    context_grid: InKey[tuple[int, int] | None] = None
+    store_roi: InKey[bool] = False  # keep the RoI maps (ACRN, PCCA, IGMN, S-only read them)
+    store_roi_t: InKey[bool] = False  # keep temporal RoI maps (T-only)
+    roi_align: InKey[RoIAlignConfig] = RoIAlignConfig()
+    batch_size: NotInKey[int] = 8  # keyframes per backbone forward (inference)
+    device: NotInKey[Literal["auto", "cpu", "cuda"]] = "auto"
+    splits: InKey[list[str]] = ["train", "val"]
+    allow_low_disk: NotInKey[bool] = False
+
+
+class ExtractStageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    extract: InKey[ExtractConfig]
+
+
+def store_path(uri: str | Path, split: str) -> Path | str:
+    """The split's store of an extract output (a URL when read in place from a cache)."""
+    return output_file(uri, FEATURES_DIR, f"{split}.zarr")
+
+
+def _actors_by_video(table: pa.Table) -> dict[str, dict[str, np.ndarray]]:
+    video = np.asarray(table["video"].to_pylist(), dtype=object)
+    cols = {
+        "timestamp": table["timestamp"].to_numpy(),
+        "boxes": np.stack([table[c].to_numpy() for c in ("x1", "y1", "x2", "y2")], 1).astype(
+            np.float32
+        ),
+        "score": table["score"].to_numpy().astype(np.float32),
+        "track": table["track"].to_numpy().astype(np.int32),
+    }
+    out = {}
+    for v in sorted(set(video.tolist())):
+        rows = np.flatnonzero(video == v)
+        out[v] = {k: c[rows] for k, c in cols.items()}
+    return out
+
+
+def _check_disk(target: Path, needed: int, allow: bool) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(target).free
+    log.info("extract: projected store size %s, free %s", format_bytes(needed), format_bytes(free))
+    if needed > free and not allow:
+        raise StageError(
+            f"extract: the stores need about {format_bytes(needed)} but {target} has "
+            f"{format_bytes(free)} free (set extract.allow_low_disk=true to try anyway, or "
+            "extract.context_grid to store a pooled context map)"
+        )
+
+
+def compute(ctx: StageContext) -> dict[str, Any]:
+    cfg: ExtractStageConfig = ctx.config  # type: ignore[assignment]
+    ex = cfg.extract
+    dataset = Dataset.open(cfg.dataset)
+    # A fine-tuned backbone wins; extract.weights is then where the fine-tuning started.
+    if "finetune" in ctx.inputs:
+        weights: Path | None = ctx.input("finetune").path / WEIGHTS_FILE
+    else:
+        weights = Path(ex.weights) if ex.weights else None
+    model, weights_sha = load_backbone(ex, weights)
+    model = model.to(_device(ex.device))
+    owner = f"{socket.gethostname()}:{os.getpid()}"
+    detector_key = ctx.inputs["detect"].key if "detect" in ctx.inputs else None
+    summary: dict[str, Any] = {}
+    stores: list[FeatureStore] = []
+    probed: dict[tuple[int, int], tuple[tuple[int, int, int], int | None]] = {}
+    # The staging dir is recognised by its inode once the framework renames it into place.
+    inode = ctx.staging.stat().st_ino
+    published = functools.partial(_published, ctx, inode)
+    plans = []
+    for split in ex.splits:
+        by_video = _actors_by_video(read_actors(ctx.input("track").uri, split))
+        if not by_video:
+            raise StageError(f"extract: split {split!r} has no actors (track stage output)")
+        first = next(iter(by_video))
+        try:
+            with VideoReader(dataset.video_path(first), short_side=ex.short_side) as probe:
+                height, width = probe.height, probe.width
+        except VideoError as exc:
+            raise StageError(f"extract {split}: video {first!r}: {exc}") from exc
+        if (height, width) not in probed:  # splits usually share one frame size
+            probed[height, width] = _probe_shapes(model.cpu(), ex, height, width)
+            model = model.to(_device(ex.device))
+        fmap_shape, t_prime = probed[height, width]
+        schema = build_schema(
+            ex, fmap_shape, t_prime, weights_sha, detector_key,
+            architecture=getattr(model, "config", None),
+        )  # fmt: skip
+        n_kf = sum(len(np.unique(a["timestamp"])) for a in by_video.values())
+        n_act = sum(len(a["timestamp"]) for a in by_video.values())
+        plans.append((split, by_video, schema, n_kf, n_act))
+    # One check for the whole stage (every split's store), less what a killed run wrote.
+    ctx.expected_bytes = sum(estimate_store_bytes(p[2], p[3], p[4]) for p in plans)
+    if not published():  # (once published, the staging path must not be recreated)
+        needed = max(0, ctx.expected_bytes - bytes_under(ctx.staging))
+        _check_disk(ctx.staging / "features", needed, ex.allow_low_disk)
+    for split, by_video, schema, n_kf, n_act in plans:
+        if published():
+            break
+        store = _open_store(Path(store_path(ctx.staging, split)), schema, ctx.key, split,
+                            list(by_video))  # fmt: skip
+        t0 = time.perf_counter()
+        job = _SplitRun(ctx, split, dataset, VideoExtractor(model, ex, schema), store, by_video,
+                        owner, published)  # fmt: skip
+        resumed = job.run() if not store.complete else len(by_video)
+        stores.append(store)
+        summary[split] = {
+            "videos": len(by_video), "extracted": job.done, "resumed": resumed,
+            "keyframes": n_kf, "actors": n_act,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "context_shape": list(schema.context_shape),
+        }  # fmt: skip
+    if not _become_publisher(ctx, owner, inode):
+        # Another process finalized and published this very staging dir. The framework
+        # writes its provenance into ctx.staging next, then finds the published output,
+        # drops this empty dir and returns that output.
+        ctx.staging.mkdir(parents=True, exist_ok=True)
+        return summary
+    for split, store in zip(ex.splits, stores, strict=True):
+        if not store.complete:  # a resumed run may find it finalized already
+            store.finalize()
+        summary[split]["bytes"] = store.nbytes()
+    return summary
+
+
+STAGE = Stage(
+    name="extract", code_version=CODE_VERSION, config_type=ExtractStageConfig,
+    compute=compute, resumable=True,
+)  # fmt: skip

@@ -1,0 +1,311 @@
+"""Running the backbone over one video: decode in the background, batch, RoIAlign.
+
+Part of the extract stage (:mod:`stages.extract.stage`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from featurestore import (
+    StoreSchema,
+    VideoFeatures,
+)
+from featurestore.features import expected_shapes
+from models.backbones import build_backbone
+from models.backbones.source_config import read_source_config
+from models.roi import actor_rois
+from stages.framework import StageError
+from stages.framework.background import in_background
+from stages.video import ClipSpec, VideoReader, iter_keyframe_clips
+
+if TYPE_CHECKING:
+    from stages.extract.stage import ExtractConfig
+
+log = logging.getLogger("bankflow.extract")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_backbone(cfg: ExtractConfig, weights: Path | None) -> tuple[torch.nn.Module, str | None]:
+    """The backbone in eval mode and the sha256 of its weights (None: seeded random)."""
+    torch.manual_seed(cfg.seed)
+    kwargs = dict(cfg.backbone_kwargs)
+    slowfast = cfg.backbone.startswith(("slowfast", "slowonly"))
+    if cfg.source_config is not None:
+        if not slowfast:
+            raise StageError(
+                f"extract: source_config applies to SlowFast/SlowOnly, not {cfg.backbone}"
+            )
+        kwargs["source_config"] = cfg.source_config
+    if weights is not None and not weights.is_file():
+        raise StageError(f"extract: backbone weights {weights} not found")
+    if weights is not None:
+        kwargs["weights" if slowfast else "weights_path"] = str(weights)
+    try:
+        model = build_backbone(cfg.backbone, **kwargs).eval()
+    except (ValueError, FileNotFoundError) as exc:
+        # One line: the load report that follows the first line is for `checkpoint inspect`.
+        first = str(exc).splitlines()[0]
+        hint = f" (see: bankflow checkpoint inspect {weights})" if weights is not None else ""
+        raise StageError(f"extract: backbone {cfg.backbone}: {first}{hint}") from exc
+    _check_normalisation(cfg, model)
+    _check_clip(cfg, model)
+    return model, None if weights is None else _sha256(weights)
+
+
+def _check_normalisation(cfg: ExtractConfig, model: torch.nn.Module) -> None:
+    """Refuse clips normalised otherwise than the source config says its weights expect."""
+    config = getattr(model, "config", None)
+    mean, std = getattr(config, "input_mean", None), getattr(config, "input_std", None)
+    if mean is None or std is None:
+        return
+    if not (np.allclose(cfg.mean, mean, atol=1e-4) and np.allclose(cfg.std, std, atol=1e-4)):
+        raise StageError(
+            f"extract: the backbone's source config normalises input with mean"
+            f" {[round(v, 4) for v in mean]}, std {[round(v, 4) for v in std]} (0-1 pixels) but"
+            f" extract.mean/std are {list(cfg.mean)} / {list(cfg.std)}: set them to the source's"
+        )
+
+
+def flip_boxes(boxes: np.ndarray) -> np.ndarray:
+    """Normalized ``x1, y1, x2, y2`` boxes [A, 4] as they sit in the left-right flipped
+    frame: ``x1' = 1 - x2, x2' = 1 - x1`` (y unchanged). Its own inverse."""
+    b = np.asarray(boxes)
+    return np.stack([1.0 - b[:, 2], b[:, 1], 1.0 - b[:, 0], b[:, 3]], axis=1).astype(b.dtype)
+
+
+def _probe_shapes(model: torch.nn.Module, cfg: ExtractConfig, height: int, width: int):
+    """(C, h, w) of the map and T' of the temporal map for a clip of this size."""
+    with torch.inference_mode():
+        x = torch.zeros(1, 3, cfg.num_frames, height, width)
+        fmap = model(x)
+        t_prime = None
+        if cfg.store_roi_t:
+            slow, _fast = model(x, return_temporal=True)
+            t_prime = int(slow.shape[2])
+    return tuple(int(v) for v in fmap.shape[1:]), t_prime
+
+
+def build_schema(
+    cfg: ExtractConfig, fmap_shape: tuple[int, int, int], t_prime: int | None,
+    weights_sha: str | None, detector_key: str | None, *, architecture: object = None,
+) -> StoreSchema:  # fmt: skip
+    """The store schema; with zoo weights or a source config it also records the weights
+    file, the source config and the resolved architecture (``SlowFastConfig`` fields)."""
+    channels, h, w = fmap_shape
+    grid = cfg.context_grid or (h, w)
+    grid_side = cfg.roi_align.output_size
+    extra = _extra(cfg, architecture)
+    if cfg.roi_align != type(cfg.roi_align)():  # only when set, as for flip
+        extra["roi_align"] = cfg.roi_align.model_dump()
+    clip = {
+        "frames": cfg.num_frames,
+        "stride": cfg.frame_stride,
+        "fps": cfg.target_fps,
+        "short_side": cfg.short_side,
+    }
+    if cfg.flip:  # only when set: unflipped schemas stay equal to those of older stores
+        clip["flip"] = True
+    return StoreSchema(
+        backbone=cfg.backbone,
+        weights_sha256=weights_sha,
+        detector_key=detector_key,
+        clip=clip,
+        context_shape=(channels, *grid),
+        pooled_dim=channels,
+        roi_shape=(channels, grid_side, grid_side) if cfg.store_roi else None,
+        roi_t_shape=(channels, t_prime, grid_side, grid_side)
+        if cfg.store_roi_t and t_prime
+        else None,
+        # As JSON gives it back (tuples -> lists): a resumed run compares this to the
+        # stored schema, and (0.45, ...) != [0.45, ...] would refuse its own staging store.
+        extra=json.loads(json.dumps(extra)),
+    )
+
+
+def _extra(cfg: ExtractConfig, architecture: object) -> dict:
+    extra: dict = {"backbone_kwargs": cfg.backbone_kwargs, "mean": cfg.mean, "std": cfg.std}
+    # Only when set: schemas of stores made without them stay as they were.
+    if cfg.weights is not None or cfg.source_config is not None:
+        extra["weights"] = cfg.weights
+        extra["source_config"] = cfg.source_config
+        if dataclasses.is_dataclass(architecture):
+            extra["architecture"] = dataclasses.asdict(architecture)
+    return extra
+
+
+def _check_clip(cfg: ExtractConfig, model: torch.nn.Module) -> None:
+    """With a source config that states its clip, the clip must be that one."""
+    config = getattr(model, "config", None)
+    if cfg.source_config is None or config is None:
+        return
+    if "t_slow" not in read_source_config(cfg.source_config):
+        return
+    if (cfg.num_frames, cfg.frame_stride) != (config.t_fast, config.frame_stride):
+        raise StageError(
+            f"extract: {cfg.source_config} takes clips of {config.t_fast} frames every"
+            f" {config.frame_stride} source frames, but extract.num_frames/frame_stride are"
+            f" {cfg.num_frames}/{cfg.frame_stride}: set them to the source's"
+        )
+
+
+class VideoExtractor:
+    """Runs the backbone over the keyframe clips of one video and gathers its features."""
+
+    def __init__(self, model: torch.nn.Module, cfg: ExtractConfig, schema: StoreSchema) -> None:
+        self.model, self.cfg, self.schema = model, cfg, schema
+        self.device = next(model.parameters()).device
+        self.mean = torch.tensor(cfg.mean).view(1, 3, 1, 1, 1)
+        self.std = torch.tensor(cfg.std).view(1, 3, 1, 1, 1)
+        self.roi_spec = cfg.roi_align.spec()
+
+    def _prepare(self, clips: list[np.ndarray]) -> torch.Tensor:
+        """uint8 [T, H, W, 3] clips -> the normalized float batch [B, 3, T, H, W] (CPU),
+        flipped left-right when the config says so."""
+        x = torch.from_numpy(np.stack(clips)).permute(0, 4, 1, 2, 3).float().div_(255.0)
+        if self.cfg.flip:
+            x = x.flip(-1)
+        return (x - self.mean) / self.std
+
+    def _forward(self, x: torch.Tensor, boxes: list[np.ndarray]):
+        x = x.to(self.device)  # (B, 3, T, H, W)
+        counts = [len(b) for b in boxes]
+        box_t = torch.from_numpy(np.concatenate(boxes).astype(np.float32)).to(self.device)
+        index = torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor(counts))
+        with torch.inference_mode():
+            if self.cfg.store_roi_t:
+                slow, fast = self.model(x, return_temporal=True)
+                from models.backbones import pool_pathways
+
+                fmap = pool_pathways(slow, fast)
+            else:
+                fmap = self.model(x)  # (B, C, h, w)
+            roi, pooled = actor_rois(
+                fmap, box_t, index.to(self.device), input_size=(x.shape[3], x.shape[4]),
+                spec=self.roi_spec,
+            )  # fmt: skip
+            context = fmap
+            if self.cfg.context_grid is not None:
+                context = torch.nn.functional.adaptive_avg_pool2d(fmap, self.cfg.context_grid)
+            roi_t = None
+            if self.cfg.store_roi_t:
+                roi_t = self._temporal_rois(slow, fast, box_t, index, x.shape[3:])
+        return context.cpu(), roi.cpu(), pooled.cpu(), None if roi_t is None else roi_t.cpu()
+
+    def _temporal_rois(self, slow, fast, boxes, index, size) -> torch.Tensor:
+        # Fast pathway averaged to the slow rate, concatenated with slow: [B, C, T', h, w].
+        t_slow = slow.shape[2]
+        fast = torch.nn.functional.adaptive_avg_pool3d(fast, (t_slow, *fast.shape[3:]))
+        maps = torch.cat([slow, fast], dim=1)
+        per_t = []
+        for t in range(t_slow):
+            roi, _ = actor_rois(
+                maps[:, :, t], boxes, index.to(maps.device), input_size=tuple(size),
+                spec=self.roi_spec,
+            )  # fmt: skip
+            per_t.append(roi)
+        return torch.stack(per_t, dim=2)  # (N, C, T', s, s)
+
+    def run(
+        self,
+        reader: VideoReader,
+        video_id: str,
+        actors: dict[str, np.ndarray],
+        offset: float,
+        *,
+        fps: float | None = None,
+    ) -> VideoFeatures:
+        """Features of every keyframe that has at least one actor.
+
+        Args:
+            actors: this video's actor rows: ``timestamp`` int [A], ``boxes`` float32 [A, 4]
+                normalized x1, y1, x2, y2, ``score`` float32 [A], ``track`` int32 [A].
+            offset: seconds of the video's first frame in the dataset's timestamps.
+            fps: video frames per timestamp unit (None: the reader's; 1 for tube datasets,
+                whose timestamps are frame numbers).
+
+        Returns:
+            The video's arrays in the store's dtypes; actors keep their input order within
+            a keyframe; keyframes without actors are absent. With ``flip`` the boxes are
+            the flipped ones the features were pooled from (see :func:`flip_boxes`).
+        """
+        order = np.argsort(actors["timestamp"], kind="stable")
+        times = actors["timestamp"][order]
+        timestamps, first = np.unique(times, return_index=True)
+        offsets = np.append(first, len(times)).astype(np.int64)  # CSR over sorted actors
+        boxes = actors["boxes"][order]
+        if self.cfg.flip:
+            boxes = flip_boxes(boxes)
+        spec = ClipSpec(
+            num_frames=self.cfg.num_frames, stride=self.cfg.frame_stride,
+            short_side=self.cfg.short_side, target_fps=self.cfg.target_fps,
+        )  # fmt: skip
+        dtype = self.schema.np_dtype
+        parts: dict[str, list[np.ndarray]] = {"context": [], "pooled": [], "roi": [], "roi_t": []}
+
+        def batches() -> Iterator[torch.Tensor]:
+            # Decoding and batch preparation run in a background thread (decord and torch
+            # release the GIL), so they overlap the backbone on the previous batch.
+            clips: list[np.ndarray] = []
+            for clip in iter_keyframe_clips(reader, timestamps, offset=offset, spec=spec, fps=fps):
+                clips.append(clip.frames)
+                if len(clips) == self.cfg.batch_size:
+                    yield self._prepare(clips)
+                    clips = []
+            if clips:
+                yield self._prepare(clips)
+
+        k0 = 0  # keyframes done so far
+        for x in in_background(batches(), depth=2, name=f"decode {video_id}"):
+            k1 = k0 + len(x)
+            per_kf = [boxes[offsets[k] : offsets[k + 1]] for k in range(k0, k1)]
+            context, roi, pooled, roi_t = self._forward(x, per_kf)
+            parts["context"].append(context.numpy().astype(dtype))
+            parts["pooled"].append(pooled.numpy().astype(dtype))
+            if self.cfg.store_roi:
+                parts["roi"].append(roi.numpy().astype(dtype))
+            if roi_t is not None:
+                parts["roi_t"].append(roi_t.numpy().astype(dtype))
+            k0 = k1
+        shapes = expected_shapes(self.schema, len(timestamps), len(times))
+
+        def joined(name: str) -> np.ndarray | None:
+            if name not in shapes:
+                return None
+            if not parts[name]:
+                return np.zeros(shapes[name], dtype)
+            return np.concatenate(parts[name])
+
+        return VideoFeatures(
+            timestamps=timestamps.astype(np.int32),
+            context=joined("context"),
+            actor_offset=offsets - offsets[0],
+            boxes=boxes.astype(np.float32),
+            scores=actors["score"][order].astype(np.float32),
+            track=actors["track"][order].astype(np.int32),
+            pooled=joined("pooled"),
+            roi=joined("roi"),
+            roi_t=joined("roi_t"),
+        )

@@ -1,0 +1,532 @@
+"""rebalance: decoupled classifier re-training with class-balanced sampling (cRT).
+
+Both challenge reports (AVA-Kinetics §2.4, PCCA §2.3) take their last long-tail points
+from the decoupling recipe of Kang et al. (ICLR 2020): stage one trains the whole head
+with instance-balanced (ordinary) sampling; stage two freezes everything but the final
+classifier and re-trains it for a few epochs on class-balanced batches.
+
+How it runs here:
+
+1. The trained run (``head.pt`` of a ``train`` or ``train_bank`` output) is rebuilt and
+   frozen. Its final classifier is found generically: every head keeps it as the
+   ``classifier`` attribute, an ``nn.Linear`` (a head without one is refused).
+2. One pass over the training actors, the head in eval mode (dropout off), records what
+   goes *into* the classifier (a forward hook). The first batch checks that the head's
+   logits are exactly ``classifier(input)``, so re-training on the recorded inputs is the
+   same as re-training inside the frozen head. The recorded inputs are kept in the staging
+   directory: a killed run does not redo this pass.
+3. The classifier (a copy, fine-tuned from its trained weights unless ``reinit``) is
+   trained on draws of :class:`ClassBalancedSampler` with the same loss as the head.
+4. The head with its new classifier predicts the val split through the one prediction
+   loop, and the outputs are written exactly as ``train`` writes them (``head.pt``,
+   ``metrics.json``, ``predictions/<val>.{csv,parquet}``), so ``evaluate``, ``ensemble``
+   and ``report`` take a rebalanced run like any other model.
+
+The per-class AP before and after is written to ``crt.json``, with the mean change over
+the ``k`` most and ``k`` least frequent training classes (by GT rows), as both reports'
+tables list it: k = 20 for 60 or more classes, else a third of the classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from models.heads import Head
+from models.losses import ava_loss
+from stages.data import Dataset, DatasetConfig
+from stages.data.predictions import (
+    read_predictions_parquet,
+    write_predictions_csv,
+    write_predictions_parquet,
+)
+from stages.evaluate.ava import evaluate_ava
+from stages.evaluate.breakdown import head_tail_change
+from stages.evaluate.stage import PREDICTIONS_DIR
+from stages.extract.stage import store_path
+from stages.framework import (
+    Stage,
+    StageContext,
+    StageError,
+    verify_published_file,
+)
+from stages.framework.keys import InKey
+from stages.train import stage as train_stage
+from stages.train.data import open_training_splits
+from stages.train.loop import TrainData, epoch_batches, iter_batches, predict, read_batch
+from stages.train.run import (
+    HEAD_FILE,
+    MODEL_STAGES,
+    TrainedRun,
+    read_provenance,
+    save_head_file,
+    upstream_dir,
+)
+
+CODE_VERSION = "1"
+CRT_FILE = "crt.json"
+INPUTS_CACHE = "classifier_inputs.pt"  # staging only: the recorded classifier inputs
+HEAD_TAIL_K = 20  # the reports' top-20 / bottom-20
+BACKGROUND = -1  # the sampler's pool of actors without any label
+
+log = logging.getLogger("bankflow.rebalance")
+
+
+class RebalanceSettings(BaseModel):
+    """How the classifier is re-trained (shared by every rebalanced model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: InKey[int] = Field(8, ge=1)  # "a small number of epochs" (Kang et al.)
+    # draws per epoch; None: as many as the run has labelled training actors
+    samples_per_epoch: InKey[int | None] = Field(None, ge=1)
+    batch_actors: InKey[int] = Field(128, ge=1)
+    # AdamW at 3e-3 improved the rare classes of all three demo heads tried (linear, acar,
+    # pcca); SGD at 1e-2 for 4 epochs lowered the linear head's tail AP.
+    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
+    lr: InKey[float] = Field(0.003, gt=0)
+    momentum: InKey[float] = Field(0.9, ge=0)  # SGD
+    weight_decay: InKey[float] = Field(1e-4, ge=0)
+    # False: fine-tune the trained classifier (the reports' "class-balanced finetuning");
+    # True: start from a fresh one, as Kang et al.'s cRT does.
+    reinit: InKey[bool] = False
+    # Actors that match no GT box (false-positive detections) form one more pool drawn
+    # like a class; without them the classifier would never see a pure negative.
+    background_pool: InKey[bool] = True
+    seed: InKey[int] = 0
+
+
+class RebalanceSection(RebalanceSettings):
+    """``rebalance`` in the pipeline config: which models, and the shared settings."""
+
+    # names of train / train_bank runs to rebalance; each becomes the model ``<name>_crt``
+    models: list[str] = []
+
+
+class RebalanceStageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    name: InKey[str]  # the rebalanced model's name (``<source>_crt`` in the pipeline)
+    source: InKey[str]  # the name of the run it re-trains
+    rebalance: InKey[RebalanceSettings]
+
+
+def crt_name(model: str) -> str:
+    return f"{model}_crt"
+
+
+def head_tail_k(num_classes: int) -> int:
+    """The reports' top/bottom-20; with fewer than 60 classes, a third of them (>= 1)."""
+    return HEAD_TAIL_K if num_classes >= 3 * HEAD_TAIL_K else max(num_classes // 3, 1)
+
+
+class ClassBalancedSampler:
+    """Draws actors so that every class is equally likely (Kang et al.'s class-balanced
+    sampling): first a class uniformly among the classes that have instances, then one
+    of that class's instances uniformly.
+
+    Multi-label: an actor carrying several classes sits in the pool of each of them, so it
+    can be drawn through any of its classes (its chance is the sum over its classes of
+    1 / (#pools × pool size)); whichever class drew it, it is trained with its full
+    multi-hot target. The *drawn* class is therefore exactly uniform, while label
+    frequencies in the batches are only approximately so (co-occurring labels ride along).
+    With ``background_pool`` the actors without any label form one more pool.
+
+    Args:
+        labels: multi-hot float/bool [A, C].
+    """
+
+    def __init__(self, labels: np.ndarray, *, background_pool: bool = True) -> None:
+        labels = np.asarray(labels) > 0.5
+        if labels.ndim != 2:
+            raise ValueError(f"labels must be multi-hot [A, C], got shape {labels.shape}")
+        pools = [np.flatnonzero(labels[:, c]) for c in range(labels.shape[1])]
+        names = list(range(labels.shape[1]))
+        if background_pool:
+            pools.append(np.flatnonzero(~labels.any(axis=1)))
+            names.append(BACKGROUND)
+        keep = [i for i, p in enumerate(pools) if len(p)]
+        if not keep:
+            raise ValueError("class-balanced sampling needs at least one labelled actor")
+        self.pool_class = np.asarray([names[i] for i in keep], dtype=np.int64)
+        self.pool_size = np.asarray([len(pools[i]) for i in keep], dtype=np.int64)
+        self._members = np.concatenate([pools[i] for i in keep])
+        self._start = np.concatenate([[0], np.cumsum(self.pool_size)[:-1]])
+
+    @property
+    def num_pools(self) -> int:
+        return len(self.pool_class)
+
+    def draw(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(drawn class [n] — a dense class index or ``BACKGROUND`` —, actor index [n])."""
+        pool = rng.integers(self.num_pools, size=n)
+        within = np.floor(rng.random(n) * self.pool_size[pool]).astype(np.int64)
+        return self.pool_class[pool], self._members[self._start[pool] + within]
+
+
+def classifier_of(model: nn.Module) -> nn.Linear:
+    """The head's final classifier: its ``classifier`` attribute, an ``nn.Linear`` (the head
+    contract, :mod:`models.heads.contract`; any module is checked)."""
+    layer = getattr(model, "classifier", None)
+    if not isinstance(layer, nn.Linear):
+        raise StageError(
+            f"rebalance: {type(model).__name__} has no final classifier to re-train "
+            f"(expected an nn.Linear attribute 'classifier', found {type(layer).__name__})"
+        )
+    return layer
+
+
+@torch.no_grad()
+def classifier_inputs(
+    model: nn.Module, batches: Callable[[], Any], *, check_atol: float = 1e-4
+) -> torch.Tensor:
+    """What enters ``model.classifier`` for every actor, float32 [A, D], in batch order.
+
+    ``batches()`` yields the head's input batches. The head runs in eval mode (dropout is
+    the identity). The first non-empty batch must satisfy ``logits == classifier(input)``
+    (to ``check_atol``): a head that changes the logits after its classifier cannot be
+    re-trained on the recorded inputs, and is refused.
+    """
+    classifier = classifier_of(model)
+    model.eval()
+    captured: list[torch.Tensor] = []
+    hook = classifier.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
+    out: list[torch.Tensor] = []
+    checked = False
+    try:
+        for batch in batches():
+            captured.clear()
+            logits = model(batch).logits
+            if len(captured) != 1:
+                raise StageError(
+                    f"rebalance: {type(model).__name__}.classifier ran {len(captured)} times "
+                    "in one forward pass; expected exactly once"
+                )
+            x = captured[0].detach().float()
+            if not checked and len(x):
+                gap = float((classifier(x) - logits).abs().max())
+                if gap > check_atol:
+                    raise StageError(
+                        f"rebalance: {type(model).__name__}'s logits differ from "
+                        f"classifier(input) by {gap:.3g}; only heads whose logits are the "
+                        "classifier's output can be rebalanced"
+                    )
+                checked = True
+            out.append(x)
+    finally:
+        hook.remove()
+    return torch.cat(out) if out else torch.zeros((0, classifier.in_features))
+
+
+def _lr_factor(step: int, total: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+
+
+def retrain_classifier(
+    classifier: nn.Linear,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    settings: RebalanceSettings,
+    exclusive: list[int],
+    *,
+    loss_mode: Literal["ava", "bce"] = "ava",
+) -> list[dict[str, Any]]:
+    """Re-train ``classifier`` in place on class-balanced draws of (inputs [A, D],
+    multi-hot labels [A, C]); cosine learning rate over all steps. Epoch ``e`` draws from
+    ``default_rng([seed, e])``. Returns the per-epoch loss, draws and seconds."""
+    if settings.reinit:
+        torch.manual_seed(settings.seed)
+        classifier.reset_parameters()
+    sampler = ClassBalancedSampler(labels.numpy(), background_pool=settings.background_pool)
+    labelled = int((labels.sum(dim=1) > 0).sum())
+    n = settings.samples_per_epoch or max(labelled, settings.batch_actors)
+    steps_per_epoch = math.ceil(n / settings.batch_actors)
+    params = list(classifier.parameters())
+    if settings.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=settings.lr, momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+        )  # fmt: skip
+    else:
+        optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    total = settings.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total))
+    classifier.train()
+    history = []
+    for epoch in range(settings.epochs):
+        t0 = time.perf_counter()
+        _drawn, actors = sampler.draw(n, np.random.default_rng([settings.seed, epoch]))
+        losses = []
+        for rows in epoch_batches(actors, settings.batch_actors):
+            idx = torch.from_numpy(rows)
+            loss = ava_loss(classifier(inputs[idx]), labels[idx], exclusive=exclusive,
+                            mode=loss_mode)  # fmt: skip
+            if not torch.isfinite(loss):
+                raise StageError(f"rebalance: non-finite loss at epoch {epoch}; lower lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        history.append({
+            "epoch": epoch,
+            "loss": float(np.mean(losses)),
+            "samples": int(n),
+            "pools": int(sampler.num_pools),
+            "seconds": round(time.perf_counter() - t0, 3),
+        })  # fmt: skip
+    classifier.eval()
+    return history
+
+
+def model_data(
+    trained: TrainedRun,
+    model_stage: str,
+    features_uri: str,
+    dataset: Dataset,
+    labelmap: Any,
+) -> TrainData:
+    """The train / val sources and batch reader the model was trained with.
+
+    A stage-1 run reads the extract stage's feature stores. An offline ``train_bank`` run
+    also gets its bank windows through :func:`stages.train.bank.bank_attach` (the bank
+    found through the run's provenance: its ``dump`` input, whose key the run's key, and
+    so this stage's key, already covers). Online-memory runs are refused: their memory is
+    written by the forward pass and is not part of ``head.pt``.
+    """
+    run_dir, run = trained.path, trained.run_config
+    splits = open_training_splits(
+        partial(store_path, features_uri), dataset, labelmap,
+        train_split=run.train_split, val_split=run.val_split, label_iou=run.label_iou,
+        who="rebalance",
+    )  # fmt: skip
+    schema = splits.train_store.schema
+    data = TrainData(
+        *train_stage.feature_sources(
+            splits,
+            train_stage.stored_arrays(schema),
+            run.preload,
+            run.preload_max_gb,
+            f"rebalance {run_dir.name}",
+        ),
+        exclusive=splits.exclusive,
+        use_roi=schema.roi_shape is not None,
+        use_roi_t=schema.roi_t_shape is not None,
+    )
+    if model_stage == "train_bank":
+        data.attach = _bank_attach(trained, data)
+    return data
+
+
+def _bank_attach(trained: TrainedRun, data: TrainData) -> Any:
+    """The offline bank-window hook of a train_bank run (its dump found by provenance)."""
+    from featurestore.banks import BankStore
+    from stages.train.bank import BankRunConfig, bank_attach
+    from stages.train.dump import bank_path
+
+    run_dir, run = trained.path, trained.run_config
+    if isinstance(run, BankRunConfig) and run.bank_mode != "offline":
+        raise StageError(
+            f"rebalance: {run_dir} is an online-memory train_bank run; its memory is filled "
+            "by the forward pass and not saved with head.pt, so its classifier cannot be "
+            "re-trained here (rebalance an offline-bank run instead)"
+        )
+    dump_dir = upstream_dir(run_dir, read_provenance(run_dir), "dump")
+    if not isinstance(run, BankRunConfig):
+        raise StageError(f"rebalance: {run_dir} has a dump input but a stage-1 run config")
+    banks = [(source, BankStore.open(bank_path(dump_dir, split)))
+             for source, split in ((data.train, run.train_split),
+                                   (data.val, run.val_split))]  # fmt: skip
+    return bank_attach(banks, run.window, preload=run.bank_preload)
+
+
+def compute(ctx: StageContext) -> dict[str, Any]:
+    cfg: RebalanceStageConfig = ctx.config  # type: ignore[assignment]
+    settings = cfg.rebalance
+    model_ref = ctx.input("model")
+    run_dir, features_uri = model_ref.path, ctx.input("extract").uri
+    if model_ref.stage not in MODEL_STAGES:
+        raise StageError(
+            f"rebalance: {run_dir} is a {model_ref.stage!r} output; expected a train, "
+            "train_bank or rebalance run"
+        )
+    trained = TrainedRun.open(run_dir, stages=MODEL_STAGES)
+    run = trained.run_config
+    train_split, val_split, loss_mode = run.train_split, run.val_split, run.optim.loss
+    dataset = Dataset.open(cfg.dataset)
+    labelmap = train_stage.evaluated_labelmap(dataset, cfg.dataset)
+    model: Head = trained.build_head()
+    saved = trained.saved
+    if [int(c) for c in saved["classes"]] != [int(c) for c in labelmap.ids]:
+        raise StageError(
+            f"rebalance: {run_dir / HEAD_FILE} predicts classes "
+            f"{saved['classes']}, the dataset evaluates {labelmap.ids.tolist()}"
+        )
+    for p in model.parameters():
+        p.requires_grad_(False)
+    classifier = classifier_of(model)
+    data = model_data(trained, model_ref.stage, features_uri, dataset, labelmap)
+    exclusive = data.exclusive
+    train_index = data.train.index
+    assert data.val is not None
+
+    t0 = time.perf_counter()
+    cache = ctx.staging / INPUTS_CACHE
+    if cache.is_file():
+        inputs = torch.load(cache, weights_only=True)
+    else:
+        source = data.train
+        batches = epoch_batches(np.arange(len(train_index)), 32)
+        inputs = classifier_inputs(model, lambda: iter_batches(
+            source, batches, lambda kf: read_batch(source, kf, data)))  # fmt: skip
+        tmp = cache.with_name(f".{cache.name}.tmp")
+        torch.save(inputs, tmp)
+        tmp.replace(cache)
+    if len(inputs) != len(train_index.boxes):
+        raise StageError(
+            f"rebalance: recorded {len(inputs)} classifier inputs for "
+            f"{len(train_index.boxes)} training actors ({cache}); remove it and rerun"
+        )
+    labels = torch.from_numpy(train_index.labels)
+    new_classifier = copy.deepcopy(classifier)
+    for p in new_classifier.parameters():
+        p.requires_grad_(True)
+    history = retrain_classifier(new_classifier, inputs, labels, settings, exclusive,
+                                 loss_mode=loss_mode)  # fmt: skip
+    # In place: a head may reach its classifier through a property of a sub-module
+    # (IGMN's DAM, ACAR+ACFB's ACAR); assigning an attribute would leave that one in use.
+    classifier.load_state_dict(new_classifier.state_dict())
+    train_seconds = time.perf_counter() - t0
+
+    val_index = data.val.index
+    scores = predict(model, data.val, data)
+    table = train_stage.predictions_table(val_index, scores, labelmap, run.top_k)
+    gt_val, excluded_val = dataset.gt(val_split), dataset.excluded(val_split)
+    after = evaluate_ava(gt_val, table, labelmap, excluded_val)
+    before_path = run_dir / PREDICTIONS_DIR / f"{val_split}.parquet"
+    if not before_path.is_file():
+        raise StageError(f"rebalance: {before_path} does not exist (no predictions before cRT)")
+    verify_published_file(run_dir, f"{PREDICTIONS_DIR}/{before_path.name}")
+    before = evaluate_ava(gt_val, read_predictions_parquet(before_path), labelmap, excluded_val)
+    train_counts = class_counts(dataset.gt(train_split).action, labelmap.ids)
+    change = crt_change(before.per_class, after.per_class, train_counts)
+
+    out = ctx.staging / PREDICTIONS_DIR
+    out.mkdir(exist_ok=True)
+    write_predictions_csv(out / f"{val_split}.csv", table)
+    write_predictions_parquet(out / f"{val_split}.parquet", table)
+    save_head_file(ctx.staging, **{**saved, "state": model.state_dict(),
+                                   "rebalanced_from": str(run_dir)})  # fmt: skip
+    (ctx.staging / train_stage.HISTORY_FILE).write_text(json.dumps(history, indent=2))
+    metrics = {**after.to_json(), "before": before.to_json()}
+    (ctx.staging / train_stage.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    crt = {**change, "per_class": {
+        str(c): {"name": labelmap.name(c), "train_count": train_counts.get(c, 0),
+                 "before": before.per_class[c], "after": after.per_class[c]}
+        for c in sorted(set(before.per_class) & set(after.per_class))}}  # fmt: skip
+    (ctx.staging / CRT_FILE).write_text(json.dumps(crt, indent=2))
+    cache.unlink()  # the recorded inputs served their purpose; keep the output small
+    log.info("%s: val mAP %.4f -> %.4f (tail %+.4f, head %+.4f)", cfg.name, before.mAP,
+             after.mAP, change["tail_change"], change["head_change"])  # fmt: skip
+    source_summary = _source_summary(run_dir)
+    return {
+        "name": cfg.name,
+        "source": cfg.source,
+        "head": saved["head"],
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "retrained_parameters": int(sum(p.numel() for p in classifier.parameters())),
+        "train_seconds": round(train_seconds, 2),
+        "val_map": after.mAP,
+        "val_map_before": before.mAP,
+        "group_map": after.groups,
+        "prior_map": source_summary.get("prior_map"),
+        "epochs": len(history),
+        "history": history,
+        "crt": {k: v for k, v in change.items() if k not in ("head_classes", "tail_classes")},
+        "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{val_split}.csv"),
+    }
+
+
+def _source_summary(run_dir: Path) -> dict[str, Any]:
+    marker = run_dir / "COMPLETE.json"
+    return json.loads(marker.read_text()).get("summary", {}) if marker.is_file() else {}
+
+
+def class_counts(actions: np.ndarray, class_ids: np.ndarray) -> dict[int, int]:
+    """GT rows per class id (the "number of labelled samples" the reports rank by)."""
+    ids, counts = np.unique(np.asarray(actions, dtype=np.int64), return_counts=True)
+    found = dict(zip(ids.tolist(), counts.tolist(), strict=True))
+    return {int(c): int(found.get(int(c), 0)) for c in class_ids}
+
+
+def crt_change(
+    before: Mapping[int, float], after: Mapping[int, float], train_counts: Mapping[int, int]
+) -> dict[str, Any]:
+    """Head/tail and all-class mean AP change (after − before) on the shared classes,
+    plus the three most improved and the three most dropped classes (as the
+    AVA-Kinetics report's Table 3 lists them)."""
+    shared = sorted(set(before) & set(after))
+    if len(shared) < 2:
+        raise StageError(f"rebalance: head/tail needs 2 evaluated classes, got {len(shared)}")
+    k = head_tail_k(len(shared))
+    change = head_tail_change(dict(before), dict(after), dict(train_counts), k)
+    delta = {c: after[c] - before[c] for c in shared}
+    ranked = sorted(shared, key=lambda c: (-delta[c], c))
+    return {
+        **change,
+        "all_before": float(np.mean([before[c] for c in shared])),
+        "all_after": float(np.mean([after[c] for c in shared])),
+        "all_change": float(np.mean(list(delta.values()))),
+        "most_improved": [[c, delta[c]] for c in ranked[:3]],
+        "most_dropped": [[c, delta[c]] for c in ranked[::-1][:3]],
+    }
+
+
+STAGE = Stage(
+    name="rebalance", code_version=CODE_VERSION, config_type=RebalanceStageConfig,
+    compute=compute, resumable=True,
+)  # fmt: skip
+
+
+def run_rebalance_stages(
+    run: Any, dataset: DatasetConfig, fingerprint: str, features: Any,
+    models: Mapping[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """The pipeline's cRT runs (``rebalance.models``): one per named train / train_bank
+    run, each published as the model ``<name>_crt``. ``run`` is the
+    :class:`stages.pipeline.PipelineRun`. Returns {model name: StageRef}."""
+    section: RebalanceSection = run.config.rebalance
+    settings = RebalanceSettings(**section.model_dump(exclude={"models"}))
+    out: dict[str, Any] = {}
+    run.pending_runs["rebalance"] = len(section.models)
+    for source in section.models:
+        if source not in models:
+            raise ValueError(
+                f"rebalance.models: no model {source!r}; models are {', '.join(models)}"
+            )
+        name = crt_name(source)
+        if name in models:
+            raise ValueError(f"rebalance.models: {source!r} would be published as {name!r}, "
+                             "which is already a model name; rename that run")  # fmt: skip
+        config = RebalanceStageConfig(
+            dataset=dataset, dataset_fingerprint=fingerprint, name=name, source=source,
+            rebalance=settings,
+        )  # fmt: skip
+        out[name] = run.stage(
+            "rebalance", config, {"model": models[source], "extract": features}, label=name
+        )
+    return out

@@ -1,0 +1,334 @@
+"""train: a stage-1 head over cached features (one stage run per head config).
+
+Reads the extract stage's feature stores, labels actors from the GT (IoU >= 0.5), trains
+the head with the one loop of :mod:`stages.train.loop` (resumable per epoch), measures
+val frame-mAP every epoch with the project's evaluator, and writes the val predictions
+as AVA CSV and Parquet (``predictions/<split>.csv``), which the evaluate stage and
+ensembles read. The prior-only baseline (every box scored by the training class
+frequencies) is measured on the same boxes for comparison and reported beside the head's
+mAP (``prior_map`` in the summary, ``prior`` in ``metrics.json``).
+
+Output files: ``head.pt`` (weights + build arguments), ``history.json`` (per epoch),
+``events.jsonl`` and ``tensorboard/`` (the same, written as each epoch ends), ``metrics.json``,
+``predictions/<val split>.{csv,parquet}`` and ``checkpoints/epoch_<last>.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from functools import partial
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from featurestore import format_bytes
+from models.heads import HeadData, build_from_data, head_reads
+from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
+from stages.data.predictions import write_predictions_csv, write_predictions_parquet
+from stages.evaluate.ava import evaluate_ava
+from stages.evaluate.stage import PREDICTIONS_DIR
+from stages.extract.stage import store_path
+from stages.framework import Stage, StageContext, StageError
+from stages.framework.keys import InKey, NotInKey
+from stages.train.data import (
+    KeyframeSource,
+    SplitIndex,
+    TrainingSplits,
+    open_training_splits,
+)
+from stages.train.loop import OptimConfig, TrainData, predict, train
+from stages.train.run import HEAD_FILE as HEAD_FILE  # re-exported: tests and tools read it here
+from stages.train.run import save_head_file
+
+# 2: events.jsonl, prior in metrics.json; 4: tensorboard scalars; 5: acar and acrn are
+# the released heads, and the val mAP orders equal scores as the official evaluator
+CODE_VERSION = "5"
+HISTORY_FILE = "history.json"
+EVENTS_FILE = "events.jsonl"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
+
+log = logging.getLogger("bankflow.train")
+
+
+# The optim fields a recipe sets (epochs and batch_keyframes stay the run's: the scale).
+RECIPE_OPTIM_FIELDS = (
+    "optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "step_epochs",
+)  # fmt: skip
+
+
+class HeadRunConfig(BaseModel):
+    """One head training run (``train.runs.<name>`` in the pipeline config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    head: InKey[str] = "linear"
+    head_kwargs: InKey[dict[str, Any]] = {}
+    optim: InKey[OptimConfig] = OptimConfig()
+    train_split: InKey[str] = "train"
+    val_split: InKey[str] = "val"
+    # IoU with a GT box that gives a detected box its labels
+    label_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)
+    # Hold the arrays the head reads in RAM: True, False (read each batch from the store,
+    # prefetched in a thread), or "auto": in RAM when they take at most preload_max_gb.
+    preload: NotInKey[bool | Literal["auto"]] = "auto"
+    preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
+    # keep only the k best classes per box in the predictions (None: every class)
+    top_k: InKey[int | None] = Field(None, ge=1)
+    # A paper's training recipe scaled to this run (stages/train/recipes.py): "paper" (the head's
+    # own) or a recipe's name ("acar", ...). It sets every optim field the run does not set
+    # itself (optimizer, lr scaled to optim.batch_keyframes, momentum, weight decay, warm-up,
+    # step schedule at the paper's fractions of optim.epochs) and zero-initialises the
+    # residual relation branches. Resolved at load, so the resolved optim enters the key.
+    recipe: InKey[str | None] = None
+    # None: True with a recipe, else False (the heads' own initialisation)
+    zero_init_residual: InKey[bool | None] = None
+
+    @model_validator(mode="after")
+    def _apply_recipe(self) -> HeadRunConfig:
+        if self.recipe is None:
+            return self
+        # Imported here, as the head registry below: loading a config imports no torch.
+        from stages.train.recipes import PAPER_RECIPES, scaled_recipe
+
+        name = self.head if self.recipe == "paper" else self.recipe
+        if name not in PAPER_RECIPES:
+            known = ", ".join(["paper", *sorted(PAPER_RECIPES)])
+            what = f"head {self.head!r} has no paper recipe" if self.recipe == "paper" else (
+                f"unknown recipe {self.recipe!r}")  # fmt: skip
+            raise ValueError(f"{what}; expected one of {known}")
+        paper = scaled_recipe(
+            name, batch_keyframes=self.optim.batch_keyframes, epochs=self.optim.epochs
+        ).optim
+        given = self.optim.model_fields_set
+        update = {k: getattr(paper, k) for k in RECIPE_OPTIM_FIELDS if k not in given}
+        self.optim = self.optim.model_copy(update=update)
+        return self
+
+    @property
+    def zero_init(self) -> bool:
+        """Whether training starts with the residual relation branches at zero."""
+        if self.zero_init_residual is None:
+            return self.recipe is not None
+        return self.zero_init_residual
+
+    @model_validator(mode="after")
+    def _head_takes_kwargs(self) -> HeadRunConfig:
+        # A typo fails at config load. Imported here: loading a config imports no head
+        # (torch) until a run is validated.
+        from models.heads.contract import validate_head_kwargs
+
+        validate_head_kwargs(self.head, self.head_kwargs)
+        return self
+
+
+class TrainSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    runs: dict[str, HeadRunConfig] = Field(default_factory=lambda: {"linear": HeadRunConfig()})
+
+
+class TrainStageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    name: InKey[str]
+    run: InKey[HeadRunConfig]
+
+
+def evaluated_labelmap(dataset: Dataset, config: DatasetConfig) -> LabelMap:
+    labelmap = dataset.labelmap
+    if config.evaluated_classes:
+        labelmap = labelmap.subset(config.evaluated_classes)
+    return labelmap
+
+
+def predictions_table(
+    index: SplitIndex, scores: np.ndarray, labelmap: LabelMap, top_k: int | None
+) -> BoxTable:
+    """One row per (actor box, class) — AVA's prediction format — optionally top-k only.
+
+    ``scores`` float [A, C] for the A actors of ``index`` (classes in label-map order).
+    Rows are grouped by actor in index order; with ``top_k`` each actor keeps its k best
+    classes, best first (ties: label-map order), so the table has A × min(k, C) rows.
+    """
+    n_actors, n_classes = scores.shape
+    if n_actors != len(index.boxes) or n_classes != len(labelmap):
+        raise ValueError(
+            f"scores have shape {scores.shape}; expected ({len(index.boxes)} actors, "
+            f"{len(labelmap)} classes)"
+        )
+    counts = np.diff(index.actor_offset)
+    video = np.repeat(index.video, counts)
+    timestamp = np.repeat(index.timestamp, counts)
+    if top_k is not None and top_k < n_classes:
+        keep = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+        actor = np.repeat(np.arange(n_actors), top_k)
+        cls = keep.reshape(-1)
+    else:
+        actor = np.repeat(np.arange(n_actors), n_classes)
+        cls = np.tile(np.arange(n_classes), n_actors)
+    rows = len(actor)
+    return BoxTable(
+        video=video[actor],
+        timestamp=timestamp[actor],
+        boxes=index.boxes[actor].astype(np.float64),
+        action=np.asarray(labelmap.ids, dtype=np.int64)[cls],
+        person=np.full(rows, -1, dtype=np.int64),
+        score=scores[actor, cls].astype(np.float64),
+        line=np.arange(1, rows + 1, dtype=np.int64),
+    )
+
+
+def prior_scores(train_labels: np.ndarray, n_actors: int) -> np.ndarray:
+    """The prior-only baseline: float32 [n_actors, C], every actor scored by the fraction
+    of training actors (``train_labels`` multi-hot [A, C]) that carry each class."""
+    freq = train_labels.mean(axis=0) if len(train_labels) else np.zeros(train_labels.shape[1])
+    return np.tile(freq.astype(np.float32), (n_actors, 1))
+
+
+def features_nbytes(schema: Any, n_keyframes: int, n_actors: int, arrays: Any) -> int:
+    """Bytes that ``arrays`` of ``n_keyframes`` keyframes with ``n_actors`` actors take in RAM."""
+    item = np.dtype(schema.dtype).itemsize
+    per_row = {
+        "context": (n_keyframes, schema.context_shape),
+        "pooled": (n_actors, (schema.pooled_dim,)),
+        "roi": (n_actors, schema.roi_shape),
+        "roi_t": (n_actors, schema.roi_t_shape),
+    }
+    total = 0
+    for name in arrays:
+        rows, shape = per_row[name]
+        if shape is not None:
+            total += rows * int(np.prod(shape)) * item
+    return total
+
+
+def feature_sources(
+    splits: TrainingSplits,
+    arrays: set[str],
+    preload: bool | Literal["auto"],
+    preload_max_gb: float,
+    name: str,
+) -> tuple[KeyframeSource, KeyframeSource]:
+    """Train and val sources reading ``arrays``; ``preload="auto"`` holds them in RAM when
+    both splits' arrays take at most ``preload_max_gb`` (the pooled rows of all of AVA do,
+    its context maps do not: those are then read from the store per batch)."""
+    if preload == "auto":
+        held = sum(
+            features_nbytes(store.schema, len(index), len(index.boxes), arrays)
+            for store, index in ((splits.train_store, splits.train_index),
+                                 (splits.val_store, splits.val_index))
+        )  # fmt: skip
+        preload = held <= preload_max_gb * 1e9
+        log.info(
+            "%s: %s (%s) %s", name, ", ".join(sorted(arrays)), format_bytes(held),
+            "preloaded into RAM" if preload else "read from the store per batch",
+        )  # fmt: skip
+    return (
+        KeyframeSource(splits.train_store, splits.train_index, preload=preload, arrays=arrays),
+        KeyframeSource(splits.val_store, splits.val_index, preload=preload, arrays=arrays),
+    )
+
+
+def stored_arrays(schema: Any) -> set[str]:
+    """The large arrays a feature store holds (what a head that declares no reads gets)."""
+    optional = {"roi": schema.roi_shape, "roi_t": schema.roi_t_shape}
+    return {"context", "pooled"} | {name for name, shape in optional.items() if shape}
+
+
+def compute(ctx: StageContext) -> dict[str, Any]:
+    cfg: TrainStageConfig = ctx.config  # type: ignore[assignment]
+    run = cfg.run
+    dataset = Dataset.open(cfg.dataset)
+    labelmap = evaluated_labelmap(dataset, cfg.dataset)
+    features_uri = ctx.input("extract").uri
+    splits = open_training_splits(
+        partial(store_path, features_uri), dataset, labelmap, train_split=run.train_split,
+        val_split=run.val_split, label_iou=run.label_iou, who="train",
+    )  # fmt: skip
+    train_store = splits.train_store
+    train_index, val_index, exclusive = splits.train_index, splits.val_index, splits.exclusive
+    schema = train_store.schema
+    torch.manual_seed(run.optim.seed)
+    head_data = HeadData(in_channels=schema.pooled_dim, num_classes=len(labelmap),
+                         exclusive=tuple(exclusive))  # fmt: skip
+    model, _ = build_from_data(run.head, head_data, run.head_kwargs)
+    if run.zero_init:
+        from stages.train.recipes import zero_init_residual
+
+        log.info("%s: %d residual relation branches start at zero", cfg.name,
+                 zero_init_residual(model))  # fmt: skip
+    reads = head_reads(model)
+    missing = {"roi": schema.roi_shape, "roi_t": schema.roi_t_shape}
+    absent = sorted(name for name, shape in missing.items() if name in reads and shape is None)
+    if absent and model.reads is not None:
+        raise StageError(
+            f"train {cfg.name}: head {run.head!r} reads {', '.join(absent)}, which the feature "
+            f"store {features_uri} does not hold (extract with store_{absent[0]}: true)"
+        )
+    arrays = reads & stored_arrays(schema)
+    train_source, val_source = feature_sources(
+        splits, arrays, run.preload, run.preload_max_gb, cfg.name
+    )
+    data = TrainData(
+        train=train_source,
+        val=val_source,
+        exclusive=exclusive,
+        use_roi="roi" in arrays,
+        use_roi_t="roi_t" in arrays,
+    )
+    gt_val = dataset.gt(run.val_split)
+    excluded_val = dataset.excluded(run.val_split)
+
+    def val_map(scores: np.ndarray) -> Any:
+        table = predictions_table(val_index, scores, labelmap, run.top_k)
+        return evaluate_ava(gt_val, table, labelmap, excluded_val), table
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        result, _ = val_map(predict(m, data.val, data))
+        return {"val_map": result.mAP}
+
+    t0 = time.perf_counter()
+    history = train(
+        model, data, run.optim, ctx.staging / CHECKPOINT_DIR, evaluate=evaluate,
+        events=ctx.staging / EVENTS_FILE,
+    )  # fmt: skip
+    train_seconds = time.perf_counter() - t0
+    result, table = val_map(predict(model, data.val, data))
+    prior, _ = val_map(prior_scores(train_index.labels, len(val_index.boxes)))
+
+    out = ctx.staging / PREDICTIONS_DIR
+    out.mkdir(exist_ok=True)
+    write_predictions_csv(out / f"{run.val_split}.csv", table)
+    write_predictions_parquet(out / f"{run.val_split}.parquet", table)
+    # The config's kwargs (aux_class_mask, filled from the data, only weighs training losses).
+    save_head_file(ctx.staging, head=run.head, kwargs=run.head_kwargs, state=model.state_dict(),
+                   in_channels=schema.pooled_dim, classes=labelmap.ids.tolist())  # fmt: skip
+    (ctx.staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
+    metrics = {**result.to_json(), "prior": prior.to_json()}
+    (ctx.staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    log.info("%s: val mAP %.4f (prior-only baseline %.4f)", cfg.name, result.mAP, prior.mAP)
+    return {
+        "name": cfg.name,
+        "head": run.head,
+        "parameters": int(sum(p.numel() for p in model.parameters())),
+        "train_seconds": round(train_seconds, 2),
+        "val_map": result.mAP,
+        "group_map": result.groups,
+        "prior_map": prior.mAP,
+        "epochs": len(history),
+        "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
+        "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.val_split}.csv"),
+    }  # fmt: skip
+
+
+STAGE = Stage(
+    name="train", code_version=CODE_VERSION, config_type=TrainStageConfig,
+    compute=compute, resumable=True,
+)  # fmt: skip
