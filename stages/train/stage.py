@@ -56,6 +56,12 @@ CHECKPOINT_DIR = "checkpoints"
 log = logging.getLogger("bankflow.train")
 
 
+# The optim fields a recipe sets (epochs and batch_keyframes stay the run's: the scale).
+RECIPE_OPTIM_FIELDS = (
+    "optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "step_epochs",
+)  # fmt: skip
+
+
 class HeadRunConfig(BaseModel):
     """One head training run (``train.runs.<name>`` in the pipeline config)."""
 
@@ -74,6 +80,42 @@ class HeadRunConfig(BaseModel):
     preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
     # keep only the k best classes per box in the predictions (None: every class)
     top_k: InKey[int | None] = Field(None, ge=1)
+    # A paper's training recipe scaled to this run (stages/train/recipes.py): "paper" (the head's
+    # own) or a recipe's name ("acar", ...). It sets every optim field the run does not set
+    # itself (optimizer, lr scaled to optim.batch_keyframes, momentum, weight decay, warm-up,
+    # step schedule at the paper's fractions of optim.epochs) and zero-initialises the
+    # residual relation branches. Resolved at load, so the resolved optim enters the key.
+    recipe: InKey[str | None] = None
+    # None: True with a recipe, else False (the heads' own initialisation)
+    zero_init_residual: InKey[bool | None] = None
+
+    @model_validator(mode="after")
+    def _apply_recipe(self) -> HeadRunConfig:
+        if self.recipe is None:
+            return self
+        # Imported here, as the head registry below: loading a config imports no torch.
+        from stages.train.recipes import PAPER_RECIPES, scaled_recipe
+
+        name = self.head if self.recipe == "paper" else self.recipe
+        if name not in PAPER_RECIPES:
+            known = ", ".join(["paper", *sorted(PAPER_RECIPES)])
+            what = f"head {self.head!r} has no paper recipe" if self.recipe == "paper" else (
+                f"unknown recipe {self.recipe!r}")  # fmt: skip
+            raise ValueError(f"{what}; expected one of {known}")
+        paper = scaled_recipe(
+            name, batch_keyframes=self.optim.batch_keyframes, epochs=self.optim.epochs
+        ).optim
+        given = self.optim.model_fields_set
+        update = {k: getattr(paper, k) for k in RECIPE_OPTIM_FIELDS if k not in given}
+        self.optim = self.optim.model_copy(update=update)
+        return self
+
+    @property
+    def zero_init(self) -> bool:
+        """Whether training starts with the residual relation branches at zero."""
+        if self.zero_init_residual is None:
+            return self.recipe is not None
+        return self.zero_init_residual
 
     @model_validator(mode="after")
     def _head_takes_kwargs(self) -> HeadRunConfig:
@@ -225,6 +267,11 @@ def compute_rank(ctx: StageContext) -> dict[str, Any]:
     head_data = HeadData(in_channels=schema.pooled_dim, num_classes=len(labelmap),
                          exclusive=tuple(exclusive))  # fmt: skip
     model, _ = build_from_data(run.head, head_data, run.head_kwargs)
+    if run.zero_init:
+        from stages.train.recipes import zero_init_residual
+
+        log.info("%s: %d residual relation branches start at zero", cfg.name,
+                 zero_init_residual(model))  # fmt: skip
     reads = head_reads(model)
     missing = {"roi": schema.roi_shape, "roi_t": schema.roi_t_shape}
     absent = sorted(name for name, shape in missing.items() if name in reads and shape is None)
