@@ -127,15 +127,14 @@ class RowRead:
     stop: int
 
 
-def _load_chunk(read: RowRead, index: int) -> np.ndarray:
-    """Chunk ``index`` of ``read.raw`` as an array [rows, ...], its size and checksum checked."""
+def _load_chunk(read: RowRead, index: int, buf: np.ndarray) -> np.ndarray:
+    """Chunk ``index`` of ``read.raw`` read into ``buf`` (uint8 [chunk_bytes]), its size and
+    checksum checked; the rows as an array [rows, ...] (a view of ``buf``)."""
     raw = read.raw
     key = raw.chunk_key(index)
-    path = os.path.join(raw.directory, key)
-    buf = np.empty(raw.chunk_bytes, dtype=np.uint8)
     problem = None
     try:
-        with open(path, "rb", buffering=0) as f:
+        with open(os.path.join(raw.directory, key), "rb", buffering=0) as f:
             got = f.readinto(memoryview(buf))
             if got == len(buf) and f.read(1):
                 got += 1
@@ -146,9 +145,8 @@ def _load_chunk(read: RowRead, index: int) -> np.ndarray:
             size = f"{got} bytes" if got < len(buf) else f"more than {len(buf)} bytes"
             problem = f"cannot be decoded (holds {size}, expected {len(buf)})"
         elif raw.checksum:
-            data = buf[:-4]
             stored = int.from_bytes(buf[-4:].tobytes(), "little")
-            if google_crc32c.value(data) != stored:
+            if google_crc32c.value(buf[:-4]) != stored:
                 problem = "crc32c checksum mismatch"
     if problem is not None:
         raise StoreError(
@@ -160,23 +158,48 @@ def _load_chunk(read: RowRead, index: int) -> np.ndarray:
     return body.view(raw.dtype).reshape((raw.rows, *raw.shape[1:]))
 
 
+def _aligned(n: int) -> int:
+    return -(-n // 64) * 64
+
+
 def read_rows(reads: list[RowRead]) -> list[np.ndarray]:
-    """The rows of each read, in order. A chunk touched by several reads is read once; a
-    read that is exactly one chunk gets that chunk's buffer (the first such read only),
-    others a copy: no two results share memory."""
+    """The rows of each read, in order. A chunk touched by several reads is read once.
+
+    A read that is exactly one chunk gets that chunk's rows without a copy (the first such
+    read only: no two results share memory); the others are copied out of their chunks.
+    Chunks are read into two buffers allocated once per call -- the ones handed out and
+    the ones copied from (freed on return) -- rather than one allocation per chunk: a
+    large buffer is backed by huge pages, where per-chunk ones page-fault every 4 KiB.
+    """
     wanted: dict[tuple[str, int], RowRead] = {}
+    whole: set[tuple[str, int]] = set()  # chunks handed out as they are
     for r in reads:
         if r.stop > r.start:
-            for index in range(r.start // r.raw.rows, (r.stop - 1) // r.raw.rows + 1):
+            step = r.raw.rows
+            first, last = r.start // step, (r.stop - 1) // step
+            for index in range(first, last + 1):
                 wanted.setdefault((r.raw.directory, index), r)
+            if first == last and r.stop - r.start == step:
+                whole.add((r.raw.directory, first))
     keys = list(wanted)
-    nbytes = sum(wanted[k].raw.chunk_bytes for k in keys)
-    if len(keys) >= _POOL_MIN_CHUNKS and nbytes >= _POOL_MIN_BYTES:
-        loaded = list(_executor().map(lambda k: _load_chunk(wanted[k], k[1]), keys))
+    offsets: dict[tuple[str, int], int] = {}
+    sizes = [0, 0]  # bytes of the handed-out buffer, of the scratch one
+    for k in keys:
+        kept = 0 if k in whole else 1
+        offsets[k] = sizes[kept]
+        sizes[kept] += _aligned(wanted[k].raw.chunk_bytes)
+    arenas = [np.empty(n, dtype=np.uint8) for n in sizes]
+
+    def load(k: tuple[str, int]) -> np.ndarray:
+        off, n = offsets[k], wanted[k].raw.chunk_bytes
+        return _load_chunk(wanted[k], k[1], arenas[0 if k in whole else 1][off : off + n])
+
+    if len(keys) >= _POOL_MIN_CHUNKS and sum(sizes) >= _POOL_MIN_BYTES:
+        loaded = list(_executor().map(load, keys))
     else:
-        loaded = [_load_chunk(wanted[k], k[1]) for k in keys]
+        loaded = [load(k) for k in keys]
     chunks = dict(zip(keys, loaded, strict=True))
-    handed_out: set[tuple[str, int]] = set()  # chunks given as views (given once, not shared)
+    handed_out: set[tuple[str, int]] = set()
     out = []
     for r in reads:
         raw, step = r.raw, r.raw.rows
@@ -184,12 +207,12 @@ def read_rows(reads: list[RowRead]) -> list[np.ndarray]:
         if r.stop <= r.start:
             out.append(np.zeros((0, *raw.shape[1:]), dtype=raw.dtype.newbyteorder("=")))
         elif first == last:
-            chunk = chunks[(raw.directory, first)]
-            part = chunk[r.start - first * step : r.stop - first * step]
-            whole = len(part) == step and (raw.directory, first) not in handed_out
-            if whole:
-                handed_out.add((raw.directory, first))
-            out.append(part if whole else part.copy())
+            key = (raw.directory, first)
+            part = chunks[key][r.start - first * step : r.stop - first * step]
+            as_is = len(part) == step and key not in handed_out
+            if as_is:
+                handed_out.add(key)
+            out.append(part if as_is else part.copy())
         else:
             out.append(
                 np.concatenate(
