@@ -19,6 +19,7 @@ Arrays with another layout (zstd, remote stores, foreign codecs) return None fro
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +40,25 @@ READ_THREADS = 4
 _POOL_MIN_CHUNKS = 8
 _POOL_MIN_BYTES = 4 << 20
 _pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
 def _executor() -> ThreadPoolExecutor:
     global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="bankflow-chunks")
-    return _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="bankflow-chunks")
+        return _pool
+
+
+def _forget_pool_after_fork() -> None:
+    """A forked child makes its own pool: the parent's threads are not in it, and a pool
+    without its threads would never run what it is given."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
 @dataclass(frozen=True)

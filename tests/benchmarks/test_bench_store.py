@@ -263,7 +263,7 @@ def test_bench_batch_read_vs_sequential_disk(tmp_path: Path) -> None:
     plain.write_bytes(rng.bytes(plain_bytes))
     files = [p for p in (tmp_path / "ava.zarr").rglob("*") if p.is_file()]
     best = {k: np.inf for k in ("batch warm", "seq warm", "batch cold", "seq cold")}
-    for _ in range(3):
+    for _ in range(5):
         for b, n in zip(batches, nbytes, strict=True):
             for cold in (False, True):
                 tag = "cold" if cold else "warm"

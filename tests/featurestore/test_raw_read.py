@@ -99,3 +99,23 @@ def test_bad_chunk_names_store_video_array_chunk(tmp_path: Path, damage, reason)
         reader.read_keyframes(items)
     got = reader.read_keyframes(items, arrays={"context"})  # roi not read: no error
     np.testing.assert_array_equal(np.stack([k.context for k in got]), videos["v1"].context)
+
+
+def test_forked_child_reads_through_its_own_pool(tmp_path: Path, monkeypatch) -> None:
+    """A child forked after the parent used the reader pool reads (it would hang on the
+    parent's pool, whose threads it does not have)."""
+    import multiprocessing
+
+    url = tmp_path / "s.zarr"
+    videos = _store(url)
+    monkeypatch.setattr(featurestore.rawread, "_POOL_MIN_CHUNKS", 1)
+    monkeypatch.setattr(featurestore.rawread, "_POOL_MIN_BYTES", 0)
+    reader = FeatureStore.open(url)
+    assert_same(reader.read_video("v0"), videos["v0"])  # the parent's pool now exists
+    child = multiprocessing.get_context("fork").Process(target=reader.read_video, args=("v1",))
+    child.start()
+    child.join(30)
+    if child.exitcode is None:  # hung
+        child.kill()
+        child.join()
+    assert child.exitcode == 0, child.exitcode
