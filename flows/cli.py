@@ -344,12 +344,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("ava", "tubes"), default="ava",
                    help="ava: AVA CSVs (default); tubes: a MultiSports-layout tube dataset")  # fmt: skip
-    p.add_argument("--features-only", action="store_true",
-                   help="no pixels: AVA's cardinality x --scale as CSVs, a work root with a "
-                        "pre-seeded feature store and OUT/scale.yaml (stages.world.scale)")
+    p.add_argument(
+        "--features-only",
+        action="store_true",
+        help="no pixels: AVA's cardinality x --scale as CSVs, a work root with a "
+        "pre-seeded feature store and OUT/scale.yaml (stages.world.scale)",
+    )
     p.add_argument("--scale", type=float, default=1.0, help="--features-only: F (1 = AVA v2.2)")
-    p.add_argument("--context-grid", type=int, default=4,
-                   help="--features-only: side of the stored pooled context map")
+    p.add_argument(
+        "--context-grid",
+        type=int,
+        default=4,
+        help="--features-only: side of the stored pooled context map",
+    )
     p.add_argument("--context-channels", type=int, default=None,
                    help="--features-only: context channels (default: the 2304 actor dims)")  # fmt: skip
     p.set_defaults(func=cmd_world)

@@ -96,7 +96,9 @@ def labelmap_text() -> str:
     blocks = []
     for cid in AVA_EVAL_IDS:
         kind = "PERSON_MOVEMENT" if cid in POSE_IDS else "PERSON_INTERACTION"
-        blocks.append(f'label {{\n  name: "ava_{cid}"\n  label_id: {cid}\n  label_type: {kind}\n}}\n')
+        blocks.append(
+            f'label {{\n  name: "ava_{cid}"\n  label_id: {cid}\n  label_type: {kind}\n}}\n'
+        )
     return "".join(blocks)
 
 
@@ -118,7 +120,9 @@ def _fmt_rows(video: str, ts: np.ndarray, boxes: np.ndarray, last: list[str]) ->
     )
 
 
-def _video_annotations(rng: np.random.Generator, video: str, n_kf: int) -> tuple[str, str, int, int]:
+def _video_annotations(
+    rng: np.random.Generator, video: str, n_kf: int
+) -> tuple[str, str, int, int]:
     """GT and proposal CSV text of one video; (gt text, proposals text, keyframes, boxes)."""
     ts = np.arange(AVA_FIRST_TS, AVA_FIRST_TS + n_kf)
     counts = rng.choice(np.arange(1, len(PERSONS_P) + 1), size=n_kf, p=PERSONS_P)
@@ -139,13 +143,22 @@ def _video_annotations(rng: np.random.Generator, video: str, n_kf: int) -> tuple
     n_other = rng.poisson(OTHER_LABELS_MEAN, n_box)
     extra_owner = np.repeat(np.arange(n_box), n_other)
     extra = rng.choice(other, size=len(extra_owner), p=other_p)
-    pairs = np.unique(np.stack([extra_owner, extra], 1), axis=0) if len(extra) else np.zeros((0, 2), int)
+    pairs = (
+        np.unique(np.stack([extra_owner, extra], 1), axis=0)
+        if len(extra)
+        else np.zeros((0, 2), int)
+    )
     actions.append(pairs[:, 1])
     owner.append(pairs[:, 0])
     a, o = np.concatenate(actions), np.concatenate(owner)
     order = np.lexsort((a, o))
     a, o = a[order], o[order]
-    gt = _fmt_rows(video, ts[kf[o]], boxes[o], [f"{x},{p}" for x, p in zip(a.tolist(), person[o].tolist(), strict=True)])
+    gt = _fmt_rows(
+        video,
+        ts[kf[o]],
+        boxes[o],
+        [f"{x},{p}" for x, p in zip(a.tolist(), person[o].tolist(), strict=True)],
+    )
     # Proposals: kept GT boxes jittered, plus false positives with low scores.
     keep = rng.random(n_box) >= PROPOSAL_MISS
     side = np.stack([w, h, w, h], 1)[keep]
@@ -162,7 +175,9 @@ def _video_annotations(rng: np.random.Generator, video: str, n_kf: int) -> tuple
     y1, y2 = np.minimum(det[:, 1], det[:, 3]), np.maximum(det[:, 1], det[:, 3]) + 1e-3
     det = np.stack([x1, y1, x2, y2], 1).clip(0, 1)
     order = np.argsort(det_kf, kind="stable")
-    props = _fmt_rows(video, ts[det_kf[order]], det[order], [f",{s:.3f}" for s in det_score[order].tolist()])
+    props = _fmt_rows(
+        video, ts[det_kf[order]], det[order], [f",{s:.3f}" for s in det_score[order].tolist()]
+    )
     return gt, props, n_kf, n_box
 
 
@@ -184,7 +199,10 @@ def write_dataset(root: Path, cfg: ScaleWorldConfig) -> dict[str, Any]:
         n_videos, n_kf = cfg.split_shape(split)
         (ann / f"excluded_timestamps_{split}.csv").write_text("")
         kfs = boxes = 0
-        with (ann / f"{split}.csv").open("w") as gt_f, (ann / f"person_boxes_{split}.csv").open("w") as p_f:
+        with (
+            (ann / f"{split}.csv").open("w") as gt_f,
+            (ann / f"person_boxes_{split}.csv").open("w") as p_f,
+        ):
             for i, vid in enumerate(video_ids(split, n_videos)):
                 rng = np.random.default_rng([cfg.seed, split_i, i])
                 gt, props, k, b = _video_annotations(rng, vid, n_kf)
@@ -219,7 +237,7 @@ def pipeline_config(cfg: ScaleWorldConfig, dataset_root: Path) -> dict[str, Any]
             "window": window, "optim": {"epochs": 1, "batch_keyframes": 16}}}},
         "evaluate": {"split": "val"},
         "rebalance": {"models": ["linear"], "epochs": 1},
-        "ensemble": {"runs": {"all": {"members": ["linear", "acar", "lfb"]}}},
+        "ensemble": {"runs": {"all": {"members": ["linear", "linear_crt", "lfb"]}}},
         "report": {"title": f"scale world F={cfg.scale:g}"},
     }  # fmt: skip
 

@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,8 @@ STEPS = (
     "status", "train:linear", "train:linear_store", "train:acar", "dump:lfb", "dump:acfb",
     "train_bank", "rebalance", "evaluate", "ensemble", "report",
 )  # fmt: skip
+# BANKFLOW_BENCH_SCALE_STEPS=default: without the ACAR steps (train:acar, dump:acfb).
+DEFAULT_STEPS = tuple(s for s in STEPS if "acar" not in s and "acfb" not in s)
 BATCH = 16  # keyframes per step (scale.yaml)
 
 
@@ -115,7 +118,8 @@ def table(results: dict[float, dict[str, dict]]) -> str:
     scales = sorted(results)
     steps = [s for s in results[scales[0]] if not s.startswith("_")]
     head = f"{'step':<20}" + "".join(
-        f" {'F=' + format(f, 'g'):>8} {'s':>3} {'rate':>9} {'RSS MB':>7} {'MB out':>7}" for f in scales
+        f" {'F=' + format(f, 'g'):>8} {'s':>3} {'rate':>9} {'RSS MB':>7} {'MB out':>7}"
+        for f in scales
     )
     lines = [head + f" {'t-exp':>6} {'RSS×':>5}"]
     for step in steps:
@@ -128,7 +132,9 @@ def table(results: dict[float, dict[str, dict]]) -> str:
         t_exp = fit_exponent(xs, [results[f][step]["seconds"] for f in xs])
         big = [f for f in scales if f >= 0.25]
         ratio = (
-            results[big[-1]][step]["rss"] / results[big[0]][step]["rss"] if len(big) > 1 else float("nan")
+            results[big[-1]][step]["rss"] / results[big[0]][step]["rss"]
+            if len(big) > 1
+            else float("nan")
         )
         lines.append(f"{step:<20}{cells} {t_exp:>6.2f} {ratio:>5.2f}")
     units = {s: results[scales[0]][s]["unit"] for s in steps}
@@ -164,8 +170,12 @@ def test_bench_scale(tmp_path: Path) -> None:
     root = Path(os.environ.get("BANKFLOW_BENCH_SCALE_DIR") or tmp_path)
     root.mkdir(parents=True, exist_ok=True)
     scales = [1 / 16, 1 / 4] + ([1.0] if os.environ.get("BANKFLOW_BENCH_SCALE_FULL") == "1" else [])
+    if os.environ.get("BANKFLOW_BENCH_SCALES"):  # e.g. "1/64,1/16"
+        scales = [float(Fraction(f)) for f in os.environ["BANKFLOW_BENCH_SCALES"].split(",")]
     chosen = os.environ.get("BANKFLOW_BENCH_SCALE_STEPS")
     steps = tuple(s for s in STEPS if not chosen or s in chosen.split(","))
+    if chosen == "default":
+        steps = DEFAULT_STEPS
     results: dict[float, dict[str, dict]] = {}
     for scale in scales:
         results[scale] = measure_scale(root, scale, steps)
@@ -174,7 +184,9 @@ def test_bench_scale(tmp_path: Path) -> None:
     text = table(results)
     print("\n" + text)
     (root / "scale_table.txt").write_text(text + "\n")
-    (root / "scale_results.json").write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
+    (root / "scale_results.json").write_text(
+        json.dumps({str(k): v for k, v in results.items()}, indent=1)
+    )
     plot(results, root / "scale.png")
     print(f"plot: {root / 'scale.png'}")
     for scale, rows in results.items():

@@ -91,7 +91,9 @@ def test_scale_world_counts_and_long_tail(small_world) -> None:
         assert summary["dataset"][split]["videos"] == videos
         assert len(boxes) == summary["dataset"][split]["gt_boxes"]
         assert min(t for _, t in keyframes) == 902 and max(t for _, t in keyframes) <= 1798
-        per_kf = Counter((r[0], r[1]) for r in rows if int(r[6]) in (11, 12, 14, 1, 3, 4, 5, 6, 7, 8, 9, 10, 13))
+        per_kf = Counter(
+            (r[0], r[1]) for r in rows if int(r[6]) in (11, 12, 14, 1, 3, 4, 5, 6, 7, 8, 9, 10, 13)
+        )
         assert 1.8 < np.mean(list(per_kf.values())) < 2.6  # persons per keyframe (one pose each)
         assert max(per_kf.values()) >= 6
     counts = Counter(int(r[6]) for r in gt_rows(out / "world" / "annotations" / "train.csv"))
