@@ -110,6 +110,9 @@ def measure_scale(root: Path, scale: float, steps: tuple[str, ...]) -> dict[str,
             "seconds": seconds, "wall": wall, "rss": rss, "units": units, "unit": unit,
             "bytes": sum(r["bytes"] for r in computed.values()),
         }  # fmt: skip
+        rows["_world"] = world
+        # After each step: a long run stopped midway keeps what it measured (see main()).
+        (root / f"F{scale:g}-results.json").write_text(json.dumps(rows, indent=1))
     rows["_world"] = world
     return rows
 
@@ -191,3 +194,21 @@ def test_bench_scale(tmp_path: Path) -> None:
     print(f"plot: {root / 'scale.png'}")
     for scale, rows in results.items():
         assert rows["status"]["seconds"] > 0 and rows["world"]["bytes"] > 0, scale
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.benchmarks.test_bench_scale DIR``: the table and plot of every
+    ``F*-results.json`` in DIR (the steps each F completed)."""
+    root = Path(argv[0])
+    results: dict[float, dict[str, dict]] = {}
+    for path in sorted(root.glob("F*-results.json")):
+        results[float(path.name[1:].split("-")[0])] = json.loads(path.read_text())
+    common = set.intersection(*(set(r) for r in results.values()))
+    results = {f: {s: r[s] for s in r if s in common} for f, r in results.items()}
+    print(table(results))
+    plot(results, root / "scale.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
