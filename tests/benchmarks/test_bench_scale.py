@@ -13,7 +13,11 @@ Targets (issue 22): time exponent <= 1.1; RSS(F=1)/RSS(F=1/4) <= 1.2 unless prel
     BANKFLOW_BENCH_SCALE_FULL=1   adds F = 1 (~25 GB of store, ~1 h on 2 cores)
     BANKFLOW_BENCH_SCALE_DIR=DIR  where the worlds go (default: pytest's tmp dir); the
                                   PNG and a JSON of the table are written there too.
-    BANKFLOW_BENCH_SCALE_STEPS=a,b  only these steps (world is always built)
+    BANKFLOW_BENCH_SCALES=1/64,1/16  other scales
+    BANKFLOW_BENCH_SCALE_STEPS=a,b  only these steps (world is always built); "all" adds
+                                  the ACAR steps (default: every step but those)
+    python -m tests.benchmarks.test_bench_scale DIR   table + plot of the F*-results.json
+                                  in DIR (each F's steps, written as they finish)
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ STEPS = (
     "status", "train:linear", "train:linear_store", "train:acar", "dump:lfb", "dump:acfb",
     "train_bank", "rebalance", "evaluate", "ensemble", "report",
 )  # fmt: skip
-# BANKFLOW_BENCH_SCALE_STEPS=default: without the ACAR steps (train:acar, dump:acfb).
+# By default without the ACAR steps (train:acar, dump:acfb: an epoch of ACAR at F = 1/4 takes
+# hours on 2 shared cores); BANKFLOW_BENCH_SCALE_STEPS=all adds them.
 DEFAULT_STEPS = tuple(s for s in STEPS if "acar" not in s and "acfb" not in s)
 BATCH = 16  # keyframes per step (scale.yaml)
 
@@ -176,9 +181,9 @@ def test_bench_scale(tmp_path: Path) -> None:
     if os.environ.get("BANKFLOW_BENCH_SCALES"):  # e.g. "1/64,1/16"
         scales = [float(Fraction(f)) for f in os.environ["BANKFLOW_BENCH_SCALES"].split(",")]
     chosen = os.environ.get("BANKFLOW_BENCH_SCALE_STEPS")
-    steps = tuple(s for s in STEPS if not chosen or s in chosen.split(","))
-    if chosen == "default":
-        steps = DEFAULT_STEPS
+    steps = DEFAULT_STEPS if not chosen or chosen == "default" else STEPS
+    if chosen and chosen not in ("default", "all"):
+        steps = tuple(s for s in STEPS if s in chosen.split(","))
     results: dict[float, dict[str, dict]] = {}
     for scale in scales:
         results[scale] = measure_scale(root, scale, steps)
