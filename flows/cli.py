@@ -104,6 +104,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_world(args: argparse.Namespace) -> int:
     from stages.world import WorldConfig, build_world
 
+    if args.features_only:
+        import json
+
+        from stages.world.scale import ScaleWorldConfig, build_scale_world
+
+        scale_config = ScaleWorldConfig(
+            scale=args.scale, seed=args.seed, context_grid=args.context_grid,
+            context_channels=args.context_channels,
+        )  # fmt: skip
+        print(json.dumps(build_scale_world(Path(args.out), scale_config), indent=1))
+        return 0
     if args.format == "tubes":
         from stages.world.tubes import TubeWorldConfig, build_tube_world
 
@@ -332,6 +343,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("ava", "tubes"), default="ava",
                    help="ava: AVA CSVs (default); tubes: a MultiSports-layout tube dataset")  # fmt: skip
+    p.add_argument(
+        "--features-only",
+        action="store_true",
+        help="no pixels: AVA's cardinality x --scale as CSVs, a work root with a "
+        "pre-seeded feature store and OUT/scale.yaml (stages.world.scale)",
+    )
+    p.add_argument("--scale", type=float, default=1.0, help="--features-only: F (1 = AVA v2.2)")
+    p.add_argument(
+        "--context-grid",
+        type=int,
+        default=4,
+        help="--features-only: side of the stored pooled context map",
+    )
+    p.add_argument("--context-channels", type=int, default=None,
+                   help="--features-only: context channels (default: the 2304 actor dims)")  # fmt: skip
     p.set_defaults(func=cmd_world)
 
     p = sub.add_parser("data", help="dataset tools")

@@ -116,8 +116,13 @@ def dump_video(
     use_roi, use_roi_t = store.schema.roi_shape is not None, store.schema.roi_t_shape is not None
     parts: dict[str, list[np.ndarray]] = {}
     for s in range(0, len(timestamps), batch_keyframes):
-        items = [(video_id, int(t)) for t in timestamps[s : s + batch_keyframes]]
-        batch = collate(store.read_keyframes(items), use_roi=use_roi, use_roi_t=use_roi_t)
+        # One contiguous read per array for the batch's keyframes, not one per keyframe:
+        # a read decodes whole chunks, and a chunk holds many keyframes' rows (the dump
+        # at F = 1/64 of AVA spent 72 of 116 s waiting on per-keyframe reads).
+        first, last = timestamps[s], timestamps[min(s + batch_keyframes, len(timestamps)) - 1]
+        span = store.read_window(video_id, int(first), int(last))
+        features = [span.keyframe(video_id, i) for i in range(span.n_keyframes)]
+        batch = collate(features, use_roi=use_roi, use_roi_t=use_roi_t)
         for name, value in bank_rows(head, kind, batch).items():
             parts.setdefault(name, []).append(value.numpy())
     rows = {name: np.concatenate(v) for name, v in parts.items()}
