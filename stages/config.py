@@ -24,21 +24,20 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from stages.data.dataset import DatasetConfig
 from stages.data.names import name_problem
-from stages.detect.stage import DetectConfig
-from stages.detect.track import TrackConfig
-from stages.evaluate.stage import EvaluateConfig
-from stages.extract.finetune import FinetuneConfig
-from stages.extract.stage import ExtractConfig
+from stages.detect.config import DetectConfig, TrackConfig
+from stages.evaluate.config import EvaluateConfig
+from stages.extract.config import ExtractConfig, FinetuneConfig
 from stages.framework.remote_cache import CacheConfig
-from stages.predict.ensemble import EnsembleSection
-from stages.predict.tta import TTAConfig
-from stages.report.stage import ReportConfig
-from stages.train.bank import TrainBankSection
-from stages.train.dump import DumpSection
-from stages.train.rebalance import RebalanceSection, crt_name
-from stages.train.stage import TrainSection
-from stages.world import WorldConfig
-from stages.world.tubes import TubeWorldConfig
+from stages.predict.config import EnsembleSection, TTAConfig
+from stages.report.config import ReportConfig
+from stages.train.config import (
+    DumpSection,
+    RebalanceSection,
+    TrainBankSection,
+    TrainSection,
+    crt_name,
+)
+from stages.world.config import TubeWorldConfig, WorldConfig
 
 
 class ConfigError(ValueError):

@@ -19,39 +19,21 @@ are unique within a video.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
 from scipy.optimize import linear_sum_assignment
 
-from stages.data import Dataset, DatasetConfig
+from stages.data import Dataset
+from stages.detect.config import TRACK as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.detect.config import TrackConfig, TrackStageConfig  # noqa: F401 (re-exported)
 from stages.detect.stage import read_persons
 from stages.evaluate.ap import pairwise_iou
-from stages.framework import Stage, StageContext, StageError, verify_published_file
-from stages.framework.keys import InKey
+from stages.framework import StageContext, StageError, verify_published_file
 
-CODE_VERSION = "1"
 ACTORS_FILE = "actors.parquet"
-
-
-class TrackConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # Which boxes are the actors of each split: GT persons or detected persons.
-    boxes: InKey[dict[str, Literal["gt", "detections"]]] = {"train": "gt", "val": "detections"}
-    min_iou: InKey[float] = 0.3  # a link needs at least this IoU
-    max_gap: InKey[int] = 2  # keyframes a track may skip (occlusion, missed detection)
-
-
-class TrackStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    track: InKey[TrackConfig]
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -233,11 +215,6 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     )
     pq.write_table(table.take(order), ctx.staging / ACTORS_FILE)
     return summary
-
-
-STAGE = Stage(
-    name="track", code_version=CODE_VERSION, config_type=TrackStageConfig, compute=compute
-)
 
 
 def read_actors(uri: str, split: str | None = None) -> pa.Table:
