@@ -136,9 +136,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def _run_pipeline(args: argparse.Namespace, *, until: str | None, force: list[str]) -> int:
     from stages.config import load_config
+    from stages.preflight import check_before_run
 
-    # A bad config or --set fails here, in one line, before Prefect's server starts.
-    load_config(args.config, args.overrides)
+    # A bad config, --set or named file fails here, in one line, before Prefect starts.
+    check_before_run(load_config(args.config, args.overrides))
     work_root = Path(args.work_root)
     _prefect_env(work_root)
     from flows.embedded import embedded_server
