@@ -274,8 +274,8 @@ def split_summary(dataset: Dataset, split: str, boxes: BoxTable) -> dict[str, An
     return summary
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: DetectStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[DetectStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     dataset = Dataset.open(cfg.dataset)
     for split in cfg.detect.splits:
         if split not in dataset.config.splits:

@@ -149,8 +149,8 @@ def _match_to_gt(det: dict[str, np.ndarray], gt: dict[str, np.ndarray]) -> np.nd
     return person
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: TrackStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[TrackStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     dataset = Dataset.open(cfg.dataset)
     persons_uri = ctx.input("detect").uri
     tables, summary = [], {}

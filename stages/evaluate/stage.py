@@ -39,8 +39,8 @@ def predictions_csv(uri: str | Path, split: str) -> Path:
     return Path(uri) / PREDICTIONS_DIR / f"{split}.csv"
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: EvaluateStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[EvaluateStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     split = cfg.evaluate.split
     dataset = Dataset.open(cfg.dataset)
     pred_path = predictions_csv(ctx.input("predictions").uri, split)
@@ -87,11 +87,14 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def _compute_tubes(ctx: StageContext, dataset: Dataset, pred_path: Path) -> dict[str, Any]:
-    cfg: EvaluateStageConfig = ctx.config  # type: ignore[assignment]
+def _compute_tubes(
+    ctx: StageContext[EvaluateStageConfig], dataset: Dataset, pred_path: Path
+) -> dict[str, Any]:
+    cfg = ctx.config
     ev, split = cfg.evaluate, cfg.evaluate.split
     gt, videos = dataset.tube_gt, dataset.tube_videos(split)
-    convention = dataset.config.tubes.convention  # type: ignore[union-attr]
+    assert dataset.config.tubes is not None  # the caller's test: a tube dataset
+    convention = dataset.config.tubes.convention
     preds = read_detections_csv(pred_path, strict=False)
     result, tubes = evaluate_tube_detections(
         gt, frame_detections(preds, gt, videos), videos, linking=ev.linking, convention=convention

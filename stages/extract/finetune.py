@@ -361,9 +361,11 @@ def device_of(name: str) -> torch.device:
     return torch.device(name)
 
 
-def finetune(ctx: StageContext, on_epoch: Callable[[dict[str, Any]], None] | None = None):
+def finetune(
+    ctx: StageContext[FinetuneStageConfig], on_epoch: Callable[[dict[str, Any]], None] | None = None
+):
     """The stage body; ``on_epoch`` is called after each epoch's checkpoint is saved."""
-    cfg: FinetuneStageConfig = ctx.config  # type: ignore[assignment]
+    cfg = ctx.config
     ft, ex = cfg.finetune, cfg.extract
     done = ctx.staging / HISTORY_FILE
     if done.is_file():  # a previous attempt finished training but was not published
@@ -404,8 +406,8 @@ def finetune(ctx: StageContext, on_epoch: Callable[[dict[str, Any]], None] | Non
     return summary
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    threads = ctx.config.finetune.num_threads  # type: ignore[attr-defined]
+def compute(ctx: StageContext[FinetuneStageConfig]) -> dict[str, Any]:
+    threads = ctx.config.finetune.num_threads
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)

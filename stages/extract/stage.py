@@ -90,8 +90,8 @@ def _check_disk(target: Path, needed: int, allow: bool) -> None:
         )
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: ExtractStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[ExtractStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     ex = cfg.extract
     dataset = Dataset.open(cfg.dataset)
     # A fine-tuned backbone wins; extract.weights is then where the fine-tuning started.

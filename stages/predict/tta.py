@@ -134,8 +134,8 @@ def view_names(inputs: Sequence[str]) -> list[str]:
     return sorted(names, key=lambda n: int(n.removeprefix("view")))
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: PredictStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[PredictStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     split = cfg.split
     run = TrainedRun.open(ctx.input("train").path)
     labelmap, exclusive = run.classes()

@@ -196,8 +196,8 @@ def collect_models(inputs: Mapping[str, StageRef]) -> list[ModelRow]:
 # --- the report ----------------------------------------------------------------------
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: ReportStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[ReportStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     dataset = Dataset.open(cfg.dataset)
     labelmap = evaluated_labelmap(dataset, cfg.dataset)
     counts = class_counts(dataset.gt(cfg.report.train_split).action, labelmap.ids)

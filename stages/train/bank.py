@@ -266,8 +266,8 @@ def _probe_features_dim(model: nn.Module, data: TrainData, width: int) -> int:
 # --------------------------------------------------------------------------- the stage
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: TrainBankStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     run = cfg.run
     if run.head not in HEADS:
         raise StageError(f"train_bank {cfg.name}: unknown head {run.head!r}; expected one of "

@@ -330,8 +330,8 @@ def _bank_attach(run_dir: Path, run: Mapping[str, Any], data: TrainData) -> Any:
                        preload=bool(run.get("bank_preload", False)))  # fmt: skip
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: RebalanceStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     settings = cfg.rebalance
     model_ref = ctx.input("model")
     run_dir, features_uri = model_ref.path, ctx.input("extract").uri
