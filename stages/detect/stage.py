@@ -163,7 +163,7 @@ def load_detector(ctx: StageContext, dataset: Dataset, cfg: DetectConfig) -> Fas
             "detect.finetune (train on the dataset's GT boxes); weights are never downloaded"
         )
     size = cfg.image_short_side
-    build = {
+    build: dict[str, Any] = {
         "arch": cfg.arch,
         "person_class": cfg.person_class,
         "min_size": size,
@@ -233,9 +233,9 @@ def detect_split(
                 out_stamp += [int(t)] * int(keep.sum())
                 out_boxes.append(b[keep])
                 out_score.append(scores.numpy()[keep])
-    boxes = np.concatenate(out_boxes) if out_boxes else np.empty((0, 4))
-    score = np.concatenate(out_score) if out_score else np.empty(0)
-    return boxes_table(out_video, out_stamp, boxes, score)
+    all_boxes = np.concatenate(out_boxes) if out_boxes else np.empty((0, 4))
+    all_scores = np.concatenate(out_score) if out_score else np.empty(0)
+    return boxes_table(out_video, out_stamp, all_boxes, all_scores)
 
 
 def run_detector(ctx: StageContext, dataset: Dataset, cfg: DetectConfig) -> dict[str, BoxTable]:

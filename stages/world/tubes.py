@@ -152,7 +152,8 @@ def _proposal_rows(
         b = np.clip(b / scale, 0.0, 1.0)
         if b[2] - b[0] < 0.01 or b[3] - b[1] < 0.01:
             continue
-        out.append((video, frame, tuple(float(v) for v in b), float(rng.uniform(0.7, 1.0))))
+        x1, y1, x2, y2 = (float(v) for v in b)
+        out.append((video, frame, (x1, y1, x2, y2), float(rng.uniform(0.7, 1.0))))
     out.sort(key=lambda r: (r[0], r[1]))
     return out
 
