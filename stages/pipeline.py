@@ -402,7 +402,9 @@ def run_tta_stages(run: PipelineRun, section: Callable[..., BaseModel]) -> dict[
     split = cfg.evaluate.split
     base = section(extract.ExtractStageConfig, "extract")
     assert isinstance(base, extract.ExtractStageConfig)
-    inputs = {n: run.refs[n] for n in ("track", "detect", "finetune") if n in run.refs}
+    inputs: dict[str, StageRef] = {
+        n: run.refs[n] for n in ("track", "detect", "finetune") if n in run.refs
+    }
     views: list[StageRef] = [run.refs["extract"]] if cfg.tta.include_base else []
     for view in cfg.tta.views:
         config = base.model_copy(

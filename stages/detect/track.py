@@ -86,7 +86,9 @@ def _gt_persons(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
         raise StageError(f"track: split {split!r} has no GT boxes to use as actors")
     video = gt.video.astype(str)
     key = np.rec.fromarrays(
-        [video, gt.timestamp, gt.person, *np.round(gt.boxes, 4).T], names=list("vtpabcd")
+        [video, gt.timestamp, gt.person, *np.round(gt.boxes, 4).T],
+        formats=None,
+        names="v,t,p,a,b,c,d",
     )
     _, first = np.unique(key, return_index=True)
     first = np.sort(first)

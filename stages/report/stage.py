@@ -227,7 +227,7 @@ def compute(ctx: StageContext[ReportStageConfig]) -> dict[str, Any]:
     for m in models:
         ht = head_tail(m.per_class, counts, k) if len(m.per_class) >= 2 else {}
         s = m.summary
-        row = {
+        row: dict[str, Any] = {
             "model": m.name, "stage": m.kind, "head": s.get("head") or "-",
             "mAP": m.mAP, **{g: m.groups.get(g) for g in GROUPS},
             "head_mAP": ht.get("head_mAP"), "tail_mAP": ht.get("tail_mAP"),
