@@ -99,6 +99,8 @@ DETECT = Stage(
     resumable=True,  # the fasterrcnn path keeps per-epoch and per-split work in staging
 )
 TRACK = Stage(
-    name="track", code_version="1", config_type=TrackStageConfig,
+    name="track",
+    code_version="1",
+    config_type=TrackStageConfig,
     compute="stages.detect.track:compute",
-)  # fmt: skip
+)

@@ -88,10 +88,14 @@ class EnsembleStageConfig(BaseModel):
 
 
 PREDICT = Stage(
-    name="predict", code_version="1", config_type=PredictStageConfig,
+    name="predict",
+    code_version="1",
+    config_type=PredictStageConfig,
     compute="stages.predict.tta:compute",
-)  # fmt: skip
+)
 ENSEMBLE = Stage(
-    name="ensemble", code_version="1", config_type=EnsembleStageConfig,
+    name="ensemble",
+    code_version="1",
+    config_type=EnsembleStageConfig,
     compute="stages.predict.ensemble:compute",
-)  # fmt: skip
+)

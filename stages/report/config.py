@@ -50,6 +50,8 @@ def report_inputs(refs: Mapping[str, StageRef]) -> dict[str, StageRef]:
 
 
 REPORT = Stage(
-    name="report", code_version="1", config_type=ReportStageConfig,
+    name="report",
+    code_version="1",
+    config_type=ReportStageConfig,
     compute="stages.report.stage:compute",
-)  # fmt: skip
+)

@@ -214,9 +214,12 @@ TRAIN = Stage(
     resumable=True,
 )
 DUMP = Stage(
-    name="dump", code_version="1", config_type=DumpStageConfig,
-    compute="stages.train.dump:compute", resumable=True,
-)  # fmt: skip
+    name="dump",
+    code_version="1",
+    config_type=DumpStageConfig,
+    compute="stages.train.dump:compute",
+    resumable=True,
+)
 TRAIN_BANK = Stage(
     name="train_bank",
     code_version="2",  # 2: acar_acfb wraps the released ACAR head; official tie order in the val mAP
@@ -225,6 +228,9 @@ TRAIN_BANK = Stage(
     resumable=True,
 )
 REBALANCE = Stage(
-    name="rebalance", code_version="1", config_type=RebalanceStageConfig,
-    compute="stages.train.rebalance:compute", resumable=True,
-)  # fmt: skip
+    name="rebalance",
+    code_version="1",
+    config_type=RebalanceStageConfig,
+    compute="stages.train.rebalance:compute",
+    resumable=True,
+)
