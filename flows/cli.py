@@ -1,9 +1,11 @@
 """``bankflow``: the command line.
 
 Heavy imports happen inside each command: ``--help``, ``--version``, ``eval``,
-``data check`` and ``store`` import neither torch nor Prefect
-(``tests/flows/test_cli.py`` checks). Commands that run stages validate the config
-before Prefect starts. User errors are one line on stderr and exit status 2.
+``data check``, ``store``, ``status`` and ``config show`` import neither torch nor Prefect
+(``tests/flows/test_cli.py`` checks). Commands that run stages validate the config, the
+files it names and a dataset on disk before Prefect starts
+(:func:`stages.preflight.check_before_run`). User errors are one line on stderr and exit
+status 2.
 """
 
 from __future__ import annotations
