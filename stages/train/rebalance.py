@@ -64,7 +64,12 @@ from stages.framework import (
 )
 from stages.train import stage as train_stage
 from stages.train.config import REBALANCE as STAGE  # noqa: F401 (the stage, for stages.catalog)
-from stages.train.config import RebalanceSettings, RebalanceStageConfig
+from stages.train.config import (  # noqa: F401 (re-exported)
+    RebalanceSection,
+    RebalanceSettings,
+    RebalanceStageConfig,
+    crt_name,
+)
 from stages.train.data import open_training_splits
 from stages.train.loop import TrainData, epoch_batches, iter_batches, predict, read_batch
 from stages.train.run import load_head_file
