@@ -26,20 +26,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.optimize import linear_sum_assignment
 
+from models.boxes import iou_matrix
 from stages.data import Dataset
 from stages.detect.config import TRACK as STAGE  # noqa: F401 (the stage, for stages.catalog)
-from stages.detect.config import TrackConfig, TrackStageConfig  # noqa: F401 (re-exported)
+from stages.detect.config import (  # noqa: F401 (re-exported)
+    TrackConfig,
+    TrackStageConfig,
+)
 from stages.detect.stage import read_persons
-from stages.evaluate.ap import pairwise_iou
 from stages.framework import StageContext, StageError, verify_published_file
 
 ACTORS_FILE = "actors.parquet"
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU [N, M] between every box of ``a`` [N, 4] and every box of ``b`` [M, 4]."""
-    n, m = len(a), len(b)
-    return pairwise_iou(np.repeat(a, m, axis=0), np.tile(b, (n, 1))).reshape(n, m)
 
 
 def link_tracks(
@@ -86,9 +83,7 @@ def _gt_persons(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
         raise StageError(f"track: split {split!r} has no GT boxes to use as actors")
     video = gt.video.astype(str)
     key = np.rec.fromarrays(
-        [video, gt.timestamp, gt.person, *np.round(gt.boxes, 4).T],
-        formats=None,
-        names="v,t,p,a,b,c,d",
+        [video, gt.timestamp, gt.person, *np.round(gt.boxes, 4).T], names="v,t,p,a,b,c,d"
     )
     _, first = np.unique(key, return_index=True)
     first = np.sort(first)
@@ -133,10 +128,10 @@ def _identity_metrics(
 def _match_to_gt(det: dict[str, np.ndarray], gt: dict[str, np.ndarray]) -> np.ndarray:
     """GT person id of each detection (IoU >= 0.5, one-to-one per keyframe), -1 if none."""
     person = np.full(len(det["timestamp"]), -1, dtype=np.int64)
-    gt_key: dict[tuple[Any, Any], list[int]] = {}
+    gt_key = {}
     for i, kf in enumerate(zip(gt["video"], gt["timestamp"], strict=True)):
         gt_key.setdefault(kf, []).append(i)
-    det_key: dict[tuple[Any, Any], list[int]] = {}
+    det_key = {}
     for i, kf in enumerate(zip(det["video"], det["timestamp"], strict=True)):
         det_key.setdefault(kf, []).append(i)
     for kf, d_rows in det_key.items():
@@ -151,8 +146,8 @@ def _match_to_gt(det: dict[str, np.ndarray], gt: dict[str, np.ndarray]) -> np.nd
     return person
 
 
-def compute(ctx: StageContext[TrackStageConfig]) -> dict[str, Any]:
-    cfg = ctx.config
+def compute(ctx: StageContext) -> dict[str, Any]:
+    cfg: TrackStageConfig = ctx.config  # type: ignore[assignment]
     dataset = Dataset.open(cfg.dataset)
     persons_uri = ctx.input("detect").uri
     tables, summary = [], {}

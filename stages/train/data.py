@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from featurestore import FeatureStore, KeyframeFeatures
+from models.boxes import iou_matrix
 from models.heads.batch import ActorBatch
 from stages.data import BoxTable, Dataset, LabelMap
-from stages.detect.track import iou_matrix
 from stages.framework import StageError
 from stages.framework.background import in_background
 

@@ -66,7 +66,7 @@ def test_light_commands_import_neither_torch_nor_prefect(tiny_world, tmp_path):
         "version": (["--version"], 0),
         "eval help": (["eval", "--help"], 0),
         "eval": (["eval", str(gt), str(pred), "--labelmap", str(lm)], 0),
-        "data check": (["data", "check", str(tmp_path / "no_dataset")], 1),
+        "data check": (["data", "check", str(tmp_path / "no_dataset")], 2),
         "store info": (["store", "info", str(tmp_path / "no_store")], 2),
         "store verify": (["store", "verify", str(tmp_path / "no_store")], 2),
     }
