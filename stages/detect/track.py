@@ -83,7 +83,9 @@ def _gt_persons(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
         raise StageError(f"track: split {split!r} has no GT boxes to use as actors")
     video = gt.video.astype(str)
     key = np.rec.fromarrays(
-        [video, gt.timestamp, gt.person, *np.round(gt.boxes, 4).T], names="v,t,p,a,b,c,d"
+        [video, gt.timestamp, gt.person, *np.round(gt.boxes, 4).T],
+        formats=None,
+        names="v,t,p,a,b,c,d",
     )
     _, first = np.unique(key, return_index=True)
     first = np.sort(first)
@@ -128,10 +130,10 @@ def _identity_metrics(
 def _match_to_gt(det: dict[str, np.ndarray], gt: dict[str, np.ndarray]) -> np.ndarray:
     """GT person id of each detection (IoU >= 0.5, one-to-one per keyframe), -1 if none."""
     person = np.full(len(det["timestamp"]), -1, dtype=np.int64)
-    gt_key = {}
+    gt_key: dict[tuple[Any, Any], list[int]] = {}
     for i, kf in enumerate(zip(gt["video"], gt["timestamp"], strict=True)):
         gt_key.setdefault(kf, []).append(i)
-    det_key = {}
+    det_key: dict[tuple[Any, Any], list[int]] = {}
     for i, kf in enumerate(zip(det["video"], det["timestamp"], strict=True)):
         det_key.setdefault(kf, []).append(i)
     for kf, d_rows in det_key.items():
@@ -146,8 +148,8 @@ def _match_to_gt(det: dict[str, np.ndarray], gt: dict[str, np.ndarray]) -> np.nd
     return person
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: TrackStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[TrackStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     dataset = Dataset.open(cfg.dataset)
     persons_uri = ctx.input("detect").uri
     tables, summary = [], {}

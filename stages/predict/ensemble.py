@@ -255,8 +255,8 @@ def greedy_selection(
     return selected, trace
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: EnsembleStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[EnsembleStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     run = cfg.run
     if not cfg.members:
         raise StageError(f"ensemble {cfg.name!r}: no members")

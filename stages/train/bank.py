@@ -239,8 +239,8 @@ def fill_memory(model: OnlineMemoryHead, source: KeyframeSource, data: TrainData
 # --------------------------------------------------------------------------- the stage
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: TrainBankStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     run = cfg.run
     if run.head not in HEADS:
         raise StageError(f"train_bank {cfg.name}: unknown head {run.head!r}; expected one of "

@@ -167,8 +167,10 @@ def _resume_bank(path: Path) -> BankStore | None:
         return None
 
 
-def _dump_split(ctx: StageContext, split: str, head: nn.Module, earlier: EarlierDumps):
-    cfg: DumpStageConfig = ctx.config  # type: ignore[assignment]
+def _dump_split(
+    ctx: StageContext[DumpStageConfig], split: str, head: nn.Module, earlier: EarlierDumps
+):
+    cfg = ctx.config
     store = open_split(store_path(ctx.input("extract").uri, split))
     videos = store.videos()
     if not videos:
@@ -234,8 +236,8 @@ def _dump_split(ctx: StageContext, split: str, head: nn.Module, earlier: Earlier
     return counts
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: DumpStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[DumpStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     head, saved = load_trained_head(ctx.input("train").path)
     splits = cfg.bank.splits or store_splits(ctx.input("extract").uri)
     earlier = EarlierDumps(ctx.work_root, ctx.key)

@@ -312,8 +312,8 @@ def _bank_attach(trained: TrainedRun, data: TrainData) -> Any:
     return bank_attach(banks, run.window, preload=run.bank_preload)
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: RebalanceStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     settings = cfg.rebalance
     model_ref = ctx.input("model")
     run_dir, features_uri = model_ref.path, ctx.input("extract").uri

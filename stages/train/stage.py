@@ -157,8 +157,8 @@ def stored_arrays(schema: Any) -> set[str]:
     return {"context", "pooled"} | {name for name, shape in optional.items() if shape}
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: TrainStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     run = cfg.run
     dataset = Dataset.open(cfg.dataset)
     labelmap = evaluated_labelmap(dataset, cfg.dataset)
