@@ -10,11 +10,11 @@ The setting enters the stage key: a bf16 run is another output than an fp32 one.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-Precision = Literal["fp32", "bf16", "fp16"]
+from stages.framework.precision_names import Precision  # noqa: F401 (re-exported)
 
 
 class PrecisionError(RuntimeError):
