@@ -97,8 +97,9 @@ class FeatureStore(StoreReading):
         self._small: dict[str, dict[str, np.ndarray]] = {}
         self._raws: dict = {}  # (video, array) -> how to read it as files (StoreReading._raw)
 
+    # Read-only here: opened lazily (StoreReading declares it as a plain attribute).
     @property
-    def _videos(self) -> zarr.Group | None:
+    def _videos(self) -> zarr.Group | None:  # type: ignore[override]
         if self._videos_node is None:
             self._videos_node = open_videos_group(self._root, create=self.mode == "a")
         return self._videos_node

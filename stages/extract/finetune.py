@@ -91,7 +91,8 @@ class ActorClassifier(nn.Module):
 
     def forward(self, clips: Tensor, boxes: Tensor, batch_index: Tensor) -> Tensor:
         fmap = self.backbone(clips)  # (B, C, h, w)
-        _, pooled = actor_rois(fmap, boxes, batch_index, input_size=tuple(clips.shape[3:]))
+        height, width = clips.shape[3:]  # clips (B, C, T, H, W)
+        _, pooled = actor_rois(fmap, boxes, batch_index, input_size=(height, width))
         return self.head(pooled)  # (N, K)
 
 

@@ -55,7 +55,8 @@ def cpu_bf16_backward_guard(precision: str, device: torch.device | str) -> Any:
 def _mkldnn_off() -> Any:
     # Only this switch (torch.backends.mkldnn.flags also sets a TF32 flag and warns).
     before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    # torch's stubs type the module attribute as its ContextProp descriptor, not bool.
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
     try:
         yield
     finally:

@@ -99,8 +99,8 @@ def dump_video(
         span = store.read_window(video_id, int(first), int(last))
         features = [span.keyframe(video_id, i) for i in range(span.n_keyframes)]
         batch = collate(features, use_roi=use_roi, use_roi_t=use_roi_t)
-        for name, value in bank_rows(head, kind, batch).items():
-            parts.setdefault(name, []).append(value.numpy())
+        for name, tensor in bank_rows(head, kind, batch).items():
+            parts.setdefault(name, []).append(tensor.numpy())
     rows = {name: np.concatenate(v) for name, v in parts.items()}
     n_actors = int(offsets[-1])
     for name, value in rows.items():
@@ -144,6 +144,7 @@ class EarlierDumps:
             found: dict[str, BankStore] = {}
             for out in sorted((self.work_root / "dump").glob("*")):
                 path = bank_path(out, split)
+                assert isinstance(path, Path)  # below a local directory
                 if out.name == self.own_key or not (out / COMPLETE_MARKER).is_file():
                     continue
                 if not path.is_dir():
@@ -181,10 +182,11 @@ def _dump_split(
     if not videos:
         raise StageError(f"dump: {store.url} holds no complete videos")
     path = bank_path(ctx.staging, split)
+    assert isinstance(path, Path)  # staging is local
     provenance = {"stage": "dump", "key": ctx.key, "split": split, "name": cfg.name,
                   "stage1": ctx.input("train").key, "features": store.url}  # fmt: skip
     bank = _resume_bank(path)
-    counts = {"videos": len(videos), "computed": 0, "reused": 0, "resumed": 0, "keyframes": 0,
+    counts: dict[str, Any] = {"videos": len(videos), "computed": 0, "reused": 0, "resumed": 0, "keyframes": 0,
               "actors": 0}  # fmt: skip
     compute_s, computed_kf = 0.0, 0
     t0 = time.perf_counter()

@@ -174,7 +174,7 @@ def _event_line(event: str, fields: dict[str, Any]) -> str:
 
 def optimizer_step(
     model: nn.Module,
-    loss: torch.Tensor,
+    loss: torch.Tensor | None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     grad_clip: float,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Collection
 from functools import partial
 from typing import Any, Literal
 
@@ -128,7 +129,7 @@ def features_nbytes(schema: Any, n_keyframes: int, n_actors: int, arrays: Any) -
 
 def feature_sources(
     splits: TrainingSplits,
-    arrays: set[str],
+    arrays: Collection[str],
     preload: bool | Literal["auto"],
     preload_max_gb: float,
     name: str,
@@ -215,6 +216,7 @@ def compute_rank(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
         return evaluate_ava(gt_val, table, labelmap, excluded_val), table
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        assert data.val is not None  # feature_sources gives a val source
         result, _ = val_map(predict(m, data.val, data))
         return {"val_map": result.mAP}
 
@@ -226,6 +228,7 @@ def compute_rank(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
     train_seconds = time.perf_counter() - t0
     if not is_main():
         return {}
+    assert data.val is not None
     result, table = val_map(predict(model, data.val, data))
     prior, _ = val_map(prior_scores(train_index.labels, len(val_index.boxes)))
 
