@@ -31,7 +31,8 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 import fsspec
 from prefect import task
@@ -126,7 +127,8 @@ def result_storage(work_root: str | Path) -> Path | RemoteFileSystem:
         if cache_key not in _SAVED_STORAGE:
             name = "bankflow-results-" + hashlib.sha256(location.encode()).hexdigest()[:12]
             block.save(name, overwrite=True)
-            _SAVED_STORAGE[cache_key] = RemoteFileSystem.load(name)
+            # Called sync: the block, not a coroutine (Prefect's async_dispatch types both).
+            _SAVED_STORAGE[cache_key] = cast(RemoteFileSystem, RemoteFileSystem.load(name))
         return _SAVED_STORAGE[cache_key]
     Path(location).mkdir(parents=True, exist_ok=True)
     return Path(location)
@@ -212,8 +214,11 @@ class StageLogBridge(logging.Handler):
         self.written: list[dict[str, str]] = []  # videos this process extracted
         self.progress_id = None
         if stage == "extract" and splits:
-            self.progress_id = create_progress_artifact(
-                0.0, key="extract-progress", description="videos extracted (all splits)"
+            self.progress_id = cast(
+                UUID,
+                create_progress_artifact(  # sync: a UUID
+                    0.0, key="extract-progress", description="videos extracted (all splits)"
+                ),
             )
 
     def emit(self, record: logging.LogRecord) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -123,7 +123,7 @@ def head_panels(
             ])  # fmt: skip
     elif picture.style == "context_tokens":
         att = attention[picture.maps[0]].numpy()  # (N, M)
-        scales = list(head.context_scales)
+        scales = list(cast(tuple[int, ...], head.context_scales))  # AMCRHead's
         if att.shape[1] != sum(s * s for s in scales):
             raise StageError(f"{head_name}: {att.shape[1]} context tokens, scales {scales}")
         for i in range(n):
@@ -138,7 +138,7 @@ def head_panels(
                 )  # fmt: skip
             rows.append(row)
     else:  # enlarged_box
-        scale = float(head.context_scale)
+        scale = float(cast(float, head.context_scale))  # IGMNDAMHead's
         for i in range(n):
             region = enlarged(boxes[i], scale)
             rows.append([

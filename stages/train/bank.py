@@ -167,6 +167,9 @@ class OnlineMemoryHead(nn.Module):
     ``features`` are gathered at forward time, unseen entries masked out.
     """
 
+    memory: torch.Tensor  # buffers (registered in __init__)
+    seen: torch.Tensor
+
     def __init__(self, head: Head, rows: int, dim: int) -> None:
         super().__init__()
         self.head = head
@@ -304,6 +307,7 @@ def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
         bank_arrays=bank_arrays, online_memory=run.bank_mode == "online",
     )  # fmt: skip
     torch.manual_seed(run.optim.seed)
+    model: Head | OnlineMemoryHead  # the head, or its online-memory wrapper (below)
     model, head_kwargs = build_from_data(run.head, head_data, run.head_kwargs)
     memory_dim = int(head_kwargs["bank_dim"]) if run.bank_mode == "online" else 0
     check_bank_kind(model, run.head, kind, f"bank {run.bank!r}" if run.bank else "the memory")
@@ -330,6 +334,7 @@ def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
     excluded_val = dataset.excluded(run.val_split)
 
     def val_scores(m: nn.Module) -> np.ndarray:
+        assert data.val is not None
         if isinstance(m, OnlineMemoryHead):  # unseen val clips start at zero
             fill_memory(m, data.val, data, (n_train, n_train + n_val))
         return predict(m, data.val, data)

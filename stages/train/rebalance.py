@@ -322,6 +322,7 @@ def _bank_attach(trained: TrainedRun, data: TrainData) -> Any:
     dump_dir = upstream_dir(run_dir, read_provenance(run_dir), "dump")
     if not isinstance(run, BankRunConfig):
         raise StageError(f"rebalance: {run_dir} has a dump input but a stage-1 run config")
+    assert data.val is not None  # model_data gives a val source
     banks = [(source, BankStore.open(bank_path(dump_dir, split)))
              for source, split in ((data.train, run.train_split),
                                    (data.val, run.val_split))]  # fmt: skip
