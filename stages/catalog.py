@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from stages.detect import stage as detect
 from stages.detect import track
+from stages.evaluate import link
 from stages.evaluate import stage as evaluate
 from stages.extract import finetune
 from stages.extract import stage as extract
@@ -31,6 +32,7 @@ STAGES: dict[str, Stage] = {
     train_bank.STAGE.name: train_bank.STAGE,
     tta.STAGE.name: tta.STAGE,  # "predict": test-time augmentation
     rebalance.STAGE.name: rebalance.STAGE,
+    link.STAGE.name: link.STAGE,  # tube datasets: detections -> tubes
     ensemble.STAGE.name: ensemble.STAGE,
     evaluate.STAGE.name: evaluate.STAGE,
     report.STAGE.name: report.STAGE,

@@ -453,5 +453,5 @@ def compute(ctx: StageContext) -> dict[str, Any]:
 
 STAGE = Stage(
     name="finetune", code_version=CODE_VERSION, config_type=FinetuneStageConfig,
-    compute=compute, resumable=True,
+    compute=compute, resumable=True, gpu=True,
 )  # fmt: skip

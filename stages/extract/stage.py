@@ -240,5 +240,6 @@ def compute(ctx: StageContext) -> dict[str, Any]:
 
 STAGE = Stage(
     name="extract", code_version=CODE_VERSION, config_type=ExtractStageConfig,
-    compute=compute, resumable=True,
+    compute=compute, resumable=True, gpu=True,
+    self_coordinated=True,  # per-video claims in the store, one publisher (stages.extract.workers)
 )  # fmt: skip

@@ -120,6 +120,19 @@ class Stage:
         compute: writes the output into ``ctx.staging`` and returns a small summary dict.
         resumable: keep the staging directory of a killed run so ``compute`` can skip
             finished work (per video, per epoch); otherwise a stale staging dir is wiped.
+
+    Traits, read where the pipeline, the flows and the report need them (one place per
+    stage, not lists of names; docs/design.md §9):
+
+        gpu: wants a GPU (flows tag its task runs and claim a GPU slot; its deployment
+            is the ``gpu`` one).
+        produces_model: each run publishes one *model*: ``predictions/<split>.csv``
+            and a summary with ``val_map`` (summary.json ``models``, the report's
+            ``model:<name>`` inputs, evaluated per model).
+        trained_run: its output is a trained run (``head.pt`` + the run config it was
+            trained with) that :class:`stages.train.run.TrainedRun` opens.
+        self_coordinated: concurrent processes on one key coordinate themselves
+            (per-video claims, one publisher), so the flows hold no lock on its key.
     """
 
     name: str
@@ -127,6 +140,10 @@ class Stage:
     config_type: type[BaseModel]
     compute: Callable[[StageContext], dict[str, Any] | None]
     resumable: bool = False
+    gpu: bool = False
+    produces_model: bool = False
+    trained_run: bool = False
+    self_coordinated: bool = False
 
 
 def canonical_json(value: Any) -> str:

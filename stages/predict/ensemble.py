@@ -368,27 +368,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
 STAGE = Stage(
     name="ensemble", code_version=CODE_VERSION, config_type=EnsembleStageConfig, compute=compute
 )
-
-
-def run_ensemble_stages(
-    run: Any, dataset: DatasetConfig, fingerprint: str, models: Mapping[str, StageRef]
-) -> dict[str, StageRef]:
-    """The pipeline's ensembles (``ensemble.runs``) over its models; ``run`` is the
-    :class:`stages.pipeline.PipelineRun`. Returns {ensemble name: StageRef}."""
-    runs: dict[str, EnsembleRunConfig] = run.config.ensemble.runs
-    out: dict[str, StageRef] = {}
-    run.pending_runs["ensemble"] = len(runs)
-    for name, ens in runs.items():
-        members = list(ens.members) or list(models)
-        unknown = [m for m in members if m not in models]
-        if unknown:
-            raise ValueError(
-                f"ensemble.runs.{name}.members: no model {unknown}; models are {', '.join(models)}"
-            )
-        if len(set(members)) != len(members):
-            raise ValueError(f"ensemble.runs.{name}.members lists a model twice: {members}")
-        config = EnsembleStageConfig(
-            dataset=dataset, dataset_fingerprint=fingerprint, name=name, members=members, run=ens
-        )
-        out[name] = run.stage("ensemble", config, {m: models[m] for m in members}, label=name)
-    return out

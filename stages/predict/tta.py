@@ -20,8 +20,8 @@ evaluate stage reads it) and ``metrics.json`` with the mAP of every view and of 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,17 +32,14 @@ from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
-from stages.extract.stage import ExtractConfig, ExtractStageConfig, store_path
+from stages.extract.stage import ExtractConfig, store_path
 from stages.extract.video import flip_boxes
-from stages.framework import Stage, StageContext, StageError, StageRef
+from stages.framework import Stage, StageContext, StageError
 from stages.framework.keys import InKey
 from stages.train.data import KeyframeSource, SplitIndex, build_index, open_split
 from stages.train.loop import TrainData, predict
 from stages.train.run import TrainedRun
 from stages.train.stage import predictions_table
-
-if TYPE_CHECKING:
-    from stages.pipeline import PipelineRun
 
 CODE_VERSION = "1"
 METRICS_FILE = "metrics.json"
@@ -220,41 +217,6 @@ def compute(ctx: StageContext) -> dict[str, Any]:
 
 
 STAGE = Stage(
-    name="predict", code_version=CODE_VERSION, config_type=PredictStageConfig, compute=compute
-)
-
-
-def run_tta_stages(run: PipelineRun, section: Callable[..., BaseModel]) -> dict[str, StageRef]:
-    """The pipeline's ``tta`` section: extract every view of the evaluated split, then one
-    ``predict`` stage per stage-1 train run, labelled ``<run>_tta`` (as cRT's are
-    ``<run>_crt``); returns those.
-
-    The views are the base extraction with ``short_side`` / ``flip`` replaced; each is an
-    extract stage run of its own key (run through the pipeline's runner, so Prefect
-    caches them like any extraction) on the same track/detect (and finetune) inputs.
-    Stage-2 runs (which read banks) are left out.
-    """
-    cfg = run.config
-    assert cfg.tta is not None
-    split = cfg.evaluate.split
-    base = section(ExtractStageConfig, "extract")
-    inputs = {n: run.refs[n] for n in ("track", "detect", "finetune") if n in run.refs}
-    views: list[StageRef] = [run.refs["extract"]] if cfg.tta.include_base else []
-    for view in cfg.tta.views:
-        config = base.model_copy(
-            update={"extract": view_extract_config(base.extract, view, split)}
-        )  # fmt: skip
-        ref, _ = run.runner("extract", config, inputs, run.work_root, "extract" in run.force)
-        views.append(ref)
-    stage1 = {n[len("train:") :]: r for n, r in run.refs.items() if n.startswith("train:")}
-    run.pending_runs["predict"] = len(stage1)
-    out = {}
-    for name, model in stage1.items():
-        config = PredictStageConfig(
-            dataset=base.dataset, dataset_fingerprint=base.dataset_fingerprint, split=split,
-            tta=cfg.tta,
-        )  # fmt: skip
-        view_inputs = {f"view{k}": ref for k, ref in enumerate(views)}
-        label = f"{name}_tta"
-        out[label] = run.stage("predict", config, {"train": model, **view_inputs}, label=label)
-    return out
+    name="predict", code_version=CODE_VERSION, config_type=PredictStageConfig, compute=compute,
+    gpu=True, produces_model=True,
+)  # fmt: skip

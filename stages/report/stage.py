@@ -47,7 +47,6 @@ MARKDOWN_FILE = "report.md"
 HTML_FILE = "report.html"
 JSON_FILE = "report.json"
 PLOTS_DIR = "plots"
-MODEL_STAGES = ("train", "train_bank", "rebalance", "predict")  # "predict": TTA runs
 GROUPS = ("pose", "object_manipulation", "person_interaction")
 
 
@@ -402,25 +401,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
 
 STAGE = Stage(name="report", code_version=CODE_VERSION, config_type=ReportStageConfig,
               compute=compute)  # fmt: skip
-
-
-def report_inputs(refs: Mapping[str, StageRef]) -> dict[str, StageRef]:
-    """The report's inputs from a pipeline's recorded stage runs: model-producing runs as
-    ``model:<name>``, every other run under its record name (``detect``,
-    ``evaluate:<name>``, ``ensemble:<name>``, ``dump:<name>``, …)."""
-    out: dict[str, StageRef] = {}
-    for record_name, ref in refs.items():
-        stage, _, label = record_name.partition(":")
-        if stage == "report":
-            continue
-        out[f"model:{label}" if stage in MODEL_STAGES and label else record_name] = ref
-    return out
-
-
-def run_report_stage(run: Any, dataset: DatasetConfig, fingerprint: str) -> StageRef:
-    """The pipeline's report over every stage run so far (``run``: the PipelineRun)."""
-    config = ReportStageConfig(
-        dataset=dataset, dataset_fingerprint=fingerprint, split=run.config.evaluate.split,
-        report=run.config.report,
-    )  # fmt: skip
-    return run.stage("report", config, report_inputs(run.refs))

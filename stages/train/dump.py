@@ -286,5 +286,5 @@ def compute(ctx: StageContext) -> dict[str, Any]:
 
 STAGE = Stage(
     name="dump", code_version=CODE_VERSION, config_type=DumpStageConfig,
-    compute=compute, resumable=True,
+    compute=compute, resumable=True, gpu=True,
 )  # fmt: skip

@@ -516,35 +516,5 @@ def crt_change(
 
 STAGE = Stage(
     name="rebalance", code_version=CODE_VERSION, config_type=RebalanceStageConfig,
-    compute=compute, resumable=True,
+    compute=compute, resumable=True, gpu=True, produces_model=True,
 )  # fmt: skip
-
-
-def run_rebalance_stages(
-    run: Any, dataset: DatasetConfig, fingerprint: str, features: Any,
-    models: Mapping[str, Any],
-) -> dict[str, Any]:  # fmt: skip
-    """The pipeline's cRT runs (``rebalance.models``): one per named train / train_bank
-    run, each published as the model ``<name>_crt``. ``run`` is the
-    :class:`stages.pipeline.PipelineRun`. Returns {model name: StageRef}."""
-    section: RebalanceSection = run.config.rebalance
-    settings = RebalanceSettings(**section.model_dump(exclude={"models"}))
-    out: dict[str, Any] = {}
-    run.pending_runs["rebalance"] = len(section.models)
-    for source in section.models:
-        if source not in models:
-            raise ValueError(
-                f"rebalance.models: no model {source!r}; models are {', '.join(models)}"
-            )
-        name = crt_name(source)
-        if name in models:
-            raise ValueError(f"rebalance.models: {source!r} would be published as {name!r}, "
-                             "which is already a model name; rename that run")  # fmt: skip
-        config = RebalanceStageConfig(
-            dataset=dataset, dataset_fingerprint=fingerprint, name=name, source=source,
-            rebalance=settings,
-        )  # fmt: skip
-        out[name] = run.stage(
-            "rebalance", config, {"model": models[source], "extract": features}, label=name
-        )
-    return out

@@ -278,5 +278,5 @@ def compute(ctx: StageContext) -> dict[str, Any]:
 
 STAGE = Stage(
     name="train", code_version=CODE_VERSION, config_type=TrainStageConfig,
-    compute=compute, resumable=True,
+    compute=compute, resumable=True, gpu=True, produces_model=True, trained_run=True,
 )  # fmt: skip

@@ -1,5 +1,5 @@
-"""Tube datasets through the evaluate stage: linking + frame/video-mAP from the files the
-pipeline writes, equal to ``bankflow eval --tubes``, and the peer's values."""
+"""Tube datasets through the link and evaluate stages: linking + frame/video-mAP from the
+files the pipeline writes, equal to ``bankflow eval --tubes``, and the peer's values."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from stages.data import Dataset, DatasetConfig, SplitFiles
 from stages.data.predictions import write_predictions_csv
 from stages.data.tube_dataset import TubeFiles
 from stages.data.types import NO_PERSON, BoxTable
+from stages.evaluate import link as link_stage
 from stages.evaluate import stage as evaluate_stage
 from stages.evaluate.cli import eval_main
-from stages.evaluate.tube_eval import frame_detections
+from stages.evaluate.tube_eval import LinkingConfig, frame_detections
 from stages.framework import Stage, run_stage
 
 
@@ -53,14 +54,20 @@ def _table(dets: np.ndarray, videos, resolution) -> BoxTable:
     )
 
 
-def _evaluate(cfg: DatasetConfig, pred_dir, work, **evaluate) -> dict:
+def _evaluate(cfg: DatasetConfig, pred_dir, work, linking=None, **evaluate) -> dict:
+    """The model's predictions through the link stage (``linking``: its section) and the
+    evaluate stage, as the pipeline wires them."""
+    ev = evaluate_stage.EvaluateConfig(**evaluate)
     config = evaluate_stage.EvaluateStageConfig(
-        dataset=cfg,
-        dataset_fingerprint="test",
-        evaluate=evaluate_stage.EvaluateConfig(**evaluate),
+        dataset=cfg, dataset_fingerprint="test", evaluate=ev
     )
+    link_config = link_stage.LinkStageConfig(
+        dataset=cfg, dataset_fingerprint="test", split=ev.split, train_split=ev.train_split,
+        link=LinkingConfig(**(linking or {})),
+    )  # fmt: skip
     ref = run_stage(MODEL, _Written(table=str(pred_dir / "predictions" / "val.csv")), {}, work)
-    out = run_stage(evaluate_stage.STAGE, config, {"predictions": ref}, work)
+    tubes = run_stage(link_stage.STAGE, link_config, {"predictions": ref}, work)
+    out = run_stage(evaluate_stage.STAGE, config, {"predictions": ref, "tubes": tubes}, work)
     return json.loads((out.path / "metrics.json").read_text()) | {"_dir": str(out.path)}
 
 
