@@ -29,7 +29,7 @@ from stages.framework.background import in_background
 from stages.video import ClipSpec, VideoReader, iter_keyframe_clips
 
 if TYPE_CHECKING:
-    from stages.extract.stage import ExtractConfig
+    from stages.extract.config import ExtractConfig
 
 log = logging.getLogger("bankflow.extract")
 

@@ -37,7 +37,7 @@ POLL_S = 0.5
 WAIT_FOR_OTHERS_S = 6 * 3600.0
 
 if TYPE_CHECKING:
-    from stages.extract.stage import ExtractConfig
+    from stages.extract.config import ExtractConfig
 
 log = logging.getLogger("bankflow.extract")
 

@@ -39,6 +39,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from stages.framework.diskspace import disk_full_as_stage_error
+from stages.framework.errors import StageError
 from stages.framework.keys import KeyFileError, excluded_fields, key_payload
 from stages.framework.keys import hash_file as file_sha256  # read now: outputs are verified with it
 
@@ -55,10 +56,6 @@ TRACKED_LIBRARIES = (
     "bankflow", "numpy", "torch", "torchvision", "decord", "zarr", "pyarrow",
     "h5py", "prefect", "pydantic",
 )  # fmt: skip
-
-
-class StageError(RuntimeError):
-    """A stage could not run or its output is unusable (message names stage and path)."""
 
 
 class StageRef(BaseModel):

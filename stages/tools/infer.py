@@ -58,6 +58,7 @@ from models.detector import (
     build_person_detector,
     detect_persons,
 )
+from stages.catalog import STAGES
 from stages.data import LabelMap, read_labelmap
 from stages.data.predictions import write_predictions_csv
 from stages.detect.stage import DETECTOR_FILE, boxes_table, resolve_device
@@ -104,6 +105,8 @@ BANK_NAME = "bank.zarr"
 CSV_NAME = "predictions.csv"
 VIDEO_NAME = "annotated.mp4"
 REPORT_NAME = "infer.json"
+# The runs infer replays: outputs of stages whose trait says they are trained runs.
+TRAINED_RUN_STAGES = tuple(name for name, stage in STAGES.items() if stage.trained_run)
 
 
 class InferConfig(BaseModel):
@@ -395,7 +398,7 @@ def infer_video(
     cfg = cfg or InferConfig()
     video, out = Path(video), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    run = TrainedRun.open(run_dir, stages=("train", "train_bank"))
+    run = TrainedRun.open(run_dir, stages=TRAINED_RUN_STAGES)
     bank = video_bank(run)  # before detection: a bank that cannot be rebuilt fails fast
     labelmap, exclusive = run.classes(read_labelmap(cfg.labelmap) if cfg.labelmap else None)
     device = resolve_device(cfg.device)

@@ -327,10 +327,15 @@ def model_data(
     so this stage's key, already covers). Online-memory runs are refused: their memory is
     written by the forward pass and is not part of ``head.pt``.
     """
-    if model_stage not in ("train", "train_bank", "rebalance"):
+    from stages.train import bank as train_bank
+
+    # A model with a trained head: a trained run (Stage.trained_run) or another cRT run.
+    sources = [s.name for s in (train_stage.STAGE, train_bank.STAGE) if s.trained_run]
+    sources.append(STAGE.name)
+    if model_stage not in sources:
         raise StageError(
-            f"rebalance: {run_dir} is a {model_stage!r} output; expected a train, train_bank "
-            "or rebalance run"
+            f"rebalance: {run_dir} is a {model_stage!r} output; expected a "
+            f"{', '.join(sources[:-1])} or {sources[-1]} run"
         )
     splits = open_training_splits(
         partial(store_path, features_uri), dataset, labelmap,
