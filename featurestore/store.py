@@ -147,7 +147,7 @@ class FeatureStore(StoreReading):
             )
         if chunk_target_bytes <= 0:
             raise StoreError(f"{where(name)}: chunk_target_bytes must be positive")
-        attrs = {
+        attrs: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "schema": schema.to_json(),
             "provenance": dict(provenance),

@@ -1,9 +1,11 @@
 """``bankflow``: the command line.
 
 Heavy imports happen inside each command: ``--help``, ``--version``, ``eval``,
-``data check`` and ``store`` import neither torch nor Prefect
-(``tests/flows/test_cli.py`` checks). Commands that run stages validate the config
-before Prefect starts. User errors are one line on stderr and exit status 2.
+``data check``, ``store``, ``status`` and ``config show`` import neither torch nor Prefect
+(``tests/flows/test_cli.py`` checks). Commands that run stages validate the config, the
+files it names and a dataset on disk before Prefect starts
+(:func:`stages.preflight.check_before_run`). User errors are one line on stderr and exit
+status 2.
 """
 
 from __future__ import annotations
@@ -136,9 +138,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def _run_pipeline(args: argparse.Namespace, *, until: str | None, force: list[str]) -> int:
     from stages.config import load_config
+    from stages.preflight import check_before_run
 
-    # A bad config or --set fails here, in one line, before Prefect's server starts.
-    load_config(args.config, args.overrides)
+    # A bad config, --set or named file fails here, in one line, before Prefect starts.
+    check_before_run(load_config(args.config, args.overrides))
     work_root = Path(args.work_root)
     _prefect_env(work_root)
     from flows.embedded import embedded_server

@@ -23,12 +23,9 @@ from pydantic import BaseModel
 from stages.catalog import STAGE_ORDER, STAGES
 from stages.config import PipelineConfig
 from stages.data import DatasetConfig
-from stages.detect import stage as detect
-from stages.detect import track
-from stages.evaluate import link
-from stages.evaluate import stage as evaluate
-from stages.extract import finetune
-from stages.extract import stage as extract
+from stages.detect import config as detect
+from stages.evaluate import config as evaluate
+from stages.extract import config as extract
 from stages.framework import (
     StageRef,
     is_remote,
@@ -39,9 +36,9 @@ from stages.framework import (
     stage_status,
 )
 from stages.framework.fingerprint import dataset_fingerprint
-from stages.predict import ensemble, tta
+from stages.predict import config as predict
 from stages.preflight import preflight
-from stages.report import stage as report
+from stages.report import config as report
 from stages.summary import (  # the summary's readers are importable from here too
     SUMMARY_FILE,
     format_summary,
@@ -50,9 +47,7 @@ from stages.summary import (  # the summary's readers are importable from here t
     tube_table,
     write_summary,
 )
-from stages.train import bank as train_bank
-from stages.train import dump, rebalance
-from stages.train import stage as train
+from stages.train import config as train
 
 __all__ = [
     "SUMMARY_FILE", "PipelineRun", "Runner", "UntilReached", "direct_runner", "dry_runner",
@@ -239,7 +234,7 @@ def run_bank_stages(
     for name, bank in cfg.dump.banks.items():
         inputs = {"train": stage1_run(bank.from_, f"dump.banks.{name}.from"), "extract": features}
         banks[name] = run.stage(
-            "dump", dump.DumpStageConfig(name=name, bank=bank), inputs, label=name
+            "dump", train.DumpStageConfig(name=name, bank=bank), inputs, label=name
         )
     models: dict[str, StageRef] = {}
     run.pending_runs["train_bank"] = len(cfg.train_bank.runs)
@@ -255,7 +250,7 @@ def run_bank_stages(
         if head_run.init == "stage1":
             source = head_run.stage1 or cfg.dump.banks[str(head_run.bank)].from_
             inputs["train"] = stage1_run(source, f"train_bank.runs.{name}")
-        bank_config = train_bank.TrainBankStageConfig(
+        bank_config = train.TrainBankStageConfig(
             dataset=dataset, dataset_fingerprint=fingerprint, name=name, run=head_run
         )
         models[name] = run.stage("train_bank", bank_config, inputs, label=name)
@@ -269,7 +264,7 @@ def run_rebalance_stages(
     """cRT (``rebalance.models``): one rebalance run per named train / train_bank run,
     each published as the model ``<name>_crt``. Returns {model name: StageRef}."""
     section = run.config.rebalance
-    settings = rebalance.RebalanceSettings(**section.model_dump(exclude={"models"}))
+    settings = train.RebalanceSettings(**section.model_dump(exclude={"models"}))
     out: dict[str, StageRef] = {}
     run.pending_runs["rebalance"] = len(section.models)
     for source in section.models:
@@ -277,11 +272,11 @@ def run_rebalance_stages(
             raise ValueError(
                 f"rebalance.models: no model {source!r}; models are {', '.join(models)}"
             )
-        name = rebalance.crt_name(source)
+        name = train.crt_name(source)
         if name in models:
             raise ValueError(f"rebalance.models: {source!r} would be published as {name!r}, "
                              "which is already a model name; rename that run")  # fmt: skip
-        config = rebalance.RebalanceStageConfig(
+        config = train.RebalanceStageConfig(
             dataset=dataset, dataset_fingerprint=fingerprint, name=name, source=source,
             rebalance=settings,
         )  # fmt: skip
@@ -306,12 +301,13 @@ def run_tta_stages(
     cfg = run.config
     assert cfg.tta is not None
     split = cfg.evaluate.split
-    base: extract.ExtractStageConfig = section(extract.ExtractStageConfig, "extract")
+    base = section(extract.ExtractStageConfig, "extract")
+    assert isinstance(base, extract.ExtractStageConfig)
     inputs = {n: run.refs[n] for n in ("track", "detect", "finetune") if n in run.refs}
     views: list[StageRef] = [run.refs["extract"]] if cfg.tta.include_base else []
     for view in cfg.tta.views:
         config = base.model_copy(
-            update={"extract": tta.view_extract_config(base.extract, view, split)}
+            update={"extract": predict.view_extract_config(base.extract, view, split)}
         )  # fmt: skip
         ref, _ = run.runner("extract", config, inputs, run.work_root, "extract" in run.force)
         views.append(ref)
@@ -319,7 +315,7 @@ def run_tta_stages(
     run.pending_runs["predict"] = len(stage1)
     out = {}
     for name, model in stage1.items():
-        config = tta.PredictStageConfig(
+        config = predict.PredictStageConfig(
             dataset=base.dataset, dataset_fingerprint=base.dataset_fingerprint, split=split,
             tta=cfg.tta,
         )  # fmt: skip
@@ -337,7 +333,7 @@ def run_link_stages(
     Returns {model name: StageRef}."""
     if dataset.tubes is None:
         return {}
-    config = link.LinkStageConfig(
+    config = evaluate.LinkStageConfig(
         dataset=dataset, dataset_fingerprint=fingerprint, split=run.config.evaluate.split,
         train_split=run.config.evaluate.train_split, link=run.config.link,
     )  # fmt: skip
@@ -380,7 +376,7 @@ def run_ensemble_stages(
             )
         if len(set(members)) != len(members):
             raise ValueError(f"ensemble.runs.{name}.members lists a model twice: {members}")
-        config = ensemble.EnsembleStageConfig(
+        config = predict.EnsembleStageConfig(
             dataset=dataset, dataset_fingerprint=fingerprint, name=name, members=members, run=ens
         )
         out[name] = run.stage("ensemble", config, {m: models[m] for m in members}, label=name)
@@ -402,6 +398,7 @@ def report_inputs(refs: Mapping[str, StageRef]) -> dict[str, StageRef]:
 
 def run_report_stage(run: PipelineRun, dataset: DatasetConfig, fingerprint: str) -> StageRef:
     """The report over every stage run so far."""
+    assert run.config.report is not None
     config = report.ReportStageConfig(
         dataset=dataset, dataset_fingerprint=fingerprint, split=run.config.evaluate.split,
         report=run.config.report,
@@ -422,10 +419,10 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
         dataset, fingerprint = prepare_dataset(cfg)
         section = dataset_section(cfg, dataset, fingerprint)
         persons = run.stage("detect", section(detect.DetectStageConfig, "detect"), {})
-        actors = run.stage("track", section(track.TrackStageConfig, "track"), {"detect": persons})
+        actors = run.stage("track", section(detect.TrackStageConfig, "track"), {"detect": persons})
         backbone_inputs: dict[str, StageRef] = {}
         if cfg.finetune is not None:
-            tune_config = finetune.FinetuneStageConfig(
+            tune_config = extract.FinetuneStageConfig(
                 dataset=dataset, dataset_fingerprint=fingerprint,
                 finetune=cfg.finetune, extract=extract.BackboneConfig.of(cfg.extract),
             )  # fmt: skip

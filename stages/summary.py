@@ -16,7 +16,7 @@ from typing import Any
 
 from stages.catalog import STAGES
 from stages.framework import is_remote, write_json_atomic
-from stages.report.stage import HTML_FILE, MARKDOWN_FILE
+from stages.report.config import HTML_FILE, MARKDOWN_FILE
 
 SUMMARY_FILE = "summary.json"
 

@@ -18,32 +18,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
-
-from stages.data import Dataset, DatasetConfig, read_detections_csv
+from stages.data import Dataset, read_detections_csv
+from stages.evaluate.config import LINK as STAGE  # noqa: F401 (the stage, for tests)
+from stages.evaluate.config import LinkStageConfig
 from stages.evaluate.tube_eval import (
-    LinkingConfig,
     frame_detections,
     link_detections,
     prior_table,
     save_tubes,
 )
-from stages.framework import Stage, StageContext, StageError, verify_published_file
-from stages.framework.keys import InKey
+from stages.framework import StageContext, StageError, verify_published_file
 
-CODE_VERSION = "1"
 PREDICTIONS_DIR = "predictions"  # where every model-producing stage writes its predictions
 TUBES_DIR = "tubes"
-
-
-class LinkStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    split: InKey[str]  # the evaluated split (evaluate.split)
-    train_split: InKey[str]  # the prior baseline's class frequencies (evaluate.train_split)
-    link: InKey[LinkingConfig] = LinkingConfig()
 
 
 def tubes_file(uri: str | Path, split: str, *, prior: bool = False) -> Path:
@@ -51,7 +38,7 @@ def tubes_file(uri: str | Path, split: str, *, prior: bool = False) -> Path:
     return Path(uri) / TUBES_DIR / f"{split}{'_prior' if prior else ''}.npz"
 
 
-def read_predictions(ctx: StageContext, split: str) -> Any:
+def read_predictions(ctx: StageContext[Any], split: str) -> Any:
     """The ``predictions`` input's rows of ``split``, verified against its manifest."""
     uri = Path(ctx.input("predictions").uri)
     path = uri / PREDICTIONS_DIR / f"{split}.csv"
@@ -61,8 +48,8 @@ def read_predictions(ctx: StageContext, split: str) -> Any:
     return read_detections_csv(path, strict=False)
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: LinkStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[LinkStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     dataset = Dataset.open(cfg.dataset)
     if not dataset.is_tubes:
         raise StageError(
@@ -84,6 +71,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     ctx.log.info("link: %d tubes from %d boxes of %s", counts["tubes"],
                  counts["frame_detections"], cfg.split)  # fmt: skip
     return {"split": cfg.split, **counts}
-
-
-STAGE = Stage(name="link", code_version=CODE_VERSION, config_type=LinkStageConfig, compute=compute)

@@ -1,22 +1,20 @@
-"""The extract stage's config sections (and the backbone fields finetune shares), apart
-from its compute so that the modules of its compute (:mod:`stages.extract.video`,
-:mod:`stages.extract.workers`) and the stage (:mod:`stages.extract.stage`) all import
-them without importing each other in a circle (docs/design.md §9).
+"""The finetune and extract stages as the catalog sees them: config sections, code versions
+and traits, without their compute (:mod:`stages.extract.stage`, :mod:`stages.extract.finetune`:
+torch, video decoding), which is imported only when a stage runs (docs/design.md §1).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
-from stages.data import DatasetConfig
+from stages.data.dataset import DatasetConfig
+from stages.framework import Stage
 from stages.framework.keys import FileInKey, FileOrNameInKey, InKey, NotInKey
 
 if TYPE_CHECKING:
     from models.roi import RoIAlignSpec
-
-__all__ = ["BackboneConfig", "ExtractConfig", "ExtractStageConfig", "RoIAlignConfig"]
 
 
 class RoIAlignConfig(BaseModel):
@@ -90,3 +88,57 @@ class ExtractStageConfig(BaseModel):
     dataset: InKey[DatasetConfig]
     dataset_fingerprint: InKey[str]
     extract: InKey[ExtractConfig]
+
+
+class FinetuneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: InKey[int] = Field(4, ge=1)
+    batch_keyframes: InKey[int] = Field(8, ge=1)  # keyframes per step, all their GT persons
+    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
+    lr: InKey[float] = Field(1e-3, gt=0)  # peak lr after warm-up, cosine to zero
+    momentum: InKey[float] = 0.9  # SGD only
+    weight_decay: InKey[float] = 1e-4
+    warmup_epochs: InKey[float] = 0.5
+    grad_clip: InKey[float] = 5.0  # max global grad norm; 0 disables
+    dropout: InKey[float] = Field(0.5, ge=0.0, lt=1.0)  # before the FC, as SlowFast-Det
+    loss: InKey[Literal["ava", "bce"]] = "ava"
+    flip: InKey[bool] = True  # random horizontal flip of clip and boxes (p = 0.5 per keyframe)
+    split: InKey[str] = "train"
+    max_keyframes: InKey[int | None] = Field(None, ge=1)  # seeded subset, for quick demos
+    freeze_bn: InKey[bool] = False  # BN statistics frozen (pretrained weights, tiny batches)
+    seed: InKey[int] = 0
+    device: NotInKey[Literal["auto", "cpu", "cuda"]] = "auto"
+    # torch intra-op CPU threads while training (None: torch's default). On a CPU shared
+    # with other jobs, 1 thread measured 2x faster than 2 (threads spin-wait for each other).
+    num_threads: NotInKey[int | None] = Field(None, ge=1)
+    clip_cache: NotInKey[Literal["auto", "memory", "stream"]] = "auto"
+    cache_max_bytes: NotInKey[int] = 2 << 30  # ``auto`` caches clips in RAM below this size
+
+
+class FinetuneStageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    finetune: InKey[FinetuneConfig]
+    extract: InKey[BackboneConfig]  # backbone, its kwargs/initial weights, clip sampling
+
+
+FINETUNE = Stage(
+    name="finetune",
+    code_version="2",  # 2: RoIAlign y scale measured on the y axis (was the x ratio)
+    config_type=FinetuneStageConfig,
+    compute="stages.extract.finetune:compute",
+    resumable=True,
+    gpu=True,
+)
+EXTRACT = Stage(
+    name="extract",
+    code_version="3",  # 2: fine-tuned weights win over extract.weights; 3: RoI y scale per axis
+    config_type=ExtractStageConfig,
+    compute="stages.extract.stage:compute",
+    resumable=True,
+    gpu=True,
+    self_coordinated=True,  # per-video claims in the store, one publisher (stages.extract.workers)
+)

@@ -43,17 +43,14 @@ from featurestore import (
 )
 from stages.data import Dataset
 from stages.detect.track import read_actors
-from stages.extract.config import BackboneConfig as BackboneConfig  # re-exported: the sections
-from stages.extract.config import ExtractConfig as ExtractConfig
-from stages.extract.config import ExtractStageConfig as ExtractStageConfig
-from stages.extract.config import RoIAlignConfig as RoIAlignConfig
+from stages.extract.config import EXTRACT as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.extract.config import BackboneConfig, ExtractConfig, ExtractStageConfig, RoIAlignConfig  # noqa: F401 (re-exported)
 from stages.extract.video import VideoExtractor, _device, _probe_shapes, build_schema, load_backbone
 from stages.extract.workers import _become_publisher, _open_store, _published, _SplitRun
-from stages.framework import Stage, StageContext, StageError, output_file
+from stages.framework import StageContext, StageError, output_file
 from stages.framework.diskspace import bytes_under
 from stages.video import VideoError, VideoReader
 
-CODE_VERSION = "3"  # 2: fine-tuned weights win over extract.weights; 3: RoI y scale per axis
 FEATURES_DIR = "features"
 WEIGHTS_FILE = "backbone.pt"  # what the finetune stage publishes
 log = logging.getLogger("bankflow.extract")
@@ -93,8 +90,8 @@ def _check_disk(target: Path, needed: int, allow: bool) -> None:
         )
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: ExtractStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[ExtractStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     ex = cfg.extract
     dataset = Dataset.open(cfg.dataset)
     # A fine-tuned backbone wins; extract.weights is then where the fine-tuning started.
@@ -166,10 +163,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
             store.finalize()
         summary[split]["bytes"] = store.nbytes()
     return summary
-
-
-STAGE = Stage(
-    name="extract", code_version=CODE_VERSION, config_type=ExtractStageConfig,
-    compute=compute, resumable=True, gpu=True,
-    self_coordinated=True,  # per-video claims in the store, one publisher (stages.extract.workers)
-)  # fmt: skip

@@ -30,30 +30,30 @@ import time
 from collections.abc import Iterable
 from dataclasses import replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from featurestore import FeatureStore, StoreError
 from featurestore.banks import BankStore
 from models.heads import HEADS, build_head
-from stages.data import Dataset, DatasetConfig
+from stages.data import Dataset
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
-from stages.framework import Stage, StageContext, StageError
-from stages.framework.keys import InKey, NotInKey
+from stages.framework import StageContext, StageError
+from stages.train.config import TRAIN_BANK as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.train.config import BankRunConfig, TrainBankSection, TrainBankStageConfig  # noqa: F401 (re-exported)
 from stages.train.data import (
     KeyframeSource,
     SplitIndex,
     open_training_splits,
 )
 from stages.train.dump import bank_path, load_stage1_head
-from stages.train.loop import OptimConfig, TrainData, predict, read_batch, train
+from stages.train.loop import TrainData, predict, read_batch, train
 from stages.train.stage import (
     CHECKPOINT_DIR,
     EVENTS_FILE,
@@ -68,59 +68,7 @@ from stages.train.stage import (
 )
 from stages.train.window import BankWindowReader, WindowConfig, pad_windows, window_entries
 
-CODE_VERSION = "2"  # 2: acar_acfb wraps the released ACAR head; official tie order in the val mAP
-
 log = logging.getLogger("bankflow.train_bank")
-
-
-class BankRunConfig(BaseModel):
-    """One stage-2 run (``train_bank.runs.<name>`` in the pipeline config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    head: InKey[str] = "lfb"
-    head_kwargs: InKey[dict[str, Any]] = {}
-    bank: InKey[str | None] = None  # the dump (``dump.banks.<name>``) read in offline mode
-    window: InKey[WindowConfig] = WindowConfig()
-    init: InKey[Literal["scratch", "stage1"]] = "scratch"
-    # The stage-1 run to fine-tune from (init: stage1); None: the bank's ``from`` run.
-    stage1: InKey[str | None] = None
-    bank_mode: InKey[Literal["offline", "online"]] = "offline"
-    bank_preload: NotInKey[bool] = (
-        False  # hold the bank in RAM instead of reading windows from disk
-    )
-    optim: InKey[OptimConfig] = OptimConfig()
-    train_split: InKey[str] = "train"
-    val_split: InKey[str] = "val"
-    label_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)
-    # The splits' features in RAM: True, False (read per batch), or "auto": in RAM when
-    # they take at most preload_max_gb (as for stage-1 runs).
-    preload: NotInKey[bool | Literal["auto"]] = "auto"
-    preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
-    top_k: InKey[int | None] = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _bank_for_offline(self) -> BankRunConfig:
-        if self.bank_mode == "offline" and not self.bank:
-            raise ValueError("bank_mode 'offline' needs `bank: <dump name>`")
-        if self.bank_mode == "online" and self.init == "stage1" and not self.stage1:
-            raise ValueError("init 'stage1' in online mode needs `stage1: <train run name>`")
-        return self
-
-
-class TrainBankSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    runs: dict[str, BankRunConfig] = {}
-
-
-class TrainBankStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    name: InKey[str]
-    run: InKey[BankRunConfig]
 
 
 # --------------------------------------------------------------------------- banks
@@ -318,8 +266,8 @@ def _probe_features_dim(model: nn.Module, data: TrainData, width: int) -> int:
 # --------------------------------------------------------------------------- the stage
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: TrainBankStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     run = cfg.run
     if run.head not in HEADS:
         raise StageError(f"train_bank {cfg.name}: unknown head {run.head!r}; expected one of "
@@ -449,9 +397,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
         "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.val_split}.csv"),
     }  # fmt: skip
-
-
-STAGE = Stage(
-    name="train_bank", code_version=CODE_VERSION, config_type=TrainBankStageConfig,
-    compute=compute, resumable=True, gpu=True, produces_model=True, trained_run=True,
-)  # fmt: skip

@@ -22,10 +22,9 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from featurestore import FeatureStore, StoreError
@@ -35,45 +34,19 @@ from models.heads.bank_features import bank_rows
 from stages.extract.stage import FEATURES_DIR, store_path
 from stages.framework import (
     COMPLETE_MARKER,
-    Stage,
     StageContext,
     StageError,
     canonical_json,
     output_file,
 )
-from stages.framework.keys import InKey, NotInKey
+from stages.train.config import DUMP as STAGE
+from stages.train.config import BankDumpConfig, BankKind, DumpSection, DumpStageConfig  # noqa: F401 (re-exported)
 from stages.train.data import collate, open_split
 from stages.train.run import load_head_file
 
-CODE_VERSION = "1"
 BANKS_DIR = "banks"
-BankKind = Literal["lfb", "acfb", "hrafb", "memory", "identity"]
 
 log = logging.getLogger("bankflow.dump")
-
-
-class BankDumpConfig(BaseModel):
-    """One bank (``dump.banks.<name>`` in the pipeline config)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    from_: InKey[str] = Field(alias="from")  # the stage-1 train run whose head fills the bank
-    kind: InKey[BankKind] = "lfb"
-    splits: InKey[list[str] | None] = None  # None: every split the feature store has
-    batch_keyframes: NotInKey[int] = Field(32, ge=1)  # keyframes per head forward
-
-
-class DumpSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    banks: dict[str, BankDumpConfig] = {}
-
-
-class DumpStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: InKey[str]
-    bank: InKey[BankDumpConfig]
 
 
 def bank_path(uri: str | Path, split: str) -> Path | str:
@@ -110,7 +83,7 @@ def load_stage1_head(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def video_key(bank: BankDumpConfig, stage1_key: str, features_digest: str) -> str:
     """What decides a video's bank rows: kind, stage-1 run, that video's stored features."""
-    payload = {"code_version": CODE_VERSION, "kind": bank.kind, "stage1": stage1_key,
+    payload = {"code_version": STAGE.code_version, "kind": bank.kind, "stage1": stage1_key,
                "features": features_digest}  # fmt: skip
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:32]
 
@@ -199,8 +172,10 @@ def _resume_bank(path: Path) -> BankStore | None:
         return None
 
 
-def _dump_split(ctx: StageContext, split: str, head: nn.Module, earlier: EarlierDumps):
-    cfg: DumpStageConfig = ctx.config  # type: ignore[assignment]
+def _dump_split(
+    ctx: StageContext[DumpStageConfig], split: str, head: nn.Module, earlier: EarlierDumps
+):
+    cfg = ctx.config
     store = open_split(store_path(ctx.input("extract").uri, split))
     videos = store.videos()
     if not videos:
@@ -266,8 +241,8 @@ def _dump_split(ctx: StageContext, split: str, head: nn.Module, earlier: Earlier
     return counts
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: DumpStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[DumpStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     head, saved = load_stage1_head(ctx.input("train").path)
     splits = cfg.bank.splits or store_splits(ctx.input("extract").uri)
     earlier = EarlierDumps(ctx.work_root, ctx.key)
@@ -282,9 +257,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "reused": sum(s["reused"] for s in per_split.values()),
         "resumed": sum(s["resumed"] for s in per_split.values()),
     }  # fmt: skip
-
-
-STAGE = Stage(
-    name="dump", code_version=CODE_VERSION, config_type=DumpStageConfig,
-    compute=compute, resumable=True, gpu=True,
-)  # fmt: skip

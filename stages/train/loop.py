@@ -28,42 +28,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from models.losses import ava_loss, ava_scores
-from stages.framework.keys import InKey
 from stages.framework.progress import progress_bar
+from stages.train.config import OptimConfig
 from stages.train.data import KeyframeSource, SplitIndex, collate, iter_batches, jitter_boxes
 
 log = logging.getLogger("bankflow.train")
 
 TENSORBOARD_DIR = "tensorboard"
-
-
-class OptimConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: InKey[int] = Field(6, ge=1)
-    # keyframes per step (all actors of each keyframe together)
-    batch_keyframes: InKey[int] = Field(16, ge=1)
-    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
-    lr: InKey[float] = Field(1e-3, gt=0)
-    momentum: InKey[float] = Field(0.9, ge=0)  # SGD
-    # SlowFast-Det / ACAR use 1e-7..1e-4; AdamW default here
-    weight_decay: InKey[float] = Field(1e-4, ge=0)
-    warmup_epochs: InKey[float] = Field(0.5, ge=0)
-    schedule: InKey[Literal["cosine", "step"]] = "cosine"
-    step_epochs: InKey[list[int]] = []  # step schedule: lr × 0.1 at each
-    grad_clip: InKey[float] = Field(5.0, ge=0)  # 0: no clipping
-    # edge noise as a fraction of box size (heads that pool boxes)
-    box_jitter: InKey[float] = Field(0.0, ge=0, lt=0.5)
-    loss: InKey[Literal["ava", "bce"]] = "ava"
-    seed: InKey[int] = 0
 
 
 @dataclass

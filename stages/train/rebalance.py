@@ -41,12 +41,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from models.heads import build_head
 from models.losses import ava_loss
-from stages.data import Dataset, DatasetConfig
+from stages.catalog import STAGES  # the catalog holds specs only: no cycle
+from stages.data import Dataset
 from stages.data.predictions import (
     read_predictions_parquet,
     write_predictions_csv,
@@ -58,70 +58,25 @@ from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
 from stages.framework import (
     PROVENANCE_FILE,
-    Stage,
     StageContext,
     StageError,
     read_published_json,
     verify_published_file,
 )
-from stages.framework.keys import InKey
 from stages.train import stage as train_stage
+from stages.train.config import REBALANCE as STAGE
+from stages.train.config import RebalanceSettings, RebalanceStageConfig
+from stages.train.config import crt_name as crt_name  # re-exported
 from stages.train.data import open_training_splits
 from stages.train.loop import TrainData, epoch_batches, iter_batches, predict, read_batch
 from stages.train.run import load_head_file
 
-CODE_VERSION = "1"
 CRT_FILE = "crt.json"
 INPUTS_CACHE = "classifier_inputs.pt"  # staging only: the recorded classifier inputs
 HEAD_TAIL_K = 20  # the reports' top-20 / bottom-20
 BACKGROUND = -1  # the sampler's pool of actors without any label
 
 log = logging.getLogger("bankflow.rebalance")
-
-
-class RebalanceSettings(BaseModel):
-    """How the classifier is re-trained (shared by every rebalanced model)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: InKey[int] = Field(8, ge=1)  # "a small number of epochs" (Kang et al.)
-    # draws per epoch; None: as many as the run has labelled training actors
-    samples_per_epoch: InKey[int | None] = Field(None, ge=1)
-    batch_actors: InKey[int] = Field(128, ge=1)
-    # AdamW at 3e-3 improved the rare classes of all three demo heads tried (linear, acar,
-    # pcca); SGD at 1e-2 for 4 epochs lowered the linear head's tail AP.
-    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
-    lr: InKey[float] = Field(0.003, gt=0)
-    momentum: InKey[float] = Field(0.9, ge=0)  # SGD
-    weight_decay: InKey[float] = Field(1e-4, ge=0)
-    # False: fine-tune the trained classifier (the reports' "class-balanced finetuning");
-    # True: start from a fresh one, as Kang et al.'s cRT does.
-    reinit: InKey[bool] = False
-    # Actors that match no GT box (false-positive detections) form one more pool drawn
-    # like a class; without them the classifier would never see a pure negative.
-    background_pool: InKey[bool] = True
-    seed: InKey[int] = 0
-
-
-class RebalanceSection(RebalanceSettings):
-    """``rebalance`` in the pipeline config: which models, and the shared settings."""
-
-    # names of train / train_bank runs to rebalance; each becomes the model ``<name>_crt``
-    models: list[str] = []
-
-
-class RebalanceStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    name: InKey[str]  # the rebalanced model's name (``<source>_crt`` in the pipeline)
-    source: InKey[str]  # the name of the run it re-trains
-    rebalance: InKey[RebalanceSettings]
-
-
-def crt_name(model: str) -> str:
-    return f"{model}_crt"
 
 
 def head_tail_k(num_classes: int) -> int:
@@ -327,11 +282,8 @@ def model_data(
     so this stage's key, already covers). Online-memory runs are refused: their memory is
     written by the forward pass and is not part of ``head.pt``.
     """
-    from stages.train import bank as train_bank
-
     # A model with a trained head: a trained run (Stage.trained_run) or another cRT run.
-    sources = [s.name for s in (train_stage.STAGE, train_bank.STAGE) if s.trained_run]
-    sources.append(STAGE.name)
+    sources = [name for name, stage in STAGES.items() if stage.trained_run] + [STAGE.name]
     if model_stage not in sources:
         raise StageError(
             f"rebalance: {run_dir} is a {model_stage!r} output; expected a "
@@ -382,8 +334,8 @@ def _bank_attach(run_dir: Path, run: Mapping[str, Any], data: TrainData) -> Any:
                        preload=bool(run.get("bank_preload", False)))  # fmt: skip
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: RebalanceStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     settings = cfg.rebalance
     model_ref = ctx.input("model")
     run_dir, features_uri = model_ref.path, ctx.input("extract").uri
@@ -517,9 +469,3 @@ def crt_change(
         "most_improved": [[c, delta[c]] for c in ranked[:3]],
         "most_dropped": [[c, delta[c]] for c in ranked[::-1][:3]],
     }
-
-
-STAGE = Stage(
-    name="rebalance", code_version=CODE_VERSION, config_type=RebalanceStageConfig,
-    compute=compute, resumable=True, gpu=True, produces_model=True,
-)  # fmt: skip

@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from featurestore import format_bytes
 from models.heads import build_head, head_reads
@@ -32,19 +31,17 @@ from stages.data.predictions import write_predictions_csv, write_predictions_par
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
-from stages.framework import Stage, StageContext, StageError
-from stages.framework.keys import InKey, NotInKey
+from stages.framework import StageContext, StageError
+from stages.train.config import TRAIN as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.train.config import HeadRunConfig, TrainSection, TrainStageConfig  # noqa: F401 (re-exported)
 from stages.train.data import (
     KeyframeSource,
     SplitIndex,
     TrainingSplits,
     open_training_splits,
 )
-from stages.train.loop import OptimConfig, TrainData, predict, train
+from stages.train.loop import TrainData, predict, train
 
-# 2: events.jsonl, prior in metrics.json; 4: tensorboard scalars; 5: acar and acrn are
-# the released heads, and the val mAP orders equal scores as the official evaluator
-CODE_VERSION = "5"
 HEAD_FILE = "head.pt"
 HISTORY_FILE = "history.json"
 EVENTS_FILE = "events.jsonl"
@@ -52,41 +49,6 @@ METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 
 log = logging.getLogger("bankflow.train")
-
-
-class HeadRunConfig(BaseModel):
-    """One head training run (``train.runs.<name>`` in the pipeline config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    head: InKey[str] = "linear"
-    head_kwargs: InKey[dict[str, Any]] = {}
-    optim: InKey[OptimConfig] = OptimConfig()
-    train_split: InKey[str] = "train"
-    val_split: InKey[str] = "val"
-    # IoU with a GT box that gives a detected box its labels
-    label_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)
-    # Hold the arrays the head reads in RAM: True, False (read each batch from the store,
-    # prefetched in a thread), or "auto": in RAM when they take at most preload_max_gb.
-    preload: NotInKey[bool | Literal["auto"]] = "auto"
-    preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
-    # keep only the k best classes per box in the predictions (None: every class)
-    top_k: InKey[int | None] = Field(None, ge=1)
-
-
-class TrainSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    runs: dict[str, HeadRunConfig] = {"linear": HeadRunConfig()}
-
-
-class TrainStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    name: InKey[str]
-    run: InKey[HeadRunConfig]
 
 
 def evaluated_labelmap(dataset: Dataset, config: DatasetConfig) -> LabelMap:
@@ -190,8 +152,8 @@ def stored_arrays(schema: Any) -> set[str]:
     return {"context", "pooled"} | {name for name, shape in optional.items() if shape}
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: TrainStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     run = cfg.run
     dataset = Dataset.open(cfg.dataset)
     labelmap = evaluated_labelmap(dataset, cfg.dataset)
@@ -274,9 +236,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
         "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.val_split}.csv"),
     }  # fmt: skip
-
-
-STAGE = Stage(
-    name="train", code_version=CODE_VERSION, config_type=TrainStageConfig,
-    compute=compute, resumable=True, gpu=True, produces_model=True, trained_run=True,
-)  # fmt: skip

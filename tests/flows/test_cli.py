@@ -54,9 +54,13 @@ def _eval_case(tmp_path: Path) -> tuple[Path, Path, Path]:
     return gt, pred, lm
 
 
-def test_light_commands_import_neither_torch_nor_prefect(tmp_path):
+def test_light_commands_import_neither_torch_nor_prefect(tiny_world, tmp_path):
     gt, pred, lm = _eval_case(tmp_path)
+    config = ["--config", str(TINY), "--set", "world=null", "--set", f"dataset.root={tiny_world}",
+              "--work-root", str(tmp_path / "work")]  # fmt: skip
     commands = {
+        "status": (["status", *config], 0),
+        "config show": (["config", "show", *config], 0),
         "help": (["--help"], 0),
         "version": (["--version"], 0),
         "eval help": (["eval", "--help"], 0),
