@@ -71,7 +71,8 @@ def store_nbytes(store: Store) -> int:
 class LockFiles:
     """Small JSON files beside the zarr hierarchy (``<store>/locks/<name>``) with create-exclusive.
 
-    Local directories use ``O_CREAT | O_EXCL`` (atomic on POSIX and NFSv3+); other URLs use
+    Local directories write a temporary file and hard-link it (atomic and exclusive on POSIX
+    and NFS: the file appears whole or not at all); other URLs use
     fsspec's ``"xb"`` mode, which is exclusive where the backend supports it (memory, local,
     s3 with conditional writes).
     """
@@ -91,13 +92,18 @@ class LockFiles:
     def create_exclusive(self, name: str, data: bytes) -> bool:
         """Write ``data`` to ``name`` only if it does not exist; True if this call created it."""
         if self._local is not None:
+            # Written whole under a temporary name, then hard-linked to ``name`` (fails if it
+            # exists; atomic on POSIX and NFS): a reader never sees an empty or half-written
+            # lock, which it could neither parse nor break.
             self._local.mkdir(parents=True, exist_ok=True)
+            tmp = self._local / f".{name}.{uuid.uuid4().hex}.tmp"
+            tmp.write_bytes(data)
             try:
-                fd = os.open(self._path(name), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.link(tmp, self._path(name))
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            finally:
+                tmp.unlink()
             return True
         try:
             with self._fs.open(self._path(name), "xb") as f:

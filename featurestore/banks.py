@@ -23,7 +23,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -105,7 +105,7 @@ class BankStore:
         url: str | os.PathLike,
         *,
         kind: str,
-        arrays: dict[str, Sequence[int]],
+        arrays: Mapping[str, Sequence[int]],
         provenance: dict,
         expected_videos: Sequence[str] | None = None,
         exist_ok: bool = False,

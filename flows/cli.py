@@ -128,11 +128,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     print(report.format_summary())
     for warning in report.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    if not report.ok:
-        print(f"\n{len(report.problems)} problem(s):", file=sys.stderr)
+    if not report.ok:  # bad input: one error line per problem, exit 2
         for problem in report.problems:
-            print(f"  {problem}", file=sys.stderr)
-        return 1
+            print(f"bankflow data check: error: {problem}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -193,7 +192,7 @@ def _dry_run(config: Any, work_root: Path) -> list[tuple[str, dict[str, Any]]]:
 def cmd_status(args: argparse.Namespace) -> int:
     from stages.config import load_config
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, check_heads=False)  # no torch
     from stages.framework.remote_cache import open_cache
 
     cache = open_cache(args.cache or os.environ.get("BANKFLOW_CACHE") or config.cache.url)
@@ -219,7 +218,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
     from stages.config import load_config
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, check_heads=False)  # no torch
     print(f"# {args.config}, base: merged, --set applied, defaults filled in")
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     print("\n# stage keys (work root: outputs in <work-root>/<stage>/<key>)")

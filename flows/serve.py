@@ -13,6 +13,13 @@ A server start takes ~20-40 s on a small machine (docs/design.md §7). With
 client started here gets it as ``PREFECT_API_AUTH_STRING``. Whoever reaches the API can
 start flow runs, i.e. run code on the workers: a host other than loopback is refused
 without an auth string, unless ``--insecure`` (then a warning at start and every hour).
+
+A worker that dies with its machine (SIGKILL, power loss) cannot report its flow runs:
+Prefect would show them ``Running`` forever. serve gives the pool's flow runs heartbeats
+(``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` in the pool's job template, so every worker of the
+pool passes it on) and keeps one automation on the server: a flow run whose heartbeat
+stops for ``--crash-after`` seconds is set ``Crashed`` (docs/design.md §7). Its stages'
+locks are released by their holder's death (flows/locks.py), so the next run resumes.
 """
 
 from __future__ import annotations
@@ -37,6 +44,11 @@ DEFAULT_PORT = 4200
 DEFAULT_POOL = "bankflow"
 SERVER_START_TIMEOUT_S = 240.0
 INSECURE_WARNING_EVERY_S = 3600.0
+HEARTBEAT_ENV = "PREFECT_FLOWS_HEARTBEAT_FREQUENCY"
+MIN_HEARTBEAT_S = 30  # Prefect's floor for flow-run heartbeats
+DEFAULT_HEARTBEAT_S = 30
+DEFAULT_CRASH_AFTER_S = 90  # three heartbeats missed
+CRASH_AUTOMATION = "bankflow: crash flow runs without heartbeat"
 
 
 @dataclass
@@ -50,6 +62,8 @@ class ServeOptions:
     prefect_file: Path = PROJECT_DIR / "prefect.yaml"
     deploy: bool = True
     insecure: bool = False  # listen beyond loopback without an auth string
+    heartbeat_s: int = DEFAULT_HEARTBEAT_S  # flow-run heartbeat period
+    crash_after_s: int = DEFAULT_CRASH_AFTER_S  # no heartbeat this long: Crashed (0: never)
 
 
 @dataclass
@@ -179,21 +193,109 @@ def wait_for_api(api_url: str, proc: subprocess.Popen, log_path: Path, timeout_s
     raise RuntimeError(f"the Prefect server did not answer at {api_url} within {timeout_s:.0f} s")
 
 
-def ensure_pool(pool: str) -> None:
-    """Create the process work pool (kept as is when it exists)."""
+def heartbeat_problem(options: ServeOptions) -> str | None:
+    """Why ``--heartbeat``/``--crash-after`` cannot work together (None: they can)."""
+    if options.heartbeat_s < MIN_HEARTBEAT_S:
+        return f"--heartbeat {options.heartbeat_s}: Prefect's minimum is {MIN_HEARTBEAT_S} s"
+    if options.crash_after_s and options.crash_after_s <= options.heartbeat_s:
+        return (
+            f"--crash-after {options.crash_after_s} must exceed --heartbeat "
+            f"{options.heartbeat_s} (or be 0: never mark silent flow runs Crashed)"
+        )
+    return None
+
+
+def with_heartbeat(template: dict, heartbeat_s: int) -> dict:
+    """The process job template with ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` in its default
+    ``env`` (a deployment that sets its own ``env`` must add it there)."""
+    import copy
+
+    template = copy.deepcopy(template)
+    props = template.setdefault("variables", {}).setdefault("properties", {})
+    env = props.setdefault("env", {"type": "object", "title": "Environment Variables"})
+    env["default"] = {**(env.get("default") or {}), HEARTBEAT_ENV: str(heartbeat_s)}
+    return template
+
+
+def ensure_pool(pool: str, heartbeat_s: int = DEFAULT_HEARTBEAT_S) -> None:
+    """Create the process work pool; an existing one keeps its template except the
+    heartbeat variable, set to ``heartbeat_s``."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.create_work_pool(
-            WorkPoolCreate(
-                name=pool, type="process",
-                base_job_template=ProcessWorker.get_default_base_job_template(),
-                description="bankflow: flow runs as processes on the worker's machine",
-            )
-        )  # fmt: skip
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_work_pool(pool)
+        except ObjectNotFound:
+            existing = None
+        if existing is None:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=pool, type="process",
+                    base_job_template=with_heartbeat(
+                        ProcessWorker.get_default_base_job_template(), heartbeat_s),
+                    description="bankflow: flow runs as processes on the worker's machine",
+                )
+            )  # fmt: skip
+            return
+        wanted = with_heartbeat(existing.base_job_template, heartbeat_s)
+        if wanted != existing.base_job_template:
+            client.update_work_pool(pool, WorkPoolUpdate(base_job_template=wanted))
+
+
+def crash_automation(crash_after_s: int):
+    """The automation that sets a flow run ``Crashed`` when, after a heartbeat, neither
+    another heartbeat nor a final state arrives within ``crash_after_s`` seconds (the
+    proactive trigger of Prefect's "detect zombie flows" recipe)."""
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    return AutomationCore(
+        name=CRASH_AUTOMATION,
+        description=f"bankflow serve: no flow-run heartbeat for {crash_after_s} s -> Crashed",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
+                    "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
+                    "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=crash_after_s),
+        ),
+        actions=[ChangeFlowRunState(
+            state=StateType.CRASHED,
+            message=f"no heartbeat for {crash_after_s} s: its worker or machine died",
+        )],
+    )  # fmt: skip
+
+
+def ensure_crash_automation(crash_after_s: int) -> None:
+    """Exactly one bankflow crash automation with this timeout (none for 0): an existing one
+    that matches is kept, others of that name are replaced."""
+    from prefect.client.orchestration import get_client
+
+    wanted = crash_automation(crash_after_s) if crash_after_s else None
+    keep = None
+    with get_client(sync_client=True) as client:
+        for found in client.read_automations_by_name(CRASH_AUTOMATION):
+            same = wanted is not None and keep is None and (
+                found.enabled and found.trigger == wanted.trigger
+                and found.actions == wanted.actions
+            )  # fmt: skip
+            if same:
+                keep = found
+            else:
+                client.delete_automation(found.id)
+        if wanted is not None and keep is None:
+            client.create_automation(wanted)
 
 
 def set_gpu_limit(gpus: int) -> None:
@@ -234,7 +336,7 @@ def split_gpus(gpus: int, workers: int) -> list[list[str]]:
 
 
 def serve(options: ServeOptions) -> int:
-    refused = exposure_problem(options, dict(os.environ))
+    refused = exposure_problem(options, dict(os.environ)) or heartbeat_problem(options)
     if refused:
         print(f"bankflow serve: {refused}", file=sys.stderr)
         return 2
@@ -275,7 +377,8 @@ def serve(options: ServeOptions) -> int:
             print(insecure_warning(options), file=sys.stderr, flush=True)
             next_warning = time.monotonic() + INSECURE_WARNING_EVERY_S
         wait_for_api(api_url, server, log_path, SERVER_START_TIMEOUT_S)
-        ensure_pool(options.pool)
+        ensure_pool(options.pool, options.heartbeat_s)
+        ensure_crash_automation(options.crash_after_s)
         gpus = count_gpus() if options.gpus is None else options.gpus
         set_gpu_limit(gpus)
         if options.deploy and not stopping:
@@ -294,7 +397,8 @@ def serve(options: ServeOptions) -> int:
         print(
             f"bankflow serve: ready. UI http://{options.host}:{options.port}  "
             f"PREFECT_API_URL={api_url}  pool {options.pool!r}  GPUs {gpus}  "
-            f"workers {options.workers}. Ctrl-C stops.",
+            f"workers {options.workers}; silent flow runs Crashed after "
+            f"{options.crash_after_s or 'never'} s. Ctrl-C stops.",
             flush=True,
         )
         while not stopping:
@@ -343,6 +447,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="flow runs per worker at once (default: its GPUs, at least 1)",
     )
+    p.add_argument(
+        "--heartbeat", type=int, default=DEFAULT_HEARTBEAT_S, metavar="S",
+        help=f"flow-run heartbeat period, s (default {DEFAULT_HEARTBEAT_S}, minimum "
+             f"{MIN_HEARTBEAT_S})",
+    )  # fmt: skip
+    p.add_argument(
+        "--crash-after", type=int, default=DEFAULT_CRASH_AFTER_S, metavar="S",
+        help=f"a flow run with no heartbeat for S seconds (its worker died) is set Crashed "
+             f"(default {DEFAULT_CRASH_AFTER_S}; 0: never)",
+    )  # fmt: skip
     p.add_argument("--prefect-file", type=Path, default=PROJECT_DIR / "prefect.yaml")
     p.add_argument("--no-deploy", dest="deploy", action="store_false",
                    help="do not deploy prefect.yaml")  # fmt: skip
@@ -352,5 +466,6 @@ def options_from_args(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(
         host=args.host, port=args.port or default_port(), pool=args.pool, workers=args.workers,
         gpus=args.gpus, limit=args.limit, prefect_file=args.prefect_file.resolve(),
-        deploy=args.deploy, insecure=args.insecure,
+        deploy=args.deploy, insecure=args.insecure, heartbeat_s=args.heartbeat,
+        crash_after_s=args.crash_after,
     )  # fmt: skip

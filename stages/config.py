@@ -32,6 +32,7 @@ from stages.framework.remote_cache import CacheConfig
 from stages.predict.config import EnsembleSection, TTAConfig
 from stages.report.config import ReportConfig
 from stages.train.config import (
+    HEADS_CHECK,
     DumpSection,
     RebalanceSection,
     TrainBankSection,
@@ -280,18 +281,30 @@ def check_config_names(config: PipelineConfig, path: Path | str) -> None:
             )
 
 
-def load_config(path: Path | str, overrides: list[str] | None = None) -> PipelineConfig:
+def load_config(
+    path: Path | str, overrides: list[str] | None = None, *, check_heads: bool = True
+) -> PipelineConfig:
+    """The validated config. Two passes: everything but the checks against the heads
+    (no torch: a mistake is reported in about a second), then, with ``check_heads``,
+    ``head_kwargs`` and bank kinds against the heads (:data:`stages.train.config.HEADS_CHECK`;
+    imports torch). ``bankflow status`` and ``config show`` leave the second pass out."""
     raw = read_config_file(path)
     before = copy.deepcopy(raw)
     data = apply_overrides(raw, list(overrides or []))
     check_new_runs(before, data, list(overrides or []))
+    config = _validate(path, data, None)
+    check_config_names(config, path)
+    if check_heads:
+        config = _validate(path, data, {HEADS_CHECK: True})
+    return config
+
+
+def _validate(path: Path | str, data: dict[str, Any], context: Any) -> PipelineConfig:
     try:
-        config = PipelineConfig.model_validate(data)
+        return PipelineConfig.model_validate(data, context=context)
     except ValidationError as exc:
         problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"{path}: invalid config: {problems}") from None
-    check_config_names(config, path)
-    return config
 
 
 def _problem(err: Any) -> str:

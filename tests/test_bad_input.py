@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from flows.cli import main
@@ -141,6 +142,14 @@ def same_size_change(path: Path) -> None:
 # --- the cases: (id, mutate copies and return (argv, what the line must name), message) ---
 
 
+def state_of_another_head(run: Path) -> None:
+    """A head.pt (re-signed) whose weights are not the ones its head record builds."""
+    saved = torch.load(run / "head.pt", weights_only=True)
+    saved["state"] = {f"renamed.{k}": v for k, v in saved["state"].items()}
+    torch.save(saved, run / "head.pt")
+    forge_manifest(run, "head.pt")
+
+
 def _gt_case(**fields: str):
     def mutate(inp: Inputs):
         set_line(inp.gt, 1, gt_row(inp, **fields))
@@ -163,6 +172,15 @@ def _labelmap_case(text_change: Callable[[str], str]):
         return inp.status(), str(inp.labelmap)
 
     return mutate
+
+
+def _labelmap_typo_in_data_check(inp: Inputs):
+    """``label_id: 4`` typed as 3: ``data check`` names the duplicate's row and the lost id
+    once (it used to add the lost id once per CSV file and list, four lines)."""
+    lines = inp.labelmap.read_text().splitlines()
+    row = lines.index("  label_id: 4") + 1
+    set_line(inp.labelmap, row, "  label_id: 3")
+    return ["data", "check", str(inp.world)], f"{inp.labelmap}:{row}"
 
 
 def _status_case(*overrides: str, named: Callable[[Inputs], str]):
@@ -257,6 +275,8 @@ CASES: list[tuple[str, Callable[[Inputs], tuple[list[str], str]], str]] = [
     # datasets: other files
     ("labelmap-duplicate-id", _labelmap_case(lambda t: t.replace("label_id: 4\n", "label_id: 3\n", 1)),
      r"duplicate label_id 3"),
+    ("labelmap-duplicate-id-check", _labelmap_typo_in_data_check,
+     r"duplicate label_id 3 \(first given on line \d+\); id 4, .* is missing \(\d+ CSV row\(s\) use it"),
     ("labelmap-syntax", _labelmap_case(lambda t: "labl {\n" + t), r"unknown block 'labl'"),
     ("labelmap-missing", _dataset_yaml_case(lambda m: m.update(labelmap="nope.pbtxt"),
                                             lambda i: i.world / "annotations" / "nope.pbtxt"),
@@ -291,6 +311,9 @@ CASES: list[tuple[str, Callable[[Inputs], tuple[list[str], str]], str]] = [
     ("config-bad-value", _status_case("train.runs.linear.optim.epochs=many",
                                       named=lambda i: str(i.tmp / "pipeline.yaml")),
      r"invalid config: train.runs.linear.optim.epochs"),
+    ("config-head-kwargs-typo", _status_case("train.runs.linear.head_kwargs={dropuot: 0.1}",
+                                             named=lambda i: "train.runs.linear"),
+     r"invalid config: train.runs.linear: head_kwargs: head 'linear' takes no 'dropuot' \(it takes dropout\)"),
     ("set-without-equals", _status_case("train.runs.linear", named=lambda i: "train.runs.linear"),
      r"expected section.key=value"),
     ("set-run-typo", _status_case("train.runs.linaer.optim.epochs=2",
@@ -324,6 +347,8 @@ CASES: list[tuple[str, Callable[[Inputs], tuple[list[str], str]], str]] = [
     ("head-not-tensor-file", _run_case(lambda r: ((r / "head.pt").write_bytes(b"\x80\x04garbage"),
                                                   forge_manifest(r, "head.pt"))),
      r"not a plain tensor file; refusing to load it"),
+    ("head-state-does-not-fit", _run_case(state_of_another_head),
+     r"does not fit a 'linear' head \(missing \['classifier.weight'"),
     ("head-missing", _run_case(lambda r: (r / "head.pt").unlink(), name=""), r"train run without head.pt"),
     ("provenance-changed", _run_case(lambda r: (r / "provenance.json").write_text(
         (r / "provenance.json").read_text().replace('"train"', '"trian"', 1)), name="provenance.json"),

@@ -53,6 +53,7 @@ from models.heads.acar_release import (
 )
 from models.heads.acrn import ActorContextRelation
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Attention, Head
 from models.heads.ragged import pad_actors, unpad_actors
 
 HR2OKind = Literal["nl", "rn"]
@@ -147,7 +148,7 @@ class RelationNetworkHR2O(nn.Module):
         return (rel * weight).sum(dim=2) / count  # eq. 4: mean over the real actors j
 
 
-class ACARHead(nn.Module):
+class ACARHead(Head):
     """ACAR-Net: first-order actor-context maps -> HR2O -> pooled -> classifier.
 
     ``variant="release"`` (default): ACAR-Net's released head, difference by difference
@@ -159,6 +160,11 @@ class ACARHead(nn.Module):
     after dropout 0.5, and the relation-network HR2O as an option).
     ``features`` = Tensor[N, reduce_dim + dim].
     """
+
+    # ACFB: its first-order actor-context maps F^i (models/heads/bank_features.py).
+    BANK_SOURCES = ("lfb", "acfb")
+    # Each actor's last HR2O weights over the other actors, per location (ACAR Fig. 5).
+    ATTENTION = Attention(maps=("hr2o",), style="actor_pairs")
 
     def __init__(
         self,
@@ -223,6 +229,11 @@ class ACARHead(nn.Module):
         else:
             actor, context = self.encoder.reduce(batch)
         return actor, context, self.encoder.relate(actor, context, batch.batch_index)
+
+    def bank_rows(self, kind: str, batch: ActorBatch) -> dict[str, Tensor]:
+        if kind == "acfb":
+            return {"maps": self.first_order(batch)}
+        return super().bank_rows(kind, batch)
 
     def first_order(self, batch: ActorBatch) -> Tensor:
         """First-order relation maps F^i: Tensor[N, dim, H', W'] (what the ACFB bank stores)."""

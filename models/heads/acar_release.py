@@ -37,7 +37,8 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
+
+from models.heads.ops import roi_align
 
 
 def _per_actor(module: nn.Module, maps: Tensor) -> Tensor:

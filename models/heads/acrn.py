@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from models.heads.acrn_mmaction2 import MMAction2ACRN, mmaction2_acrn_state
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Head
 
 
 class ActorContextRelation(nn.Module):
@@ -67,7 +68,7 @@ class ActorContextRelation(nn.Module):
         return self.relate(actor, context, batch.batch_index)
 
 
-class ACRNHead(nn.Module):
+class ACRNHead(Head):
     """Actor-centric relation head: classify each actor from its first-order relation map.
 
     ``variant="mmaction2"`` (default): MMAction2's ACRN and AVA bbox head
@@ -79,6 +80,8 @@ class ACRNHead(nn.Module):
 
     # The feature-store arrays this head reads (the trainer reads nothing else).
     reads = frozenset({"context", "pooled"})
+    # ACFB: its first-order actor-context maps F^i (models/heads/bank_features.py).
+    BANK_SOURCES = ("lfb", "acfb")
 
     def __init__(
         self,
@@ -113,6 +116,11 @@ class ACRNHead(nn.Module):
         reduce_dim, dim = reduce_dim or 1024, dim or 512
         self.encoder = ActorContextRelation(in_channels=in_channels, reduce_dim=reduce_dim, dim=dim)
         self.classifier = nn.Linear(reduce_dim + dim, num_classes)
+
+    def bank_rows(self, kind: str, batch: ActorBatch) -> dict[str, Tensor]:
+        if kind == "acfb":
+            return {"maps": self.first_order(batch)}
+        return super().bank_rows(kind, batch)
 
     def first_order(self, batch: ActorBatch) -> Tensor:
         """First-order relation maps F^i: Tensor[N, dim, H, W] (what the ACFB bank stores)."""

@@ -55,14 +55,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
+from models.boxes import iou_matrix_torch
 from models.heads.amcr import feature_map_rois
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Attention, Head, HeadData, aux_class_mask
+from models.heads.ops import roi_align
 from models.heads.ragged import actor_slots, pad_actors
 
 
@@ -71,17 +74,6 @@ def enlarge_boxes(boxes: Tensor, scale: float) -> Tensor:
     centre = (boxes[:, :2] + boxes[:, 2:]) / 2
     half = (boxes[:, 2:] - boxes[:, :2]) * (scale / 2)
     return torch.cat([centre - half, centre + half], dim=1).clamp(0.0, 1.0)
-
-
-def pairwise_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of boxes a [..., P, 4] with b [..., Q, 4] -> [..., P, Q] (0 for empty unions)."""
-    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
-    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
-    union = area_a[..., :, None] + area_b[..., None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
 
 
 def relaxed_targets(labels: Tensor, boxes: Tensor, batch_index: Tensor) -> Tensor:
@@ -99,7 +91,7 @@ def relaxed_targets(labels: Tensor, boxes: Tensor, batch_index: Tensor) -> Tenso
     num_keyframes = int(batch_index.max()) + 1
     padded_boxes, mask = pad_actors(boxes, batch_index, num_keyframes)  # (B, A, 4)
     padded_labels, _ = pad_actors(labels, batch_index, num_keyframes)  # (B, A, K)
-    iou = pairwise_iou(boxes[:, None, :], padded_boxes[batch_index])[:, 0]  # (N, A)
+    iou = iou_matrix_torch(boxes[:, None, :], padded_boxes[batch_index])[:, 0]  # (N, A)
     iou = iou * mask[batch_index]
     return (iou[:, :, None] * padded_labels[batch_index]).amax(dim=1)
 
@@ -145,7 +137,7 @@ def _sum_classes_mean_actors(per: Tensor, class_mask: Tensor | None) -> Tensor:
     return per.sum(dim=1).mean()
 
 
-class IGMNDAMHead(nn.Module):
+class IGMNDAMHead(Head):
     """IGMN's Dual Attention Module as a stage-1 head (see the module docstring).
 
     Reads ``batch.context`` [B, C, H, W], ``batch.boxes`` [N, 4], ``batch.batch_index``.
@@ -161,6 +153,16 @@ class IGMNDAMHead(nn.Module):
     reads = frozenset({"context", "pooled"})
 
     needs_labels = True
+    # identity: the max-pooled RoIAlign node features of §3.2.1.
+    BANK_SOURCES = ("lfb", "identity")
+    # The semantic and identity maps over each enlarged box (IGMN Fig. 6).
+    ATTENTION = Attention(maps=("semantic", "identity"), style="enlarged_box")
+
+    @classmethod
+    def kwargs_from_data(cls, data: HeadData) -> dict[str, Any]:
+        # IGMN leaves the softmax (pose) classes out of its two auxiliary classification
+        # losses (§3.3); which classes those are is the dataset's business, not the config's.
+        return {**super().kwargs_from_data(data), "aux_class_mask": aux_class_mask(data)}
 
     def __init__(
         self,
@@ -264,6 +266,11 @@ class IGMNDAMHead(nn.Module):
         boxes = enlarge_boxes(batch.boxes, self.context_scale)
         rois = feature_map_rois(boxes, batch.batch_index, h, w)
         return roi_align(batch.context, rois, self.roi_size, spatial_scale=1.0, aligned=True)
+
+    def bank_rows(self, kind: str, batch: ActorBatch) -> dict[str, Tensor]:
+        if kind == "identity":
+            return {"features": self.node_features(batch)}
+        return super().bank_rows(kind, batch)
 
     def node_features(self, batch: ActorBatch) -> Tensor:
         """HGNN node features f_hat^i = max_xy f^i (IGMN §3.2.1): Tensor[N, C]."""

@@ -22,7 +22,7 @@ from .dataset import (
 )
 from .errors import DataError
 from .kinetics import clip_offset, find_clip, read_offsets_csv
-from .labelmap import labelmap_problems
+from .labelmap import DuplicateIdError, labelmap_problems
 from .names import name_problem
 from .types import BoxTable, LabelMap
 from .videos import VIDEO_EXTENSIONS, VideoInfo, check_frame_decodes, find_video, probe_video
@@ -61,7 +61,11 @@ def check_dataset(config: DatasetConfig | str | Path) -> DatasetReport:
     else:
         problems.append(DataError(labelmap_path, None, "label map not found (set labelmap)"))
     report.labelmap = labelmap
-    problems.extend(_class_list_problems(config, labelmap))
+    # A duplicated id usually replaced another (a typo): the ids it lost are checked as
+    # known and told once, on the duplicate's line, not as unknown in every CSV and list.
+    lost = _lost_ids(problems, labelmap)
+    checked_map = _with_ids(labelmap, lost)
+    problems.extend(_class_list_problems(config, checked_map))
 
     located: list[BoxTable] = []  # every table whose rows must lie inside a video
     for split, files in config.splits.items():
@@ -70,7 +74,7 @@ def check_dataset(config: DatasetConfig | str | Path) -> DatasetReport:
         if files.gt is not None:
             path = config.annotation_path(files.gt)
             if path.is_file():
-                gt, found = check_gt_csv(path, labelmap=labelmap)
+                gt, found = check_gt_csv(path, labelmap=checked_map)
                 problems.extend(found)
                 report.warnings.extend(duplicate_row_warnings(gt))
             else:
@@ -92,12 +96,15 @@ def check_dataset(config: DatasetConfig | str | Path) -> DatasetReport:
             n_excluded = 0 if excluded is None else len(excluded.timestamp)
         if files.proposals is not None and config.annotation_path(files.proposals).is_file():
             proposals, found = check_detections_csv(
-                config.annotation_path(files.proposals), labelmap=labelmap
+                config.annotation_path(files.proposals), labelmap=checked_map
             )
             problems.extend(found)
         located += [t for t in (gt, proposals) if t is not None]
+        for table in (gt, proposals):
+            _note_uses(lost, table)
         report.splits[split] = _summarize(split, gt, n_excluded, proposals, labelmap)
 
+    _fold_lost_ids(problems, lost)
     infos = _probe_videos(config, located, problems)
     own = _own_offsets(config, infos, problems)  # AVA-Kinetics: per-video time bases
     shared = [t.take(~np.isin(t.video.astype(str), list(own))) for t in located]
@@ -154,6 +161,67 @@ def _own_offsets(
         if video not in own and start is not None:
             own[video] = start
     return own
+
+
+@dataclass
+class _LostId:
+    """An id a duplicated label-map line probably lost, and the CSV rows that use it."""
+
+    duplicate: DuplicateIdError
+    rows: int = 0
+    first: str | None = None  # "file:line" of the first row using it
+
+
+def _lost_ids(problems: list[DataError], labelmap: LabelMap | None) -> dict[int, _LostId]:
+    if labelmap is None:
+        return {}
+    lost: dict[int, _LostId] = {}
+    for problem in problems:
+        if isinstance(problem, DuplicateIdError):
+            for label_id in problem.lost_ids(labelmap.ids.tolist()):
+                lost.setdefault(label_id, _LostId(problem))
+    return lost
+
+
+def _with_ids(labelmap: LabelMap | None, lost: dict[int, _LostId]) -> LabelMap | None:
+    if labelmap is None or not lost:
+        return labelmap
+    extra = sorted(lost)
+    return LabelMap(
+        ids=np.concatenate([labelmap.ids, np.asarray(extra, dtype=np.int64)]),
+        names=labelmap.names + ("?",) * len(extra),
+        label_types=labelmap.label_types + (None,) * len(extra),
+        source=labelmap.source,
+    )
+
+
+def _note_uses(lost: dict[int, _LostId], table: BoxTable | None) -> None:
+    if not lost or table is None:
+        return
+    for label_id, record in lost.items():
+        rows = np.flatnonzero(table.action == label_id)
+        if rows.size:
+            record.rows += int(rows.size)
+            record.first = record.first or f"{table.source}:{int(table.line[rows[0]])}"
+
+
+def _fold_lost_ids(problems: list[DataError], lost: dict[int, _LostId]) -> None:
+    """Add the lost ids (and the rows using them) to their duplicate's one line."""
+    for k, problem in enumerate(problems):
+        mine = {i: r for i, r in lost.items() if r.duplicate is problem}
+        if not mine:
+            continue
+        told = []
+        for label_id, record in sorted(mine.items()):
+            used = (
+                f"{record.rows} CSV row(s) use it, the first {record.first}"
+                if record.rows
+                else "no CSV row uses it"
+            )
+            told.append(f"id {label_id}, between the ids around this line, is missing ({used})")
+        problems[k] = DataError(
+            problem.path, problem.line, f"{problem.message}; {'; '.join(told)}: a typo?"
+        )
 
 
 def _class_list_problems(config: DatasetConfig, labelmap: LabelMap | None) -> list[DataError]:

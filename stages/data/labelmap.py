@@ -13,6 +13,7 @@ text format, not a protobuf dependency.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,6 +121,36 @@ def _parse_blocks(text: str, path: str) -> list[_Block]:
     return blocks
 
 
+class DuplicateIdError(DataError):
+    """A block whose id an earlier block already has (``str()`` as :class:`DataError`).
+
+    ``between``: the ids of the nearest blocks before and after it that have an id of their
+    own (None at either end of the file). In an ascending label map (AVA's are) an id missing
+    strictly between them is the one this block lost (a typo such as 4 -> 3).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        line: int | None,
+        message: str,
+        between: tuple[int, int] | None = None,
+    ) -> None:
+        super().__init__(path, line, message)
+        self.between = between
+
+    def __reduce__(self):  # keeps ``between`` across pickling
+        return (type(self), (self.path, self.line, self.message, self.between))
+
+    def lost_ids(self, present: Iterable[int]) -> list[int]:
+        """Ids strictly between the neighbours' ids that no block has."""
+        if self.between is None:
+            return []
+        low, high = self.between
+        have = set(present)
+        return [i for i in range(low + 1, high) if i not in have]
+
+
 def labelmap_problems(path: str | Path) -> tuple[LabelMap | None, list[DataError]]:
     """Parse a label map and collect every problem (a syntax error stops the parse).
 
@@ -145,6 +176,7 @@ def labelmap_problems(path: str | Path) -> tuple[LabelMap | None, list[DataError
     names: list[str] = []
     types: list[str | None] = []
     first_line: dict[int, int] = {}
+    order: list[int | DuplicateIdError] = []  # file order: own ids and duplicates
     for block in blocks:
         id_field = str(_BLOCKS[block.kind]["id_field"])
         missing = [f for f in ("name", id_field) if f not in block.fields]
@@ -161,19 +193,26 @@ def labelmap_problems(path: str | Path) -> tuple[LabelMap | None, list[DataError
             continue
         label_id = int(raw_id)
         if label_id in first_line:
-            problems.append(
-                DataError(
-                    path,
-                    id_token.line,
-                    f"duplicate {id_field} {label_id} (first given on line {first_line[label_id]})",
-                )
+            duplicate = DuplicateIdError(
+                path,
+                id_token.line,
+                f"duplicate {id_field} {label_id} (first given on line {first_line[label_id]})",
             )
+            problems.append(duplicate)
+            order.append(duplicate)
             continue
         first_line[label_id] = id_token.line
+        order.append(label_id)
         ids.append(label_id)
         names.append(block.fields["name"][0])
         label_type = block.fields.get("label_type")
         types.append(None if label_type is None else label_type[0])
+    for i, item in enumerate(order):
+        if isinstance(item, DuplicateIdError):
+            before = [x for x in order[:i] if isinstance(x, int)]
+            after = [x for x in order[i + 1 :] if isinstance(x, int)]
+            if before and after:
+                item.between = (before[-1], after[0])
     labelmap = LabelMap(
         ids=np.asarray(ids, dtype=np.int64),
         names=tuple(names),

@@ -26,20 +26,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.optimize import linear_sum_assignment
 
+from models.boxes import iou_matrix
 from stages.data import Dataset
 from stages.detect.config import TRACK as STAGE  # noqa: F401 (the stage, for stages.catalog)
-from stages.detect.config import TrackConfig, TrackStageConfig  # noqa: F401 (re-exported)
+from stages.detect.config import (  # noqa: F401 (re-exported)
+    TrackConfig,
+    TrackStageConfig,
+)
 from stages.detect.stage import read_persons
-from stages.evaluate.ap import pairwise_iou
 from stages.framework import StageContext, StageError, verify_published_file
 
 ACTORS_FILE = "actors.parquet"
-
-
-def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU [N, M] between every box of ``a`` [N, 4] and every box of ``b`` [M, 4]."""
-    n, m = len(a), len(b)
-    return pairwise_iou(np.repeat(a, m, axis=0), np.tile(b, (n, 1))).reshape(n, m)
 
 
 def link_tracks(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.boxes import iou_aligned
+
 
 def rank_by_score(scores: np.ndarray) -> np.ndarray:
     """Indices that order ``scores`` [N] from highest to lowest.
@@ -51,19 +53,4 @@ def trapezoid_ap(precision: np.ndarray, recall: np.ndarray) -> float:
     return float(np.sum((rec[1:] - rec[:-1]) * (prec[1:] + prec[:-1]) * 0.5))
 
 
-def pairwise_iou(a: np.ndarray, b: np.ndarray, *, plus_one: bool = False) -> np.ndarray:
-    """IoU [N] of row-aligned box pairs ``a[i]``, ``b[i]`` (float64 [N, 4], x1 y1 x2 y2).
-
-    ``plus_one`` uses the pixel convention (width = x2 - x1 + 1) of ACT/MOC.
-    The union is ``area(a) + area(b) - intersection``, as the reference codes compute it.
-    """
-    one = 1.0 if plus_one else 0.0
-    iw = np.maximum(0.0, np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]) + one)
-    ih = np.maximum(0.0, np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]) + one)
-    inter = ih * iw
-    area_a = (a[:, 3] - a[:, 1] + one) * (a[:, 2] - a[:, 0] + one)
-    area_b = (b[:, 3] - b[:, 1] + one) * (b[:, 2] - b[:, 0] + one)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / (area_a + area_b - inter)
-    # Degenerate pairs (zero union) overlap nowhere: count them as IoU 0, not NaN.
-    return np.where(np.isfinite(iou), iou, 0.0)
+pairwise_iou = iou_aligned  # models/boxes.py; the evaluator's name for it

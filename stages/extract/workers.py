@@ -233,13 +233,20 @@ def _published(ctx: StageContext, staging_inode: int) -> bool:
         return False
 
 
+def _release_if_mine(locks: LockFiles, name: str, payload: bytes) -> None:
+    if locks.read(name) == payload:
+        locks.delete(name)
+
+
 def _become_publisher(ctx: StageContext, owner: str, inode: int) -> bool:
     """True: this process finalizes and publishes. False: another one has published.
 
     The framework publishes by renaming the staging dir, after writing provenance and a
     manifest into it: two processes doing that at once on the same staging dir would
     corrupt it, so one wins an exclusive lock file; the others wait until the staging dir
-    (recognised by its inode) is published, or take over if the winner died.
+    (recognised by its inode) is published, or take over if the winner died. The winner
+    deletes the lock once published (``ctx.after_publish``); one left by a killed winner is
+    tidied by the next publisher of the key.
     """
     locks, name = _publish_lock(ctx)
     payload = json.dumps(
@@ -253,6 +260,9 @@ def _become_publisher(ctx: StageContext, owner: str, inode: int) -> bool:
                 locks.delete(name)  # that publication is done: tidy its lock away
             return False
         if locks.create_exclusive(name, payload):
+            # Held until the framework has renamed the staging dir into place, then gone:
+            # nothing of a published key stays in .staging.
+            ctx.after_publish.append(lambda: _release_if_mine(locks, name, payload))
             return True
         info = _break_lock_if_dead(locks, name)
         if info is not None and info.get("inode") != inode:

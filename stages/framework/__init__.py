@@ -98,6 +98,9 @@ class StageContext(Generic[C]):
     work_root: Path
     log: logging.Logger = field(default=log)
     expected_bytes: int | None = None  # the output's projected size, if the stage knows it
+    # Run once the output is at its final path (this run's or another's): e.g. extract
+    # deletes the publication lock it holds beside the staging dir.
+    after_publish: list[Callable[[], None]] = field(default_factory=list)
 
     def relpath(self, *parts: str) -> str:
         """A file of this output named relative to the work root, for summaries
@@ -519,6 +522,7 @@ def run_stage(
             shutil.rmtree(staging, ignore_errors=True)
             existing = read_output(work_root, stage.name, key)
             if existing is not None:
+                _after_publish(ctx)
                 return existing
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
         replaced = work_root / stage.name / REPLACED_DIR / f"{key}-{stamp}"
@@ -526,11 +530,17 @@ def run_stage(
         os.replace(final, replaced)
     os.replace(staging, final)
     _fsync_dir(final.parent)
+    _after_publish(ctx)
     log.info("stage %s: published %s (%.1f s)", stage.name, final, seconds)
     return StageRef(
         stage=stage.name, key=key, uri=str(final), digest=digest,
         summary=summary, cached=False, seconds=seconds,
     )  # fmt: skip
+
+
+def _after_publish(ctx: StageContext[Any]) -> None:
+    for hook in ctx.after_publish:
+        hook()
 
 
 def stage_status(work_root: Path | str, stage: Stage[Any], key: str) -> dict[str, Any]:

@@ -42,13 +42,13 @@ from typing import Any
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from models.boxes import iou_matrix
 from stages.data import BoxTable, Dataset, LabelMap, read_detections_csv
 from stages.data.predictions import (
     read_predictions_parquet,
     write_predictions_csv,
     write_predictions_parquet,
 )
-from stages.detect.track import iou_matrix
 from stages.evaluate.ava import _keyframe_ids, evaluate_ava
 from stages.evaluate.result import AvaResult
 from stages.evaluate.stage import PREDICTIONS_DIR
@@ -59,7 +59,11 @@ from stages.framework import (
     verify_published_file,
 )
 from stages.predict.config import ENSEMBLE as STAGE  # noqa: F401 (the stage, for stages.catalog)
-from stages.predict.config import EnsembleRunConfig, EnsembleSection, EnsembleStageConfig  # noqa: F401 (re-exported)
+from stages.predict.config import (  # noqa: F401 (re-exported)
+    EnsembleRunConfig,
+    EnsembleSection,
+    EnsembleStageConfig,
+)
 from stages.train.stage import METRICS_FILE, evaluated_labelmap
 
 log = logging.getLogger("bankflow.ensemble")

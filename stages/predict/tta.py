@@ -144,7 +144,7 @@ def compute(ctx: StageContext[PredictStageConfig]) -> dict[str, Any]:
     index, scores, per_view = predict_views(run.build_head(), stores, labelmap, exclusive)
     dataset = Dataset.open(cfg.dataset)
     gt, excluded = dataset.gt(split), dataset.excluded(split)
-    top_k = run.provenance["config"]["run"].get("top_k")
+    top_k = run.run_config.top_k
 
     def table(s: np.ndarray) -> BoxTable:
         return predictions_table(index, s, labelmap, top_k)

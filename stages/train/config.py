@@ -8,11 +8,32 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from stages.data.dataset import DatasetConfig
 from stages.framework import Stage
 from stages.framework.keys import InKey, NotInKey
+
+# Checks against the heads themselves (head_kwargs against a head's constructor, bank kinds
+# against what the heads declare) import the head registry, i.e. torch. They run in a
+# validation with ``context={HEADS_CHECK: True}``: stages.config.load_config validates a
+# config without them first (every other mistake in about a second, no torch), then with
+# them; ``bankflow status`` and ``config show`` leave them out. Defaults (a ``linear`` run)
+# are built without them too, so importing this module imports no torch.
+HEADS_CHECK = "check_heads"
+
+
+def heads_checked(info: ValidationInfo) -> bool:
+    """Whether this validation checks configs against the heads."""
+    return isinstance(info.context, dict) and info.context.get(HEADS_CHECK) is True
+
+
+def check_head_kwargs(head: str, kwargs: dict[str, Any], info: ValidationInfo) -> None:
+    """A typo in ``head_kwargs`` fails at config load (models.heads.contract)."""
+    if heads_checked(info):
+        from models.heads.contract import validate_head_kwargs  # torch
+
+        validate_head_kwargs(head, kwargs)
 
 
 class OptimConfig(BaseModel):
@@ -66,11 +87,16 @@ class HeadRunConfig(BaseModel):
     # keep only the k best classes per box in the predictions (None: every class)
     top_k: InKey[int | None] = Field(None, ge=1)
 
+    @model_validator(mode="after")
+    def _head_takes_kwargs(self, info: ValidationInfo) -> HeadRunConfig:
+        check_head_kwargs(self.head, self.head_kwargs, info)
+        return self
+
 
 class TrainSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    runs: dict[str, HeadRunConfig] = {"linear": HeadRunConfig()}
+    runs: dict[str, HeadRunConfig] = Field(default_factory=lambda: {"linear": HeadRunConfig()})
 
 
 class TrainStageConfig(BaseModel):
@@ -82,7 +108,9 @@ class TrainStageConfig(BaseModel):
     run: InKey[HeadRunConfig]
 
 
-BankKind = Literal["lfb", "acfb", "hrafb", "memory", "identity"]
+# A bank kind is one the heads declare (models.heads.BANK_KINDS), checked with the heads:
+# a new kind needs no change here.
+BankKind = str
 
 
 class BankDumpConfig(BaseModel):
@@ -94,6 +122,17 @@ class BankDumpConfig(BaseModel):
     kind: InKey[BankKind] = "lfb"
     splits: InKey[list[str] | None] = None  # None: every split the feature store has
     batch_keyframes: NotInKey[int] = Field(32, ge=1)  # keyframes per head forward
+
+    @model_validator(mode="after")
+    def _kind_of_a_head(self, info: ValidationInfo) -> BankDumpConfig:
+        if heads_checked(info):
+            from models.heads import BANK_KINDS  # torch
+
+            if self.kind not in BANK_KINDS:
+                raise ValueError(
+                    f"kind: {self.kind!r} is not a bank kind of the heads ({', '.join(BANK_KINDS)})"
+                )
+        return self
 
 
 class DumpSection(BaseModel):
@@ -136,11 +175,12 @@ class BankRunConfig(BaseModel):
     top_k: InKey[int | None] = Field(None, ge=1)
 
     @model_validator(mode="after")
-    def _bank_for_offline(self) -> BankRunConfig:
+    def _bank_for_offline(self, info: ValidationInfo) -> BankRunConfig:
         if self.bank_mode == "offline" and not self.bank:
             raise ValueError("bank_mode 'offline' needs `bank: <dump name>`")
         if self.bank_mode == "online" and self.init == "stage1" and not self.stage1:
             raise ValueError("init 'stage1' in online mode needs `stage1: <train run name>`")
+        check_head_kwargs(self.head, self.head_kwargs, info)
         return self
 
 
@@ -242,4 +282,5 @@ REBALANCE = Stage(
     resumable=True,
     gpu=True,
     produces_model=True,
+    trained_run=True,  # its head.pt and the source's run config: stages.train.run.TrainedRun
 )

@@ -29,7 +29,6 @@ from torch import nn
 
 from featurestore import FeatureStore, StoreError
 from featurestore.banks import BankStore, feature_video_digest
-from models.heads import build_head
 from models.heads.bank_features import bank_rows
 from stages.extract.stage import FEATURES_DIR, store_path
 from stages.framework import (
@@ -40,9 +39,14 @@ from stages.framework import (
     output_file,
 )
 from stages.train.config import DUMP as STAGE
-from stages.train.config import BankDumpConfig, BankKind, DumpSection, DumpStageConfig  # noqa: F401 (re-exported)
+from stages.train.config import (  # noqa: F401 (re-exported)
+    BankDumpConfig,
+    BankKind,
+    DumpSection,
+    DumpStageConfig,
+)
 from stages.train.data import collate, open_split
-from stages.train.run import load_head_file
+from stages.train.run import load_trained_head
 
 BANKS_DIR = "banks"
 
@@ -70,15 +74,6 @@ def store_splits(features_uri: str | Path) -> list[str]:
     if not splits:
         raise StageError(f"dump: {root} holds no feature stores (<split>.zarr)")
     return splits
-
-
-def load_stage1_head(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained head of a train-stage output (eval mode) and its saved build record."""
-    saved = load_head_file(run_dir)
-    head = build_head(saved["head"], in_channels=saved["in_channels"],
-                      num_classes=len(saved["classes"]), **saved["kwargs"])  # fmt: skip
-    head.load_state_dict(saved["state"])
-    return head.eval(), saved
 
 
 def video_key(bank: BankDumpConfig, stage1_key: str, features_digest: str) -> str:
@@ -243,7 +238,7 @@ def _dump_split(
 
 def compute(ctx: StageContext[DumpStageConfig]) -> dict[str, Any]:
     cfg = ctx.config
-    head, saved = load_stage1_head(ctx.input("train").path)
+    head, saved = load_trained_head(ctx.input("train").path)
     splits = cfg.bank.splits or store_splits(ctx.input("extract").uri)
     earlier = EarlierDumps(ctx.work_root, ctx.key)
     try:

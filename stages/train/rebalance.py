@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.heads import build_head
+from models.heads import Head
 from models.losses import ava_loss
 from stages.catalog import STAGES  # the catalog holds specs only: no cycle
 from stages.data import Dataset
@@ -57,19 +57,27 @@ from stages.evaluate.breakdown import head_tail_change
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
 from stages.framework import (
-    PROVENANCE_FILE,
     StageContext,
     StageError,
-    read_published_json,
     verify_published_file,
 )
 from stages.train import stage as train_stage
-from stages.train.config import REBALANCE as STAGE
-from stages.train.config import RebalanceSettings, RebalanceStageConfig
-from stages.train.config import crt_name as crt_name  # re-exported
+from stages.train.config import REBALANCE as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.train.config import (  # noqa: F401 (re-exported)
+    RebalanceSection,
+    RebalanceSettings,
+    RebalanceStageConfig,
+    crt_name,
+)
 from stages.train.data import open_training_splits
 from stages.train.loop import TrainData, epoch_batches, iter_batches, predict, read_batch
-from stages.train.run import load_head_file
+from stages.train.run import (
+    HEAD_FILE,
+    TrainedRun,
+    read_provenance,
+    save_head_file,
+    upstream_dir,
+)
 
 CRT_FILE = "crt.json"
 INPUTS_CACHE = "classifier_inputs.pt"  # staging only: the recorded classifier inputs
@@ -129,7 +137,8 @@ class ClassBalancedSampler:
 
 
 def classifier_of(model: nn.Module) -> nn.Linear:
-    """The head's final classifier: its ``classifier`` attribute, an ``nn.Linear``."""
+    """The head's final classifier: its ``classifier`` attribute, an ``nn.Linear`` (the head
+    contract, :mod:`models.heads.contract`; any module is checked)."""
     layer = getattr(model, "classifier", None)
     if not isinstance(layer, nn.Linear):
         raise StageError(
@@ -242,38 +251,13 @@ def retrain_classifier(
     return history
 
 
-def load_head(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained head of a model-producing stage output, and its saved record."""
-    path = run_dir / train_stage.HEAD_FILE
-    saved = load_head_file(run_dir)
-    kwargs = dict(saved.get("kwargs", {}))
-    model = build_head(saved["head"], in_channels=saved["in_channels"],
-                       num_classes=len(saved["classes"]), **kwargs)  # fmt: skip
-    missing, unexpected = model.load_state_dict(saved["state"], strict=False)
-    if unexpected or [m for m in missing if "aux_class_mask" not in m]:
-        raise StageError(
-            f"rebalance: {path} does not fit a {saved['head']!r} head "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    return model, saved
-
-
-def run_config(run_dir: Path) -> dict[str, Any]:
-    """The ``run`` section (splits, label IoU, top_k, loss) of a trained model's config."""
-    prov = run_dir / PROVENANCE_FILE
-    if not prov.is_file():
-        raise StageError(f"rebalance: {prov} is missing; the model run is not a stage output")
-    config = read_published_json(run_dir, PROVENANCE_FILE).get("config", {})
-    run = config.get("run")
-    if not isinstance(run, dict):
-        raise StageError(f"rebalance: {prov} has no 'run' section (not a head training run)")
-    return run
-
-
 def model_data(
-    run_dir: Path, model_stage: str, run: Mapping[str, Any], features_uri: str,
-    dataset: Dataset, labelmap: Any,
-) -> TrainData:  # fmt: skip
+    trained: TrainedRun,
+    model_stage: str,
+    features_uri: str,
+    dataset: Dataset,
+    labelmap: Any,
+) -> TrainData:
     """The train / val sources and batch reader the model was trained with.
 
     A stage-1 run reads the extract stage's feature stores. An offline ``train_bank`` run
@@ -282,25 +266,19 @@ def model_data(
     so this stage's key, already covers). Online-memory runs are refused: their memory is
     written by the forward pass and is not part of ``head.pt``.
     """
-    # A model with a trained head: a trained run (Stage.trained_run) or another cRT run.
-    sources = [name for name, stage in STAGES.items() if stage.trained_run] + [STAGE.name]
-    if model_stage not in sources:
-        raise StageError(
-            f"rebalance: {run_dir} is a {model_stage!r} output; expected a "
-            f"{', '.join(sources[:-1])} or {sources[-1]} run"
-        )
+    run_dir, run = trained.path, trained.run_config
     splits = open_training_splits(
         partial(store_path, features_uri), dataset, labelmap,
-        train_split=run.get("train_split", "train"), val_split=run.get("val_split", "val"),
-        label_iou=float(run.get("label_iou", 0.5)), who="rebalance",
+        train_split=run.train_split, val_split=run.val_split, label_iou=run.label_iou,
+        who="rebalance",
     )  # fmt: skip
     schema = splits.train_store.schema
     data = TrainData(
         *train_stage.feature_sources(
             splits,
             train_stage.stored_arrays(schema),
-            run.get("preload", "auto"),
-            float(run.get("preload_max_gb", 8.0)),
+            run.preload,
+            run.preload_max_gb,
             f"rebalance {run_dir.name}",
         ),
         exclusive=splits.exclusive,
@@ -308,30 +286,30 @@ def model_data(
         use_roi_t=schema.roi_t_shape is not None,
     )
     if model_stage == "train_bank":
-        data.attach = _bank_attach(run_dir, run, data)
+        data.attach = _bank_attach(trained, data)
     return data
 
 
-def _bank_attach(run_dir: Path, run: Mapping[str, Any], data: TrainData) -> Any:
+def _bank_attach(trained: TrainedRun, data: TrainData) -> Any:
     """The offline bank-window hook of a train_bank run (its dump found by provenance)."""
     from featurestore.banks import BankStore
-    from stages.train.bank import bank_attach
+    from stages.train.bank import BankRunConfig, bank_attach
     from stages.train.dump import bank_path
-    from stages.train.run import read_provenance, upstream_dir
-    from stages.train.window import WindowConfig
 
-    if run.get("bank_mode", "offline") != "offline":
+    run_dir, run = trained.path, trained.run_config
+    if isinstance(run, BankRunConfig) and run.bank_mode != "offline":
         raise StageError(
             f"rebalance: {run_dir} is an online-memory train_bank run; its memory is filled "
             "by the forward pass and not saved with head.pt, so its classifier cannot be "
             "re-trained here (rebalance an offline-bank run instead)"
         )
     dump_dir = upstream_dir(run_dir, read_provenance(run_dir), "dump")
-    banks = [(source, BankStore.open(bank_path(dump_dir, run.get(split, default))))
-             for source, split, default in ((data.train, "train_split", "train"),
-                                            (data.val, "val_split", "val"))]  # fmt: skip
-    return bank_attach(banks, WindowConfig(**run.get("window", {})),
-                       preload=bool(run.get("bank_preload", False)))  # fmt: skip
+    if not isinstance(run, BankRunConfig):
+        raise StageError(f"rebalance: {run_dir} has a dump input but a stage-1 run config")
+    banks = [(source, BankStore.open(bank_path(dump_dir, split)))
+             for source, split in ((data.train, run.train_split),
+                                   (data.val, run.val_split))]  # fmt: skip
+    return bank_attach(banks, run.window, preload=run.bank_preload)
 
 
 def compute(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
@@ -339,22 +317,30 @@ def compute(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
     settings = cfg.rebalance
     model_ref = ctx.input("model")
     run_dir, features_uri = model_ref.path, ctx.input("extract").uri
-    run = run_config(run_dir)
-    train_split = run.get("train_split", "train")
-    val_split = run.get("val_split", "val")
-    loss_mode = run.get("optim", {}).get("loss", "ava")
+    # A model with a trained head: an output of a stage whose trait says it is a trained run
+    # (train, train_bank, rebalance).
+    trained_runs = tuple(name for name, stage in STAGES.items() if stage.trained_run)
+    if model_ref.stage not in trained_runs:
+        raise StageError(
+            f"rebalance: {run_dir} is a {model_ref.stage!r} output; expected a "
+            f"{', '.join(trained_runs[:-1])} or {trained_runs[-1]} run"
+        )
+    trained = TrainedRun.open(run_dir, stages=trained_runs)
+    run = trained.run_config
+    train_split, val_split, loss_mode = run.train_split, run.val_split, run.optim.loss
     dataset = Dataset.open(cfg.dataset)
     labelmap = train_stage.evaluated_labelmap(dataset, cfg.dataset)
-    model, saved = load_head(run_dir)
+    model: Head = trained.build_head()
+    saved = trained.saved
     if [int(c) for c in saved["classes"]] != [int(c) for c in labelmap.ids]:
         raise StageError(
-            f"rebalance: {run_dir / train_stage.HEAD_FILE} predicts classes "
+            f"rebalance: {run_dir / HEAD_FILE} predicts classes "
             f"{saved['classes']}, the dataset evaluates {labelmap.ids.tolist()}"
         )
     for p in model.parameters():
         p.requires_grad_(False)
     classifier = classifier_of(model)
-    data = model_data(run_dir, model_ref.stage, run, features_uri, dataset, labelmap)
+    data = model_data(trained, model_ref.stage, features_uri, dataset, labelmap)
     exclusive = data.exclusive
     train_index = data.train.index
     assert data.val is not None
@@ -389,7 +375,7 @@ def compute(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
 
     val_index = data.val.index
     scores = predict(model, data.val, data)
-    table = train_stage.predictions_table(val_index, scores, labelmap, run.get("top_k"))
+    table = train_stage.predictions_table(val_index, scores, labelmap, run.top_k)
     gt_val, excluded_val = dataset.gt(val_split), dataset.excluded(val_split)
     after = evaluate_ava(gt_val, table, labelmap, excluded_val)
     before_path = run_dir / PREDICTIONS_DIR / f"{val_split}.parquet"
@@ -404,8 +390,8 @@ def compute(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
     out.mkdir(exist_ok=True)
     write_predictions_csv(out / f"{val_split}.csv", table)
     write_predictions_parquet(out / f"{val_split}.parquet", table)
-    torch.save({**saved, "state": model.state_dict(),
-                "rebalanced_from": str(run_dir)}, ctx.staging / train_stage.HEAD_FILE)  # fmt: skip
+    save_head_file(ctx.staging, **{**saved, "state": model.state_dict(),
+                                   "rebalanced_from": str(run_dir)})  # fmt: skip
     (ctx.staging / train_stage.HISTORY_FILE).write_text(json.dumps(history, indent=2))
     metrics = {**after.to_json(), "before": before.to_json()}
     (ctx.staging / train_stage.METRICS_FILE).write_text(json.dumps(metrics, indent=2))

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from featurestore import format_bytes
-from models.heads import build_head, head_reads
+from models.heads import HeadData, build_from_data, head_reads
 from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
@@ -33,7 +33,11 @@ from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
 from stages.framework import StageContext, StageError
 from stages.train.config import TRAIN as STAGE  # noqa: F401 (the stage, for stages.catalog)
-from stages.train.config import HeadRunConfig, TrainSection, TrainStageConfig  # noqa: F401 (re-exported)
+from stages.train.config import (  # noqa: F401 (re-exported)
+    HeadRunConfig,
+    TrainSection,
+    TrainStageConfig,
+)
 from stages.train.data import (
     KeyframeSource,
     SplitIndex,
@@ -41,8 +45,9 @@ from stages.train.data import (
     open_training_splits,
 )
 from stages.train.loop import TrainData, predict, train
+from stages.train.run import HEAD_FILE as HEAD_FILE  # re-exported: tests and tools read it here
+from stages.train.run import save_head_file
 
-HEAD_FILE = "head.pt"
 HISTORY_FILE = "history.json"
 EVENTS_FILE = "events.jsonl"
 METRICS_FILE = "metrics.json"
@@ -166,18 +171,13 @@ def compute(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
     train_index, val_index, exclusive = splits.train_index, splits.val_index, splits.exclusive
     schema = train_store.schema
     torch.manual_seed(run.optim.seed)
-    head_kwargs = dict(run.head_kwargs)
-    if run.head == "igmn_dam":
-        # IGMN leaves the softmax (pose) classes out of its two auxiliary classification
-        # losses (§3.3); which classes those are is the dataset's business, not the config's.
-        head_kwargs.setdefault("aux_class_mask", [k not in exclusive for k in range(len(labelmap))])
-    model = build_head(
-        run.head, in_channels=schema.pooled_dim, num_classes=len(labelmap), **head_kwargs
-    )
+    head_data = HeadData(in_channels=schema.pooled_dim, num_classes=len(labelmap),
+                         exclusive=tuple(exclusive))  # fmt: skip
+    model, _ = build_from_data(run.head, head_data, run.head_kwargs)
     reads = head_reads(model)
     missing = {"roi": schema.roi_shape, "roi_t": schema.roi_t_shape}
     absent = sorted(name for name, shape in missing.items() if name in reads and shape is None)
-    if absent and getattr(model, "reads", None) is not None:
+    if absent and model.reads is not None:
         raise StageError(
             f"train {cfg.name}: head {run.head!r} reads {', '.join(absent)}, which the feature "
             f"store {features_uri} does not hold (extract with store_{absent[0]}: true)"
@@ -217,9 +217,9 @@ def compute(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
     out.mkdir(exist_ok=True)
     write_predictions_csv(out / f"{run.val_split}.csv", table)
     write_predictions_parquet(out / f"{run.val_split}.parquet", table)
-    torch.save({"head": run.head, "kwargs": run.head_kwargs, "state": model.state_dict(),
-                "in_channels": schema.pooled_dim, "classes": labelmap.ids.tolist()},
-               ctx.staging / HEAD_FILE)  # fmt: skip
+    # The config's kwargs (aux_class_mask, filled from the data, only weighs training losses).
+    save_head_file(ctx.staging, head=run.head, kwargs=run.head_kwargs, state=model.state_dict(),
+                   in_channels=schema.pooled_dim, classes=labelmap.ids.tolist())  # fmt: skip
     (ctx.staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
     metrics = {**result.to_json(), "prior": prior.to_json()}
     (ctx.staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of aligned box rows ``a`` and ``b``, both float [N, 4] as (x1, y1, x2, y2)."""
-    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
-    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
-    inter = iw * ih
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a + area_b - inter, 1e-12)
+from models.boxes import iou_aligned
 
 
 def noisy_proposals(
@@ -47,7 +39,7 @@ def noisy_proposals(
     lo = np.minimum(boxes[:, :2], boxes[:, 2:])
     hi = np.maximum(np.maximum(boxes[:, :2], boxes[:, 2:]), lo + 0.01)
     boxes = np.concatenate([lo, np.clip(hi, 0.0, 1.0)], axis=1)
-    iou = box_iou(boxes, src)
+    iou = iou_aligned(boxes, src)
     scores = np.clip(0.55 + 0.9 * (iou - 0.5) + rng.normal(0.0, 0.04, len(src)), 0.36, 0.999)
     n_fp = int(rng.poisson(false_positive_rate))
     if n_fp:

@@ -60,7 +60,8 @@ def test_bench_eval_process_against_plain_numpy(tmp_path):
           f"plain numpy {plain_s:.2f} s (mAP {plain_map:.6f}): ratio {bankflow_s / plain_s:.2f}")  # fmt: skip
     print(f"bankflow --help {help_s:.2f} s, bankflow eval --help {eval_help_s:.2f} s")
     # The yardstick evaluates the same protocol: the same number, or the ratio means nothing.
-    assert abs(bankflow_map - plain_map) < 1e-6
+    # Both print 6 decimals: values a float's noise apart may round one unit apart.
+    assert abs(bankflow_map - plain_map) < 1.5e-6
     assert rows > 280_000
     assert bankflow_s / plain_s <= 1.5  # the target of issue #18 (it was ~5-10 with torch)
 

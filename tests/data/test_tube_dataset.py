@@ -147,7 +147,7 @@ def test_data_check_cli_exit_status(tiny_tube_world, tmp_path, capsys):
     from flows.cli import main
 
     root = _broken_copy(tiny_tube_world, tmp_path / "broken")
-    assert main(["data", "check", str(root)]) == 1
+    assert main(["data", "check", str(root)]) == 2
     err = capsys.readouterr().err
     assert "class 'ghost' (label 5) has no tube" in err
 

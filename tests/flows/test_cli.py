@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -65,7 +66,7 @@ def test_light_commands_import_neither_torch_nor_prefect(tiny_world, tmp_path):
         "version": (["--version"], 0),
         "eval help": (["eval", "--help"], 0),
         "eval": (["eval", str(gt), str(pred), "--labelmap", str(lm)], 0),
-        "data check": (["data", "check", str(tmp_path / "no_dataset")], 1),
+        "data check": (["data", "check", str(tmp_path / "no_dataset")], 2),
         "store info": (["store", "info", str(tmp_path / "no_store")], 2),
         "store verify": (["store", "verify", str(tmp_path / "no_store")], 2),
     }
@@ -130,6 +131,16 @@ def test_help_lists_the_stages_and_version_matches_pyproject(capsys):
 
 def test_every_stage_name_has_a_stage():
     assert set(STAGES) == set(STAGE_ORDER) and len(STAGE_ORDER) == len(set(STAGE_ORDER))
+
+
+def test_every_stage_names_a_compute_whose_module_exports_the_stage():
+    """The catalog's stages name their compute by path (imported when they run); each
+    compute module re-exports its stage as ``STAGE``."""
+    for name, stage in STAGES.items():
+        assert isinstance(stage.compute, str), name
+        compute = stage.compute_function()
+        assert callable(compute), name
+        assert importlib.import_module(compute.__module__).STAGE is stage, name
 
 
 def test_config_show_prints_the_resolved_config_and_every_stage_key(tiny_world, tmp_path, capsys):

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import namedtuple
 from collections.abc import Iterator
@@ -143,6 +144,8 @@ def test_progress_provenance_and_projected_size(
         assert prov["decoded_frames"] == len(frames)
         assert store.read_video(video_id).timestamps.tolist() == times.tolist()
     assert not any(Path(store.url, "locks").glob("*.json"))  # every claim released
+    # Nothing of the published key stays in .staging: not its dir, not its publish lock.
+    assert list((tmp_path / "extract" / STAGING_DIR).iterdir()) == []
 
 
 # ---------------------------------------------------------------- killed and restarted
@@ -230,6 +233,34 @@ def test_lock_of_a_dead_local_process_is_broken(tmp_path: Path) -> None:
     for name in ("alive.json", "remote.json"):
         extract_workers._break_lock_if_dead(locks, name)
         assert locks.read(name) is not None, name
+
+
+def test_a_lock_file_is_never_seen_half_written(tmp_path: Path) -> None:
+    """A reader racing the creation of a lock sees nothing or all of it: a partial lock is
+    neither parseable nor breakable, and would hold its key until a timeout."""
+    locks = LockFiles(tmp_path)
+    payload = json.dumps({"pid": os.getpid(), "pad": "x" * (1 << 22)}).encode()  # 4 MiB
+    partial: list[int] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            data = locks.read("k.json")
+            if data is not None and data != payload:
+                partial.append(len(data))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(30):
+            assert locks.create_exclusive("k.json", payload)
+            assert not locks.create_exclusive("k.json", b"{}")  # still exclusive
+            locks.delete("k.json")
+    finally:
+        stop.set()
+        reader.join()
+    assert partial == []
+    assert locks.names() == []  # no temporary file left
 
 
 # ---------------------------------------------------------------- bad input

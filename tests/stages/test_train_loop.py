@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from models.boxes import iou_matrix
 from stages.data import BoxTable, LabelMap
-from stages.detect.track import iou_matrix
 from stages.train.data import SplitIndex, assign_labels, iter_batches
 from stages.train.loop import EventLog, OptimConfig, epoch_batches, epoch_order, lr_factor
 from stages.train.stage import predictions_table, prior_scores

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from models.boxes import iou_aligned as box_iou
 from stages.world import LONG_TERM_IDS
 from stages.world import classes as C
-from stages.world.proposals import box_iou
 from tests.world.conftest import read_gt, read_rows, read_world
 
 
