@@ -7,6 +7,7 @@ Unlike the readers, which raise on the first bad row, this collects every proble
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
