@@ -95,6 +95,7 @@ class FeatureStore(StoreReading):
         self._locks = LockFiles(url)
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
         self._small: dict[str, dict[str, np.ndarray]] = {}
+        self._raws: dict = {}  # (video, array) -> how to read it as files (StoreReading._raw)
 
     @property
     def _videos(self) -> zarr.Group | None:

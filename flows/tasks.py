@@ -59,6 +59,7 @@ from stages.framework import (
     run_stage,
     stage_key,
 )
+from stages.framework.distributed import config_devices
 
 # Read off the stages' traits (stages.framework.Stage): tags, slots, pools, locks.
 GPU_STAGES = frozenset(name for name, stage in STAGES.items() if stage.gpu)
@@ -259,9 +260,9 @@ class StageLogBridge(logging.Handler):
 )
 def stage_task(call: StageCall) -> StageRef:
     """Run one stage (or find its published output) and return the reference."""
-    if STAGES[call.stage].gpu:
-        claim_gpu_slot()
     config = call.typed_config()
+    if STAGES[call.stage].gpu:
+        claim_gpu_slot(count=config_devices(config))
     splits = list(getattr(getattr(config, "extract", None), "splits", None) or [])
     logger = logging.getLogger("bankflow")
     bridge = StageLogBridge(call.stage, splits)

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from stages.data.dataset import DatasetConfig
 from stages.framework import Stage
 from stages.framework.keys import FileInKey, FileOrNameInKey, InKey, NotInKey
+from stages.framework.precision_names import Precision
 
 if TYPE_CHECKING:
     from models.roi import RoIAlignSpec
@@ -78,6 +79,8 @@ class ExtractConfig(BackboneConfig):
     roi_align: InKey[RoIAlignConfig] = RoIAlignConfig()
     batch_size: NotInKey[int] = 8  # keyframes per backbone forward (inference)
     device: NotInKey[Literal["auto", "cpu", "cuda"]] = "auto"
+    # Autocast of the backbone forward (stages.framework.precision); the store stays fp16.
+    precision: InKey[Precision] = "fp32"
     splits: InKey[list[str]] = ["train", "val"]
     allow_low_disk: NotInKey[bool] = False
 
@@ -109,6 +112,10 @@ class FinetuneConfig(BaseModel):
     freeze_bn: InKey[bool] = False  # BN statistics frozen (pretrained weights, tiny batches)
     seed: InKey[int] = 0
     device: NotInKey[Literal["auto", "cpu", "cuda"]] = "auto"
+    # Autocast of the forward pass (stages.framework.precision): fp32, bf16, fp16 (CUDA).
+    precision: InKey[Precision] = "fp32"
+    # Data-parallel processes (stages.framework.distributed): each takes its slice of every batch.
+    devices: NotInKey[int] = Field(1, ge=1)
     # torch intra-op CPU threads while training (None: torch's default). On a CPU shared
     # with other jobs, 1 thread measured 2x faster than 2 (threads spin-wait for each other).
     num_threads: NotInKey[int | None] = Field(None, ge=1)

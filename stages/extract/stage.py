@@ -44,7 +44,12 @@ from featurestore import (
 from stages.data import Dataset
 from stages.detect.track import read_actors
 from stages.extract.config import EXTRACT as STAGE  # noqa: F401 (the stage, for stages.catalog)
-from stages.extract.config import BackboneConfig, ExtractConfig, ExtractStageConfig, RoIAlignConfig  # noqa: F401 (re-exported)
+from stages.extract.config import (  # noqa: F401 (re-exported)
+    BackboneConfig,
+    ExtractConfig,
+    ExtractStageConfig,
+    RoIAlignConfig,
+)
 from stages.extract.video import VideoExtractor, _device, _probe_shapes, build_schema, load_backbone
 from stages.extract.workers import _become_publisher, _open_store, _published, _SplitRun
 from stages.framework import StageContext, StageError, output_file

@@ -44,6 +44,7 @@ from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
 from stages.framework import StageContext, StageError
+from stages.framework.distributed import is_main, run_data_parallel
 from stages.train.config import TRAIN_BANK as STAGE  # noqa: F401 (the stage, for stages.catalog)
 from stages.train.config import (  # noqa: F401 (re-exported)
     BankRunConfig,
@@ -240,6 +241,18 @@ def fill_memory(model: OnlineMemoryHead, source: KeyframeSource, data: TrainData
 
 
 def compute(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
+    """The stage on ``run.optim.devices`` data-parallel processes (stages.framework.distributed)."""
+    run: BankRunConfig = ctx.config.run
+    if run.optim.devices > 1 and run.bank_mode == "online":
+        raise StageError(
+            f"train_bank {ctx.config.name}: bank_mode online keeps one memory of the "
+            "keyframes seen in training order; it trains on one device (optim.devices: 1)"
+        )
+    return run_data_parallel(compute_rank, ctx, devices=run.optim.devices)
+
+
+def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
+    """One rank's part: every rank trains; rank 0 evaluates and writes the outputs."""
     cfg = ctx.config
     run = cfg.run
     if run.head not in HEADS:
@@ -335,6 +348,8 @@ def compute(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
         events=ctx.staging / EVENTS_FILE,
     )  # fmt: skip
     train_seconds = time.perf_counter() - t0
+    if not is_main():
+        return {}
     result, table = val_map(val_scores(model))
     prior, _ = val_map(prior_scores(train_index.labels, n_val))
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validat
 from stages.data.dataset import DatasetConfig
 from stages.framework import Stage
 from stages.framework.keys import InKey, NotInKey
+from stages.framework.precision_names import Precision
 
 # Checks against the heads themselves (head_kwargs against a head's constructor, bank kinds
 # against what the heads declare) import the head registry, i.e. torch. They run in a
@@ -21,6 +22,11 @@ from stages.framework.keys import InKey, NotInKey
 # them; ``bankflow status`` and ``config show`` leave them out. Defaults (a ``linear`` run)
 # are built without them too, so importing this module imports no torch.
 HEADS_CHECK = "check_heads"
+
+# The optim fields a recipe sets (epochs and batch_keyframes stay the run's: the scale).
+RECIPE_OPTIM_FIELDS = (
+    "optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "step_epochs",
+)  # fmt: skip
 
 
 def heads_checked(info: ValidationInfo) -> bool:
@@ -55,6 +61,12 @@ class OptimConfig(BaseModel):
     box_jitter: InKey[float] = Field(0.0, ge=0, lt=0.5)
     loss: InKey[Literal["ava", "bce"]] = "ava"
     seed: InKey[int] = 0
+    # Autocast of the forward pass: bf16 (CPU or CUDA), fp16 (CUDA, with a gradient scaler);
+    # weights, optimizer state and the loss stay fp32 (docs/design.md, "Mixed precision").
+    precision: InKey[Precision] = "fp32"
+    # Data-parallel processes (one per device; stages.framework.distributed): the same global batch
+    # of batch_keyframes split between them, so the result does not depend on it.
+    devices: NotInKey[int] = Field(1, ge=1)
 
 
 class WindowConfig(BaseModel):
@@ -86,6 +98,42 @@ class HeadRunConfig(BaseModel):
     preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
     # keep only the k best classes per box in the predictions (None: every class)
     top_k: InKey[int | None] = Field(None, ge=1)
+    # A paper's training recipe scaled to this run (stages/train/recipes.py): "paper" (the head's
+    # own) or a recipe's name ("acar", ...). It sets every optim field the run does not set
+    # itself (optimizer, lr scaled to optim.batch_keyframes, momentum, weight decay, warm-up,
+    # step schedule at the paper's fractions of optim.epochs) and zero-initialises the
+    # residual relation branches. Resolved at load, so the resolved optim enters the key.
+    recipe: InKey[str | None] = None
+    # None: True with a recipe, else False (the heads' own initialisation)
+    zero_init_residual: InKey[bool | None] = None
+
+    @model_validator(mode="after")
+    def _apply_recipe(self) -> HeadRunConfig:
+        if self.recipe is None:
+            return self
+        # Imported here, as the head registry below: loading a config imports no torch.
+        from stages.train.recipes import PAPER_RECIPES, scaled_recipe
+
+        name = self.head if self.recipe == "paper" else self.recipe
+        if name not in PAPER_RECIPES:
+            known = ", ".join(["paper", *sorted(PAPER_RECIPES)])
+            what = f"head {self.head!r} has no paper recipe" if self.recipe == "paper" else (
+                f"unknown recipe {self.recipe!r}")  # fmt: skip
+            raise ValueError(f"{what}; expected one of {known}")
+        paper = scaled_recipe(
+            name, batch_keyframes=self.optim.batch_keyframes, epochs=self.optim.epochs
+        ).optim
+        given = self.optim.model_fields_set
+        update = {k: getattr(paper, k) for k in RECIPE_OPTIM_FIELDS if k not in given}
+        self.optim = self.optim.model_copy(update=update)
+        return self
+
+    @property
+    def zero_init(self) -> bool:
+        """Whether training starts with the residual relation branches at zero."""
+        if self.zero_init_residual is None:
+            return self.recipe is not None
+        return self.zero_init_residual
 
     @model_validator(mode="after")
     def _head_takes_kwargs(self, info: ValidationInfo) -> HeadRunConfig:
@@ -221,6 +269,9 @@ class RebalanceSettings(BaseModel):
     # like a class; without them the classifier would never see a pure negative.
     background_pool: InKey[bool] = True
     seed: InKey[int] = 0
+    # Data-parallel processes (stages.framework.distributed): the classifier inputs are recorded in
+    # slices and every batch of draws is split between them; the result does not change.
+    devices: NotInKey[int] = Field(1, ge=1)
 
 
 class RebalanceSection(RebalanceSettings):

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from models.heads import Head
-from models.losses import ava_loss
+from models.losses import ava_loss, loss_normalizers
 from stages.catalog import STAGES  # the catalog holds specs only: no cycle
 from stages.data import Dataset
 from stages.data.predictions import (
@@ -60,6 +60,15 @@ from stages.framework import (
     StageContext,
     StageError,
     verify_published_file,
+)
+from stages.framework.distributed import (
+    all_reduce_gradients,
+    all_reduce_sum,
+    barrier,
+    is_main,
+    run_data_parallel,
+    shard,
+    world,
 )
 from stages.train import stage as train_stage
 from stages.train.config import REBALANCE as STAGE  # noqa: F401 (the stage, for stages.catalog)
@@ -221,8 +230,9 @@ def retrain_classifier(
         )  # fmt: skip
     else:
         optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    total = settings.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total))
+    steps = settings.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps))
+    rank, size = world()
     classifier.train()
     history = []
     for epoch in range(settings.epochs):
@@ -230,16 +240,22 @@ def retrain_classifier(
         _drawn, actors = sampler.draw(n, np.random.default_rng([settings.seed, epoch]))
         losses = []
         for rows in epoch_batches(actors, settings.batch_actors):
+            norms = None
+            if size > 1:  # this rank's slice; its loss is its share of the batch's
+                norms = loss_normalizers(labels[torch.from_numpy(rows)], exclusive, loss_mode)
+                rows = shard(rows, rank, size)[0]
             idx = torch.from_numpy(rows)
             loss = ava_loss(classifier(inputs[idx]), labels[idx], exclusive=exclusive,
-                            mode=loss_mode)  # fmt: skip
-            if not torch.isfinite(loss):
+                            mode=loss_mode, normalizers=norms)  # fmt: skip
+            total = all_reduce_sum(loss.detach())
+            if not torch.isfinite(total):
                 raise StageError(f"rebalance: non-finite loss at epoch {epoch}; lower lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            all_reduce_gradients(classifier)
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss.detach()))
+            losses.append(float(total))
         history.append({
             "epoch": epoch,
             "loss": float(np.mean(losses)),
@@ -313,6 +329,38 @@ def _bank_attach(trained: TrainedRun, data: TrainData) -> Any:
 
 
 def compute(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
+    """The stage on ``rebalance.devices`` data-parallel processes (stages.framework.distributed)."""
+    devices = ctx.config.rebalance.devices
+    return run_data_parallel(compute_rank, ctx, devices=devices)
+
+
+def record_inputs(model: nn.Module, data: TrainData, cache: Path) -> torch.Tensor:
+    """The classifier inputs of every training actor, recorded once into ``cache`` (each
+    data-parallel rank records its slice of the keyframes; rank 0 joins them)."""
+    rank, size = world()
+    barrier()
+    if not cache.is_file():
+        source = data.train
+        mine, _ = shard(np.arange(len(source.index)), rank, size)
+        batches = epoch_batches(mine, 32)
+        inputs = classifier_inputs(model, lambda: iter_batches(
+            source, batches, lambda kf: read_batch(source, kf, data)))  # fmt: skip
+        parts = [cache.with_name(f".{cache.name}.rank{r}") for r in range(size)]
+        torch.save(inputs, parts[rank])
+        barrier()
+        if rank == 0:
+            joined = torch.cat([torch.load(p, weights_only=True) for p in parts])
+            tmp = cache.with_name(f".{cache.name}.tmp")
+            torch.save(joined, tmp)
+            tmp.replace(cache)
+            for p in parts:
+                p.unlink()
+        barrier()
+    return torch.load(cache, weights_only=True)
+
+
+def compute_rank(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
+    """One rank's part: every rank re-trains; rank 0 evaluates and writes the outputs."""
     cfg = ctx.config
     settings = cfg.rebalance
     model_ref = ctx.input("model")
@@ -347,16 +395,7 @@ def compute(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     cache = ctx.staging / INPUTS_CACHE
-    if cache.is_file():
-        inputs = torch.load(cache, weights_only=True)
-    else:
-        source = data.train
-        batches = epoch_batches(np.arange(len(train_index)), 32)
-        inputs = classifier_inputs(model, lambda: iter_batches(
-            source, batches, lambda kf: read_batch(source, kf, data)))  # fmt: skip
-        tmp = cache.with_name(f".{cache.name}.tmp")
-        torch.save(inputs, tmp)
-        tmp.replace(cache)
+    inputs = record_inputs(model, data, cache)
     if len(inputs) != len(train_index.boxes):
         raise StageError(
             f"rebalance: recorded {len(inputs)} classifier inputs for "
@@ -372,6 +411,8 @@ def compute(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
     # (IGMN's DAM, ACAR+ACFB's ACAR); assigning an attribute would leave that one in use.
     classifier.load_state_dict(new_classifier.state_dict())
     train_seconds = time.perf_counter() - t0
+    if not is_main():
+        return {}
 
     val_index = data.val.index
     scores = predict(model, data.val, data)

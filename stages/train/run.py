@@ -38,8 +38,7 @@ from stages.framework import (
 )
 
 if TYPE_CHECKING:
-    from stages.train.bank import BankRunConfig
-    from stages.train.stage import HeadRunConfig
+    from stages.train.config import BankRunConfig, HeadRunConfig
 
 HEAD_FILE = "head.pt"  # the trained head of a train, train_bank or rebalance output
 POSE_LABEL_TYPE = "PERSON_MOVEMENT"
@@ -230,8 +229,7 @@ class TrainedRun:
     def run_config(self) -> HeadRunConfig | BankRunConfig:
         """The run's typed ``run`` section: a :class:`stages.train.stage.HeadRunConfig`
         (``train``) or :class:`stages.train.bank.BankRunConfig` (``train_bank``)."""
-        from stages.train.bank import BankRunConfig
-        from stages.train.stage import HeadRunConfig
+        from stages.train.config import BankRunConfig, HeadRunConfig
 
         run = self.provenance.get("config", {}).get("run")
         if not isinstance(run, dict):

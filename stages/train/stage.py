@@ -32,12 +32,14 @@ from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
 from stages.framework import StageContext, StageError
-from stages.train.config import TRAIN as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.framework.distributed import is_main, run_data_parallel
 from stages.train.config import (  # noqa: F401 (re-exported)
+    RECIPE_OPTIM_FIELDS,
     HeadRunConfig,
     TrainSection,
     TrainStageConfig,
 )
+from stages.train.config import TRAIN as STAGE  # noqa: F401 (the stage, for stages.catalog)
 from stages.train.data import (
     KeyframeSource,
     SplitIndex,
@@ -158,6 +160,13 @@ def stored_arrays(schema: Any) -> set[str]:
 
 
 def compute(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
+    """The stage on ``run.optim.devices`` data-parallel processes (stages.framework.distributed)."""
+    devices = ctx.config.run.optim.devices
+    return run_data_parallel(compute_rank, ctx, devices=devices)
+
+
+def compute_rank(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
+    """One rank's part: every rank trains; rank 0 evaluates and writes the outputs."""
     cfg = ctx.config
     run = cfg.run
     dataset = Dataset.open(cfg.dataset)
@@ -174,6 +183,11 @@ def compute(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
     head_data = HeadData(in_channels=schema.pooled_dim, num_classes=len(labelmap),
                          exclusive=tuple(exclusive))  # fmt: skip
     model, _ = build_from_data(run.head, head_data, run.head_kwargs)
+    if run.zero_init:
+        from stages.train.recipes import zero_init_residual
+
+        log.info("%s: %d residual relation branches start at zero", cfg.name,
+                 zero_init_residual(model))  # fmt: skip
     reads = head_reads(model)
     missing = {"roi": schema.roi_shape, "roi_t": schema.roi_t_shape}
     absent = sorted(name for name, shape in missing.items() if name in reads and shape is None)
@@ -210,6 +224,8 @@ def compute(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
         events=ctx.staging / EVENTS_FILE,
     )  # fmt: skip
     train_seconds = time.perf_counter() - t0
+    if not is_main():
+        return {}
     result, table = val_map(predict(model, data.val, data))
     prior, _ = val_map(prior_scores(train_index.labels, len(val_index.boxes)))
 

@@ -54,6 +54,8 @@ CASES: dict[str, tuple[str, dict, dict | None]] = {
     "acar": ("acar", {"reduce_dim": 8, "dim": 6}, None),
     "acar-paper-nl": ("acar", {"variant": "paper", "reduce_dim": 8, "dim": 6}, None),
     "acar-paper-rn": ("acar", {"variant": "paper", "hr2o": "rn", "reduce_dim": 8, "dim": 6}, None),
+    "acrn-box_mask": ("acrn", {"dim": 6, "actor_position": "box_mask"}, None),
+    "acar-box_mask": ("acar", {"reduce_dim": 8, "dim": 6, "actor_position": "box_mask"}, None),
     "amcr": ("amcr", {"hidden_dim": 16, "num_layers": 2, "num_heads": 2,
                       "classifier_dropout": 0}, None),
     "amcr_slim": ("amcr_slim", {"hidden_dim": 16, "num_heads": 2, "pos_input_size": [4, 6]}, None),
