@@ -39,10 +39,8 @@ from stages.report import plots
 from stages.report.config import (  # noqa: F401 (re-exported)
     HTML_FILE,
     MARKDOWN_FILE,
-    MODEL_STAGES,
     ReportConfig,
     ReportStageConfig,
-    report_inputs,
 )
 from stages.report.config import REPORT as STAGE  # noqa: F401 (the stage, for stages.catalog)
 from stages.train.rebalance import CRT_FILE, class_counts, head_tail_k
