@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from stages.detect.config import DETECT, TRACK
-from stages.evaluate.config import EVALUATE
+from stages.evaluate.config import EVALUATE, LINK
 from stages.extract.config import EXTRACT, FINETUNE
 from stages.framework import Stage
 from stages.predict.config import ENSEMBLE, PREDICT
@@ -27,6 +27,8 @@ STAGES: dict[str, Stage[Any]] = {
     for stage in (
         DETECT, TRACK, FINETUNE, EXTRACT, TRAIN, DUMP, TRAIN_BANK,
         PREDICT,  # test-time augmentation
-        REBALANCE, ENSEMBLE, EVALUATE, REPORT,
+        REBALANCE,
+        LINK,  # tube datasets: detections -> tubes
+        ENSEMBLE, EVALUATE, REPORT,
     )
 }  # fmt: skip

@@ -26,6 +26,7 @@ from stages.data.dataset import DatasetConfig
 from stages.data.names import name_problem
 from stages.detect.config import DetectConfig, TrackConfig
 from stages.evaluate.config import EvaluateConfig
+from stages.evaluate.tube_eval import LinkingConfig
 from stages.extract.config import ExtractConfig, FinetuneConfig
 from stages.framework.remote_cache import CacheConfig
 from stages.predict.config import EnsembleSection, TTAConfig
@@ -67,6 +68,8 @@ class PipelineConfig(BaseModel):
     train_bank: TrainBankSection = TrainBankSection()
     # Test-time augmentation (stages.predict.tta): extra extraction views, averaged per box.
     tta: TTAConfig | None = None
+    # Tube datasets: linking per-frame detections into tubes (MOC's linker; AVA skips it).
+    link: LinkingConfig = LinkingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     # Class-balanced classifier re-training (cRT) of the named runs (none by default).
     rebalance: RebalanceSection = RebalanceSection()

@@ -1,5 +1,6 @@
-"""The evaluate stage as the catalog sees it: its config section and code version, without
-its compute (:mod:`stages.evaluate.stage`), imported only when it runs (docs/design.md §1).
+"""The link and evaluate stages as the catalog sees them: config sections and code versions,
+without their compute (:mod:`stages.evaluate.link`, :mod:`stages.evaluate.stage`), imported
+only when they run (docs/design.md §1).
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ class EvaluateConfig(BaseModel):
     # Order of equal scores: "official" = the ActivityNet evaluator's (published
     # numbers), "stable" = file order. See stages.evaluate.ava.
     ties: InKey[Literal["official", "stable"]] = "official"
-    # Tube datasets: linking of per-frame detections into tubes, and the prior-only
-    # baseline's tube metrics on the same boxes (from the ``train_split`` GT).
-    linking: InKey[LinkingConfig] = LinkingConfig()
+    # Tube datasets: the prior-only baseline's metrics on the same boxes (class
+    # frequencies of the ``train_split`` GT; the link stage links its tubes).
     train_split: InKey[str] = "train"
 
 
@@ -37,9 +37,29 @@ class EvaluateStageConfig(BaseModel):
     evaluate: InKey[EvaluateConfig]
 
 
+class LinkStageConfig(BaseModel):
+    """The link stage (tube datasets: a model's detections linked into tubes)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: InKey[DatasetConfig]
+    dataset_fingerprint: InKey[str]
+    split: InKey[str]  # the evaluated split (evaluate.split)
+    train_split: InKey[str]  # the prior baseline's class frequencies (evaluate.train_split)
+    link: InKey[LinkingConfig] = LinkingConfig()
+
+
+LINK = Stage(
+    name="link",
+    code_version="1",
+    config_type=LinkStageConfig,
+    compute="stages.evaluate.link:compute",
+)
 EVALUATE = Stage(
     name="evaluate",
-    code_version="3",  # 2: equal scores in the official order by default; 3: tube datasets
+    # 2: equal scores in the official order by default; 3: tube datasets; 4: their tubes
+    # from the link stage
+    code_version="4",
     config_type=EvaluateStageConfig,
     compute="stages.evaluate.stage:compute",
 )

@@ -4,10 +4,11 @@ Input ``predictions``: a stage output holding ``predictions/<split>.csv`` (AVA C
 scores, as every model-producing stage writes). Output: ``metrics.json``,
 ``metrics.md`` and ``per_class_ap.png`` (see :mod:`stages.evaluate.report`).
 
-On a tube dataset (MultiSports, UCF101-24, JHMDB, the tube world) it links the per-frame
-detections into tubes and reports frame-mAP and video-mAP instead, for the model and
-for the prior-only baseline on the same boxes (:mod:`stages.evaluate.tube_eval`):
-``metrics.json``, ``metrics.md``, ``tubes.json``.
+On a tube dataset (MultiSports, UCF101-24, JHMDB, the tube world) it reports frame-mAP
+of the predictions and video-mAP of the tubes the ``link`` stage linked from them
+(input ``tubes``: :mod:`stages.evaluate.link`), for the model and for the prior-only
+baseline on the same boxes (:mod:`stages.evaluate.tube_eval`): ``metrics.json``,
+``metrics.md``, ``tubes.json``.
 """
 
 from __future__ import annotations
@@ -22,16 +23,16 @@ from stages.data import BoxTable, Dataset, read_detections_csv
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.config import EVALUATE as STAGE  # noqa: F401 (the stage, for stages.catalog)
 from stages.evaluate.config import EvaluateConfig, EvaluateStageConfig  # noqa: F401 (re-exported)
+from stages.evaluate.link import PREDICTIONS_DIR, tubes_file
 from stages.evaluate.report import write_ava_outputs
 from stages.evaluate.tube_eval import (
-    evaluate_tube_detections,
     frame_detections,
+    load_tubes,
     prior_table,
+    score_tubes,
     write_tube_outputs,
 )
 from stages.framework import StageContext, StageError, verify_published_file
-
-PREDICTIONS_DIR = "predictions"
 
 
 def predictions_csv(uri: str | Path, split: str) -> Path:
@@ -96,13 +97,24 @@ def _compute_tubes(
     assert dataset.config.tubes is not None  # the caller's test: a tube dataset
     convention = dataset.config.tubes.convention
     preds = read_detections_csv(pred_path, strict=False)
-    result, tubes = evaluate_tube_detections(
-        gt, frame_detections(preds, gt, videos), videos, linking=ev.linking, convention=convention
+    linked = ctx.input("tubes")  # the link stage's output of these predictions
+    if linked.summary.get("split", split) != split:
+        raise StageError(f"evaluate: input tubes {linked.uri} are of split "
+                         f"{linked.summary['split']!r}, not {split!r}")  # fmt: skip
+
+    def tubes(prior: bool) -> Any:
+        path = tubes_file(linked.uri, split, prior=prior)
+        verify_published_file(linked.uri, path.relative_to(linked.uri).as_posix())
+        return load_tubes(path)
+
+    model_tubes = tubes(prior=False)
+    result = score_tubes(
+        gt, frame_detections(preds, gt, videos), model_tubes, videos, convention=convention
     )
-    write_tube_outputs(result, tubes, gt.labels, ctx.staging)
+    write_tube_outputs(result, model_tubes, gt.labels, ctx.staging)
     prior = prior_table(preds, dataset.gt(ev.train_split).action, dataset.labelmap.ids)
-    baseline, _ = evaluate_tube_detections(
-        gt, frame_detections(prior, gt, videos), videos, linking=ev.linking, convention=convention
+    baseline = score_tubes(
+        gt, frame_detections(prior, gt, videos), tubes(prior=True), videos, convention=convention
     )
     (ctx.staging / "prior_metrics.json").write_text(json.dumps(baseline.to_json(gt.labels)))
     return {

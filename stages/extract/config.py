@@ -138,6 +138,7 @@ FINETUNE = Stage(
     config_type=FinetuneStageConfig,
     compute="stages.extract.finetune:compute",
     resumable=True,
+    gpu=True,
 )
 EXTRACT = Stage(
     name="extract",
@@ -145,4 +146,6 @@ EXTRACT = Stage(
     config_type=ExtractStageConfig,
     compute="stages.extract.stage:compute",
     resumable=True,
+    gpu=True,
+    self_coordinated=True,  # per-video claims in the store, one publisher (stages.extract.workers)
 )

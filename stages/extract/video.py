@@ -30,7 +30,7 @@ from stages.framework.precision import autocast
 from stages.video import ClipSpec, VideoReader, iter_keyframe_clips
 
 if TYPE_CHECKING:
-    from stages.extract.stage import ExtractConfig
+    from stages.extract.config import ExtractConfig
 
 log = logging.getLogger("bankflow.extract")
 

@@ -40,6 +40,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from stages.framework.diskspace import disk_full_as_stage_error
+from stages.framework.errors import StageError
 from stages.framework.keys import KeyFileError, excluded_fields, key_payload
 from stages.framework.keys import hash_file as file_sha256  # read now: outputs are verified with it
 
@@ -56,10 +57,6 @@ TRACKED_LIBRARIES = (
     "bankflow", "numpy", "torch", "torchvision", "decord", "zarr", "pyarrow",
     "h5py", "prefect", "pydantic",
 )  # fmt: skip
-
-
-class StageError(RuntimeError):
-    """A stage could not run or its output is unusable (message names stage and path)."""
 
 
 class StageRef(BaseModel):
@@ -134,6 +131,19 @@ class Stage(Generic[C]):
             torch (docs/design.md §1).
         resumable: keep the staging directory of a killed run so ``compute`` can skip
             finished work (per video, per epoch); otherwise a stale staging dir is wiped.
+
+    Traits, read where the pipeline, the flows and the report need them (one place per
+    stage, not lists of names; docs/design.md §9):
+
+        gpu: wants a GPU (flows tag its task runs and claim a GPU slot; its deployment
+            is the ``gpu`` one).
+        produces_model: each run publishes one *model*: ``predictions/<split>.csv``
+            and a summary with ``val_map`` (summary.json ``models``, the report's
+            ``model:<name>`` inputs, evaluated per model).
+        trained_run: its output is a trained run (``head.pt`` + the run config it was
+            trained with) that :class:`stages.train.run.TrainedRun` opens.
+        self_coordinated: concurrent processes on one key coordinate themselves
+            (per-video claims, one publisher), so the flows hold no lock on its key.
     """
 
     name: str
@@ -141,6 +151,10 @@ class Stage(Generic[C]):
     config_type: type[C]
     compute: Callable[[StageContext[C]], dict[str, Any] | None] | str
     resumable: bool = False
+    gpu: bool = False
+    produces_model: bool = False
+    trained_run: bool = False
+    self_coordinated: bool = False
 
     def compute_function(self) -> Callable[[StageContext[C]], dict[str, Any] | None]:
         """``compute``, imported if it is named by its dotted path."""

@@ -92,6 +92,8 @@ PREDICT = Stage(
     code_version="1",
     config_type=PredictStageConfig,
     compute="stages.predict.tta:compute",
+    gpu=True,
+    produces_model=True,
 )
 ENSEMBLE = Stage(
     name="ensemble",

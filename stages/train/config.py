@@ -1,7 +1,8 @@
 """The train, dump, train_bank and rebalance stages as the catalog sees them: config
 sections, code versions and traits, without their compute (torch), which is imported only
-when a stage runs (docs/design.md §1). The training loop's :class:`OptimConfig` and the
-bank window's :class:`WindowConfig` live here for the same reason.
+when a stage runs (docs/design.md §1). The bank window's :class:`WindowConfig` lives here
+for the same reason, the training loop's :class:`OptimConfig` in :mod:`stages.train.optim`
+(re-exported here).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validat
 from stages.data.dataset import DatasetConfig
 from stages.framework import Stage
 from stages.framework.keys import InKey, NotInKey
-from stages.framework.precision_names import Precision
+from stages.train.optim import OptimConfig as OptimConfig  # re-exported: the loop's section
 
 # Checks against the heads themselves (head_kwargs against a head's constructor, bank kinds
 # against what the heads declare) import the head registry, i.e. torch. They run in a
@@ -40,33 +41,6 @@ def check_head_kwargs(head: str, kwargs: dict[str, Any], info: ValidationInfo) -
         from models.heads.contract import validate_head_kwargs  # torch
 
         validate_head_kwargs(head, kwargs)
-
-
-class OptimConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: InKey[int] = Field(6, ge=1)
-    # keyframes per step (all actors of each keyframe together)
-    batch_keyframes: InKey[int] = Field(16, ge=1)
-    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
-    lr: InKey[float] = Field(1e-3, gt=0)
-    momentum: InKey[float] = Field(0.9, ge=0)  # SGD
-    # SlowFast-Det / ACAR use 1e-7..1e-4; AdamW default here
-    weight_decay: InKey[float] = Field(1e-4, ge=0)
-    warmup_epochs: InKey[float] = Field(0.5, ge=0)
-    schedule: InKey[Literal["cosine", "step"]] = "cosine"
-    step_epochs: InKey[list[int]] = []  # step schedule: lr × 0.1 at each
-    grad_clip: InKey[float] = Field(5.0, ge=0)  # 0: no clipping
-    # edge noise as a fraction of box size (heads that pool boxes)
-    box_jitter: InKey[float] = Field(0.0, ge=0, lt=0.5)
-    loss: InKey[Literal["ava", "bce"]] = "ava"
-    seed: InKey[int] = 0
-    # Autocast of the forward pass: bf16 (CPU or CUDA), fp16 (CUDA, with a gradient scaler);
-    # weights, optimizer state and the loss stay fp32 (docs/design.md, "Mixed precision").
-    precision: InKey[Precision] = "fp32"
-    # Data-parallel processes (one per device; stages.framework.distributed): the same global batch
-    # of batch_keyframes split between them, so the result does not depend on it.
-    devices: NotInKey[int] = Field(1, ge=1)
 
 
 class WindowConfig(BaseModel):
@@ -303,6 +277,9 @@ TRAIN = Stage(
     config_type=TrainStageConfig,
     compute="stages.train.stage:compute",
     resumable=True,
+    gpu=True,
+    produces_model=True,
+    trained_run=True,
 )
 DUMP = Stage(
     name="dump",
@@ -310,6 +287,7 @@ DUMP = Stage(
     config_type=DumpStageConfig,
     compute="stages.train.dump:compute",
     resumable=True,
+    gpu=True,
 )
 TRAIN_BANK = Stage(
     name="train_bank",
@@ -317,6 +295,9 @@ TRAIN_BANK = Stage(
     config_type=TrainBankStageConfig,
     compute="stages.train.bank:compute",
     resumable=True,
+    gpu=True,
+    produces_model=True,
+    trained_run=True,
 )
 REBALANCE = Stage(
     name="rebalance",
@@ -324,4 +305,7 @@ REBALANCE = Stage(
     config_type=RebalanceStageConfig,
     compute="stages.train.rebalance:compute",
     resumable=True,
+    gpu=True,
+    produces_model=True,
+    trained_run=True,  # its head.pt and the source's run config: stages.train.run.TrainedRun
 )

@@ -45,6 +45,7 @@ from torch import nn
 
 from models.heads import Head
 from models.losses import ava_loss, loss_normalizers
+from stages.catalog import STAGES  # the catalog holds specs only: no cycle
 from stages.data import Dataset
 from stages.data.predictions import (
     read_predictions_parquet,
@@ -81,7 +82,6 @@ from stages.train.data import open_training_splits
 from stages.train.loop import TrainData, epoch_batches, iter_batches, predict, read_batch
 from stages.train.run import (
     HEAD_FILE,
-    MODEL_STAGES,
     TrainedRun,
     read_provenance,
     save_head_file,
@@ -366,12 +366,15 @@ def compute_rank(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
     settings = cfg.rebalance
     model_ref = ctx.input("model")
     run_dir, features_uri = model_ref.path, ctx.input("extract").uri
-    if model_ref.stage not in MODEL_STAGES:
+    # A model with a trained head: an output of a stage whose trait says it is a trained run
+    # (train, train_bank, rebalance).
+    trained_runs = tuple(name for name, stage in STAGES.items() if stage.trained_run)
+    if model_ref.stage not in trained_runs:
         raise StageError(
-            f"rebalance: {run_dir} is a {model_ref.stage!r} output; expected a train, "
-            "train_bank or rebalance run"
+            f"rebalance: {run_dir} is a {model_ref.stage!r} output; expected a "
+            f"{', '.join(trained_runs[:-1])} or {trained_runs[-1]} run"
         )
-    trained = TrainedRun.open(run_dir, stages=MODEL_STAGES)
+    trained = TrainedRun.open(run_dir, stages=trained_runs)
     run = trained.run_config
     train_split, val_split, loss_mode = run.train_split, run.val_split, run.optim.loss
     dataset = Dataset.open(cfg.dataset)

@@ -49,7 +49,7 @@ from models.heads import build_head
 from models.heads.acar import NonLocalBlock
 from models.heads.acar_release import ReleaseNonLocalBlock
 from models.heads.relation_transformer import RelationEncoderLayer
-from stages.train.loop import OptimConfig
+from stages.train.optim import OptimConfig
 
 
 class PaperRecipe(BaseModel):
