@@ -303,10 +303,12 @@ def run_tta_stages(
     split = cfg.evaluate.split
     base = section(extract.ExtractStageConfig, "extract")
     assert isinstance(base, extract.ExtractStageConfig)
-    inputs = {n: run.refs[n] for n in ("track", "detect", "finetune") if n in run.refs}
+    inputs: dict[str, StageRef] = {
+        n: run.refs[n] for n in ("track", "detect", "finetune") if n in run.refs
+    }
     views: list[StageRef] = [run.refs["extract"]] if cfg.tta.include_base else []
     for view in cfg.tta.views:
-        config = base.model_copy(
+        config: BaseModel = base.model_copy(
             update={"extract": predict.view_extract_config(base.extract, view, split)}
         )  # fmt: skip
         ref, _ = run.runner("extract", config, inputs, run.work_root, "extract" in run.force)
