@@ -344,7 +344,10 @@ class Dataset:
             return None
         table = read_detections_csv(path, labelmap=self.labelmap)
         if self.is_tubes:
-            table = on_keyframes(table, self._tube_files().stride(split))
+            files = self._tube_files()
+            table = on_keyframes(
+                table, files.stride(split), gt=self.tube_gt, annotated=files.annotated_only(split)
+            )
         return table
 
     def _split_table(self, split: str) -> BoxTable:
@@ -367,11 +370,15 @@ class Dataset:
         Excluded keyframes are kept; see :meth:`excluded`.
 
         Returns: video ``str`` object array [K], timestamp int64 [K] (CSV seconds).
-        A tube dataset's are every ``keyframe_stride``-th frame of each split video.
+        A tube dataset's are every ``keyframe_stride``-th frame of each split video
+        (with ``sampling: annotated``, those inside a GT tube).
         """
         if self.is_tubes:
-            stride = self._tube_files().stride(split)
-            return tube_keyframes(self.tube_gt, self.tube_videos(split), stride)
+            files = self._tube_files()
+            return tube_keyframes(
+                self.tube_gt, self.tube_videos(split), files.stride(split),
+                annotated=files.annotated_only(split),
+            )  # fmt: skip
         table = self._split_table(split)
         return unique_keyframes(table.video, table.timestamp)
 
