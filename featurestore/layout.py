@@ -9,6 +9,8 @@ context 256×8×8 f16, 64-keyframe batches via ``read_keyframes``): 1 MiB chunks
 39-95 ms/video and read 267-270 ms/batch; 256 KiB chunks 50-63 ms and 138-196 ms; 64 KiB
 chunks 73-135 ms and 88-227 ms. The default, 256 KiB, is never the worst of either; a full
 AVA map (2304×16×22 f16, 1.6 MB) is one keyframe per chunk whatever the target.
+(Those read figures are zarr's; a local store's plain chunks are now read as files,
+``featurestore.rawread``, where a chunk costs a syscall and its bytes, not ~0.6 ms.)
 Chunks are uncompressed by default (zstd saves ~40% of disk but makes reads 2-4× slower).
 We use plain chunks rather than shards so that ``verify`` sees a missing chunk as a missing
 object. Arrays are pre-allocated at their final size (no append/resize, which races on

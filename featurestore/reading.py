@@ -2,8 +2,10 @@
 
 Per video, the small arrays (timestamps, actor_offset, boxes, scores, track: ~24 bytes per
 actor, ~16 MB for all of AVA) are read once and cached in memory; the large ones (context,
-pooled, roi, roi_t) are read slice by slice. Every zarr call from synchronous code hops to
-zarr's event-loop thread (~1 ms here), so ``read_keyframes`` issues all slices of a batch as
+pooled, roi, roi_t) are read slice by slice. A local store in bankflow's plain layout is
+read as files, chunk by chunk, checksum checked (``featurestore.rawread``: no zarr call on
+the hot path); other stores (zstd, remote) through zarr, where every call from synchronous
+code hops to zarr's event-loop thread (~1 ms here), so all slices of a batch are issued as
 one concurrent call instead of one call per array per keyframe.
 """
 
@@ -20,6 +22,7 @@ from zarr.core.sync import sync
 from featurestore.chunks import DECODE_ERRORS, corrupt_chunk_error, read_checked
 from featurestore.errors import StoreError, where
 from featurestore.features import KeyframeFeatures, VideoFeatures
+from featurestore.rawread import RawArray, RowRead, raw_array, read_rows
 from featurestore.schema import StoreSchema
 
 SMALL_ARRAYS = ("timestamps", "actor_offset", "boxes", "scores", "track")
@@ -42,12 +45,16 @@ class StoreReading:
     _videos: zarr.Group | None  # None while the store is being created
     _arrays: dict[tuple[str, str], zarr.Array]
     _small: dict[str, dict[str, np.ndarray]]
+    _raws: dict[tuple[str, str], RawArray | None]
+    _zstore: Any
     videos: Callable[..., list[str]]  # FeatureStore.videos(complete_only=True)
 
     def _forget(self, video_id: str) -> None:
         self._small.pop(video_id, None)
         for key in [k for k in self._arrays if k[0] == video_id]:
             del self._arrays[key]
+        for key in [k for k in self._raws if k[0] == video_id]:
+            del self._raws[key]
 
     def _video_group(self, video_id: str) -> zarr.Group:
         try:
@@ -75,6 +82,31 @@ class StoreReading:
         arr = self.array(video_id, name).async_array
         return read_checked(self.url, video_id, name, arr, selection)
 
+    def _raw(self, video_id: str, name: str) -> RawArray | None:
+        """How to read ``name`` of ``video_id`` as files; None: through zarr (cached)."""
+        key = (video_id, name)
+        if key not in self._raws:
+            self._raws[key] = raw_array(self._zstore, self.array(video_id, name))
+        return self._raws[key]
+
+    def _read_slices(self, reads: Sequence[tuple[str, str, int, int]]) -> list[np.ndarray]:
+        """Rows ``[start, stop)`` of each ``(video_id, name, start, stop)``, in order: plain
+        local chunks as files (:mod:`featurestore.rawread`), the rest in one zarr call."""
+        raw_reads: list[tuple[int, RowRead]] = []
+        zarr_reads: list[tuple[int, Any]] = []
+        for i, (video_id, name, start, stop) in enumerate(reads):
+            raw = self._raw(video_id, name)
+            if raw is not None:
+                raw_reads.append((i, RowRead(self.url, video_id, name, raw, start, stop)))
+            else:
+                zarr_reads.append((i, self._read(video_id, name, slice(start, stop))))
+        out: list[Any] = [None] * len(reads)
+        for (i, _), value in zip(raw_reads, read_rows([r for _, r in raw_reads]), strict=True):
+            out[i] = value
+        for (i, _), value in zip(zarr_reads, _gather([c for _, c in zarr_reads]), strict=True):
+            out[i] = value
+        return out
+
     def _small_arrays(self, video_id: str) -> dict[str, np.ndarray]:
         if video_id not in self._small:
             values = _gather([self._read(video_id, name, slice(None)) for name in SMALL_ARRAYS])
@@ -100,8 +132,10 @@ class StoreReading:
         offsets = small["actor_offset"]
         a0, a1 = int(offsets[k0]), int(offsets[k1])
         names = ["context", *self._large_names()]
-        slices = [slice(k0, k1)] + [slice(a0, a1)] * (len(names) - 1)
-        values = _gather([self._read(video_id, n, s) for n, s in zip(names, slices, strict=True)])
+        spans = [(k0, k1)] + [(a0, a1)] * (len(names) - 1)
+        values = self._read_slices(
+            [(video_id, n, *span) for n, span in zip(names, spans, strict=True)]
+        )
         return VideoFeatures(
             timestamps=small["timestamps"][k0:k1].copy(),
             actor_offset=offsets[k0 : k1 + 1] - offsets[k0],
@@ -163,16 +197,16 @@ class StoreReading:
                 )
             names = [n for n in names if n in arrays or n == "pooled"]
         plan: list[tuple[str, int, int, int]] = []
-        reads: list[Any] = []
+        reads: list[tuple[str, str, int, int]] = []
         for video_id, timestamp in items:
             row = self.keyframe_row(video_id, timestamp)
             offsets = self._small_arrays(video_id)["actor_offset"]
             a0, a1 = int(offsets[row]), int(offsets[row + 1])
             plan.append((video_id, row, a0, a1))
             for name in names:
-                sel = slice(row, row + 1) if name == "context" else slice(a0, a1)
-                reads.append(self._read(video_id, name, sel))
-        values = iter(_gather(reads))
+                span = (row, row + 1) if name == "context" else (a0, a1)
+                reads.append((video_id, name, *span))
+        values = iter(self._read_slices(reads))
         out = []
         for video_id, row, a0, a1 in plan:
             large = {name: next(values) for name in names}

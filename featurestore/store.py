@@ -95,6 +95,7 @@ class FeatureStore(StoreReading):
         self._locks = LockFiles(url)
         self._arrays: dict[tuple[str, str], zarr.Array] = {}
         self._small: dict[str, dict[str, np.ndarray]] = {}
+        self._raws: dict = {}  # (video, array) -> how to read it as files (StoreReading._raw)
 
     @property
     def _videos(self) -> zarr.Group | None:
@@ -147,7 +148,7 @@ class FeatureStore(StoreReading):
             )
         if chunk_target_bytes <= 0:
             raise StoreError(f"{where(name)}: chunk_target_bytes must be positive")
-        attrs = {
+        attrs: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "schema": schema.to_json(),
             "provenance": dict(provenance),

@@ -1,9 +1,11 @@
 """``bankflow``: the command line.
 
 Heavy imports happen inside each command: ``--help``, ``--version``, ``eval``,
-``data check`` and ``store`` import neither torch nor Prefect
-(``tests/flows/test_cli.py`` checks). Commands that run stages validate the config
-before Prefect starts. User errors are one line on stderr and exit status 2.
+``data check``, ``store``, ``status`` and ``config show`` import neither torch nor Prefect
+(``tests/flows/test_cli.py`` checks). Commands that run stages validate the config, the
+files it names and a dataset on disk before Prefect starts
+(:func:`stages.preflight.check_before_run`). User errors are one line on stderr and exit
+status 2.
 """
 
 from __future__ import annotations
@@ -104,6 +106,17 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_world(args: argparse.Namespace) -> int:
     from stages.world import WorldConfig, build_world
 
+    if args.features_only:
+        import json
+
+        from stages.world.scale import ScaleWorldConfig, build_scale_world
+
+        scale_config = ScaleWorldConfig(
+            scale=args.scale, seed=args.seed, context_grid=args.context_grid,
+            context_channels=args.context_channels,
+        )  # fmt: skip
+        print(json.dumps(build_scale_world(Path(args.out), scale_config), indent=1))
+        return 0
     if args.format == "tubes":
         from stages.world.tubes import TubeWorldConfig, build_tube_world
 
@@ -135,9 +148,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def _run_pipeline(args: argparse.Namespace, *, until: str | None, force: list[str]) -> int:
     from stages.config import load_config
+    from stages.preflight import check_before_run
 
-    # A bad config or --set fails here, in one line, before Prefect's server starts.
-    load_config(args.config, args.overrides)
+    # A bad config, --set or named file fails here, in one line, before Prefect starts.
+    check_before_run(load_config(args.config, args.overrides))
     work_root = Path(args.work_root)
     _prefect_env(work_root)
     from flows.embedded import embedded_server
@@ -189,7 +203,7 @@ def _dry_run(config: Any, work_root: Path) -> list[tuple[str, dict[str, Any]]]:
 def cmd_status(args: argparse.Namespace) -> int:
     from stages.config import load_config
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, check_heads=False)  # no torch
     from stages.framework.remote_cache import open_cache
 
     cache = open_cache(args.cache or os.environ.get("BANKFLOW_CACHE") or config.cache.url)
@@ -215,7 +229,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
     from stages.config import load_config
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, check_heads=False)  # no torch
     print(f"# {args.config}, base: merged, --set applied, defaults filled in")
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     print("\n# stage keys (work root: outputs in <work-root>/<stage>/<key>)")
@@ -333,6 +347,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", choices=("ava", "tubes"), default="ava",
                    help="ava: AVA CSVs (default); tubes: a MultiSports-layout tube dataset")  # fmt: skip
+    p.add_argument(
+        "--features-only",
+        action="store_true",
+        help="no pixels: AVA's cardinality x --scale as CSVs, a work root with a "
+        "pre-seeded feature store and OUT/scale.yaml (stages.world.scale)",
+    )
+    p.add_argument("--scale", type=float, default=1.0, help="--features-only: F (1 = AVA v2.2)")
+    p.add_argument(
+        "--context-grid",
+        type=int,
+        default=4,
+        help="--features-only: side of the stored pooled context map",
+    )
+    p.add_argument("--context-channels", type=int, default=None,
+                   help="--features-only: context channels (default: the 2304 actor dims)")  # fmt: skip
     p.set_defaults(func=cmd_world)
 
     p = sub.add_parser("data", help="dataset tools")

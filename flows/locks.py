@@ -131,7 +131,9 @@ class ExpiringLockManager:
         return {"directory": self.directory, "ttl_s": self.ttl_s, "poll_s": self.poll_s}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["directory"], ttl_s=state["ttl_s"], poll_s=state["poll_s"])
+        ExpiringLockManager.__init__(
+            self, state["directory"], ttl_s=state["ttl_s"], poll_s=state["poll_s"]
+        )
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -188,9 +190,10 @@ class ExpiringLockManager:
                 return False
             reason = "unreadable and older than the ttl"
         else:
-            reason = lock_is_dead(info)
-            if reason is None:
+            dead = lock_is_dead(info)
+            if dead is None:
                 return False
+            reason = dead
         breaker = f"{name}.break"
         if not self._files.create_exclusive(breaker, b"{}"):
             mtime = self._files.modified_time(breaker)
@@ -308,7 +311,8 @@ class ExpiringLockManager:
 
 GPU_SLOTS_ENV = "BANKFLOW_GPU_SLOTS"  # e.g. "0,1": the GPUs this worker may hand out
 GPU_SLOT_DIR_ENV = "BANKFLOW_GPU_SLOT_DIR"  # host-local directory of slot locks
-_slot: tuple[ExpiringLockManager, str, str, str] | None = None  # (locks, key, holder, device)
+# (locks, keys, holder, devices): the slots this process holds
+_slot: tuple[ExpiringLockManager, list[str], str, str] | None = None
 
 
 def gpu_slots() -> list[str]:
@@ -322,8 +326,10 @@ def _slot_dir() -> Path:
     return Path(os.environ.get(GPU_SLOT_DIR_ENV) or default)
 
 
-def claim_gpu_slot(*, timeout: float | None = None, ttl_s: float = DEFAULT_TTL_S) -> str | None:
-    """Give this process one GPU of ``BANKFLOW_GPU_SLOTS`` for the rest of its life.
+def claim_gpu_slot(
+    *, timeout: float | None = None, ttl_s: float = DEFAULT_TTL_S, count: int = 1
+) -> str | None:
+    """Give this process ``count`` GPUs of ``BANKFLOW_GPU_SLOTS`` for the rest of its life.
 
     A worker started with ``--limit N`` and ``BANKFLOW_GPU_SLOTS=0,…,N-1`` runs N flow
     runs at once, each in its own process; the first GPU stage of each claims a free slot
@@ -331,26 +337,40 @@ def claim_gpu_slot(*, timeout: float | None = None, ttl_s: float = DEFAULT_TTL_S
     initialised, so each process sees exactly one GPU. The slot lock is released at exit;
     a killed process's slot is freed by the next claimant (dead pid on this host).
 
-    Returns the device id, or None when ``BANKFLOW_GPU_SLOTS`` is unset.
+    A data-parallel stage (``devices: N``) claims N slots at once (all or none, so two
+    such claimants cannot deadlock holding half each); ``CUDA_VISIBLE_DEVICES`` lists them.
+
+    Returns the device id(s) (comma-separated), or None when ``BANKFLOW_GPU_SLOTS`` is unset.
     """
     global _slot
     slots = gpu_slots()
     if not slots:
         return None
+    if count > len(slots):
+        raise ValueError(
+            f"{count} GPUs asked for; {GPU_SLOTS_ENV}={','.join(slots)} lists {len(slots)}"
+        )
     if _slot is not None:
-        return _slot[3]
+        if len(_slot[1]) >= count:
+            return _slot[3]
+        release_gpu_slot()  # a larger claim: give the held slots back and claim afresh
     locks = ExpiringLockManager(_slot_dir(), ttl_s=ttl_s)
     holder = f"{socket.gethostname()}:{os.getpid()}"
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
+        held: list[str] = []
         for device in slots:
-            key = f"gpu-{device}"
-            if locks.try_acquire(key, holder):
-                _slot = (locks, key, holder, device)
-                os.environ["CUDA_VISIBLE_DEVICES"] = device
-                atexit.register(release_gpu_slot)
-                log.info("GPU slot %s claimed by %s", device, holder)
-                return device
+            if locks.try_acquire(f"gpu-{device}", holder):
+                held.append(device)
+                if len(held) == count:
+                    devices = ",".join(held)
+                    _slot = (locks, [f"gpu-{d}" for d in held], holder, devices)
+                    os.environ["CUDA_VISIBLE_DEVICES"] = devices
+                    atexit.register(release_gpu_slot)
+                    log.info("GPU slot(s) %s claimed by %s", devices, holder)
+                    return devices
+        for device in held:  # not enough free: none kept
+            locks.release_lock(f"gpu-{device}", holder)
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(
                 f"no free GPU slot among {GPU_SLOTS_ENV}={','.join(slots)} after {timeout} s "
@@ -364,7 +384,8 @@ def release_gpu_slot() -> None:
     global _slot
     if _slot is None:
         return
-    locks, key, holder, _device = _slot
+    locks, keys, holder, _devices = _slot
     _slot = None
-    with contextlib.suppress(ValueError):
-        locks.release_lock(key, holder)
+    for key in keys:
+        with contextlib.suppress(ValueError):
+            locks.release_lock(key, holder)

@@ -59,6 +59,7 @@ from stages.framework import (
     run_stage,
     stage_key,
 )
+from stages.framework.distributed import config_devices
 
 # Stages that want a GPU (known now or being added): one place for tags, slots, pools.
 GPU_STAGES = frozenset(
@@ -261,9 +262,9 @@ class StageLogBridge(logging.Handler):
 )
 def stage_task(call: StageCall) -> StageRef:
     """Run one stage (or find its published output) and return the reference."""
-    if call.stage in GPU_STAGES:
-        claim_gpu_slot()
     config = call.typed_config()
+    if call.stage in GPU_STAGES:
+        claim_gpu_slot(count=config_devices(config))
     splits = list(getattr(getattr(config, "extract", None), "splits", None) or [])
     logger = logging.getLogger("bankflow")
     bridge = StageLogBridge(call.stage, splits)

@@ -51,6 +51,7 @@ def ava_loss(
     *,
     exclusive: Tensor | Sequence[int],
     mode: LossMode = "ava",
+    normalizers: tuple[float, float] | None = None,
 ) -> Tensor:
     """Scalar training loss for multi-label action classification.
 
@@ -62,6 +63,10 @@ def ava_loss(
         mode: ``"ava"`` = softmax CE over the exclusive group + sigmoid BCE over the rest
             (see module docstring for actors with zero or several pose labels);
             ``"bce"`` = per-class sigmoid BCE over all K classes (PCCA).
+        normalizers: the (BCE terms, pose actors) counts the two sums are divided by
+            (:func:`loss_normalizers` of a larger batch); None: this batch's own, i.e. the
+            means. A data-parallel rank passes its global batch's, so that the ranks' losses
+            sum to the global batch's loss.
 
     Returns:
         Tensor[] (0-dim), the loss; 0 for N == 0 (keeps the graph so backward works).
@@ -77,12 +82,20 @@ def ava_loss(
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
     if mode == "bce":
-        return F.binary_cross_entropy_with_logits(logits, targets)
+        if normalizers is None:
+            return F.binary_cross_entropy_with_logits(logits, targets)
+        return F.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / normalizers[0]
+
+    def mean(terms: Tensor) -> Tensor:  # this batch's mean, or its share of the global one
+        return terms.mean() if normalizers is None else terms.sum() / normalizers[1]
 
     pose = _exclusive_mask(exclusive, logits.shape[1], logits.device)
     loss = logits.new_zeros(())
     if bool((~pose).any()):
-        loss = loss + F.binary_cross_entropy_with_logits(logits[:, ~pose], targets[:, ~pose])
+        bce = F.binary_cross_entropy_with_logits(
+            logits[:, ~pose], targets[:, ~pose], reduction="mean" if normalizers is None else "sum"
+        )
+        loss = loss + (bce if normalizers is None else bce / normalizers[0])
     if bool(pose.any()):
         pose_targets = targets[:, pose]  # [N, P]
         n_pose = pose_targets.sum(dim=1)  # [N]
@@ -90,8 +103,23 @@ def ava_loss(
         if bool(has_pose.any()):
             dist = pose_targets[has_pose] / n_pose[has_pose, None]  # rows sum to 1
             log_p = F.log_softmax(logits[has_pose][:, pose], dim=1)
-            loss = loss + (-(dist * log_p).sum(dim=1)).mean()
+            loss = loss + mean(-(dist * log_p).sum(dim=1))
     return loss
+
+
+def loss_normalizers(
+    targets: Tensor, exclusive: Tensor | Sequence[int], mode: LossMode = "ava"
+) -> tuple[float, float]:
+    """What :func:`ava_loss` divides its sums by for ``targets`` [N, K]: the number of BCE
+    terms (N × the non-exclusive classes; N × K in mode ``"bce"``) and of actors with a
+    pose label (at least 1 each, so that a batch without any divides nothing by zero)."""
+    n, k = targets.shape
+    if mode == "bce":
+        return float(max(n * k, 1)), 1.0
+    pose = _exclusive_mask(exclusive, k, targets.device)
+    bce_n = n * int((~pose).sum())
+    pose_n = int((targets[:, pose].sum(dim=1) > 0).sum()) if bool(pose.any()) else 0
+    return float(max(bce_n, 1)), float(max(pose_n, 1))
 
 
 def ava_scores(logits: Tensor, exclusive: Tensor | Sequence[int]) -> Tensor:

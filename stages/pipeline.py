@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,11 +23,9 @@ from pydantic import BaseModel
 from stages.catalog import STAGE_ORDER, STAGES
 from stages.config import PipelineConfig
 from stages.data import DatasetConfig
-from stages.detect import stage as detect
-from stages.detect import track
-from stages.evaluate import stage as evaluate
-from stages.extract import finetune
-from stages.extract import stage as extract
+from stages.detect import config as detect
+from stages.evaluate import config as evaluate
+from stages.extract import config as extract
 from stages.framework import (
     StageRef,
     is_remote,
@@ -39,12 +37,10 @@ from stages.framework import (
     write_json_atomic,
 )
 from stages.framework.fingerprint import dataset_fingerprint
-from stages.predict import ensemble, tta
+from stages.predict import config as predict
 from stages.preflight import preflight
-from stages.report import stage as report
-from stages.train import bank as train_bank
-from stages.train import dump, rebalance
-from stages.train import stage as train
+from stages.report import config as report
+from stages.train import config as train
 
 log = logging.getLogger("bankflow.pipeline")
 
@@ -339,7 +335,7 @@ def run_bank_stages(
     for name, bank in cfg.dump.banks.items():
         inputs = {"train": stage1_run(bank.from_, f"dump.banks.{name}.from"), "extract": features}
         banks[name] = run.stage(
-            "dump", dump.DumpStageConfig(name=name, bank=bank), inputs, label=name
+            "dump", train.DumpStageConfig(name=name, bank=bank), inputs, label=name
         )
     models: dict[str, StageRef] = {}
     run.pending_runs["train_bank"] = len(cfg.train_bank.runs)
@@ -355,11 +351,115 @@ def run_bank_stages(
         if head_run.init == "stage1":
             source = head_run.stage1 or cfg.dump.banks[str(head_run.bank)].from_
             inputs["train"] = stage1_run(source, f"train_bank.runs.{name}")
-        bank_config = train_bank.TrainBankStageConfig(
+        bank_config = train.TrainBankStageConfig(
             dataset=dataset, dataset_fingerprint=fingerprint, name=name, run=head_run
         )
         models[name] = run.stage("train_bank", bank_config, inputs, label=name)
     return models
+
+
+def run_rebalance_stages(
+    run: PipelineRun, dataset: DatasetConfig, fingerprint: str, features: StageRef,
+    models: Mapping[str, StageRef],
+) -> dict[str, StageRef]:  # fmt: skip
+    """The pipeline's cRT runs (``rebalance.models``): one per named train / train_bank
+    run, each published as the model ``<name>_crt``. Returns {model name: StageRef}."""
+    section = run.config.rebalance
+    settings = train.RebalanceSettings(**section.model_dump(exclude={"models"}))
+    out: dict[str, StageRef] = {}
+    run.pending_runs["rebalance"] = len(section.models)
+    for source in section.models:
+        if source not in models:
+            raise ValueError(
+                f"rebalance.models: no model {source!r}; models are {', '.join(models)}"
+            )
+        name = train.crt_name(source)
+        if name in models:
+            raise ValueError(f"rebalance.models: {source!r} would be published as {name!r}, "
+                             "which is already a model name; rename that run")  # fmt: skip
+        config = train.RebalanceStageConfig(
+            dataset=dataset, dataset_fingerprint=fingerprint, name=name, source=source,
+            rebalance=settings,
+        )  # fmt: skip
+        out[name] = run.stage(
+            "rebalance", config, {"model": models[source], "extract": features}, label=name
+        )
+    return out
+
+
+def run_tta_stages(run: PipelineRun, section: Callable[..., BaseModel]) -> dict[str, StageRef]:
+    """The pipeline's ``tta`` section: extract every view of the evaluated split, then one
+    ``predict`` stage per stage-1 train run, labelled ``<run>_tta`` (as cRT's are
+    ``<run>_crt``); returns those.
+
+    The views are the base extraction with ``short_side`` / ``flip`` replaced; each is an
+    extract stage run of its own key (run through the pipeline's runner, so Prefect
+    caches them like any extraction) on the same track/detect (and finetune) inputs.
+    Stage-2 runs (which read banks) are left out.
+    """
+    cfg = run.config
+    assert cfg.tta is not None
+    split = cfg.evaluate.split
+    base = section(extract.ExtractStageConfig, "extract")
+    assert isinstance(base, extract.ExtractStageConfig)
+    inputs: dict[str, StageRef] = {
+        n: run.refs[n] for n in ("track", "detect", "finetune") if n in run.refs
+    }
+    views: list[StageRef] = [run.refs["extract"]] if cfg.tta.include_base else []
+    for view in cfg.tta.views:
+        config = base.model_copy(
+            update={"extract": predict.view_extract_config(base.extract, view, split)}
+        )  # fmt: skip
+        ref, _ = run.runner("extract", config, inputs, run.work_root, "extract" in run.force)
+        views.append(ref)
+    stage1 = {n[len("train:") :]: r for n, r in run.refs.items() if n.startswith("train:")}
+    run.pending_runs["predict"] = len(stage1)
+    out = {}
+    for name, model in stage1.items():
+        predict_config = predict.PredictStageConfig(
+            dataset=base.dataset, dataset_fingerprint=base.dataset_fingerprint, split=split,
+            tta=cfg.tta,
+        )  # fmt: skip
+        view_inputs = {f"view{k}": ref for k, ref in enumerate(views)}
+        label = f"{name}_tta"
+        out[label] = run.stage(
+            "predict", predict_config, {"train": model, **view_inputs}, label=label
+        )
+    return out
+
+
+def run_ensemble_stages(
+    run: PipelineRun, dataset: DatasetConfig, fingerprint: str, models: Mapping[str, StageRef]
+) -> dict[str, StageRef]:
+    """The pipeline's ensembles (``ensemble.runs``) over its models. Returns {ensemble
+    name: StageRef}."""
+    runs = run.config.ensemble.runs
+    out: dict[str, StageRef] = {}
+    run.pending_runs["ensemble"] = len(runs)
+    for name, ens in runs.items():
+        members = list(ens.members) or list(models)
+        unknown = [m for m in members if m not in models]
+        if unknown:
+            raise ValueError(
+                f"ensemble.runs.{name}.members: no model {unknown}; models are {', '.join(models)}"
+            )
+        if len(set(members)) != len(members):
+            raise ValueError(f"ensemble.runs.{name}.members lists a model twice: {members}")
+        config = predict.EnsembleStageConfig(
+            dataset=dataset, dataset_fingerprint=fingerprint, name=name, members=members, run=ens
+        )
+        out[name] = run.stage("ensemble", config, {m: models[m] for m in members}, label=name)
+    return out
+
+
+def run_report_stage(run: PipelineRun, dataset: DatasetConfig, fingerprint: str) -> StageRef:
+    """The pipeline's report over every stage run so far."""
+    assert run.config.report is not None
+    config = report.ReportStageConfig(
+        dataset=dataset, dataset_fingerprint=fingerprint, split=run.config.evaluate.split,
+        report=run.config.report,
+    )  # fmt: skip
+    return run.stage("report", config, report.report_inputs(run.refs))
 
 
 def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
@@ -373,10 +473,10 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
         dataset, fingerprint = prepare_dataset(cfg)
         section = dataset_section(cfg, dataset, fingerprint)
         persons = run.stage("detect", section(detect.DetectStageConfig, "detect"), {})
-        actors = run.stage("track", section(track.TrackStageConfig, "track"), {"detect": persons})
+        actors = run.stage("track", section(detect.TrackStageConfig, "track"), {"detect": persons})
         backbone_inputs: dict[str, StageRef] = {}
         if cfg.finetune is not None:
-            tune_config = finetune.FinetuneStageConfig(
+            tune_config = extract.FinetuneStageConfig(
                 dataset=dataset, dataset_fingerprint=fingerprint,
                 finetune=cfg.finetune, extract=extract.BackboneConfig.of(cfg.extract),
             )  # fmt: skip
@@ -395,18 +495,18 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
             models[name] = run.stage("train", head_config, {"extract": features}, label=name)
         models.update(run_bank_stages(run, dataset, fingerprint, features, models))
         # cRT of the chosen train / train_bank runs: the models <name>_crt.
-        models.update(rebalance.run_rebalance_stages(run, dataset, fingerprint, features, models))
+        models.update(run_rebalance_stages(run, dataset, fingerprint, features, models))
         if (
             cfg.tta is not None
         ):  # test-time augmentation: extra views, averaged (stages.predict.tta)
-            models.update(tta.run_tta_stages(run, section))
+            models.update(run_tta_stages(run, section))
         run.pending_runs["evaluate"] = len(models)
         for name, predictions in models.items():
             eval_config = section(evaluate.EvaluateStageConfig, "evaluate")
             run.stage("evaluate", eval_config, {"predictions": predictions}, label=name)
-        ensemble.run_ensemble_stages(run, dataset, fingerprint, models)
+        run_ensemble_stages(run, dataset, fingerprint, models)
         if cfg.report is not None:
-            report.run_report_stage(run, dataset, fingerprint)
+            run_report_stage(run, dataset, fingerprint)
     except UntilReached:
         pass
     if write:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from flows.cli import main
@@ -141,6 +142,14 @@ def same_size_change(path: Path) -> None:
 # --- the cases: (id, mutate copies and return (argv, what the line must name), message) ---
 
 
+def state_of_another_head(run: Path) -> None:
+    """A head.pt (re-signed) whose weights are not the ones its head record builds."""
+    saved = torch.load(run / "head.pt", weights_only=True)
+    saved["state"] = {f"renamed.{k}": v for k, v in saved["state"].items()}
+    torch.save(saved, run / "head.pt")
+    forge_manifest(run, "head.pt")
+
+
 def _gt_case(**fields: str):
     def mutate(inp: Inputs):
         set_line(inp.gt, 1, gt_row(inp, **fields))
@@ -177,6 +186,16 @@ def _labelmap_typo_in_data_check(inp: Inputs):
 def _status_case(*overrides: str, named: Callable[[Inputs], str]):
     def mutate(inp: Inputs):
         return inp.status(*overrides), named(inp)
+
+    return mutate
+
+
+def _pipeline_run_case(*overrides: str, named: Callable[[Inputs], str]):
+    """As :func:`_status_case`, through ``bankflow run``: it checks ``head_kwargs`` against
+    the heads before Prefect starts (``status`` reads a config without importing them)."""
+
+    def mutate(inp: Inputs):
+        return ["run", *inp.status(*overrides)[1:]], named(inp)
 
     return mutate
 
@@ -302,6 +321,12 @@ CASES: list[tuple[str, Callable[[Inputs], tuple[list[str], str]], str]] = [
     ("config-bad-value", _status_case("train.runs.linear.optim.epochs=many",
                                       named=lambda i: str(i.tmp / "pipeline.yaml")),
      r"invalid config: train.runs.linear.optim.epochs"),
+    ("config-unknown-recipe", _status_case("train.runs.linear.recipe=acarr",
+                                           named=lambda i: str(i.tmp / "pipeline.yaml")),
+     r"invalid config: train.runs.linear: unknown recipe 'acarr'; expected one of paper, acar"),
+    ("config-head-kwargs-typo", _pipeline_run_case("train.runs.linear.head_kwargs={dropuot: 0.1}",
+                                                   named=lambda i: "train.runs.linear"),
+     r"invalid config: train.runs.linear: head_kwargs: head 'linear' takes no 'dropuot' \(it takes dropout\)"),
     ("set-without-equals", _status_case("train.runs.linear", named=lambda i: "train.runs.linear"),
      r"expected section.key=value"),
     ("set-run-typo", _status_case("train.runs.linaer.optim.epochs=2",
@@ -335,6 +360,8 @@ CASES: list[tuple[str, Callable[[Inputs], tuple[list[str], str]], str]] = [
     ("head-not-tensor-file", _run_case(lambda r: ((r / "head.pt").write_bytes(b"\x80\x04garbage"),
                                                   forge_manifest(r, "head.pt"))),
      r"not a plain tensor file; refusing to load it"),
+    ("head-state-does-not-fit", _run_case(state_of_another_head),
+     r"does not fit a 'linear' head \(missing \['classifier.weight'"),
     ("head-missing", _run_case(lambda r: (r / "head.pt").unlink(), name=""), r"train run without head.pt"),
     ("provenance-changed", _run_case(lambda r: (r / "provenance.json").write_text(
         (r / "provenance.json").read_text().replace('"train"', '"trian"', 1)), name="provenance.json"),

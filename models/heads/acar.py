@@ -53,6 +53,8 @@ from models.heads.acar_release import (
 )
 from models.heads.acrn import ActorContextRelation
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Attention, Head
+from models.heads.position import ActorPosition, check_actor_position
 from models.heads.ragged import pad_actors, unpad_actors
 
 HR2OKind = Literal["nl", "rn"]
@@ -147,7 +149,7 @@ class RelationNetworkHR2O(nn.Module):
         return (rel * weight).sum(dim=2) / count  # eq. 4: mean over the real actors j
 
 
-class ACARHead(nn.Module):
+class ACARHead(Head):
     """ACAR-Net: first-order actor-context maps -> HR2O -> pooled -> classifier.
 
     ``variant="release"`` (default): ACAR-Net's released head, difference by difference
@@ -158,7 +160,17 @@ class ACARHead(nn.Module):
     LayerNorm, biases, padded 3x3, no down-sampling, one FC on [reduced A^i, mean F'^i]
     after dropout 0.5, and the relation-network HR2O as an option).
     ``features`` = Tensor[N, reduce_dim + dim].
+
+    ``actor_position="box_mask"`` (release variant; default ``"none"`` as released): the
+    actor's box as one more input channel of the first-order 1x1 conv
+    (:mod:`models.heads.position`), so F^i — and HR2O, which relates F^i and F^j location
+    by location — knows which cells are actor i's.
     """
+
+    # ACFB: its first-order actor-context maps F^i (models/heads/bank_features.py).
+    BANK_SOURCES = ("lfb", "acfb")
+    # Each actor's last HR2O weights over the other actors, per location (ACAR Fig. 5).
+    ATTENTION = Attention(maps=("hr2o",), style="actor_pairs")
 
     def __init__(
         self,
@@ -175,8 +187,12 @@ class ACARHead(nn.Module):
         variant: Variant = "release",
         roi_size: int = 7,
         downsample: bool = True,
+        actor_position: ActorPosition = "none",
     ) -> None:
         super().__init__()
+        check_actor_position(actor_position, "ACARHead")
+        if actor_position != "none" and variant != "release":
+            raise ValueError("ACARHead: actor_position is an option of variant='release'")
         if hr2o not in ("nl", "rn"):
             raise ValueError(
                 f"hr2o must be 'nl' (non-local) or 'rn' (relation network), got {hr2o!r}"
@@ -195,7 +211,7 @@ class ACARHead(nn.Module):
         if variant == "release":
             self.encoder = ReleaseEncoder(
                 in_channels=in_channels, reduce_dim=reduce_dim, dim=dim, roi_size=roi_size,
-                downsample=downsample,
+                downsample=downsample, box_mask=actor_position == "box_mask",
             )  # fmt: skip
             self.reasoning = ReleaseHR2O(
                 dim=dim, num_layers=num_layers, kernel_size=kernel_size, dropout=hr2o_dropout
@@ -220,9 +236,15 @@ class ACARHead(nn.Module):
         unpadded 3x3 conv and stride-2 pool of it."""
         if self.variant == "release":
             actor, context = self.encoder.reduce(batch.context, batch.boxes, batch.batch_index)
-        else:
-            actor, context = self.encoder.reduce(batch)
+            maps = self.encoder.relate(actor, context, batch.batch_index, batch.boxes)
+            return actor, context, maps
+        actor, context = self.encoder.reduce(batch)
         return actor, context, self.encoder.relate(actor, context, batch.batch_index)
+
+    def bank_rows(self, kind: str, batch: ActorBatch) -> dict[str, Tensor]:
+        if kind == "acfb":
+            return {"maps": self.first_order(batch)}
+        return super().bank_rows(kind, batch)
 
     def first_order(self, batch: ActorBatch) -> Tensor:
         """First-order relation maps F^i: Tensor[N, dim, H', W'] (what the ACFB bank stores)."""

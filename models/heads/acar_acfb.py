@@ -45,10 +45,11 @@ from torch import Tensor, nn
 from models.heads.acar import ACARHead, Variant
 from models.heads.bank_features import bank_window
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Head
 from models.heads.ragged import pad_actors, unpad_actors
 
 
-class ACARACFBHead(nn.Module):
+class ACARACFBHead(Head):
     """Current first-order maps query the ACFB window through HR2O -> pooled -> FC.
 
     Reads ``batch.context`` [B, C, H, W], ``batch.pooled`` [N, C], ``batch.batch_index`` and

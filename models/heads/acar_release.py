@@ -37,7 +37,9 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
+
+from models.heads.ops import roi_align
+from models.heads.position import box_masks
 
 
 def _per_actor(module: nn.Module, maps: Tensor) -> Tensor:
@@ -121,12 +123,15 @@ class ReleaseEncoder(nn.Module):
 
     def __init__(
         self, *, in_channels: int, reduce_dim: int = 1024, dim: int = 512, roi_size: int = 7,
-        downsample: bool = True,
+        downsample: bool = True, box_mask: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
         self.roi_size = roi_size
         self.conv_reduce = nn.Conv2d(in_channels, reduce_dim, 1, bias=False)
         self.conv1 = nn.Conv2d(reduce_dim * 2, dim, 1, bias=False)
+        # Opt-in (not in the release): conv1's column for the actor's box mask
+        # (models.heads.position), so conv1 sees [X, A^i tiled, M^i].
+        self.position = nn.Conv2d(1, dim, 1, bias=False) if box_mask else None
         self.conv2 = nn.Conv2d(dim, dim, 3, bias=False)
         self.downsample = (
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if downsample else nn.Identity()
@@ -144,8 +149,11 @@ class ReleaseEncoder(nn.Module):
         roi = roi_align(feats, rois.to(feats.dtype), (self.roi_size, self.roi_size))
         return roi.amax(dim=(2, 3)), feats
 
-    def relate(self, actor: Tensor, context: Tensor, batch_index: Tensor) -> Tensor:
-        """First-order maps [N, d, H', W'] from actor [N, r] and reduced context [B, r, H, W].
+    def relate(
+        self, actor: Tensor, context: Tensor, batch_index: Tensor, boxes: Tensor | None = None
+    ) -> Tensor:
+        """First-order maps [N, d, H', W'] from actor [N, r] and reduced context [B, r, H, W]
+        (boxes [N, 4] normalized: read only with the box mask).
 
         ``conv1`` on [context, actor tiled] is computed as its context half on each
         keyframe's map plus its actor half on each vector (it is linear), so the
@@ -155,7 +163,12 @@ class ReleaseEncoder(nn.Module):
         weight = self.conv1.weight  # [d, 2r, 1, 1]: context channels first, then actor
         ctx = nn.functional.conv2d(context, weight[:, :r])[batch_index.long()]
         act = actor @ weight[:, r:, 0, 0].t()
-        x = (ctx + act[:, :, None, None]).relu()
+        x = ctx + act[:, :, None, None]
+        if self.position is not None:
+            if boxes is None:
+                raise ValueError("an ACAR encoder with the box mask needs the actors' boxes")
+            x = x + self.position(box_masks(boxes, *context.shape[-2:])[:, None])
+        x = x.relu()
         return self.downsample(self.conv2(x).relu())
 
 

@@ -32,6 +32,8 @@ from torch import Tensor, nn
 
 from models.heads.acrn_mmaction2 import MMAction2ACRN, mmaction2_acrn_state
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Head
+from models.heads.position import ActorPosition, check_actor_position
 
 
 class ActorContextRelation(nn.Module):
@@ -67,7 +69,7 @@ class ActorContextRelation(nn.Module):
         return self.relate(actor, context, batch.batch_index)
 
 
-class ACRNHead(nn.Module):
+class ACRNHead(Head):
     """Actor-centric relation head: classify each actor from its first-order relation map.
 
     ``variant="mmaction2"`` (default): MMAction2's ACRN and AVA bbox head
@@ -75,10 +77,16 @@ class ACRNHead(nn.Module):
     (:meth:`load_mmaction2`); ``features`` = spatial max of the map, Tensor[N, dim];
     ``dim`` defaults to ``in_channels`` (its AVA config: 2 x 2304 -> 2304).
     ``variant="paper"``: the reading above; ``features`` = Tensor[N, reduce_dim + dim].
+
+    ``actor_position="box_mask"`` (mmaction2 variant; default ``"none"`` as released):
+    the actor's box as one more input channel of the first 1x1 conv
+    (:mod:`models.heads.position`), so F^i knows which cells are actor i's.
     """
 
     # The feature-store arrays this head reads (the trainer reads nothing else).
     reads = frozenset({"context", "pooled"})
+    # ACFB: its first-order actor-context maps F^i (models/heads/bank_features.py).
+    BANK_SOURCES = ("lfb", "acfb")
 
     def __init__(
         self,
@@ -91,10 +99,14 @@ class ACRNHead(nn.Module):
         variant: Literal["mmaction2", "paper"] = "mmaction2",
         stride: int = 1,
         num_convs: int = 1,
+        actor_position: ActorPosition = "none",
     ) -> None:
         super().__init__()
         if variant not in ("mmaction2", "paper"):
             raise ValueError(f"variant must be 'mmaction2' or 'paper', got {variant!r}")
+        check_actor_position(actor_position, "ACRNHead")
+        if actor_position != "none" and variant != "mmaction2":
+            raise ValueError("ACRNHead: actor_position is an option of variant='mmaction2'")
         self.variant = variant
         self.dropout = nn.Dropout(dropout)
         self.encoder: nn.Module
@@ -106,18 +118,24 @@ class ACRNHead(nn.Module):
                 )
             dim = in_channels if dim is None else dim
             self.encoder = MMAction2ACRN(
-                in_channels=in_channels, dim=dim, stride=stride, num_convs=num_convs
-            )
+                in_channels=in_channels, dim=dim, stride=stride, num_convs=num_convs,
+                box_mask=actor_position == "box_mask",
+            )  # fmt: skip
             self.classifier = nn.Linear(dim, num_classes)
             return
         reduce_dim, dim = reduce_dim or 1024, dim or 512
         self.encoder = ActorContextRelation(in_channels=in_channels, reduce_dim=reduce_dim, dim=dim)
         self.classifier = nn.Linear(reduce_dim + dim, num_classes)
 
+    def bank_rows(self, kind: str, batch: ActorBatch) -> dict[str, Tensor]:
+        if kind == "acfb":
+            return {"maps": self.first_order(batch)}
+        return super().bank_rows(kind, batch)
+
     def first_order(self, batch: ActorBatch) -> Tensor:
         """First-order relation maps F^i: Tensor[N, dim, H, W] (what the ACFB bank stores)."""
         if self.variant == "mmaction2":
-            return self.encoder(batch.pooled, batch.context, batch.batch_index)
+            return self.encoder(batch.pooled, batch.context, batch.batch_index, batch.boxes)
         return self.encoder(batch)
 
     def load_mmaction2(

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
+from models.heads.position import box_masks
+
 SHARED = "roi_head.shared_head."
 FC_CLS = "roi_head.bbox_head.fc_cls."
 
@@ -35,11 +37,17 @@ FC_CLS = "roi_head.bbox_head.fc_cls."
 class MMAction2ACRN(nn.Module):
     """The relation maps of MMAction2's ACRN: Tensor[N, d, H', W'] (H' = H / stride)."""
 
-    def __init__(self, *, in_channels: int, dim: int, stride: int = 1, num_convs: int = 1) -> None:
+    def __init__(
+        self, *, in_channels: int, dim: int, stride: int = 1, num_convs: int = 1,
+        box_mask: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__()
         if num_convs < 1:
             raise ValueError(f"num_convs must be >= 1, got {num_convs}")
         self.conv1 = nn.Conv2d(2 * in_channels, dim, 1, bias=False)
+        # Opt-in (not in MMAction2): conv1's column for the actor's box mask
+        # (models.heads.position), so conv1 sees [A^i tiled, X, M^i].
+        self.position = nn.Conv2d(1, dim, 1, bias=False) if box_mask else None
         self.bn1 = nn.BatchNorm2d(dim)
         self.conv2 = nn.Conv2d(dim, dim, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(dim)
@@ -48,8 +56,11 @@ class MMAction2ACRN(nn.Module):
             for _ in range(num_convs - 1)
         )
 
-    def forward(self, actor: Tensor, context: Tensor, batch_index: Tensor) -> Tensor:
-        """actor [N, C] (max-pooled RoI), context [B, C, H, W], batch_index [N].
+    def forward(
+        self, actor: Tensor, context: Tensor, batch_index: Tensor, boxes: Tensor | None = None
+    ) -> Tensor:
+        """actor [N, C] (max-pooled RoI), context [B, C, H, W], batch_index [N]; boxes
+        [N, 4] normalized (read only with the box mask).
 
         ``conv1`` on [A^i tiled, X] is its actor half on each vector plus its context half
         on each keyframe's map (it is linear, BN comes after the sum).
@@ -58,6 +69,10 @@ class MMAction2ACRN(nn.Module):
         weight = self.conv1.weight  # [d, 2C, 1, 1]: actor channels first, then context
         ctx = nn.functional.conv2d(context, weight[:, c:])[batch_index.long()]
         x = ctx + (actor @ weight[:, :c, 0, 0].t())[:, :, None, None]
+        if self.position is not None:
+            if boxes is None:
+                raise ValueError("an ACRN with the box mask needs the actors' boxes")
+            x = x + self.position(box_masks(boxes, *context.shape[-2:])[:, None])
         x = self.bn1(x).relu()
         x = self.bn2(self.conv2(x)).relu()
         for conv in self.convs:

@@ -51,9 +51,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Attention, Head
+from models.heads.ops import roi_align
 from models.heads.ragged import pad_actors, unpad_actors
 from models.heads.relation_transformer import RelationEncoderLayer
 
@@ -97,7 +98,7 @@ class PosNet(nn.Module):
         return self.out(x)
 
 
-class AMCRHead(nn.Module):
+class AMCRHead(Head):
     """AMCRNet short-term head (PosNet, multi-scale context, BHOI).
 
     Reads ``batch.context`` [B, C, H, W], ``batch.pooled`` [N, C], ``batch.boxes`` [N, 4],
@@ -110,6 +111,10 @@ class AMCRHead(nn.Module):
 
     # The feature-store arrays this head reads (the trainer reads nothing else).
     reads = frozenset({"context", "pooled"})
+    # HR-AFB: the BHOI interaction feature H and the RoI movement feature A.
+    BANK_SOURCES = ("lfb", "hrafb")
+    # Each actor's attention to the multi-scale context tokens (AMCRNet Fig. 4).
+    ATTENTION = Attention(maps=("bhoi",), style="context_tokens")
 
     def __init__(
         self,
@@ -192,6 +197,12 @@ class AMCRHead(nn.Module):
         crops = roi_align(pos, rois, self.roi_size, spatial_scale=1.0, aligned=True)
         return crops.mean(dim=(2, 3))
 
+    def bank_rows(self, kind: str, batch: ActorBatch) -> dict[str, Tensor]:
+        if kind == "hrafb":
+            interaction, _ = self.interaction(batch)
+            return {"interaction": interaction, "movement": batch.pooled}
+        return super().bank_rows(kind, batch)
+
     def interaction(self, batch: ActorBatch) -> tuple[Tensor, Tensor]:
         """BHOI short-term part: the high-order interaction feature H of every actor
         [N, hidden_dim] (what HR-AFB stores) and its last-block attention to the M context
@@ -221,7 +232,11 @@ class AMCRHead(nn.Module):
         return HeadOutput(logits=logits, features=features, attention={"bhoi": to_context})
 
 
+# AMCRNet-slim (§4.2): 4 MHSA blocks instead of 6 and MLP ratio 1 instead of 4.
+AMCR_SLIM: dict[str, Any] = {"num_layers": 4, "mlp_ratio": 1.0}
+
+
 def amcr_slim_head(*, in_channels: int, num_classes: int, **overrides: Any) -> AMCRHead:
     """AMCRNet-slim (§4.2): 4 MHSA blocks instead of 6 and MLP ratio 1 instead of 4."""
-    kwargs: dict[str, Any] = {"num_layers": 4, "mlp_ratio": 1.0, **overrides}
+    kwargs: dict[str, Any] = {**AMCR_SLIM, **overrides}
     return AMCRHead(in_channels=in_channels, num_classes=num_classes, **kwargs)

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from models.heads.amcr import AMCRHead
 from models.heads.bank_features import bank_window
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Head
 from models.heads.ragged import pad_actors, unpad_actors
 from models.heads.relation_transformer import RelationEncoderLayer, attendable
 
@@ -95,7 +96,7 @@ class HistoryInteraction(nn.Module):
         return self.norm(x[:, :a]), weights[:, :a]
 
 
-class AMCRHAFBHead(nn.Module):
+class AMCRHAFBHead(Head):
     """AMCR short-term interaction + HR-AFB history interaction and movement -> FC.
 
     Reads ``batch.context``, ``batch.pooled``, ``batch.boxes``, ``batch.batch_index`` and

@@ -1,5 +1,9 @@
 """What a trained stage-1 head gives a long-term bank, and how stage-2 heads read it back.
 
+Each head declares the kinds it fills (``BANK_SOURCES``) and fills them in its
+``bank_rows`` (:mod:`models.heads.contract`); ``BANK_KINDS`` is derived from those
+declarations (:mod:`models.heads.registry`).
+
 ``bank_rows(head, kind, batch)`` runs a stage-1 head (eval mode, no grad) and returns, per
 actor of the batch (rows in ``batch.pooled`` order), the arrays the bank of ``kind`` stores:
 
@@ -30,51 +34,25 @@ per-keyframe tensors, see the bank contract in ``models/heads/batch.py``) for a 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from models.heads.acar import ACARHead
-from models.heads.acrn import ACRNHead
-from models.heads.amcr import AMCRHead
 from models.heads.batch import ActorBatch
-from models.heads.igmn_dam import IGMNDAMHead
-from models.heads.relation_transformer import RelationTransformerHead
-
-BANK_KINDS = ("lfb", "acfb", "hrafb", "memory", "identity")
 
 # The tensors every window carries besides the kind's arrays.
 WINDOW_KEYS = ("mask", "dt", "track", "current")
 
 
-def _needs(head: nn.Module, kind: str, types: tuple[type, ...], what: str) -> None:
-    if not isinstance(head, types):
-        names = ", ".join(t.__name__ for t in types)
-        raise ValueError(f"bank kind {kind!r} needs {what} ({names}); got {type(head).__name__}")
+def __getattr__(name: str) -> Any:
+    # BANK_KINDS is derived from the heads' declarations (models.heads.registry), whose
+    # stage-2 modules import bank_window from here: resolved on first use.
+    if name == "BANK_KINDS":
+        from models.heads.registry import BANK_KINDS
 
-
-def _rows(head: nn.Module, kind: str, batch: ActorBatch) -> dict[str, Tensor]:
-    if kind == "lfb":
-        out = head(batch)
-        if out.features is None:
-            raise ValueError(
-                f"bank kind 'lfb' stores HeadOutput.features, which {type(head).__name__} "
-                "leaves empty"
-            )
-        return {"features": out.features}
-    if kind == "acfb":
-        _needs(head, kind, (ACARHead, ACRNHead), "first-order actor-context maps")
-        return {"maps": head.first_order(batch)}
-    if kind == "hrafb":
-        _needs(head, kind, (AMCRHead,), "AMCRNet's BHOI interaction feature")
-        interaction, _ = head.interaction(batch)
-        return {"interaction": interaction, "movement": batch.pooled}
-    if kind == "memory":
-        _needs(head, kind, (RelationTransformerHead,), "an S-only/T-only relation head")
-        return {"features": head.memory_features(batch)}
-    if kind == "identity":
-        _needs(head, kind, (IGMNDAMHead,), "IGMN's DAM head")
-        return {"features": head.node_features(batch)}
-    raise ValueError(f"unknown bank kind {kind!r}; expected one of {BANK_KINDS}")
+        return BANK_KINDS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def bank_rows(head: nn.Module, kind: str, batch: ActorBatch) -> dict[str, Tensor]:
@@ -86,13 +64,18 @@ def bank_rows(head: nn.Module, kind: str, batch: ActorBatch) -> dict[str, Tensor
     Raises:
         ValueError: unknown ``kind``, or a head that cannot produce it (names the class).
     """
+    from models.heads.contract import Head
+    from models.heads.registry import BANK_KINDS
+
     if kind not in BANK_KINDS:
         raise ValueError(f"unknown bank kind {kind!r}; expected one of {BANK_KINDS}")
+    if not isinstance(head, Head):
+        raise ValueError(f"bank kind {kind!r}: {type(head).__name__} is not a bankflow head")
     was_training = head.training
     head.eval()
     try:
         with torch.no_grad():
-            rows = _rows(head, kind, batch)
+            rows = head.bank_rows(kind, batch)
     finally:
         head.train(was_training)
     n = batch.num_actors
@@ -158,4 +141,4 @@ def bank_window(batch: ActorBatch, arrays: dict[str, int], owner: str) -> dict[s
     return out
 
 
-__all__ = ["BANK_KINDS", "WINDOW_KEYS", "bank_rows", "bank_window"]
+__all__ = ["WINDOW_KEYS", "bank_rows", "bank_window"]

@@ -56,12 +56,14 @@ keyframe's memory nodes in window order (0 for nodes down-sampled away and paddi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from models.heads.bank_features import bank_window
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Head, HeadData, aux_class_mask, constructor_arguments
 from models.heads.igmn_dam import IGMNDAMHead
 from models.heads.igmn_graph import (
     IdentityGraph,
@@ -139,7 +141,7 @@ class HGNNLayer(nn.Module):
         return h, members, unpad_actors(weights, slots)
 
 
-class IGMNHead(nn.Module):
+class IGMNHead(Head):
     """HGNN over the identity bank window + DAM, fused (IGMN eq. 9), with eq. 10's aux losses.
 
     Reads ``batch.context`` [B, C, H, W], ``batch.boxes`` [N, 4], ``batch.batch_index``,
@@ -149,8 +151,19 @@ class IGMNHead(nn.Module):
     """
 
     BANK_KIND = "identity"
+    ONLINE_MEMORY = True
     reads = frozenset({"context", "pooled"})
     needs_labels = True
+
+    @classmethod
+    def kwargs_from_data(cls, data: HeadData) -> dict[str, Any]:
+        # As for IGMN's DAM in stage 1: its auxiliary losses leave the pose classes out.
+        return {**super().kwargs_from_data(data), "aux_class_mask": aux_class_mask(data)}
+
+    @classmethod
+    def memory_dim(cls, in_channels: int, kwargs: Mapping[str, Any]) -> int:
+        # features = the DAM's hidden layer, fuse_hidden wide
+        return int(constructor_arguments(cls, in_channels, kwargs)["fuse_hidden"])
 
     def __init__(
         self,

@@ -55,15 +55,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from models.boxes import iou_matrix_torch
 from models.heads.amcr import feature_map_rois
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Attention, Head, HeadData, aux_class_mask
+from models.heads.ops import roi_align
 from models.heads.ragged import actor_slots, pad_actors
 
 
@@ -135,7 +137,7 @@ def _sum_classes_mean_actors(per: Tensor, class_mask: Tensor | None) -> Tensor:
     return per.sum(dim=1).mean()
 
 
-class IGMNDAMHead(nn.Module):
+class IGMNDAMHead(Head):
     """IGMN's Dual Attention Module as a stage-1 head (see the module docstring).
 
     Reads ``batch.context`` [B, C, H, W], ``batch.boxes`` [N, 4], ``batch.batch_index``.
@@ -151,6 +153,16 @@ class IGMNDAMHead(nn.Module):
     reads = frozenset({"context", "pooled"})
 
     needs_labels = True
+    # identity: the max-pooled RoIAlign node features of §3.2.1.
+    BANK_SOURCES = ("lfb", "identity")
+    # The semantic and identity maps over each enlarged box (IGMN Fig. 6).
+    ATTENTION = Attention(maps=("semantic", "identity"), style="enlarged_box")
+
+    @classmethod
+    def kwargs_from_data(cls, data: HeadData) -> dict[str, Any]:
+        # IGMN leaves the softmax (pose) classes out of its two auxiliary classification
+        # losses (§3.3); which classes those are is the dataset's business, not the config's.
+        return {**super().kwargs_from_data(data), "aux_class_mask": aux_class_mask(data)}
 
     def __init__(
         self,
@@ -254,6 +266,11 @@ class IGMNDAMHead(nn.Module):
         boxes = enlarge_boxes(batch.boxes, self.context_scale)
         rois = feature_map_rois(boxes, batch.batch_index, h, w)
         return roi_align(batch.context, rois, self.roi_size, spatial_scale=1.0, aligned=True)
+
+    def bank_rows(self, kind: str, batch: ActorBatch) -> dict[str, Tensor]:
+        if kind == "identity":
+            return {"features": self.node_features(batch)}
+        return super().bank_rows(kind, batch)
 
     def node_features(self, batch: ActorBatch) -> Tensor:
         """HGNN node features f_hat^i = max_xy f^i (IGMN §3.2.1): Tensor[N, C]."""

@@ -43,13 +43,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from models.heads.bank_features import bank_window
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Head, constructor_arguments
 from models.heads.lfb_mmaction2 import mmaction2_lfb_state
 from models.heads.ragged import pad_actors, unpad_actors
 
@@ -95,7 +96,7 @@ class BankNonLocalBlock(nn.Module):
         return s + h * has_key, weights
 
 
-class LFBHead(nn.Module):
+class LFBHead(Head):
     """Current pooled actor features + FBO over the ``lfb`` bank window -> FC.
 
     Reads ``batch.pooled`` [N, C], ``batch.batch_index`` and ``batch.bank``: ``mask``
@@ -103,7 +104,13 @@ class LFBHead(nn.Module):
     """
 
     BANK_KIND = "lfb"
+    ONLINE_MEMORY = True
     reads = frozenset({"pooled"})
+
+    @classmethod
+    def memory_dim(cls, in_channels: int, kwargs: Mapping[str, Any]) -> int:
+        # features = [S_t, FBO output]: C + hidden_dim
+        return in_channels + int(constructor_arguments(cls, in_channels, kwargs)["hidden_dim"])
 
     def __init__(
         self,

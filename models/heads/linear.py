@@ -5,9 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Head
 
 
-class LinearHead(nn.Module):
+class LinearHead(Head):
     """Classify each actor from its RoIAlign + max-pooled feature alone.
 
     ``features`` is the pooled actor feature itself ([N, C]); dropout 0.5 as in

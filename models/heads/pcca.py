@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align
 
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Head
+from models.heads.ops import roi_align
 
 
 def enlarged_box_rois(
@@ -73,7 +74,7 @@ class CrossAttentionLayer(nn.Module):
         return self.norm2(self.drop2(self.ffn(x)) + x), weights  # eq. 3
 
 
-class PCCAHead(nn.Module):
+class PCCAHead(Head):
     """Person-context cross-attention transformer head (reads ``context``, ``pooled``, ``boxes``)."""
 
     # The feature-store arrays this head reads (the trainer reads nothing else).

@@ -40,6 +40,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Head
 from models.heads.ragged import pad_actors, unpad_actors
 
 Mode = Literal["spatial", "temporal"]
@@ -105,7 +106,7 @@ def attendable(mask: Tensor) -> Tensor:
     return ignore
 
 
-class RelationTransformerHead(nn.Module):
+class RelationTransformerHead(Head):
     """S-only (``mode="spatial"``) or T-only (``mode="temporal"``) relation head.
 
     Reads ``batch.roi`` [N, C, 7, 7] (spatial) or ``batch.roi_t`` [N, C, T, 7, 7]
@@ -114,6 +115,9 @@ class RelationTransformerHead(nn.Module):
     each actor and position, the last layer's attention over the keyframe's actor slots
     (padding slots get weight 0).
     """
+
+    # memory: the pooled person tokens (AVA-Kinetics report §2.3).
+    BANK_SOURCES = ("lfb", "memory")
 
     def __init__(
         self,
@@ -184,6 +188,11 @@ class RelationTransformerHead(nn.Module):
         flat = roi_t.flatten(3)  # (N, C, T, H*W)
         agg = flat.mean(dim=3) if self.aggregation == "avg" else flat.amax(dim=3)
         return agg.transpose(1, 2)  # (N, T, C)
+
+    def bank_rows(self, kind: str, batch: ActorBatch) -> dict[str, Tensor]:
+        if kind == "memory":
+            return {"features": self.memory_features(batch)}
+        return super().bank_rows(kind, batch)
 
     def memory_features(self, batch: ActorBatch) -> Tensor:
         """Pooled person features Tensor[N, C]: the input tokens averaged over positions

@@ -34,18 +34,19 @@ memory entries (0 at padding).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from models.heads.bank_features import bank_window
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Head, constructor_arguments
 from models.heads.ragged import pad_actors, unpad_actors
 from models.heads.relation_transformer import RelationTransformerHead, attendable
 
 
-class TOnlyMemoryHead(nn.Module):
+class TOnlyMemoryHead(Head):
     """T-only relation transformer whose sequences also hold the memory window's persons.
 
     Reads ``batch.roi_t`` [N, C, T, 7, 7], ``batch.batch_index`` and ``batch.bank``:
@@ -53,7 +54,13 @@ class TOnlyMemoryHead(nn.Module):
     """
 
     BANK_KIND = "memory"
+    ONLINE_MEMORY = True
     reads = frozenset({"pooled", "roi_t"})
+
+    @classmethod
+    def memory_dim(cls, in_channels: int, kwargs: Mapping[str, Any]) -> int:
+        # features = the relation module's output, hidden_dim wide
+        return int(constructor_arguments(cls, in_channels, kwargs)["hidden_dim"])
 
     def __init__(
         self,

@@ -61,7 +61,8 @@ def infer_timestamp_offset(tables: list[BoxTable], durations: dict[str, float]) 
         n0 = sum(int(fit0.sum()) for _, fit0, _ in rows)
         n900 = sum(int(fit900.sum()) for _, _, fit900 in rows)
         best, other, k = (0.0, AVA_OFFSET, 1) if n0 >= n900 else (AVA_OFFSET, 0.0, 2)
-        table, row = next((r[0], int(np.flatnonzero(~r[k])[0])) for r in rows if not r[k].all())
+        chosen = [(t, fit0 if k == 1 else fit900) for t, fit0, fit900 in rows]
+        table, row = next((t, int(np.flatnonzero(~fit)[0])) for t, fit in chosen if not fit.all())
         d = durations[str(table.video[row])]
         what = (
             f"fits offset {other:g} but the other rows fit offset {best:g} "

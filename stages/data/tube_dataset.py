@@ -40,6 +40,10 @@ from .types import NO_PERSON, BoxTable, LabelMap
 TUBE_LABEL_TYPE = "PERSON_MOVEMENT"  # single-label: every class in the softmax group
 
 
+def _default_split_of() -> dict[str, Literal["train", "test"]]:
+    return {"train": "train", "val": "test"}
+
+
 class TubeFiles(pydantic.BaseModel):
     """The ``tubes:`` block of a dataset config (its presence makes the dataset a tube one).
 
@@ -68,7 +72,7 @@ class TubeFiles(pydantic.BaseModel):
     trust_pickle: NotInKey[bool] = False  # a permission, not a setting
     split_index: InKey[int] = pydantic.Field(0, ge=0)
     split_of: InKey[dict[str, Literal["train", "test"]]] = pydantic.Field(
-        default_factory=lambda: {"train": "train", "val": "test"}
+        default_factory=_default_split_of
     )
     keyframe_stride: InKey[dict[str, pydantic.PositiveInt]] = pydantic.Field(default_factory=dict)
     sampling: InKey[dict[str, Literal["video", "annotated"]]] = pydantic.Field(default_factory=dict)
@@ -150,15 +154,15 @@ def tube_box_table(gt: TubeGT, videos: tuple[str, ...], stride: int) -> BoxTable
                 rows_person.append(np.full(n, person, dtype=np.int64))
     if not rows_video:
         return BoxTable.empty(gt.source)
-    person = np.concatenate(rows_person)
+    persons = np.concatenate(rows_person)
     return BoxTable(
         video=np.array(rows_video, dtype=object),
         timestamp=np.concatenate(rows_frame),
         boxes=np.concatenate(rows_box),
         action=np.concatenate(rows_action),
-        person=person if person.size else np.full(0, NO_PERSON, dtype=np.int64),
+        person=persons if persons.size else np.full(0, NO_PERSON, dtype=np.int64),
         score=np.ones(len(rows_video), dtype=np.float64),
-        line=person.copy(),
+        line=persons.copy(),
         source=gt.source,
     )
 

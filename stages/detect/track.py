@@ -20,45 +20,24 @@ are unique within a video.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import linear_sum_assignment
 
 from models.boxes import iou_matrix
-from stages.data import Dataset, DatasetConfig
+from stages.data import Dataset
+from stages.detect.config import TRACK as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.detect.config import (  # noqa: F401 (re-exported)
+    TrackConfig,
+    TrackStageConfig,
+)
 from stages.detect.stage import read_persons
-from stages.framework import Stage, StageContext, StageError, verify_published_file
-from stages.framework.keys import InKey
+from stages.framework import StageContext, StageError, verify_published_file
 
-CODE_VERSION = "2"  # 2: max_gap beyond the keyframe step (tube strides)
 ACTORS_FILE = "actors.parquet"
-
-
-class TrackConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # Which boxes are the actors of each split: GT persons or detected persons.
-    boxes: InKey[dict[str, Literal["gt", "detections"]]] = {"train": "gt", "val": "detections"}
-    min_iou: InKey[float] = 0.3  # a link needs at least this IoU
-    # How long a track may go unseen (occlusion, missed detection), in timestamp units:
-    # seconds for AVA (= keyframes), frames for tube datasets, whatever their keyframe
-    # stride. A box at t links to a track last seen at t0 when t - t0 <= step + max_gap,
-    # step being the split's keyframe spacing (AVA 1 s; a tube split's keyframe_stride).
-    # So max_gap 2 lets an AVA track skip 2 keyframes, and a tube track skip 2 frames:
-    # none at stride 4, one keyframe at stride 2, two at stride 1.
-    max_gap: InKey[int] = Field(2, ge=0)
-
-
-class TrackStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    track: InKey[TrackConfig]
 
 
 def link_tracks(
@@ -114,7 +93,9 @@ def _gt_persons(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
         raise StageError(f"track: split {split!r} has no GT boxes to use as actors")
     video = gt.video.astype(str)
     key = np.rec.fromarrays(
-        [video, gt.timestamp, gt.person, *np.round(gt.boxes, 4).T], names="v,t,p,a,b,c,d"
+        [video, gt.timestamp, gt.person, *np.round(gt.boxes, 4).T],
+        formats=None,
+        names="v,t,p,a,b,c,d",
     )
     _, first = np.unique(key, return_index=True)
     first = np.sort(first)
@@ -159,10 +140,10 @@ def _identity_metrics(
 def _match_to_gt(det: dict[str, np.ndarray], gt: dict[str, np.ndarray]) -> np.ndarray:
     """GT person id of each detection (IoU >= 0.5, one-to-one per keyframe), -1 if none."""
     person = np.full(len(det["timestamp"]), -1, dtype=np.int64)
-    gt_key = {}
+    gt_key: dict[tuple[Any, Any], list[int]] = {}
     for i, kf in enumerate(zip(gt["video"], gt["timestamp"], strict=True)):
         gt_key.setdefault(kf, []).append(i)
-    det_key = {}
+    det_key: dict[tuple[Any, Any], list[int]] = {}
     for i, kf in enumerate(zip(det["video"], det["timestamp"], strict=True)):
         det_key.setdefault(kf, []).append(i)
     for kf, d_rows in det_key.items():
@@ -177,8 +158,8 @@ def _match_to_gt(det: dict[str, np.ndarray], gt: dict[str, np.ndarray]) -> np.nd
     return person
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: TrackStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[TrackStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     dataset = Dataset.open(cfg.dataset)
     persons_uri = ctx.input("detect").uri
     tables, summary = [], {}
@@ -244,11 +225,6 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     )
     pq.write_table(table.take(order), ctx.staging / ACTORS_FILE)
     return summary
-
-
-STAGE = Stage(
-    name="track", code_version=CODE_VERSION, config_type=TrackStageConfig, compute=compute
-)
 
 
 def read_actors(uri: str, split: str | None = None) -> pa.Table:

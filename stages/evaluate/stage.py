@@ -14,49 +14,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
-from stages.data import BoxTable, Dataset, DatasetConfig, read_detections_csv
+from stages.data import BoxTable, Dataset, read_detections_csv
 from stages.evaluate.ava import evaluate_ava
+from stages.evaluate.config import EVALUATE as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.evaluate.config import EvaluateConfig, EvaluateStageConfig  # noqa: F401 (re-exported)
 from stages.evaluate.report import write_ava_outputs
 from stages.evaluate.tube_eval import (
-    LinkingConfig,
     evaluate_tube_detections,
     frame_detections,
     prior_table,
     write_tube_outputs,
 )
-from stages.framework import Stage, StageContext, StageError, verify_published_file
-from stages.framework.keys import InKey
+from stages.framework import StageContext, StageError, verify_published_file
 
-CODE_VERSION = "3"  # 2: equal scores in the official order by default; 3: tube datasets
 PREDICTIONS_DIR = "predictions"
-
-
-class EvaluateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    split: InKey[str] = "val"
-    protocol: InKey[Literal["2018", "2019", "2020"]] = "2019"
-    iou_threshold: InKey[float] = 0.5
-    # Order of equal scores: "official" = the ActivityNet evaluator's (published
-    # numbers), "stable" = file order. See stages.evaluate.ava.
-    ties: InKey[Literal["official", "stable"]] = "official"
-    # Tube datasets: linking of per-frame detections into tubes, and the prior-only
-    # baseline's tube metrics on the same boxes (from the ``train_split`` GT).
-    linking: InKey[LinkingConfig] = LinkingConfig()
-    train_split: InKey[str] = "train"
-
-
-class EvaluateStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    evaluate: InKey[EvaluateConfig]
 
 
 def predictions_csv(uri: str | Path, split: str) -> Path:
@@ -64,8 +39,8 @@ def predictions_csv(uri: str | Path, split: str) -> Path:
     return Path(uri) / PREDICTIONS_DIR / f"{split}.csv"
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: EvaluateStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[EvaluateStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     split = cfg.evaluate.split
     dataset = Dataset.open(cfg.dataset)
     pred_path = predictions_csv(ctx.input("predictions").uri, split)
@@ -112,11 +87,14 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def _compute_tubes(ctx: StageContext, dataset: Dataset, pred_path: Path) -> dict[str, Any]:
-    cfg: EvaluateStageConfig = ctx.config  # type: ignore[assignment]
+def _compute_tubes(
+    ctx: StageContext[EvaluateStageConfig], dataset: Dataset, pred_path: Path
+) -> dict[str, Any]:
+    cfg = ctx.config
     ev, split = cfg.evaluate, cfg.evaluate.split
     gt, videos = dataset.tube_gt, dataset.tube_videos(split)
-    convention = dataset.config.tubes.convention  # type: ignore[union-attr]
+    assert dataset.config.tubes is not None  # the caller's test: a tube dataset
+    convention = dataset.config.tubes.convention
     preds = read_detections_csv(pred_path, strict=False)
     result, tubes = evaluate_tube_detections(
         gt, frame_detections(preds, gt, videos), videos, linking=ev.linking, convention=convention
@@ -135,8 +113,3 @@ def _compute_tubes(ctx: StageContext, dataset: Dataset, pred_path: Path) -> dict
         "tubes": result.n_tubes,
         "prior": {"frame_map": baseline.frame_map, **baseline.video},
     }
-
-
-STAGE = Stage(
-    name="evaluate", code_version=CODE_VERSION, config_type=EvaluateStageConfig, compute=compute
-)

@@ -36,20 +36,25 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from models.backbones import build_backbone
-from models.losses import ava_loss
+from models.losses import ava_loss, loss_normalizers
 from models.roi import actor_rois
-from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
+from stages.data import BoxTable, Dataset, LabelMap
+from stages.extract.config import FINETUNE as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.extract.config import (
+    FinetuneConfig,
+    FinetuneStageConfig,
+)
 from stages.extract.stage import WEIGHTS_FILE, BackboneConfig
-from stages.framework import Stage, StageContext, StageError, write_json_atomic
-from stages.framework.keys import InKey, NotInKey
+from stages.framework import StageContext, StageError, write_json_atomic
+from stages.framework.distributed import all_reduce_sum, is_main, run_data_parallel, shard, world
+from stages.framework.precision import autocast, cpu_bf16_backward_guard, grad_scaler
 from stages.train.data import SplitIndex
 from stages.train.loop import (
     OptimConfig,
@@ -62,47 +67,11 @@ from stages.train.loop import (
 )
 from stages.video import ClipSpec, VideoReader, prefetch_keyframe_clips
 
-CODE_VERSION = "2"  # 2: RoIAlign y scale measured on the y axis (was the x ratio)
 HEAD_FILE = "head.pt"
 HISTORY_FILE = "training.json"  # written after the weights: its presence means done
 CHECKPOINT_DIR = "checkpoints"
 
 log = logging.getLogger("bankflow.finetune")
-
-
-class FinetuneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: InKey[int] = Field(4, ge=1)
-    batch_keyframes: InKey[int] = Field(8, ge=1)  # keyframes per step, all their GT persons
-    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
-    lr: InKey[float] = Field(1e-3, gt=0)  # peak lr after warm-up, cosine to zero
-    momentum: InKey[float] = 0.9  # SGD only
-    weight_decay: InKey[float] = 1e-4
-    warmup_epochs: InKey[float] = 0.5
-    grad_clip: InKey[float] = 5.0  # max global grad norm; 0 disables
-    dropout: InKey[float] = Field(0.5, ge=0.0, lt=1.0)  # before the FC, as SlowFast-Det
-    loss: InKey[Literal["ava", "bce"]] = "ava"
-    flip: InKey[bool] = True  # random horizontal flip of clip and boxes (p = 0.5 per keyframe)
-    split: InKey[str] = "train"
-    max_keyframes: InKey[int | None] = Field(None, ge=1)  # seeded subset, for quick demos
-    freeze_bn: InKey[bool] = False  # BN statistics frozen (pretrained weights, tiny batches)
-    seed: InKey[int] = 0
-    device: NotInKey[Literal["auto", "cpu", "cuda"]] = "auto"
-    # torch intra-op CPU threads while training (None: torch's default). On a CPU shared
-    # with other jobs, 1 thread measured 2x faster than 2 (threads spin-wait for each other).
-    num_threads: NotInKey[int | None] = Field(None, ge=1)
-    clip_cache: NotInKey[Literal["auto", "memory", "stream"]] = "auto"
-    cache_max_bytes: NotInKey[int] = 2 << 30  # ``auto`` caches clips in RAM below this size
-
-
-class FinetuneStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    finetune: InKey[FinetuneConfig]
-    extract: InKey[BackboneConfig]  # backbone, its kwargs/initial weights, clip sampling
 
 
 class ActorClassifier(nn.Module):
@@ -303,8 +272,13 @@ def train_epochs(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Train for ``cfg.epochs``, resuming from the newest checkpoint; the per-epoch history."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    size = world()[1]
     optim = _optim_config(cfg)
     optimizer = make_optimizer(model, optim)
+    scaler = grad_scaler(cfg.precision)
+    if size > 1 and not cfg.freeze_bn:
+        log.warning("finetune: BatchNorm statistics are each rank's own slice of the batch "
+                    "(freeze_bn: true trains as one process does)")  # fmt: skip
     steps = len(supply)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(optim, s, steps))
     history: list[dict[str, Any]] = []
@@ -318,10 +292,25 @@ def train_epochs(
         torch.set_rng_state(state["torch_rng"])  # dropout masks continue as uninterrupted
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         history, start = state["history"], state["epoch"] + 1
         log.info("finetune: resuming from %s (epoch %d)", last, start)
     mean = torch.tensor(ex.mean).view(1, 3, 1, 1, 1)
     std = torch.tensor(ex.std).view(1, 3, 1, 1, 1)
+    with cpu_bf16_backward_guard(cfg.precision, device):
+        return _epochs(model, supply, cfg, exclusive, ckpt_dir, device, on_epoch, start,
+                       history, optimizer, scheduler, scaler, mean, std)  # fmt: skip
+
+
+def _epochs(
+    model: ActorClassifier, supply: ClipSupply, cfg: FinetuneConfig, exclusive: list[int],
+    ckpt_dir: Path, device: torch.device, on_epoch: Callable[[dict[str, Any]], None] | None,
+    start: int, history: list[dict[str, Any]], optimizer: torch.optim.Optimizer,
+    scheduler: Any, scaler: Any, mean: Tensor, std: Tensor,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """The epochs of :func:`train_epochs` from ``start`` on (the state already resumed)."""
+    rank, size = world()
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -332,12 +321,24 @@ def train_epochs(
         for batch in supply.epoch(epoch):
             if cfg.flip:
                 batch = [flip_sample(s) if flips.random() < 0.5 else s for s in batch]
-            logits, targets = batch_logits(model, batch, mean, std, device)
-            loss = ava_loss(logits, targets, exclusive=exclusive, mode=cfg.loss)
-            optimizer_step(model, loss, optimizer, scheduler, cfg.grad_clip)
-            losses.append(float(loss.detach()))
-            h, n = top1_hits(logits.detach().cpu(), targets.cpu(), exclusive)
-            hits, counted = hits + h, counted + n
+            norms = None
+            if size > 1:  # this rank's slice; its loss is its share of the batch's
+                every = torch.from_numpy(np.concatenate([s.labels for s in batch]))
+                norms = loss_normalizers(every, exclusive, cfg.loss)
+                batch = [batch[i] for i in shard(np.arange(len(batch)), rank, size)[0]]
+            loss, figures = None, torch.zeros(3, dtype=torch.float64)
+            if batch:
+                with autocast(cfg.precision, device):
+                    logits, targets = batch_logits(model, batch, mean, std, device)
+                logits = logits.float()
+                loss = ava_loss(logits, targets, exclusive=exclusive, mode=cfg.loss,
+                                normalizers=norms)  # fmt: skip
+                h, n = top1_hits(logits.detach().cpu(), targets.cpu(), exclusive)
+                figures = torch.tensor([float(loss.detach()), h, n], dtype=torch.float64)
+            figures = all_reduce_sum(figures.to(device)).cpu()
+            optimizer_step(model, loss, optimizer, scheduler, cfg.grad_clip, scaler)
+            losses.append(float(figures[0]))
+            hits, counted = hits + int(figures[1]), counted + int(figures[2])
         record = {
             "epoch": epoch,
             "loss": float(np.mean(losses)),
@@ -351,11 +352,14 @@ def train_epochs(
         }
         history.append(record)
         log.info("finetune epoch %d: %s", epoch, record)
+        if rank != 0:  # rank 0 writes; every rank resumes from what it wrote
+            continue
         save_checkpoint(ckpt_dir / f"epoch_{epoch}.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
             "history": history, "epoch": epoch,
+            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
         })  # fmt: skip
         for old in ckpt_dir.glob("epoch_*.pt"):  # only the newest is needed to resume
             if int(old.stem.split("_")[1]) < epoch:
@@ -397,9 +401,11 @@ def device_of(name: str) -> torch.device:
     return torch.device(name)
 
 
-def finetune(ctx: StageContext, on_epoch: Callable[[dict[str, Any]], None] | None = None):
+def finetune(
+    ctx: StageContext[FinetuneStageConfig], on_epoch: Callable[[dict[str, Any]], None] | None = None
+):
     """The stage body; ``on_epoch`` is called after each epoch's checkpoint is saved."""
-    cfg: FinetuneStageConfig = ctx.config  # type: ignore[assignment]
+    cfg = ctx.config
     ft, ex = cfg.finetune, cfg.extract
     done = ctx.staging / HISTORY_FILE
     if done.is_file():  # a previous attempt finished training but was not published
@@ -421,6 +427,8 @@ def finetune(ctx: StageContext, on_epoch: Callable[[dict[str, Any]], None] | Non
     model = build_model(ex, ft, len(labelmap), clip_hw).to(device)
     ckpt_dir = ctx.staging / CHECKPOINT_DIR
     history = train_epochs(model, supply, ft, ex, exclusive, ckpt_dir, device, on_epoch)
+    if not is_main():
+        return {}
     for part, name in ((model.backbone, WEIGHTS_FILE), (model.head, HEAD_FILE)):
         torch.save({k: v.cpu() for k, v in part.state_dict().items()}, ctx.staging / name)
     n_actors = int(sum(index.actor_offset[r + 1] - index.actor_offset[r] for r in rows))
@@ -440,18 +448,12 @@ def finetune(ctx: StageContext, on_epoch: Callable[[dict[str, Any]], None] | Non
     return summary
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    threads = ctx.config.finetune.num_threads  # type: ignore[attr-defined]
+def compute(ctx: StageContext[FinetuneStageConfig]) -> dict[str, Any]:
+    threads = ctx.config.finetune.num_threads
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return finetune(ctx)
+        return run_data_parallel(finetune, ctx, devices=ctx.config.finetune.devices)
     finally:
         torch.set_num_threads(before)
-
-
-STAGE = Stage(
-    name="finetune", code_version=CODE_VERSION, config_type=FinetuneStageConfig,
-    compute=compute, resumable=True,
-)  # fmt: skip

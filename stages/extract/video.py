@@ -26,6 +26,7 @@ from models.backbones.source_config import read_source_config
 from models.roi import actor_rois
 from stages.framework import StageError
 from stages.framework.background import in_background
+from stages.framework.precision import autocast
 from stages.video import ClipSpec, VideoReader, iter_keyframe_clips
 
 if TYPE_CHECKING:
@@ -151,7 +152,7 @@ def _extra(cfg: ExtractConfig, architecture: object) -> dict:
     if cfg.weights is not None or cfg.source_config is not None:
         extra["weights"] = cfg.weights
         extra["source_config"] = cfg.source_config
-        if dataclasses.is_dataclass(architecture):
+        if dataclasses.is_dataclass(architecture) and not isinstance(architecture, type):
             extra["architecture"] = dataclasses.asdict(architecture)
     return extra
 
@@ -195,13 +196,18 @@ class VideoExtractor:
         box_t = torch.from_numpy(np.concatenate(boxes).astype(np.float32)).to(self.device)
         index = torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor(counts))
         with torch.inference_mode():
+            with autocast(self.cfg.precision, self.device):  # the backbone only
+                if self.cfg.store_roi_t:
+                    slow, fast = self.model(x, return_temporal=True)
+                else:
+                    fmap = self.model(x)  # (B, C, h, w)
             if self.cfg.store_roi_t:
-                slow, fast = self.model(x, return_temporal=True)
                 from models.backbones import pool_pathways
 
+                slow, fast = slow.float(), fast.float()
                 fmap = pool_pathways(slow, fast)
             else:
-                fmap = self.model(x)  # (B, C, h, w)
+                fmap = fmap.float()
             roi, pooled = actor_rois(
                 fmap, box_t, index.to(self.device), input_size=(x.shape[3], x.shape[4]),
                 spec=self.roi_spec,
@@ -298,14 +304,16 @@ class VideoExtractor:
                 return np.zeros(shapes[name], dtype)
             return np.concatenate(parts[name])
 
+        context_maps, pooled_rows = joined("context"), joined("pooled")
+        assert context_maps is not None and pooled_rows is not None  # every schema has both
         return VideoFeatures(
             timestamps=timestamps.astype(np.int32),
-            context=joined("context"),
+            context=context_maps,
             actor_offset=offsets - offsets[0],
             boxes=boxes.astype(np.float32),
             scores=actors["score"][order].astype(np.float32),
             track=actors["track"][order].astype(np.int32),
-            pooled=joined("pooled"),
+            pooled=pooled_rows,
             roi=joined("roi"),
             roi_t=joined("roi_t"),
         )

@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from featurestore import format_bytes
-
 if TYPE_CHECKING:
     from stages.framework import StageContext
 
@@ -55,6 +53,8 @@ def _disk_full(exc: BaseException) -> OSError | None:
 
 def disk_full_message(stage: str, staging: Path, error: OSError, expected: int | None) -> str:
     """One line: stage, file, bytes free, bytes needed (or written so far), what to do."""
+    from featurestore import format_bytes  # zarr, h5py: not imported until a disk fills
+
     path = Path(error.filename) if error.filename else staging
     free = shutil.disk_usage(_existing_parent(path)).free
     written = bytes_under(staging)

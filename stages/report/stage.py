@@ -25,48 +25,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from stages.data import Dataset, DatasetConfig
+from stages.data import Dataset
 from stages.evaluate.breakdown import head_tail
 from stages.framework import (
     COMPLETE_MARKER,
-    Stage,
     StageContext,
     StageError,
     StageRef,
     read_published_json,
 )
-from stages.framework.keys import InKey
 from stages.report import plots
+from stages.report.config import (  # noqa: F401 (re-exported)
+    HTML_FILE,
+    MARKDOWN_FILE,
+    MODEL_STAGES,
+    ReportConfig,
+    ReportStageConfig,
+    report_inputs,
+)
+from stages.report.config import REPORT as STAGE  # noqa: F401 (the stage, for stages.catalog)
 from stages.train.rebalance import CRT_FILE, class_counts, head_tail_k
 from stages.train.stage import METRICS_FILE, evaluated_labelmap
 
-CODE_VERSION = "1"
-MARKDOWN_FILE = "report.md"
-HTML_FILE = "report.html"
 JSON_FILE = "report.json"
 PLOTS_DIR = "plots"
-MODEL_STAGES = ("train", "train_bank", "rebalance", "predict")  # "predict": TTA runs
 GROUPS = ("pose", "object_manipulation", "person_interaction")
-
-
-class ReportConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    title: InKey[str] = "bankflow report"
-    # head/tail size; None: the reports' rule (20, or a third with fewer than 60 classes)
-    head_tail_k: InKey[int | None] = Field(None, ge=1)
-    train_split: InKey[str] = "train"  # class frequencies (head/tail) come from its GT
-
-
-class ReportStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    split: InKey[str]  # the evaluated split
-    report: InKey[ReportConfig] = ReportConfig()
 
 
 # --- a tiny document model rendered to both Markdown and HTML -----------------------
@@ -212,8 +196,8 @@ def collect_models(inputs: Mapping[str, StageRef]) -> list[ModelRow]:
 # --- the report ----------------------------------------------------------------------
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: ReportStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[ReportStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     dataset = Dataset.open(cfg.dataset)
     labelmap = evaluated_labelmap(dataset, cfg.dataset)
     counts = class_counts(dataset.gt(cfg.report.train_split).action, labelmap.ids)
@@ -243,7 +227,7 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     for m in models:
         ht = head_tail(m.per_class, counts, k) if len(m.per_class) >= 2 else {}
         s = m.summary
-        row = {
+        row: dict[str, Any] = {
             "model": m.name, "stage": m.kind, "head": s.get("head") or "-",
             "mAP": m.mAP, **{g: m.groups.get(g) for g in GROUPS},
             "head_mAP": ht.get("head_mAP"), "tail_mAP": ht.get("tail_mAP"),
@@ -398,29 +382,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "models": [m.name for m in models],
         "best_model": max(models, key=lambda m: m.mAP).name,
     }
-
-
-STAGE = Stage(name="report", code_version=CODE_VERSION, config_type=ReportStageConfig,
-              compute=compute)  # fmt: skip
-
-
-def report_inputs(refs: Mapping[str, StageRef]) -> dict[str, StageRef]:
-    """The report's inputs from a pipeline's recorded stage runs: model-producing runs as
-    ``model:<name>``, every other run under its record name (``detect``,
-    ``evaluate:<name>``, ``ensemble:<name>``, ``dump:<name>``, …)."""
-    out: dict[str, StageRef] = {}
-    for record_name, ref in refs.items():
-        stage, _, label = record_name.partition(":")
-        if stage == "report":
-            continue
-        out[f"model:{label}" if stage in MODEL_STAGES and label else record_name] = ref
-    return out
-
-
-def run_report_stage(run: Any, dataset: DatasetConfig, fingerprint: str) -> StageRef:
-    """The pipeline's report over every stage run so far (``run``: the PipelineRun)."""
-    config = ReportStageConfig(
-        dataset=dataset, dataset_fingerprint=fingerprint, split=run.config.evaluate.split,
-        report=run.config.report,
-    )  # fmt: skip
-    return run.stage("report", config, report_inputs(run.refs))

@@ -1,16 +1,18 @@
 """Attention pictures: a trained relation head's maps drawn over the keyframe image.
 
-As the papers' qualitative figures do, for one keyframe and its actors:
+A head declares its picture (``ATTENTION``: which ``HeadOutput.attention`` maps, in which
+style; :mod:`models.heads.contract`); this module draws each style. As the papers'
+qualitative figures do, for one keyframe and its actors:
 
-* **acar** (``attention["hr2o"]`` [B, L, Nmax, M, H, W]): for each query actor *i* (a row)
+* ``actor_pairs``, **acar** (``attention["hr2o"]`` [B, L, Nmax, M, H, W]): for each query actor *i* (a row)
   and each actor *j* of the keyframe (a column), the last HR2O block's weight of *j* at
   every location (eq. 1; a softmax over *j* per location) as a heat map over the image,
   box *i* in green, box *j* in red. Where *i* looks at *j* shows which parts of the scene
   relate the two (ACAR Fig. 5).
-* **amcr** (``attention["bhoi"]`` [N, M]): each actor's attention to the M multi-scale
+* ``context_tokens``, **amcr** (``attention["bhoi"]`` [N, M]): each actor's attention to the M multi-scale
   context tokens of the last BHOI block, one column per pooling scale (3×3, 5×5, 7×7
   cells tiling the frame), as AMCRNet's Fig. 4 shows where an actor looks in the scene.
-* **igmn_dam** (``attention["semantic"]``, ``["identity"]`` [N, R, R]): the semantic and
+* ``enlarged_box``, **igmn_dam** (``attention["semantic"]``, ``["identity"]`` [N, R, R]): the semantic and
   identity maps of the Dual Attention Module over each actor's enlarged box (IGMN Fig. 6:
   the semantic map spreads to related context, the identity map stays on the person).
 
@@ -36,6 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from featurestore import FeatureStore, KeyframeFeatures
+from models.heads import HEADS, Head, head_class
 from stages.data import Dataset
 from stages.data.kinetics import kinetics_clip
 from stages.extract.stage import FEATURES_DIR
@@ -44,7 +47,12 @@ from stages.train.data import collate
 from stages.train.run import TrainedRun
 from stages.video import VideoError, VideoReader, center_frame
 
-PICTURED = {"acar": "hr2o", "amcr": "bhoi", "amcr_slim": "bhoi", "igmn_dam": "semantic"}
+# The heads with a picture and its first map, from the heads' declarations.
+PICTURED = {
+    name: picture.maps[0]
+    for name, entry in HEADS.items()
+    if (picture := head_class(entry).ATTENTION) is not None
+}
 ALPHA = 0.55  # heat-map opacity over the image
 
 
@@ -87,31 +95,41 @@ def enlarged(box: np.ndarray, scale: float) -> np.ndarray:
 
 
 def head_panels(
-    head_name: str, head: torch.nn.Module, attention: dict[str, torch.Tensor],
+    head_name: str, head: Head, attention: dict[str, torch.Tensor],
     boxes: np.ndarray, height: int, width: int, *, max_actors: int,
 ) -> list[list[Panel]]:  # fmt: skip
-    """The figure's rows of panels for one keyframe's ``attention`` maps.
+    """The figure's rows of panels for one keyframe's ``attention`` maps, drawn in the
+    style the head declares (``head.ATTENTION``).
 
     Raises:
-        StageError: the head exposes no map this module knows how to draw.
+        StageError: the head declares no picture, or its maps are missing.
     """
+    picture = head.ATTENTION
+    if picture is None:
+        raise StageError(
+            f"head {head_name!r} has no attention picture; heads with one: {sorted(PICTURED)}"
+        )
+    absent = [name for name in picture.maps if name not in attention]
+    if absent:
+        raise StageError(
+            f"{head_name}: the head gave no {', '.join(absent)} attention (an option without "
+            "it, e.g. acar's hr2o='rn', has none to draw)"
+        )
     n = min(len(boxes), max_actors)
     rows: list[list[Panel]] = []
-    if head_name == "acar":
-        if "hr2o" not in attention:
-            raise StageError("acar: the head has no HR2O attention (hr2o='rn' has none to draw)")
-        att = attention["hr2o"][0, -1].numpy()  # (Nmax, M, H, W), last block
+    if picture.style == "actor_pairs":
+        att = attention[picture.maps[0]][0, -1].numpy()  # (Nmax, M, H, W), last block
         for i in range(n):
             rows.append([
                 Panel(f"actor {i} -> actor {j}", upsample(att[i, j], height, width),
                       [(boxes[i], "lime"), (boxes[j], "red")])
                 for j in range(n)
             ])  # fmt: skip
-    elif head_name in ("amcr", "amcr_slim"):
-        att = attention["bhoi"].numpy()  # (N, M)
+    elif picture.style == "context_tokens":
+        att = attention[picture.maps[0]].numpy()  # (N, M)
         scales = list(head.context_scales)
         if att.shape[1] != sum(s * s for s in scales):
-            raise StageError(f"amcr: {att.shape[1]} context tokens, scales {scales}")
+            raise StageError(f"{head_name}: {att.shape[1]} context tokens, scales {scales}")
         for i in range(n):
             row, start = [], 0
             for s in scales:
@@ -123,7 +141,7 @@ def head_panels(
                           limits=None)
                 )  # fmt: skip
             rows.append(row)
-    elif head_name == "igmn_dam":
+    else:  # enlarged_box
         scale = float(head.context_scale)
         for i in range(n):
             region = enlarged(boxes[i], scale)
@@ -131,12 +149,8 @@ def head_panels(
                 Panel(f"actor {i}, {name}",
                       paste_in_box(attention[name][i].numpy(), region, height, width),
                       [(boxes[i], "lime"), (region, "white")])
-                for name in ("semantic", "identity")
+                for name in picture.maps
             ])  # fmt: skip
-    else:
-        raise StageError(
-            f"head {head_name!r} has no attention picture; heads with one: {sorted(PICTURED)}"
-        )
     return rows
 
 

@@ -86,13 +86,12 @@ from stages.train.data import KeyframeSource, build_index, open_split
 from stages.train.dump import (
     DumpStageConfig,
     dump_video,
-    load_stage1_head,
     row_shapes,
     video_key,
     write_bank_video,
 )
 from stages.train.loop import TrainData, predict
-from stages.train.run import TrainedRun, read_provenance, upstream_dir
+from stages.train.run import TrainedRun, load_trained_head, read_provenance, upstream_dir
 from stages.train.stage import predictions_table
 from stages.train.window import WindowConfig
 from stages.video import VideoError, VideoReader, center_frame
@@ -271,6 +270,7 @@ class VideoBank:
     dump: DumpStageConfig | None = None
     stage1_dir: Path | None = None
     stage1_key: str | None = None
+    memory_dim: int | None = None  # online: the memory's row width (the head's features)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -288,10 +288,12 @@ def video_bank(run: TrainedRun) -> VideoBank | None:
     way)."""
     if run.stage != "train_bank":
         return None
-    cfg = BankRunConfig.model_validate(run.provenance["config"]["run"])
+    cfg = run.run_config
+    assert isinstance(cfg, BankRunConfig)
     if cfg.bank_mode == "online":
         kind = str(run.saved["bank_kind"])
-        return VideoBank(mode="online", kind=kind, window=cfg.window)
+        return VideoBank(mode="online", kind=kind, window=cfg.window,
+                         memory_dim=run.memory_dim())  # fmt: skip
     dump_dir = upstream_dir(run.path, run.provenance, "dump")
     dump_prov = read_provenance(dump_dir)
     dump_cfg = DumpStageConfig.model_validate(dump_prov["config"])
@@ -314,7 +316,7 @@ def dump_video_bank(bank: VideoBank, store: FeatureStore, video_id: str, path: P
     """The offline bank over the video: the stage-1 head over its feature store, written
     by the dump stage's code into a one-video bank at ``path``."""
     assert bank.dump is not None and bank.stage1_dir is not None and bank.stage1_key
-    head, _ = load_stage1_head(bank.stage1_dir)
+    head, _ = load_trained_head(bank.stage1_dir)
     t0 = time.perf_counter()
     try:
         rows, _ = dump_video(head, bank.kind, store, video_id, bank.dump.bank.batch_keyframes)
@@ -349,11 +351,10 @@ def bank_model(
         data.attach = bank_attach([(source, dumped)], bank.window, preload=bank.preload)
         stored = {"store": BANK_NAME}
     else:
-        dim = getattr(head, "bank_dim", None)
-        if dim is None:
-            raise StageError(f"infer: {type(head).__name__} has no bank_dim: the width of its "
-                             "online memory is unknown")  # fmt: skip
-        model = OnlineMemoryHead(head, rows, int(dim))
+        if bank.memory_dim is None:
+            raise StageError(f"infer: {type(head).__name__}: the width of its online memory "
+                             "is unknown")  # fmt: skip
+        model = OnlineMemoryHead(head, rows, bank.memory_dim)
         windows = {id(source): (StoreIndex(source.store), video_bases(source.index), 0)}
         data.attach = online_attach(windows, bank.window)
         fill_memory(model, source, data, (0, rows))
@@ -397,6 +398,7 @@ def infer_video(
     out.mkdir(parents=True, exist_ok=True)
     run = TrainedRun.open(run_dir, stages=("train", "train_bank"))
     bank = video_bank(run)  # before detection: a bank that cannot be rebuilt fails fast
+    head = run.build_head()  # so does a head.pt whose state does not fit its head
     labelmap, exclusive = run.classes(read_labelmap(cfg.labelmap) if cfg.labelmap else None)
     device = resolve_device(cfg.device)
     video_id = video_id_for(video)
@@ -447,7 +449,7 @@ def infer_video(
             use_roi=store.schema.roi_shape is not None,
             use_roi_t=store.schema.roi_t_shape is not None,
         )  # fmt: skip
-        model = run.build_head()
+        model: nn.Module = head
         if bank is not None:
             model, bank_record = bank_model(bank, model, data, source, out)
             timings["bank"] = bank_record["seconds"]

@@ -23,41 +23,45 @@ run (input ``train``) through the head's ``init_from_stage1`` (AVA-Kinetics repo
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import time
 from collections.abc import Iterable
 from dataclasses import replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from featurestore import FeatureStore, StoreError
 from featurestore.banks import BankStore
-from models.heads import HEADS, build_head
-from stages.data import Dataset, DatasetConfig
+from models.heads import HEADS, ONLINE_KINDS, Head, HeadData, build_from_data, head_class
+from stages.data import Dataset
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
-from stages.framework import Stage, StageContext, StageError
-from stages.framework.keys import InKey, NotInKey
+from stages.framework import StageContext, StageError
+from stages.framework.distributed import is_main, run_data_parallel
+from stages.train.config import TRAIN_BANK as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.train.config import (  # noqa: F401 (re-exported)
+    BankRunConfig,
+    TrainBankSection,
+    TrainBankStageConfig,
+)
 from stages.train.data import (
     KeyframeSource,
     SplitIndex,
     open_training_splits,
 )
-from stages.train.dump import bank_path, load_stage1_head
-from stages.train.loop import OptimConfig, TrainData, predict, read_batch, train
+from stages.train.dump import bank_path
+from stages.train.loop import TrainData, predict, train
+from stages.train.run import load_trained_head, save_head_file
 from stages.train.stage import (
     CHECKPOINT_DIR,
     EVENTS_FILE,
-    HEAD_FILE,
     HISTORY_FILE,
     METRICS_FILE,
     evaluated_labelmap,
@@ -68,59 +72,7 @@ from stages.train.stage import (
 )
 from stages.train.window import BankWindowReader, WindowConfig, pad_windows, window_entries
 
-CODE_VERSION = "2"  # 2: acar_acfb wraps the released ACAR head; official tie order in the val mAP
-
 log = logging.getLogger("bankflow.train_bank")
-
-
-class BankRunConfig(BaseModel):
-    """One stage-2 run (``train_bank.runs.<name>`` in the pipeline config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    head: InKey[str] = "lfb"
-    head_kwargs: InKey[dict[str, Any]] = {}
-    bank: InKey[str | None] = None  # the dump (``dump.banks.<name>``) read in offline mode
-    window: InKey[WindowConfig] = WindowConfig()
-    init: InKey[Literal["scratch", "stage1"]] = "scratch"
-    # The stage-1 run to fine-tune from (init: stage1); None: the bank's ``from`` run.
-    stage1: InKey[str | None] = None
-    bank_mode: InKey[Literal["offline", "online"]] = "offline"
-    bank_preload: NotInKey[bool] = (
-        False  # hold the bank in RAM instead of reading windows from disk
-    )
-    optim: InKey[OptimConfig] = OptimConfig()
-    train_split: InKey[str] = "train"
-    val_split: InKey[str] = "val"
-    label_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)
-    # The splits' features in RAM: True, False (read per batch), or "auto": in RAM when
-    # they take at most preload_max_gb (as for stage-1 runs).
-    preload: NotInKey[bool | Literal["auto"]] = "auto"
-    preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
-    top_k: InKey[int | None] = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _bank_for_offline(self) -> BankRunConfig:
-        if self.bank_mode == "offline" and not self.bank:
-            raise ValueError("bank_mode 'offline' needs `bank: <dump name>`")
-        if self.bank_mode == "online" and self.init == "stage1" and not self.stage1:
-            raise ValueError("init 'stage1' in online mode needs `stage1: <train run name>`")
-        return self
-
-
-class TrainBankSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    runs: dict[str, BankRunConfig] = {}
-
-
-class TrainBankStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    name: InKey[str]
-    run: InKey[BankRunConfig]
 
 
 # --------------------------------------------------------------------------- banks
@@ -141,24 +93,8 @@ def check_alignment(store: FeatureStore, bank: BankStore) -> None:
             )
 
 
-def bank_dim_kwargs(head: str, arrays: dict[str, tuple[int, ...]], given: dict) -> dict:
-    """``head_kwargs`` with the bank's widths filled in where the head takes them:
-    ``bank_dim`` (the width of ``features``, or ``d`` of ``maps``) and ``<array>_dim``."""
-    if head not in HEADS:
-        raise StageError(f"unknown head {head!r}; expected one of {sorted(HEADS)}")
-    params = inspect.signature(HEADS[head]).parameters
-    out = dict(given)
-    for name, shape in arrays.items():
-        if f"{name}_dim" in params and shape:
-            out.setdefault(f"{name}_dim", int(shape[0]))
-    main = arrays.get("features") or arrays.get("maps")
-    if "bank_dim" in params and main:
-        out.setdefault("bank_dim", int(main[0]))
-    return out
-
-
-def check_bank_kind(model: nn.Module, head: str, kind: str, where: str) -> None:
-    head_kind = getattr(model, "BANK_KIND", None)
+def check_bank_kind(model: Head, head: str, kind: str, where: str) -> None:
+    head_kind = model.BANK_KIND
     if head_kind is None:
         raise StageError(
             f"train_bank: head {head!r} ({type(model).__name__}) reads no bank (no BANK_KIND); "
@@ -231,10 +167,10 @@ class OnlineMemoryHead(nn.Module):
     ``features`` are gathered at forward time, unseen entries masked out.
     """
 
-    def __init__(self, head: nn.Module, rows: int, dim: int) -> None:
+    def __init__(self, head: Head, rows: int, dim: int) -> None:
         super().__init__()
         self.head = head
-        self.needs_labels = getattr(head, "needs_labels", False)
+        self.needs_labels = head.needs_labels
         self.fill = False  # write the memory in eval mode too (the val filling pass)
         self.register_buffer("memory", torch.zeros(rows, dim))
         self.register_buffer("seen", torch.zeros(rows, dtype=torch.bool))
@@ -301,25 +237,23 @@ def fill_memory(model: OnlineMemoryHead, source: KeyframeSource, data: TrainData
         model.fill = False
 
 
-def _probe_features_dim(model: nn.Module, data: TrainData, width: int) -> int:
-    """Width of ``HeadOutput.features`` (one forward over an empty bank window)."""
-    batch = read_batch(data.train, np.arange(min(2, len(data.train.index))), data)
-    b = batch.num_keyframes
-    batch.bank = {"mask": torch.zeros(b, 1, dtype=torch.bool), "dt": torch.zeros(b, 1),
-                  "track": torch.full((b, 1), -1), "current": torch.zeros(b, 1, dtype=torch.bool),
-                  "features": torch.zeros(b, 1, width)}  # fmt: skip
-    with torch.no_grad():
-        out = model.eval()(batch)
-    if out.features is None:
-        raise StageError(f"online memory: {type(model).__name__} returns no features to store")
-    return int(out.features.shape[1])
-
-
 # --------------------------------------------------------------------------- the stage
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: TrainBankStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
+    """The stage on ``run.optim.devices`` data-parallel processes (stages.framework.distributed)."""
+    run: BankRunConfig = ctx.config.run
+    if run.optim.devices > 1 and run.bank_mode == "online":
+        raise StageError(
+            f"train_bank {ctx.config.name}: bank_mode online keeps one memory of the "
+            "keyframes seen in training order; it trains on one device (optim.devices: 1)"
+        )
+    return run_data_parallel(compute_rank, ctx, devices=run.optim.devices)
+
+
+def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
+    """One rank's part: every rank trains; rank 0 evaluates and writes the outputs."""
+    cfg = ctx.config
     run = cfg.run
     if run.head not in HEADS:
         raise StageError(f"train_bank {cfg.name}: unknown head {run.head!r}; expected one of "
@@ -341,7 +275,8 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         use_roi_t=schema.roi_t_shape is not None,
     )
     assert data.val is not None
-    head_kwargs = dict(run.head_kwargs)
+    cls = head_class(HEADS[run.head])
+    bank_arrays = None
     kind: str
     if run.bank_mode == "offline":
         dump_uri = ctx.input("dump").uri
@@ -356,36 +291,30 @@ def compute(ctx: StageContext) -> dict[str, Any]:
             run.window, preload=run.bank_preload,
         )  # fmt: skip
         kind = banks[run.train_split].kind
-        head_kwargs = bank_dim_kwargs(run.head, banks[run.train_split].arrays, head_kwargs)
-    if "aux_class_mask" in inspect.signature(HEADS[run.head]).parameters:
-        # As for IGMN's DAM in stage 1: its auxiliary losses leave the pose classes out.
-        head_kwargs.setdefault("aux_class_mask", [k not in exclusive for k in range(len(labelmap))])
-    torch.manual_seed(run.optim.seed)
-    model = build_head(run.head, in_channels=schema.pooled_dim, num_classes=len(labelmap),
-                       **head_kwargs)  # fmt: skip
-    if run.bank_mode == "online":
-        kind = str(getattr(model, "BANK_KIND", None))
-        if kind not in ("lfb", "memory", "identity"):
+        bank_arrays = banks[run.train_split].arrays
+    else:
+        kind = str(cls.BANK_KIND)
+        if not cls.ONLINE_MEMORY:
             raise StageError(
-                f"train_bank {cfg.name}: online memory holds feature vectors (lfb, memory, "
-                f"identity banks); head {run.head!r} reads {kind!r} banks"
+                f"train_bank {cfg.name}: online memory holds feature vectors "
+                f"({', '.join(ONLINE_KINDS)} banks); head {run.head!r} reads {kind!r} banks"
             )
-        guess = int(head_kwargs.get("bank_dim", schema.pooled_dim))
-        memory_dim = _probe_features_dim(model, data, guess)
-        if "bank_dim" in inspect.signature(HEADS[run.head]).parameters:
-            head_kwargs["bank_dim"] = memory_dim
-        torch.manual_seed(run.optim.seed)
-        model = build_head(run.head, in_channels=schema.pooled_dim, num_classes=len(labelmap),
-                           **head_kwargs)  # fmt: skip
+    head_data = HeadData(
+        in_channels=schema.pooled_dim, num_classes=len(labelmap), exclusive=tuple(exclusive),
+        bank_arrays=bank_arrays, online_memory=run.bank_mode == "online",
+    )  # fmt: skip
+    torch.manual_seed(run.optim.seed)
+    model, head_kwargs = build_from_data(run.head, head_data, run.head_kwargs)
+    memory_dim = int(head_kwargs["bank_dim"]) if run.bank_mode == "online" else 0
     check_bank_kind(model, run.head, kind, f"bank {run.bank!r}" if run.bank else "the memory")
     if run.init == "stage1":
-        init_from = getattr(model, "init_from_stage1", None)
+        init_from = model.init_from_stage1
         if init_from is None:
             raise StageError(
                 f"train_bank {cfg.name}: head {run.head!r} cannot start from a stage-1 head "
                 "(no init_from_stage1); use init: scratch"
             )
-        stage1_head, _ = load_stage1_head(ctx.input("train").path)
+        stage1_head, _ = load_trained_head(ctx.input("train").path)
         init_from(stage1_head.state_dict())
     inner = model
     n_train, n_val = len(train_index.boxes), len(val_index.boxes)
@@ -419,6 +348,8 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         events=ctx.staging / EVENTS_FILE,
     )  # fmt: skip
     train_seconds = time.perf_counter() - t0
+    if not is_main():
+        return {}
     result, table = val_map(val_scores(model))
     prior, _ = val_map(prior_scores(train_index.labels, n_val))
 
@@ -426,11 +357,9 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     out.mkdir(exist_ok=True)
     write_predictions_csv(out / f"{run.val_split}.csv", table)
     write_predictions_parquet(out / f"{run.val_split}.parquet", table)
-    torch.save({"head": run.head, "kwargs": head_kwargs, "state": inner.state_dict(),
-                "in_channels": schema.pooled_dim, "classes": labelmap.ids.tolist(),
-                "bank_kind": kind, "bank_mode": run.bank_mode,
-                "window": run.window.model_dump(mode="json")},
-               ctx.staging / HEAD_FILE)  # fmt: skip
+    save_head_file(ctx.staging, head=run.head, kwargs=head_kwargs, state=inner.state_dict(),
+                   in_channels=schema.pooled_dim, classes=labelmap.ids.tolist(), bank_kind=kind,
+                   bank_mode=run.bank_mode, window=run.window.model_dump(mode="json"))  # fmt: skip
     (ctx.staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
     metrics = {**result.to_json(), "prior": prior.to_json()}
     (ctx.staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -449,9 +378,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
         "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.val_split}.csv"),
     }  # fmt: skip
-
-
-STAGE = Stage(
-    name="train_bank", code_version=CODE_VERSION, config_type=TrainBankStageConfig,
-    compute=compute, resumable=True,
-)  # fmt: skip

@@ -28,16 +28,25 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from models.losses import ava_loss, ava_scores
-from stages.framework.keys import InKey
+from models.losses import ava_loss, ava_scores, loss_normalizers
+from stages.framework.distributed import (
+    all_reduce_gradients,
+    all_reduce_sum,
+    barrier,
+    shard,
+    world,
+)
+from stages.framework.precision import autocast, grad_scaler
 from stages.framework.progress import progress_bar
+from stages.train.config import (
+    OptimConfig,
+)
 from stages.train.data import KeyframeSource, SplitIndex, collate, iter_batches, jitter_boxes
 
 log = logging.getLogger("bankflow.train")
@@ -45,25 +54,8 @@ log = logging.getLogger("bankflow.train")
 TENSORBOARD_DIR = "tensorboard"
 
 
-class OptimConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: InKey[int] = Field(6, ge=1)
-    # keyframes per step (all actors of each keyframe together)
-    batch_keyframes: InKey[int] = Field(16, ge=1)
-    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
-    lr: InKey[float] = Field(1e-3, gt=0)
-    momentum: InKey[float] = Field(0.9, ge=0)  # SGD
-    # SlowFast-Det / ACAR use 1e-7..1e-4; AdamW default here
-    weight_decay: InKey[float] = Field(1e-4, ge=0)
-    warmup_epochs: InKey[float] = Field(0.5, ge=0)
-    schedule: InKey[Literal["cosine", "step"]] = "cosine"
-    step_epochs: InKey[list[int]] = []  # step schedule: lr × 0.1 at each
-    grad_clip: InKey[float] = Field(5.0, ge=0)  # 0: no clipping
-    # edge noise as a fraction of box size (heads that pool boxes)
-    box_jitter: InKey[float] = Field(0.0, ge=0, lt=0.5)
-    loss: InKey[Literal["ava", "bce"]] = "ava"
-    seed: InKey[int] = 0
+def model_device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 @dataclass
@@ -186,26 +178,70 @@ def optimizer_step(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     grad_clip: float,
+    scaler: Any = None,
 ) -> None:
-    """Backward, clip the global gradient norm (``grad_clip`` > 0), step, advance the lr."""
+    """Backward, sum the gradients over data-parallel ranks, clip the global gradient norm
+    (``grad_clip`` > 0), step, advance the lr. ``loss`` None: this rank had no sample in
+    the batch (its gradient is zero). ``scaler``: fp16's ``GradScaler``."""
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if loss is not None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+    all_reduce_gradients(model)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     scheduler.step()
 
 
 def step_loss(
-    model: nn.Module, batch: Any, targets: torch.Tensor, data: TrainData, cfg: OptimConfig
+    model: nn.Module,
+    batch: Any,
+    targets: torch.Tensor,
+    data: TrainData,
+    cfg: OptimConfig,
+    share: tuple[tuple[float, float], float] | None = None,
 ) -> torch.Tensor:
-    """Scalar loss of one batch: the AVA loss plus the head's auxiliary terms."""
+    """Scalar loss of one batch: the AVA loss plus the head's auxiliary terms.
+
+    ``share`` (data-parallel ranks): the global batch's loss normalisers and this rank's
+    fraction of its actors; the AVA loss is then this rank's part of the global mean, and
+    the auxiliary terms (batch means of the head's own) are weighted by the fraction.
+    """
     # Heads with auxiliary losses on the labels (IGMN's DAM) take them in forward.
-    out = model(batch, labels=targets) if getattr(model, "needs_labels", False) else model(batch)
-    loss = ava_loss(out.logits, targets, exclusive=data.exclusive, mode=cfg.loss)
+    with autocast(cfg.precision, model_device(model)):
+        needs_labels = getattr(model, "needs_labels", False)
+        out = model(batch, labels=targets) if needs_labels else model(batch)
+    normalizers, fraction = share if share is not None else (None, 1.0)
+    loss = ava_loss(out.logits.float(), targets, exclusive=data.exclusive, mode=cfg.loss,
+                    normalizers=normalizers)  # fmt: skip
     for aux in out.aux_losses.values():
-        loss = loss + aux
+        loss = loss + (aux.float() if share is None else aux.float() * fraction)
     return loss
+
+
+def batch_targets(index: SplitIndex, keyframes: np.ndarray) -> torch.Tensor:
+    """Multi-hot targets [N, C] of the actors of ``keyframes`` (from the index: no read)."""
+    rows = [index.labels[index.actors(int(k))] for k in keyframes]
+    c = index.labels.shape[1]
+    return torch.from_numpy(np.concatenate(rows) if rows else np.zeros((0, c), np.float32))
+
+
+def jitter_shard(
+    boxes: torch.Tensor, amount: float, generator: torch.Generator, start: int, total: int
+) -> torch.Tensor:
+    """Box jitter of actors ``start..start+len(boxes)`` of a global batch of ``total``:
+    the noise is drawn for the whole batch, as one process draws it, and sliced."""
+    if amount <= 0:
+        return boxes
+    full = boxes.new_tensor([0.0, 0.0, 1.0, 1.0]).repeat(total, 1)
+    full[start : start + len(boxes)] = boxes
+    return jitter_boxes(full, amount, generator)[start : start + len(boxes)]
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -227,7 +263,8 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def _checkpoint_identity(cfg: OptimConfig, n: int) -> dict[str, Any]:
     """What a checkpoint must share with the run resuming it (same data order, schedule)."""
-    return {"optim": cfg.model_dump(mode="json"), "train_keyframes": n}
+    # Not the device count: a run may resume on another number of devices.
+    return {"optim": cfg.model_dump(mode="json", exclude={"devices"}), "train_keyframes": n}
 
 
 def _resume(
@@ -274,12 +311,23 @@ def train(
     ``prefetch``: batches read ahead in a background thread for a store-backed source
     (0: read in the loop).
 
+    Under ``torch.distributed`` (:mod:`stages.framework.distributed`) each rank trains on its slice
+    of every global batch; rank 0 alone evaluates, writes events and checkpoints, and
+    returns the full history (the other ranks' lacks ``evaluate``'s figures).
+
     Returns the per-epoch history (loss, lr, seconds, and ``evaluate``'s figures).
     """
+    rank, size = world()
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for stale in ckpt_dir.glob(".*.tmp"):  # a save interrupted by a kill
-        stale.unlink()
+    if rank == 0:
+        for stale in ckpt_dir.glob(".*.tmp"):  # a save interrupted by a kill
+            stale.unlink()
+    barrier()
+    if size > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        log.warning("%s has BatchNorm: each of the %d ranks normalises its own slice of the "
+                    "batch (not the single-process result)", type(model).__name__, size)  # fmt: skip
     torch.manual_seed(cfg.seed)
+    scaler = grad_scaler(cfg.precision)
     optimizer = make_optimizer(model, cfg)
     n = len(data.train.index)
     steps_per_epoch = math.ceil(n / cfg.batch_keyframes)
@@ -288,12 +336,14 @@ def train(
     )
     generator = torch.Generator().manual_seed(cfg.seed)
     identity = _checkpoint_identity(cfg, n)
-    log_events = EventLog(events)
+    log_events = EventLog(events if rank == 0 else None)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     last = latest_checkpoint(ckpt_dir)
     if last is not None:
         history, start_epoch = _resume(last, identity, model, optimizer, scheduler, generator)
+        if scaler is not None and "scaler" in (state := torch.load(last, weights_only=True)):
+            scaler.load_state_dict(state["scaler"])
         log.info("resuming from %s (epoch %d)", last, start_epoch)
         log_events.restart(history)
         log_events.write("resume", {"epoch": start_epoch, "checkpoint": last.name})
@@ -307,23 +357,43 @@ def train(
         t0 = time.perf_counter()
         model.train()
         batches = epoch_batches(epoch_order(n, cfg.seed, epoch), cfg.batch_keyframes)
+        # This rank's slice of each global batch (all of it in one process).
+        shards = [shard(b, rank, size) for b in batches]
+        mine = iter_batches(
+            data.train, [kf for kf, _ in shards if len(kf)],
+            lambda kf: get_batch(data.train, kf, data), prefetch,
+        )  # fmt: skip
         losses, loss_sum = [], 0.0
         with progress_bar(len(batches), f"epoch {epoch + 1}/{cfg.epochs}") as bar:
-            for step, (batch, targets) in enumerate(
-                iter_batches(
-                    data.train, batches, lambda kf: get_batch(data.train, kf, data), prefetch
-                )
-            ):
-                batch.boxes = jitter_boxes(batch.boxes, cfg.box_jitter, generator)
-                loss = step_loss(model, batch, targets, data, cfg)
-                if not torch.isfinite(loss):
+            for step, (keyframes, (kf, start)) in enumerate(zip(batches, shards, strict=True)):
+                loss = global_loss = None
+                if size == 1:
+                    batch, targets = next(mine)
+                    batch.boxes = jitter_boxes(batch.boxes, cfg.box_jitter, generator)
+                    loss = global_loss = step_loss(model, batch, targets, data, cfg)
+                else:
+                    every = batch_targets(data.train.index, keyframes)
+                    first = len(batch_targets(data.train.index, keyframes[:start]))
+                    if len(kf):
+                        batch, targets = next(mine)
+                        batch.boxes = jitter_shard(
+                            batch.boxes, cfg.box_jitter, generator, first, len(every)
+                        )
+                        norms = loss_normalizers(every, data.exclusive, cfg.loss)
+                        share = (norms, len(targets) / max(len(every), 1))
+                        loss = step_loss(model, batch, targets, data, cfg, share)
+                    else:  # the same draws as the ranks that have actors
+                        jitter_shard(torch.zeros((0, 4)), cfg.box_jitter, generator, 0, len(every))
+                    part = torch.zeros(()) if loss is None else loss.detach().float().cpu()
+                    global_loss = all_reduce_sum(part.to(model_device(model))).cpu()
+                if not torch.isfinite(global_loss):
                     raise TrainingError(
-                        f"non-finite loss {float(loss.detach())} at epoch {epoch}, step {step} "
-                        f"(lr {optimizer.param_groups[0]['lr']:.3g}); lower optim.lr or check "
-                        "the features for NaN/inf"
+                        f"non-finite loss {float(global_loss.detach())} at epoch {epoch}, step "
+                        f"{step} (lr {optimizer.param_groups[0]['lr']:.3g}); lower optim.lr or "
+                        "check the features for NaN/inf"
                     )
-                optimizer_step(model, loss, optimizer, scheduler, cfg.grad_clip)
-                losses.append(float(loss.detach()))
+                optimizer_step(model, loss, optimizer, scheduler, cfg.grad_clip, scaler)
+                losses.append(float(global_loss.detach()))
                 loss_sum += losses[-1]
                 bar.advance(loss=loss_sum / len(losses))  # the epoch's running mean
         record: dict[str, Any] = {
@@ -332,10 +402,14 @@ def train(
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        if evaluate is not None:
+        if evaluate is not None and rank == 0:
             record.update(evaluate(model))
         history.append(record)
         log.info("epoch %d: %s", epoch, record)
+        if rank != 0:
+            if on_epoch is not None:
+                on_epoch(record)
+            continue
         save_checkpoint(
             ckpt_dir / f"epoch_{epoch}.pt",
             {
@@ -348,6 +422,7 @@ def train(
                 "epoch": epoch,
                 "data_order": {"seed": cfg.seed, "next_epoch": epoch + 1},
                 "identity": identity,
+                **({"scaler": scaler.state_dict()} if scaler is not None else {}),
             },
         )
         # The event follows the checkpoint: an epoch in events.jsonl is never lost.

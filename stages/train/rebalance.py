@@ -41,12 +41,11 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from models.heads import build_head
-from models.losses import ava_loss
-from stages.data import Dataset, DatasetConfig
+from models.heads import Head
+from models.losses import ava_loss, loss_normalizers
+from stages.data import Dataset
 from stages.data.predictions import (
     read_predictions_parquet,
     write_predictions_csv,
@@ -57,71 +56,44 @@ from stages.evaluate.breakdown import head_tail_change
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
 from stages.framework import (
-    PROVENANCE_FILE,
-    Stage,
     StageContext,
     StageError,
-    read_published_json,
     verify_published_file,
 )
-from stages.framework.keys import InKey
+from stages.framework.distributed import (
+    all_reduce_gradients,
+    all_reduce_sum,
+    barrier,
+    is_main,
+    run_data_parallel,
+    shard,
+    world,
+)
 from stages.train import stage as train_stage
+from stages.train.config import REBALANCE as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.train.config import (  # noqa: F401 (re-exported)
+    RebalanceSection,
+    RebalanceSettings,
+    RebalanceStageConfig,
+    crt_name,
+)
 from stages.train.data import open_training_splits
 from stages.train.loop import TrainData, epoch_batches, iter_batches, predict, read_batch
-from stages.train.run import load_head_file
+from stages.train.run import (
+    HEAD_FILE,
+    MODEL_STAGES,
+    TrainedRun,
+    read_provenance,
+    save_head_file,
+    upstream_dir,
+)
 
-CODE_VERSION = "1"
 CRT_FILE = "crt.json"
 INPUTS_CACHE = "classifier_inputs.pt"  # staging only: the recorded classifier inputs
 HEAD_TAIL_K = 20  # the reports' top-20 / bottom-20
 BACKGROUND = -1  # the sampler's pool of actors without any label
 
 log = logging.getLogger("bankflow.rebalance")
-
-
-class RebalanceSettings(BaseModel):
-    """How the classifier is re-trained (shared by every rebalanced model)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: InKey[int] = Field(8, ge=1)  # "a small number of epochs" (Kang et al.)
-    # draws per epoch; None: as many as the run has labelled training actors
-    samples_per_epoch: InKey[int | None] = Field(None, ge=1)
-    batch_actors: InKey[int] = Field(128, ge=1)
-    # AdamW at 3e-3 improved the rare classes of all three demo heads tried (linear, acar,
-    # pcca); SGD at 1e-2 for 4 epochs lowered the linear head's tail AP.
-    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
-    lr: InKey[float] = Field(0.003, gt=0)
-    momentum: InKey[float] = Field(0.9, ge=0)  # SGD
-    weight_decay: InKey[float] = Field(1e-4, ge=0)
-    # False: fine-tune the trained classifier (the reports' "class-balanced finetuning");
-    # True: start from a fresh one, as Kang et al.'s cRT does.
-    reinit: InKey[bool] = False
-    # Actors that match no GT box (false-positive detections) form one more pool drawn
-    # like a class; without them the classifier would never see a pure negative.
-    background_pool: InKey[bool] = True
-    seed: InKey[int] = 0
-
-
-class RebalanceSection(RebalanceSettings):
-    """``rebalance`` in the pipeline config: which models, and the shared settings."""
-
-    # names of train / train_bank runs to rebalance; each becomes the model ``<name>_crt``
-    models: list[str] = []
-
-
-class RebalanceStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    name: InKey[str]  # the rebalanced model's name (``<source>_crt`` in the pipeline)
-    source: InKey[str]  # the name of the run it re-trains
-    rebalance: InKey[RebalanceSettings]
-
-
-def crt_name(model: str) -> str:
-    return f"{model}_crt"
 
 
 def head_tail_k(num_classes: int) -> int:
@@ -174,7 +146,8 @@ class ClassBalancedSampler:
 
 
 def classifier_of(model: nn.Module) -> nn.Linear:
-    """The head's final classifier: its ``classifier`` attribute, an ``nn.Linear``."""
+    """The head's final classifier: its ``classifier`` attribute, an ``nn.Linear`` (the head
+    contract, :mod:`models.heads.contract`; any module is checked)."""
     layer = getattr(model, "classifier", None)
     if not isinstance(layer, nn.Linear):
         raise StageError(
@@ -257,8 +230,9 @@ def retrain_classifier(
         )  # fmt: skip
     else:
         optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    total = settings.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total))
+    steps = settings.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps))
+    rank, size = world()
     classifier.train()
     history = []
     for epoch in range(settings.epochs):
@@ -266,16 +240,22 @@ def retrain_classifier(
         _drawn, actors = sampler.draw(n, np.random.default_rng([settings.seed, epoch]))
         losses = []
         for rows in epoch_batches(actors, settings.batch_actors):
+            norms = None
+            if size > 1:  # this rank's slice; its loss is its share of the batch's
+                norms = loss_normalizers(labels[torch.from_numpy(rows)], exclusive, loss_mode)
+                rows = shard(rows, rank, size)[0]
             idx = torch.from_numpy(rows)
             loss = ava_loss(classifier(inputs[idx]), labels[idx], exclusive=exclusive,
-                            mode=loss_mode)  # fmt: skip
-            if not torch.isfinite(loss):
+                            mode=loss_mode, normalizers=norms)  # fmt: skip
+            total = all_reduce_sum(loss.detach())
+            if not torch.isfinite(total):
                 raise StageError(f"rebalance: non-finite loss at epoch {epoch}; lower lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            all_reduce_gradients(classifier)
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss.detach()))
+            losses.append(float(total))
         history.append({
             "epoch": epoch,
             "loss": float(np.mean(losses)),
@@ -287,38 +267,13 @@ def retrain_classifier(
     return history
 
 
-def load_head(run_dir: Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The trained head of a model-producing stage output, and its saved record."""
-    path = run_dir / train_stage.HEAD_FILE
-    saved = load_head_file(run_dir)
-    kwargs = dict(saved.get("kwargs", {}))
-    model = build_head(saved["head"], in_channels=saved["in_channels"],
-                       num_classes=len(saved["classes"]), **kwargs)  # fmt: skip
-    missing, unexpected = model.load_state_dict(saved["state"], strict=False)
-    if unexpected or [m for m in missing if "aux_class_mask" not in m]:
-        raise StageError(
-            f"rebalance: {path} does not fit a {saved['head']!r} head "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    return model, saved
-
-
-def run_config(run_dir: Path) -> dict[str, Any]:
-    """The ``run`` section (splits, label IoU, top_k, loss) of a trained model's config."""
-    prov = run_dir / PROVENANCE_FILE
-    if not prov.is_file():
-        raise StageError(f"rebalance: {prov} is missing; the model run is not a stage output")
-    config = read_published_json(run_dir, PROVENANCE_FILE).get("config", {})
-    run = config.get("run")
-    if not isinstance(run, dict):
-        raise StageError(f"rebalance: {prov} has no 'run' section (not a head training run)")
-    return run
-
-
 def model_data(
-    run_dir: Path, model_stage: str, run: Mapping[str, Any], features_uri: str,
-    dataset: Dataset, labelmap: Any,
-) -> TrainData:  # fmt: skip
+    trained: TrainedRun,
+    model_stage: str,
+    features_uri: str,
+    dataset: Dataset,
+    labelmap: Any,
+) -> TrainData:
     """The train / val sources and batch reader the model was trained with.
 
     A stage-1 run reads the extract stage's feature stores. An offline ``train_bank`` run
@@ -327,23 +282,19 @@ def model_data(
     so this stage's key, already covers). Online-memory runs are refused: their memory is
     written by the forward pass and is not part of ``head.pt``.
     """
-    if model_stage not in ("train", "train_bank", "rebalance"):
-        raise StageError(
-            f"rebalance: {run_dir} is a {model_stage!r} output; expected a train, train_bank "
-            "or rebalance run"
-        )
+    run_dir, run = trained.path, trained.run_config
     splits = open_training_splits(
         partial(store_path, features_uri), dataset, labelmap,
-        train_split=run.get("train_split", "train"), val_split=run.get("val_split", "val"),
-        label_iou=float(run.get("label_iou", 0.5)), who="rebalance",
+        train_split=run.train_split, val_split=run.val_split, label_iou=run.label_iou,
+        who="rebalance",
     )  # fmt: skip
     schema = splits.train_store.schema
     data = TrainData(
         *train_stage.feature_sources(
             splits,
             train_stage.stored_arrays(schema),
-            run.get("preload", "auto"),
-            float(run.get("preload_max_gb", 8.0)),
+            run.preload,
+            run.preload_max_gb,
             f"rebalance {run_dir.name}",
         ),
         exclusive=splits.exclusive,
@@ -351,69 +302,97 @@ def model_data(
         use_roi_t=schema.roi_t_shape is not None,
     )
     if model_stage == "train_bank":
-        data.attach = _bank_attach(run_dir, run, data)
+        data.attach = _bank_attach(trained, data)
     return data
 
 
-def _bank_attach(run_dir: Path, run: Mapping[str, Any], data: TrainData) -> Any:
+def _bank_attach(trained: TrainedRun, data: TrainData) -> Any:
     """The offline bank-window hook of a train_bank run (its dump found by provenance)."""
     from featurestore.banks import BankStore
-    from stages.train.bank import bank_attach
+    from stages.train.bank import BankRunConfig, bank_attach
     from stages.train.dump import bank_path
-    from stages.train.run import read_provenance, upstream_dir
-    from stages.train.window import WindowConfig
 
-    if run.get("bank_mode", "offline") != "offline":
+    run_dir, run = trained.path, trained.run_config
+    if isinstance(run, BankRunConfig) and run.bank_mode != "offline":
         raise StageError(
             f"rebalance: {run_dir} is an online-memory train_bank run; its memory is filled "
             "by the forward pass and not saved with head.pt, so its classifier cannot be "
             "re-trained here (rebalance an offline-bank run instead)"
         )
     dump_dir = upstream_dir(run_dir, read_provenance(run_dir), "dump")
-    banks = [(source, BankStore.open(bank_path(dump_dir, run.get(split, default))))
-             for source, split, default in ((data.train, "train_split", "train"),
-                                            (data.val, "val_split", "val"))]  # fmt: skip
-    return bank_attach(banks, WindowConfig(**run.get("window", {})),
-                       preload=bool(run.get("bank_preload", False)))  # fmt: skip
+    if not isinstance(run, BankRunConfig):
+        raise StageError(f"rebalance: {run_dir} has a dump input but a stage-1 run config")
+    banks = [(source, BankStore.open(bank_path(dump_dir, split)))
+             for source, split in ((data.train, run.train_split),
+                                   (data.val, run.val_split))]  # fmt: skip
+    return bank_attach(banks, run.window, preload=run.bank_preload)
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: RebalanceStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
+    """The stage on ``rebalance.devices`` data-parallel processes (stages.framework.distributed)."""
+    devices = ctx.config.rebalance.devices
+    return run_data_parallel(compute_rank, ctx, devices=devices)
+
+
+def record_inputs(model: nn.Module, data: TrainData, cache: Path) -> torch.Tensor:
+    """The classifier inputs of every training actor, recorded once into ``cache`` (each
+    data-parallel rank records its slice of the keyframes; rank 0 joins them)."""
+    rank, size = world()
+    barrier()
+    if not cache.is_file():
+        source = data.train
+        mine, _ = shard(np.arange(len(source.index)), rank, size)
+        batches = epoch_batches(mine, 32)
+        inputs = classifier_inputs(model, lambda: iter_batches(
+            source, batches, lambda kf: read_batch(source, kf, data)))  # fmt: skip
+        parts = [cache.with_name(f".{cache.name}.rank{r}") for r in range(size)]
+        torch.save(inputs, parts[rank])
+        barrier()
+        if rank == 0:
+            joined = torch.cat([torch.load(p, weights_only=True) for p in parts])
+            tmp = cache.with_name(f".{cache.name}.tmp")
+            torch.save(joined, tmp)
+            tmp.replace(cache)
+            for p in parts:
+                p.unlink()
+        barrier()
+    return torch.load(cache, weights_only=True)
+
+
+def compute_rank(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
+    """One rank's part: every rank re-trains; rank 0 evaluates and writes the outputs."""
+    cfg = ctx.config
     settings = cfg.rebalance
     model_ref = ctx.input("model")
     run_dir, features_uri = model_ref.path, ctx.input("extract").uri
-    run = run_config(run_dir)
-    train_split = run.get("train_split", "train")
-    val_split = run.get("val_split", "val")
-    loss_mode = run.get("optim", {}).get("loss", "ava")
+    if model_ref.stage not in MODEL_STAGES:
+        raise StageError(
+            f"rebalance: {run_dir} is a {model_ref.stage!r} output; expected a train, "
+            "train_bank or rebalance run"
+        )
+    trained = TrainedRun.open(run_dir, stages=MODEL_STAGES)
+    run = trained.run_config
+    train_split, val_split, loss_mode = run.train_split, run.val_split, run.optim.loss
     dataset = Dataset.open(cfg.dataset)
     labelmap = train_stage.evaluated_labelmap(dataset, cfg.dataset)
-    model, saved = load_head(run_dir)
+    model: Head = trained.build_head()
+    saved = trained.saved
     if [int(c) for c in saved["classes"]] != [int(c) for c in labelmap.ids]:
         raise StageError(
-            f"rebalance: {run_dir / train_stage.HEAD_FILE} predicts classes "
+            f"rebalance: {run_dir / HEAD_FILE} predicts classes "
             f"{saved['classes']}, the dataset evaluates {labelmap.ids.tolist()}"
         )
     for p in model.parameters():
         p.requires_grad_(False)
     classifier = classifier_of(model)
-    data = model_data(run_dir, model_ref.stage, run, features_uri, dataset, labelmap)
+    data = model_data(trained, model_ref.stage, features_uri, dataset, labelmap)
     exclusive = data.exclusive
     train_index = data.train.index
     assert data.val is not None
 
     t0 = time.perf_counter()
     cache = ctx.staging / INPUTS_CACHE
-    if cache.is_file():
-        inputs = torch.load(cache, weights_only=True)
-    else:
-        source = data.train
-        batches = epoch_batches(np.arange(len(train_index)), 32)
-        inputs = classifier_inputs(model, lambda: iter_batches(
-            source, batches, lambda kf: read_batch(source, kf, data)))  # fmt: skip
-        tmp = cache.with_name(f".{cache.name}.tmp")
-        torch.save(inputs, tmp)
-        tmp.replace(cache)
+    inputs = record_inputs(model, data, cache)
     if len(inputs) != len(train_index.boxes):
         raise StageError(
             f"rebalance: recorded {len(inputs)} classifier inputs for "
@@ -429,10 +408,12 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     # (IGMN's DAM, ACAR+ACFB's ACAR); assigning an attribute would leave that one in use.
     classifier.load_state_dict(new_classifier.state_dict())
     train_seconds = time.perf_counter() - t0
+    if not is_main():
+        return {}
 
     val_index = data.val.index
     scores = predict(model, data.val, data)
-    table = train_stage.predictions_table(val_index, scores, labelmap, run.get("top_k"))
+    table = train_stage.predictions_table(val_index, scores, labelmap, run.top_k)
     gt_val, excluded_val = dataset.gt(val_split), dataset.excluded(val_split)
     after = evaluate_ava(gt_val, table, labelmap, excluded_val)
     before_path = run_dir / PREDICTIONS_DIR / f"{val_split}.parquet"
@@ -447,8 +428,8 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     out.mkdir(exist_ok=True)
     write_predictions_csv(out / f"{val_split}.csv", table)
     write_predictions_parquet(out / f"{val_split}.parquet", table)
-    torch.save({**saved, "state": model.state_dict(),
-                "rebalanced_from": str(run_dir)}, ctx.staging / train_stage.HEAD_FILE)  # fmt: skip
+    save_head_file(ctx.staging, **{**saved, "state": model.state_dict(),
+                                   "rebalanced_from": str(run_dir)})  # fmt: skip
     (ctx.staging / train_stage.HISTORY_FILE).write_text(json.dumps(history, indent=2))
     metrics = {**after.to_json(), "before": before.to_json()}
     (ctx.staging / train_stage.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -512,39 +493,3 @@ def crt_change(
         "most_improved": [[c, delta[c]] for c in ranked[:3]],
         "most_dropped": [[c, delta[c]] for c in ranked[::-1][:3]],
     }
-
-
-STAGE = Stage(
-    name="rebalance", code_version=CODE_VERSION, config_type=RebalanceStageConfig,
-    compute=compute, resumable=True,
-)  # fmt: skip
-
-
-def run_rebalance_stages(
-    run: Any, dataset: DatasetConfig, fingerprint: str, features: Any,
-    models: Mapping[str, Any],
-) -> dict[str, Any]:  # fmt: skip
-    """The pipeline's cRT runs (``rebalance.models``): one per named train / train_bank
-    run, each published as the model ``<name>_crt``. ``run`` is the
-    :class:`stages.pipeline.PipelineRun`. Returns {model name: StageRef}."""
-    section: RebalanceSection = run.config.rebalance
-    settings = RebalanceSettings(**section.model_dump(exclude={"models"}))
-    out: dict[str, Any] = {}
-    run.pending_runs["rebalance"] = len(section.models)
-    for source in section.models:
-        if source not in models:
-            raise ValueError(
-                f"rebalance.models: no model {source!r}; models are {', '.join(models)}"
-            )
-        name = crt_name(source)
-        if name in models:
-            raise ValueError(f"rebalance.models: {source!r} would be published as {name!r}, "
-                             "which is already a model name; rename that run")  # fmt: skip
-        config = RebalanceStageConfig(
-            dataset=dataset, dataset_fingerprint=fingerprint, name=name, source=source,
-            rebalance=settings,
-        )  # fmt: skip
-        out[name] = run.stage(
-            "rebalance", config, {"model": models[source], "extract": features}, label=name
-        )
-    return out

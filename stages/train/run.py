@@ -1,4 +1,11 @@
-"""A published train-stage run, read back for inference: its head and what produced it.
+"""A trained run: its ``head.pt`` written and read back, its typed run config, what produced it.
+
+The one module that owns a model-producing stage's output (docs/design.md §5):
+:func:`save_head_file` is how ``train``, ``train_bank`` and ``rebalance`` write
+``head.pt``; :func:`load_trained_head` / :class:`TrainedRun` how ``dump``,
+``train_bank`` (``init: stage1``), ``rebalance``, ``predict`` (TTA), ``bankflow infer``
+and the attention pictures read it back (strictly: the saved state must fit the head its
+build record makes, and the file is read with ``weights_only=True``).
 
 ``bankflow infer``, the attention pictures and test-time augmentation all start from the
 directory of one train run (``<work_root>/train/<key>/``). Its ``head.pt`` rebuilds the
@@ -16,12 +23,11 @@ import pickle
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
-from models.heads import build_head
+from models.heads import Head, build_head
 from stages.data import Dataset, DatasetConfig, LabelMap
 from stages.framework import (
     COMPLETE_MARKER,
@@ -31,8 +37,59 @@ from stages.framework import (
     read_published_json,
 )
 
-HEAD_FILE = "head.pt"  # what the train stage writes (stages.train.stage.HEAD_FILE)
+if TYPE_CHECKING:
+    from stages.train.bank import BankRunConfig
+    from stages.train.stage import HeadRunConfig
+
+HEAD_FILE = "head.pt"  # the trained head of a train, train_bank or rebalance output
 POSE_LABEL_TYPE = "PERSON_MOVEMENT"
+# The stages whose outputs hold a trained head (head.pt).
+MODEL_STAGES = ("train", "train_bank", "rebalance")
+
+
+def save_head_file(
+    directory: Path, *, head: str, kwargs: dict[str, Any], state: dict[str, Any],
+    in_channels: int, classes: list[int], **extra: Any,
+) -> Path:  # fmt: skip
+    """Write ``directory/head.pt``: the head's name and build arguments (so
+    :func:`models.heads.build_head` alone rebuilds it), its ``state``, ``in_channels``,
+    ``classes`` (label ids in output order) and what the stage adds (``extra``: plain
+    values only, as everything here, so it loads with ``weights_only=True``)."""
+    path = directory / HEAD_FILE
+    record = {"head": head, "kwargs": kwargs, "state": state, "in_channels": in_channels,
+              "classes": classes, **extra}  # fmt: skip
+    torch.save(record, path)
+    return path
+
+
+def build_saved_head(saved: dict[str, Any], path: Path) -> Head:
+    """The head a ``head.pt`` record describes, its state loaded strictly, in eval mode.
+
+    Raises:
+        StageError: naming ``path``: the record does not build a head, or its state does
+            not fit it.
+    """
+    try:
+        model = build_head(
+            str(saved["head"]), in_channels=int(saved["in_channels"]),
+            num_classes=len(saved["classes"]), **dict(saved.get("kwargs") or {}),
+        )  # fmt: skip
+    except (TypeError, ValueError) as err:
+        raise StageError(f"{path}: cannot rebuild its {saved['head']!r} head ({err})") from None
+    missing, unexpected = model.load_state_dict(saved["state"], strict=False)
+    if missing or unexpected:
+        raise StageError(
+            f"{path} does not fit a {saved['head']!r} head "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return model.eval()
+
+
+def load_trained_head(run_dir: Path) -> tuple[Head, dict[str, Any]]:
+    """The trained head of a model-producing stage output (eval mode, CPU) and its saved
+    record (:func:`load_head_file`)."""
+    saved = load_head_file(run_dir)
+    return build_saved_head(saved, run_dir / HEAD_FILE), saved
 
 
 def read_provenance(path: Path) -> dict[str, Any]:
@@ -167,15 +224,35 @@ class TrainedRun:
     def dataset_config(self) -> DatasetConfig:
         return DatasetConfig.model_validate(self.provenance["config"]["dataset"])
 
-    def build_head(self) -> nn.Module:
+    def build_head(self) -> Head:
         """The trained head in eval mode, on the CPU."""
+        return build_saved_head(self.saved, self.path / HEAD_FILE)
+
+    @cached_property
+    def run_config(self) -> HeadRunConfig | BankRunConfig:
+        """The run's typed ``run`` section: a :class:`stages.train.stage.HeadRunConfig`
+        (``train``) or :class:`stages.train.bank.BankRunConfig` (``train_bank``)."""
+        from stages.train.bank import BankRunConfig
+        from stages.train.stage import HeadRunConfig
+
+        run = self.provenance.get("config", {}).get("run")
+        if not isinstance(run, dict):
+            raise StageError(
+                f"{self.path / PROVENANCE_FILE}: has no 'run' section (not a head training run)"
+            )
+        config_type = BankRunConfig if self.stage == "train_bank" else HeadRunConfig
+        return config_type.model_validate(run)
+
+    def memory_dim(self) -> int:
+        """The width of the online memory of a ``bank_mode: online`` stage-2 run."""
+        from models.heads import HEADS, head_class
+
         saved = self.saved
-        model = build_head(
-            saved["head"], in_channels=int(saved["in_channels"]),
-            num_classes=len(saved["classes"]), **saved["kwargs"],
-        )  # fmt: skip
-        model.load_state_dict(saved["state"])
-        return model.eval()
+        try:
+            return int(head_class(HEADS[str(saved["head"])]).memory_dim(
+                int(saved["in_channels"]), dict(saved.get("kwargs") or {})))  # fmt: skip
+        except (KeyError, ValueError) as err:
+            raise StageError(f"{self.path}: no online memory width ({err})") from None
 
     def classes(self, labelmap: LabelMap | None = None) -> tuple[LabelMap, list[int]]:
         """The head's classes as a label map (output order) and the dense indices of the

@@ -23,70 +23,39 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from featurestore import format_bytes
-from models.heads import build_head, head_reads
+from models.heads import HeadData, build_from_data, head_reads
 from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
-from stages.framework import Stage, StageContext, StageError
-from stages.framework.keys import InKey, NotInKey
+from stages.framework import StageContext, StageError
+from stages.framework.distributed import is_main, run_data_parallel
+from stages.train.config import (  # noqa: F401 (re-exported)
+    RECIPE_OPTIM_FIELDS,
+    HeadRunConfig,
+    TrainSection,
+    TrainStageConfig,
+)
+from stages.train.config import TRAIN as STAGE  # noqa: F401 (the stage, for stages.catalog)
 from stages.train.data import (
     KeyframeSource,
     SplitIndex,
     TrainingSplits,
     open_training_splits,
 )
-from stages.train.loop import OptimConfig, TrainData, predict, train
+from stages.train.loop import TrainData, predict, train
+from stages.train.run import HEAD_FILE as HEAD_FILE  # re-exported: tests and tools read it here
+from stages.train.run import save_head_file
 
-# 2: events.jsonl, prior in metrics.json; 4: tensorboard scalars; 5: acar and acrn are
-# the released heads, and the val mAP orders equal scores as the official evaluator
-CODE_VERSION = "5"
-HEAD_FILE = "head.pt"
 HISTORY_FILE = "history.json"
 EVENTS_FILE = "events.jsonl"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 
 log = logging.getLogger("bankflow.train")
-
-
-class HeadRunConfig(BaseModel):
-    """One head training run (``train.runs.<name>`` in the pipeline config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    head: InKey[str] = "linear"
-    head_kwargs: InKey[dict[str, Any]] = {}
-    optim: InKey[OptimConfig] = OptimConfig()
-    train_split: InKey[str] = "train"
-    val_split: InKey[str] = "val"
-    # IoU with a GT box that gives a detected box its labels
-    label_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)
-    # Hold the arrays the head reads in RAM: True, False (read each batch from the store,
-    # prefetched in a thread), or "auto": in RAM when they take at most preload_max_gb.
-    preload: NotInKey[bool | Literal["auto"]] = "auto"
-    preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
-    # keep only the k best classes per box in the predictions (None: every class)
-    top_k: InKey[int | None] = Field(None, ge=1)
-
-
-class TrainSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    runs: dict[str, HeadRunConfig] = {"linear": HeadRunConfig()}
-
-
-class TrainStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    name: InKey[str]
-    run: InKey[HeadRunConfig]
 
 
 def evaluated_labelmap(dataset: Dataset, config: DatasetConfig) -> LabelMap:
@@ -190,8 +159,15 @@ def stored_arrays(schema: Any) -> set[str]:
     return {"context", "pooled"} | {name for name, shape in optional.items() if shape}
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: TrainStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
+    """The stage on ``run.optim.devices`` data-parallel processes (stages.framework.distributed)."""
+    devices = ctx.config.run.optim.devices
+    return run_data_parallel(compute_rank, ctx, devices=devices)
+
+
+def compute_rank(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
+    """One rank's part: every rank trains; rank 0 evaluates and writes the outputs."""
+    cfg = ctx.config
     run = cfg.run
     dataset = Dataset.open(cfg.dataset)
     labelmap = evaluated_labelmap(dataset, cfg.dataset)
@@ -204,18 +180,18 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     train_index, val_index, exclusive = splits.train_index, splits.val_index, splits.exclusive
     schema = train_store.schema
     torch.manual_seed(run.optim.seed)
-    head_kwargs = dict(run.head_kwargs)
-    if run.head == "igmn_dam":
-        # IGMN leaves the softmax (pose) classes out of its two auxiliary classification
-        # losses (§3.3); which classes those are is the dataset's business, not the config's.
-        head_kwargs.setdefault("aux_class_mask", [k not in exclusive for k in range(len(labelmap))])
-    model = build_head(
-        run.head, in_channels=schema.pooled_dim, num_classes=len(labelmap), **head_kwargs
-    )
+    head_data = HeadData(in_channels=schema.pooled_dim, num_classes=len(labelmap),
+                         exclusive=tuple(exclusive))  # fmt: skip
+    model, _ = build_from_data(run.head, head_data, run.head_kwargs)
+    if run.zero_init:
+        from stages.train.recipes import zero_init_residual
+
+        log.info("%s: %d residual relation branches start at zero", cfg.name,
+                 zero_init_residual(model))  # fmt: skip
     reads = head_reads(model)
     missing = {"roi": schema.roi_shape, "roi_t": schema.roi_t_shape}
     absent = sorted(name for name, shape in missing.items() if name in reads and shape is None)
-    if absent and getattr(model, "reads", None) is not None:
+    if absent and model.reads is not None:
         raise StageError(
             f"train {cfg.name}: head {run.head!r} reads {', '.join(absent)}, which the feature "
             f"store {features_uri} does not hold (extract with store_{absent[0]}: true)"
@@ -248,6 +224,8 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         events=ctx.staging / EVENTS_FILE,
     )  # fmt: skip
     train_seconds = time.perf_counter() - t0
+    if not is_main():
+        return {}
     result, table = val_map(predict(model, data.val, data))
     prior, _ = val_map(prior_scores(train_index.labels, len(val_index.boxes)))
 
@@ -255,9 +233,9 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     out.mkdir(exist_ok=True)
     write_predictions_csv(out / f"{run.val_split}.csv", table)
     write_predictions_parquet(out / f"{run.val_split}.parquet", table)
-    torch.save({"head": run.head, "kwargs": run.head_kwargs, "state": model.state_dict(),
-                "in_channels": schema.pooled_dim, "classes": labelmap.ids.tolist()},
-               ctx.staging / HEAD_FILE)  # fmt: skip
+    # The config's kwargs (aux_class_mask, filled from the data, only weighs training losses).
+    save_head_file(ctx.staging, head=run.head, kwargs=run.head_kwargs, state=model.state_dict(),
+                   in_channels=schema.pooled_dim, classes=labelmap.ids.tolist())  # fmt: skip
     (ctx.staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
     metrics = {**result.to_json(), "prior": prior.to_json()}
     (ctx.staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -274,9 +252,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
         "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.val_split}.csv"),
     }  # fmt: skip
-
-
-STAGE = Stage(
-    name="train", code_version=CODE_VERSION, config_type=TrainStageConfig,
-    compute=compute, resumable=True,
-)  # fmt: skip

@@ -4,7 +4,7 @@ Run: ``.venv/bin/python -m pytest tests/benchmarks/test_bench_extract.py -m benc
 
 1. Extraction wall time / backbone-forward-only time on the same clips (CPU, small
    SlowFast). Decoding (background thread), RoIAlign and writing should hide behind the
-   backbone: target <= 1.25.
+   backbone: target <= 1.1 (issue 22), its fixed per-run costs printed apart.
 2. Peak RSS of an extraction process at two world sizes (it must not grow with videos).
 3. Store bytes per keyframe on the demo world, and projected AVA v2.2 store sizes.
 """
@@ -81,31 +81,54 @@ def _forward_only_seconds(cfg: extract.ExtractStageConfig, tracks_uri: str) -> t
 
 @pytest.mark.parametrize("name,overrides", [("tiny.yaml", {}), ("small", SMALL)])
 def test_bench_extract_overhead_over_backbone(
-    tiny_world: Path, tmp_path: Path, name: str, overrides: dict
+    tiny_world: Path, tmp_path: Path, name: str, overrides: dict, monkeypatch
 ) -> None:
+    """Also prints the stage's fixed costs, paid once per run whatever its size (building
+    the backbone, one forward to learn the map's shape), and the ratio without them: what
+    the ratio tends to on a split of AVA's size (issue 22, item 4; target <= 1.1)."""
+    fixed: dict[str, float] = {}
+
+    def timed(label, fn):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                fixed[label] = fixed.get(label, 0.0) + time.perf_counter() - t0
+
+        return run
+
+    monkeypatch.setattr(extract, "load_backbone", timed("build", extract.load_backbone))
+    monkeypatch.setattr(extract, "_probe_shapes", timed("probe", extract._probe_shapes))
     tracks = track_input(tiny_world, tmp_path / "inputs")
     _, _, cfg = stage_configs(tiny_world, **overrides)
     _forward_only_seconds(cfg, tracks.uri)  # warm up (allocator, oneDNN kernels)
     # Interleaved repeats, best of each: the machine is shared, contention only adds time.
-    backbones, walls, backbone_cpus, cpus = [], [], [], []
+    backbones, walls, backbone_cpus, cpus, steady = [], [], [], [], []
     for attempt in range(REPEATS):
         seconds, cpu = _forward_only_seconds(cfg, tracks.uri)
         backbones.append(seconds)
         backbone_cpus.append(cpu)
         c0 = time.process_time()
+        fixed.clear()
         ref = run_stage(extract.STAGE, cfg, {"track": tracks}, tmp_path / f"work{attempt}")
         cpus.append(time.process_time() - c0)
         walls.append(ref.seconds)
+        steady.append((ref.seconds - sum(fixed.values()), dict(fixed)))
     wall, backbone = min(walls), min(backbones)
+    per_video, fixed_best = min(steady, key=lambda s: s[0])
     cpu, backbone_cpu = min(cpus), min(backbone_cpus)
     n_kf = sum(s["keyframes"] for s in ref.summary.values())
     print(
         f"\nextract [{name}] {n_kf} keyframes, {torch.get_num_threads()} threads: stage "
         f"{wall:.2f} s, backbone forward only {backbone:.2f} s, ratio {wall / backbone:.2f} "
-        f"(target <= 1.25); {1000 * wall / n_kf:.1f} ms/keyframe; all stage runs "
+        f"(target <= 1.1); {1000 * wall / n_kf:.1f} ms/keyframe; all stage runs "
         f"{[round(w, 2) for w in walls]}, all forward-only {[round(b, 2) for b in backbones]}"
         f"\n  CPU time (all threads): stage {cpu:.2f} s, backbone {backbone_cpu:.2f} s, "
         f"ratio {cpu / backbone_cpu:.2f}"
+        f"\n  fixed per run: backbone build {fixed_best.get('build', 0):.2f} s, shape probe "
+        f"forward {fixed_best.get('probe', 0):.2f} s; without them {per_video:.2f} s, ratio "
+        f"{per_video / backbone:.2f} (target <= 1.1)"
     )
     assert wall > 0 and backbone > 0
 

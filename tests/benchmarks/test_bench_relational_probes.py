@@ -3,8 +3,9 @@
 Each head is trained with the project's loop and its paper recipe at probe size
 (:func:`stages.train.recipes.probe_recipe`) on the probe worlds of
 ``tests/stages/relational_probes.py``; chance is the positive rate of the scored val
-actors. Set ``BANKFLOW_PROBE_HEADS=linear,acar`` to run a subset. The table is copied
-into docs/findings-probes.md.
+actors. A row ``acrn+box_mask`` is ``acrn`` with ``actor_position: box_mask``. Set
+``BANKFLOW_PROBE_HEADS=linear,acar`` to run a subset. The table is copied into
+docs/findings-probes.md.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ import pytest
 import torch
 
 from stages.train.loop import OptimConfig
-from stages.train.recipes import probe_recipe
-from tests.stages.probe_heads import BoxMaskACRN
+from stages.train.recipes import HeadRecipe, probe_recipe, scaled_recipe
 from tests.stages.relational_probes import (
-    CHANNELS,
     PROBES,
     probe_world,
     run_probe,
@@ -27,7 +26,18 @@ from tests.stages.relational_probes import (
 
 pytestmark = pytest.mark.bench
 
-HEADS = ("linear", "acrn", "acar", "pcca", "sonly", "tonly", "igmn_dam", "amcr_slim", "amcr")
+HEADS = ("linear", "acrn", "acrn+box_mask", "acar", "acar+box_mask", "pcca", "sonly", "tonly",
+         "igmn_dam", "amcr_slim", "amcr")  # fmt: skip
+
+
+def row_recipe(row: str) -> tuple[str, HeadRecipe]:
+    """(head, its probe recipe) of a table row ``head`` or ``head+<actor_position>``."""
+    head, _, position = row.partition("+")
+    recipe = probe_recipe(head)
+    if position:
+        kwargs = {**recipe.head_kwargs, "actor_position": position}
+        recipe = recipe.model_copy(update={"head_kwargs": kwargs})
+    return head, recipe
 
 
 def test_probe_table(tmp_path):
@@ -40,8 +50,10 @@ def test_probe_table(tmp_path):
         rows = []
         for head in heads:
             row = []
+            name, recipe = row_recipe(head)
             for probe in PROBES:
-                result = run_probe(head, worlds[probe], tmp_path / "ckpt" / head / probe)
+                ckpt = tmp_path / "ckpt" / head / probe
+                result = run_probe(name, worlds[probe], ckpt, recipe=recipe)
                 chance[probe] = result.chance
                 row.append(result.ap)
                 print(f"{head} {probe}: AP {result.ap:.3f} ({result.seconds:.0f} s)", flush=True)
@@ -68,14 +80,32 @@ def test_location_diagnostic(tmp_path):
     try:
         world = probe_world(tmp_path / "actor_context", "actor_context")
         long = OptimConfig(epochs=80, batch_keyframes=32, lr=3e-3)
-        recipe = probe_recipe("acrn").model_copy(update={"optim": long})
         aps = {}
-        for name in ("acrn", "acrn + box mask"):
-            torch.manual_seed(0)
-            model = BoxMaskACRN(in_channels=CHANNELS, num_classes=1) if "mask" in name else None
-            result = run_probe("acrn", world, tmp_path / name, recipe=recipe, model=model)
+        for name in ("acrn", "acrn+box_mask"):
+            recipe = row_recipe(name)[1].model_copy(update={"optim": long})
+            result = run_probe("acrn", world, tmp_path / name, recipe=recipe)
             aps[name] = result.ap
             print(f"{name}, AdamW 3e-3, 80 epochs, actor_context: AP {result.ap:.3f}")
+    finally:
+        torch.set_num_threads(threads)
+    assert all(0.0 <= ap <= 1.0 for ap in aps.values())
+
+
+def test_acar_position_diagnostic(tmp_path):
+    """ACAR with and without its actor's box mask on actor_context_actor, its paper recipe
+    scaled to 40 epochs (twice the table's): whether HR2O relates two located actors."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        world = probe_world(tmp_path / "actor_context_actor", "actor_context_actor")
+        aps = {}
+        for name in ("acar", "acar+box_mask"):
+            head, recipe = row_recipe(name)
+            longer = scaled_recipe(head, batch_keyframes=32, epochs=40).optim
+            recipe = recipe.model_copy(update={"optim": longer})
+            aps[name] = run_probe(head, world, tmp_path / name, recipe=recipe).ap
+            print(f"{name}, paper recipe over 40 epochs, actor_context_actor: AP {aps[name]:.3f}")
+        print(f"scene-level: {scene_level_ap(world):.3f}")
     finally:
         torch.set_num_threads(threads)
     assert all(0.0 <= ap <= 1.0 for ap in aps.values())

@@ -5,6 +5,7 @@ Run: ``.venv/bin/python -m pytest tests/benchmarks/test_bench_store.py -m bench 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -181,3 +182,119 @@ def test_bench_checksum_overhead(tmp_path: Path, monkeypatch) -> None:
         f"({w1 / w0:.2f}×), read {r1 / N_BATCHES * 1e3:.1f} vs {r0 / N_BATCHES * 1e3:.1f} "
         f"ms/batch ({r1 / r0:.2f}×)"
     )
+
+
+# AVA-sized keyframes (issue 22, item 4): SlowFast-R50's 2304-channel 16×22 context map and
+# 2304-d pooled actor features, f16, 1-4 actors per keyframe; what ACRN and ACAR read.
+AVA_C, AVA_GRID, AVA_VIDEOS, AVA_KEYFRAMES, AVA_BATCH, AVA_BATCHES = 2304, (16, 22), 6, 24, 16, 6
+
+
+def _ava_store(url: Path, rng: np.random.Generator) -> FeatureStore:
+    schema = StoreSchema(
+        backbone="bench", weights_sha256=None, detector_key=None,
+        clip={"frames": 32, "stride": 2, "fps": 30.0, "short_side": 256},
+        context_shape=(AVA_C, *AVA_GRID), pooled_dim=AVA_C,
+    )  # fmt: skip
+    ids = [f"v{i:02d}" for i in range(AVA_VIDEOS)]
+    store = FeatureStore.create(url, schema, provenance={}, expected_videos=ids)
+    for video_id in ids:
+        counts = rng.integers(1, 5, AVA_KEYFRAMES)
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        a = int(offsets[-1])
+        xy = rng.uniform(0, 0.5, (a, 2))
+        store.write_video(
+            video_id,
+            VideoFeatures(
+                timestamps=np.arange(902, 902 + AVA_KEYFRAMES, dtype=np.int32),
+                context=rng.standard_normal((AVA_KEYFRAMES, AVA_C, *AVA_GRID), np.float32).astype(
+                    np.float16
+                ),
+                actor_offset=offsets,
+                boxes=np.concatenate([xy, xy + 0.3], axis=1).astype(np.float32),
+                scores=np.ones(a, np.float32),
+                track=np.zeros(a, np.int32),
+                pooled=rng.standard_normal((a, AVA_C), np.float32).astype(np.float16),
+            ),
+        )
+    store.finalize()
+    return FeatureStore.open(url)
+
+
+def _drop_cached(paths: list[Path]) -> None:
+    """Evict these files' pages from the page cache (the next read goes to the disk)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _sequential_read(path: Path) -> int:
+    with open(path, "rb") as f:
+        return len(f.read())
+
+
+@pytest.mark.bench
+def test_bench_batch_read_vs_sequential_disk(tmp_path: Path) -> None:
+    """A training batch (16 random AVA-sized keyframes, context + pooled) read with
+    ``read_keyframes`` against a plain sequential read of a file of the same byte count,
+    warm (page cache) and cold (the store's and the file's pages evicted with
+    ``posix_fadvise(DONTNEED)`` before each read). Best of interleaved repeats (the machine
+    is shared: contention only adds time), and the median CPU time of each (which
+    contention does not inflate as much). Target: batch rate >= 50 % of the sequential."""
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    store = _ava_store(tmp_path / "ava.zarr", rng)
+    build_s = time.perf_counter() - t0
+    ids = store.videos()
+    for video_id in ids:
+        store.index(video_id)
+    batches = [
+        [(ids[rng.integers(len(ids))], 902 + int(rng.integers(AVA_KEYFRAMES)))
+         for _ in range(AVA_BATCH)]
+        for _ in range(AVA_BATCHES)
+    ]  # fmt: skip
+    arrays = {"context", "pooled"}
+    nbytes = [
+        sum(k.context.nbytes + k.pooled.nbytes for k in store.read_keyframes(b, arrays=arrays))
+        for b in batches
+    ]
+    plain, plain_bytes = tmp_path / "plain.bin", max(nbytes)
+    plain.write_bytes(rng.bytes(plain_bytes))
+    files = [p for p in (tmp_path / "ava.zarr").rglob("*") if p.is_file()]
+    best = {k: np.inf for k in ("batch warm", "seq warm", "batch cold", "seq cold")}
+    # CPU seconds (all threads) per byte: what a loaded machine's wall times hide.
+    cpu: dict[str, list[float]] = {k: [] for k in best}
+    for _ in range(5):
+        for b, n in zip(batches, nbytes, strict=True):
+            for cold in (False, True):
+                tag = "cold" if cold else "warm"
+                if cold:
+                    _drop_cached(files)
+                t, c = time.perf_counter(), time.process_time()
+                store.read_keyframes(b, arrays=arrays)
+                cpu[f"batch {tag}"].append((time.process_time() - c) / n)
+                best[f"batch {tag}"] = min(best[f"batch {tag}"], (time.perf_counter() - t) / n)
+                if cold:
+                    _drop_cached([plain])
+                t, c = time.perf_counter(), time.process_time()
+                assert _sequential_read(plain) == plain_bytes
+                cpu[f"seq {tag}"].append((time.process_time() - c) / plain_bytes)
+                per_byte = (time.perf_counter() - t) / plain_bytes
+                best[f"seq {tag}"] = min(best[f"seq {tag}"], per_byte)
+    mean_bytes = float(np.mean(nbytes))
+    print(
+        f"\n[store bench] AVA-sized keyframes: context {AVA_C}×{AVA_GRID[0]}×{AVA_GRID[1]} "
+        f"f16, pooled {AVA_C}, 1-4 actors; {AVA_VIDEOS}×{AVA_KEYFRAMES} keyframes written in "
+        f"{build_s:.1f} s; batch = {AVA_BATCH} random keyframes = {format_bytes(mean_bytes)}"
+    )
+    for tag in ("warm", "cold"):
+        batch_rate, seq_rate = 1 / best[f"batch {tag}"], 1 / best[f"seq {tag}"]
+        print(
+            f"  {tag}: read_keyframes {mean_bytes / batch_rate * 1e3:6.1f} ms/batch = "
+            f"{format_bytes(batch_rate)}/s; sequential file read {format_bytes(seq_rate)}/s; "
+            f"ratio {batch_rate / seq_rate:.2f} (target >= 0.5); CPU time per batch "
+            f"{np.median(cpu[f'batch {tag}']) * mean_bytes * 1e3:.1f} ms vs "
+            f"{np.median(cpu[f'seq {tag}']) * mean_bytes * 1e3:.1f} ms sequential (medians)"
+        )

@@ -206,3 +206,31 @@ def test_no_slots_configured_means_no_slot_handling(monkeypatch):
 
     monkeypatch.delenv("BANKFLOW_GPU_SLOTS", raising=False)
     assert claim_gpu_slot() is None
+
+
+def test_data_parallel_stage_claims_all_its_slots_or_none(tmp_path, monkeypatch):
+    import flows.locks as locks
+    from stages.framework.distributed import config_devices
+    from stages.train.stage import HeadRunConfig, TrainSection
+
+    monkeypatch.setenv("BANKFLOW_GPU_SLOTS", "0,1,2")
+    monkeypatch.setenv("BANKFLOW_GPU_SLOT_DIR", str(tmp_path))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    run = HeadRunConfig(optim={"devices": 2})
+    assert config_devices(TrainSection(runs={"a": run})) == 2
+    assert config_devices(HeadRunConfig()) == 1
+    other = locks.ExpiringLockManager(tmp_path)
+    assert other.try_acquire("gpu-1", "someone-else")
+    try:
+        assert locks.claim_gpu_slot(count=2) == "0,2"  # the two free ones
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "0,2"
+        locks.release_gpu_slot()
+        # 3 asked for, 2 free: none is kept while waiting.
+        with pytest.raises(TimeoutError, match="no free GPU slot"):
+            locks.claim_gpu_slot(count=3, timeout=0.5)
+        assert not other.is_locked("gpu-0") and not other.is_locked("gpu-2")
+        with pytest.raises(ValueError, match="4 GPUs asked for"):
+            locks.claim_gpu_slot(count=4)
+    finally:
+        locks.release_gpu_slot()
+        other.release_lock("gpu-1", "someone-else")

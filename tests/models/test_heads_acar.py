@@ -12,8 +12,6 @@ from tests.models.heads_testing import (
     assert_grads_reach_every_parameter,
     ava_bce,
     fit_logits,
-    keyframe_alone,
-    permute_actors,
     random_actor_batch,
 )
 
@@ -53,25 +51,6 @@ def test_attention_is_a_distribution_over_real_actors() -> None:
     assert torch.allclose(sums[0, :, :2], torch.ones_like(sums[0, :, :2]), atol=1e-6)
     assert torch.equal(att[0, :, :, 2], torch.zeros_like(att[0, :, :, 2]))  # padded key slot
     assert torch.allclose(att[1, :, 0, 0], torch.ones(2, H, W))  # a lone actor attends to itself
-
-
-@pytest.mark.parametrize("kind", ["nl", "rn"])
-def test_keyframe_alone_equals_keyframe_in_bigger_batch(kind: str) -> None:
-    head = tiny_head(kind).eval()
-    batch = make_batch([3, 2, 5])
-    full = head(batch).logits
-    for keyframe, rows in [(0, slice(0, 3)), (1, slice(3, 5))]:
-        alone = head(keyframe_alone(batch, keyframe)).logits
-        assert torch.allclose(full[rows], alone, atol=1e-5), keyframe
-
-
-@pytest.mark.parametrize("kind", ["nl", "rn"])
-def test_permuting_actors_permutes_logits(kind: str) -> None:
-    head = tiny_head(kind).eval()
-    batch = make_batch([2, 3])
-    order = torch.tensor([1, 0, 4, 2, 3])
-    permuted = permute_actors(batch, order)
-    assert torch.allclose(head(permuted).logits, head(batch).logits[order], atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["nl", "rn"])

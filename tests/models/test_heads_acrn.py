@@ -12,8 +12,6 @@ from tests.models.heads_testing import (
     assert_grads_reach_every_parameter,
     ava_bce,
     fit_logits,
-    keyframe_alone,
-    permute_actors,
     random_actor_batch,
 )
 
@@ -62,21 +60,6 @@ def test_actor_feature_is_tiled_over_every_location() -> None:
     after = head.first_order(batch)
     assert ((after[0] - before[0]).abs().sum(dim=0) > 0).all()
     assert torch.equal(after[1], before[1])  # ACRN has no actor-actor term
-
-
-def test_keyframe_alone_equals_keyframe_in_bigger_batch() -> None:
-    head = tiny_head().eval()
-    batch = make_batch([3, 2, 5])
-    alone = keyframe_alone(batch, 1)
-    assert torch.allclose(head(batch).logits[3:5], head(alone).logits, atol=1e-5)
-
-
-def test_permuting_actors_permutes_logits() -> None:
-    head = tiny_head().eval()
-    batch = make_batch([2, 3])
-    order = torch.tensor([0, 1, 4, 2, 3])
-    permuted = permute_actors(batch, order)
-    assert torch.allclose(head(permuted).logits, head(batch).logits[order], atol=1e-5)
 
 
 def test_gradients_reach_every_parameter() -> None:

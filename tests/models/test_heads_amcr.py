@@ -13,9 +13,7 @@ from models.heads.batch import ActorBatch
 from tests.models.heads_testing import (
     assert_grads_reach_every_parameter,
     fit_logits,
-    keyframe_alone,
     offset_boxes,
-    permute_actors,
     random_actor_batch,
 )
 
@@ -58,30 +56,6 @@ def test_classifier_maps_features_to_logits() -> None:
     head = tiny_head().eval()
     out = head(make_batch([2, 3]))
     torch.testing.assert_close(head.classifier(out.features), out.logits)
-
-
-def test_permuting_actors_permutes_logits() -> None:
-    torch.manual_seed(0)
-    head = tiny_head().eval()
-    batch = make_batch([2, 4])
-    perm = torch.tensor([1, 0, 5, 3, 2, 4])  # within keyframes
-    permuted = permute_actors(batch, perm)
-    torch.testing.assert_close(head(permuted).logits, head(batch).logits[perm])
-    torch.testing.assert_close(
-        head(permuted).attention["bhoi"], head(batch).attention["bhoi"][perm]
-    )
-
-
-def test_other_keyframes_and_padding_change_nothing() -> None:
-    torch.manual_seed(0)
-    head = tiny_head().eval()
-    batch = make_batch([1, 5, 2])
-    together = head(batch)
-    for k in range(3):
-        alone = head(keyframe_alone(batch, k))
-        sel = batch.batch_index == k
-        torch.testing.assert_close(alone.logits, together.logits[sel], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(alone.features, together.features[sel], atol=1e-5, rtol=1e-5)
 
 
 def test_gradients_reach_every_parameter() -> None:

@@ -11,13 +11,11 @@ from models.heads import bank_rows, build_head
 from models.heads.acar import ACARHead
 from models.heads.acar_acfb import ACARACFBHead
 from models.heads.acrn import ACRNHead
-from tests.models.bank_testing import keyframe_window, poison_padding, random_window, with_bank
+from tests.models.bank_testing import poison_padding, random_window, with_bank
 from tests.models.heads_testing import (
     assert_grads_reach_every_parameter,
     ava_bce,
     fit_logits,
-    keyframe_alone,
-    permute_actors,
     random_actor_batch,
 )
 
@@ -78,23 +76,6 @@ def test_empty_window_is_acrn_and_finite() -> None:
         {k: v for k, v in head.acar.state_dict().items() if not k.startswith("reasoning.")}
     )
     assert torch.allclose(head(batch).logits, acrn(batch).logits, atol=1e-6)
-
-
-def test_keyframe_alone_equals_keyframe_in_bigger_batch() -> None:
-    head = tiny_head().eval()
-    batch = banked([3, 2], [2, 5])
-    full = head(batch).logits
-    for keyframe, rows in [(0, slice(0, 3)), (1, slice(3, 5))]:
-        alone = with_bank(keyframe_alone(batch, keyframe), keyframe_window(batch.bank, keyframe))
-        assert torch.allclose(full[rows], head(alone).logits, atol=1e-5), keyframe
-
-
-def test_permuting_actors_permutes_logits() -> None:
-    head = tiny_head().eval()
-    batch = banked([2, 3], [3, 4])
-    order = torch.tensor([1, 0, 4, 2, 3])
-    permuted = with_bank(permute_actors(batch, order), batch.bank)
-    assert torch.allclose(head(permuted).logits, head(batch).logits[order], atol=1e-5)
 
 
 def test_gradients_reach_every_parameter() -> None:

@@ -9,13 +9,11 @@ import torch
 
 from models.heads import bank_rows, build_head
 from models.heads.amcr_hafb import AMCRHAFBHead
-from tests.models.bank_testing import keyframe_window, poison_padding, random_window, with_bank
+from tests.models.bank_testing import poison_padding, random_window, with_bank
 from tests.models.heads_testing import (
     assert_grads_reach_every_parameter,
     ava_bce,
     fit_logits,
-    keyframe_alone,
-    permute_actors,
     random_actor_batch,
 )
 
@@ -76,23 +74,6 @@ def test_empty_window_is_finite() -> None:
     assert torch.isfinite(out.logits).all()
     out.logits.sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
-
-
-def test_keyframe_alone_equals_keyframe_in_bigger_batch() -> None:
-    head = tiny_head().eval()
-    batch = banked([3, 2], [2, 5])
-    full = head(batch).logits
-    for keyframe, rows in [(0, slice(0, 3)), (1, slice(3, 5))]:
-        alone = with_bank(keyframe_alone(batch, keyframe), keyframe_window(batch.bank, keyframe))
-        assert torch.allclose(full[rows], head(alone).logits, atol=1e-5), keyframe
-
-
-def test_permuting_actors_permutes_logits() -> None:
-    head = tiny_head().eval()
-    batch = banked([2, 3], [3, 4])
-    order = torch.tensor([1, 0, 4, 2, 3])
-    permuted = with_bank(permute_actors(batch, order), batch.bank)
-    assert torch.allclose(head(permuted).logits, head(batch).logits[order], atol=1e-5)
 
 
 @pytest.mark.parametrize("widths", [{}, {"interaction_dim": HID + 2, "movement_dim": C + 1}])

@@ -12,7 +12,7 @@ from models.heads import bank_rows, build_head
 from models.heads.batch import ActorBatch
 from models.heads.igmn import IGMNHead, OrderedTemporalAggregator
 from models.heads.igmn_dam import IGMNDAMHead
-from tests.models.bank_testing import keyframe_window, poison_padding, with_bank
+from tests.models.bank_testing import poison_padding, with_bank
 from tests.models.heads_testing import (
     assert_grads_reach_every_parameter,
     ava_bce,
@@ -63,13 +63,6 @@ def banked(counts: list[int], sizes: list[int], seed: int = 0, **kw) -> ActorBat
     slots = torch.cat([torch.arange(c) for c in counts]) if counts else torch.zeros(0)
     return with_bank(
         replace(batch, track=slots.long()), identity_window(sizes, seed=seed + 9, **kw)
-    )
-
-
-def permute(batch: ActorBatch, order: torch.Tensor) -> ActorBatch:
-    assert batch.track is not None
-    return replace(
-        batch, pooled=batch.pooled[order], boxes=batch.boxes[order], track=batch.track[order]
     )
 
 
@@ -143,31 +136,6 @@ def test_empty_window_is_finite() -> None:
     assert torch.isfinite(out.logits).all()
     (out.logits.sum() + sum(out.aux_losses.values())).backward()
     assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
-
-
-def test_keyframe_alone_equals_keyframe_in_bigger_batch() -> None:
-    head = tiny_head().eval()
-    batch = banked([3, 2], [7, 10])
-    full = head(batch).logits
-    assert batch.track is not None
-    for keyframe, rows in [(0, slice(0, 3)), (1, slice(3, 5))]:
-        alone = replace(
-            batch,
-            context=batch.context[keyframe : keyframe + 1],
-            pooled=batch.pooled[rows],
-            boxes=batch.boxes[rows],
-            batch_index=torch.zeros(rows.stop - rows.start, dtype=torch.long),
-            track=batch.track[rows],
-            bank=keyframe_window(batch.bank, keyframe),
-        )
-        assert torch.allclose(full[rows], head(alone).logits, atol=1e-5), keyframe
-
-
-def test_permuting_actors_permutes_logits() -> None:
-    head = tiny_head().eval()
-    batch = banked([2, 3], [9, 8])
-    order = torch.tensor([1, 0, 4, 2, 3])
-    assert torch.allclose(head(permute(batch, order)).logits, head(batch).logits[order], atol=1e-5)
 
 
 def test_gradients_reach_every_parameter() -> None:

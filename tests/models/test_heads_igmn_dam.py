@@ -20,9 +20,7 @@ from tests.models.heads_testing import (
     assert_grads_reach_every_parameter,
     fit,
     offset_boxes,
-    permute_actors,
     random_actor_batch,
-    select_actors,
 )
 
 C, K, H, W = 16, 5, 4, 6
@@ -157,30 +155,6 @@ def test_priors_vanish_when_the_maps_follow_them() -> None:
     _, p_hat = head.geometry(batch.boxes, batch.batch_index, 2, H, W)
     expected = F.relu(0.1 - (2 * p_hat - 1).mean(dim=(1, 2))).mean() * 0.5
     assert out.aux_losses["prior_sem"].item() == pytest.approx(expected.item(), abs=1e-6)
-
-
-def test_permuting_actors_permutes_logits() -> None:
-    torch.manual_seed(0)
-    head = tiny_head().eval()
-    batch = make_batch([3, 2])
-    perm = torch.tensor([2, 0, 1, 4, 3])
-    permuted = permute_actors(batch, perm)
-    torch.testing.assert_close(head(permuted).logits, head(batch).logits[perm])
-
-
-def test_other_keyframes_change_nothing() -> None:
-    torch.manual_seed(0)
-    head = tiny_head().eval()
-    batch = make_batch([2, 4, 1])
-    together = head(batch)
-    for k in range(3):
-        sel = torch.nonzero(batch.batch_index == k)[:, 0]
-        alone = head(select_actors(batch, sel, torch.zeros_like(sel), batch.context[k : k + 1]))
-        torch.testing.assert_close(alone.logits, together.logits[sel], atol=1e-5, rtol=1e-5)
-        for name in ("semantic", "identity"):
-            torch.testing.assert_close(
-                alone.attention[name], together.attention[name][sel], atol=1e-5, rtol=1e-5
-            )
 
 
 def test_gradients_reach_every_parameter() -> None:

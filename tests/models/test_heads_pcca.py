@@ -13,8 +13,6 @@ from tests.models.heads_testing import (
     assert_grads_reach_every_parameter,
     ava_bce,
     fit_logits,
-    keyframe_alone,
-    permute_actors,
     random_actor_batch,
 )
 
@@ -69,21 +67,6 @@ def test_context_outside_the_enlarged_box_is_ignored() -> None:
     assert torch.allclose(head(batch).logits, before, atol=1e-6)
     batch.context[0, :, 0, 0] += 5.0  # inside the window
     assert not torch.allclose(head(batch).logits, before, atol=1e-4)
-
-
-def test_keyframe_alone_equals_keyframe_in_bigger_batch() -> None:
-    head = tiny_head().eval()
-    batch = make_batch([3, 2, 5])
-    alone = keyframe_alone(batch, 1)
-    assert torch.allclose(head(batch).logits[3:5], head(alone).logits, atol=1e-5)
-
-
-def test_permuting_actors_permutes_logits() -> None:
-    head = tiny_head().eval()
-    batch = make_batch([2, 3])
-    order = torch.tensor([1, 0, 4, 2, 3])
-    permuted = permute_actors(batch, order)
-    assert torch.allclose(head(permuted).logits, head(batch).logits[order], atol=1e-5)
 
 
 @pytest.mark.parametrize("position_embedding", [True, False])

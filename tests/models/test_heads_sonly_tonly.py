@@ -13,9 +13,7 @@ from models.heads.relation_transformer import RelationTransformerHead
 from tests.models.heads_testing import (
     assert_grads_reach_every_parameter,
     fit_logits,
-    permute_actors,
     random_actor_batch,
-    select_actors,
 )
 
 C, K, T = 16, 5, 3
@@ -63,28 +61,6 @@ def test_shapes(mode: str, counts: list[int]) -> None:
     # each row is a softmax over the keyframe's real actors only
     torch.testing.assert_close(attn.sum(-1), torch.ones(n, positions))
     assert torch.isfinite(out.logits).all()
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_permuting_actors_permutes_logits(mode: str) -> None:
-    torch.manual_seed(0)
-    head = tiny_head(mode, num_layers=2).eval()
-    batch = make_batch([3, 2])
-    perm = torch.tensor([2, 0, 1, 4, 3])
-    permuted = permute_actors(batch, perm)
-    torch.testing.assert_close(head(permuted).logits, head(batch).logits[perm])
-
-
-@pytest.mark.parametrize("mode", MODES)
-def test_other_keyframes_and_padding_change_nothing(mode: str) -> None:
-    torch.manual_seed(0)
-    head = tiny_head(mode).eval()
-    batch = make_batch([2, 5, 1])
-    together = head(batch)
-    for k in range(3):
-        sel = torch.nonzero(batch.batch_index == k)[:, 0]
-        alone = head(select_actors(batch, sel, torch.zeros_like(sel), batch.context[k : k + 1]))
-        torch.testing.assert_close(alone.logits, together.logits[sel], atol=1e-5, rtol=1e-5)
 
 
 def test_a_lone_actor_attends_only_to_itself() -> None:

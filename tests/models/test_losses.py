@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.losses import ava_loss, ava_scores
+from models.losses import ava_loss, ava_scores, loss_normalizers
 
 # Two actors, four classes; classes 0 and 1 are the exclusive pose group.
 LOGITS = [[2.0, 0.0, 1.0, -1.0], [0.5, 0.5, -2.0, 3.0]]
@@ -96,3 +96,21 @@ def test_bad_arguments_are_named(exclusive: list[int], mode: str, message: str) 
 def test_shape_mismatch_is_reported() -> None:
     with pytest.raises(ValueError, match=r"\(2, 4\) and \(2, 3\)"):
         ava_loss(torch.zeros(2, 4), torch.zeros(2, 3), exclusive=[])
+
+
+@pytest.mark.parametrize("mode", ["ava", "bce"])
+def test_shards_with_global_normalizers_sum_to_the_batch_loss(mode: str) -> None:
+    """Data-parallel ranks: each slice's loss with the batch's normalisers sums to the
+    loss of the whole batch (a slice without pose labels included)."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(7, 5, generator=gen)
+    targets = torch.zeros(7, 5)
+    targets[[0, 1, 4, 6], [0, 1, 0, 1]] = 1  # pose classes 0, 1 (exclusive)
+    targets[[2, 3, 5], [3, 2, 4]] = 1  # rows 2, 3 have no pose label
+    exclusive = [0, 1]
+    whole = ava_loss(logits, targets, exclusive=exclusive, mode=mode)
+    norms = loss_normalizers(targets, exclusive, mode)
+    parts = [ava_loss(logits[s], targets[s], exclusive=exclusive, mode=mode, normalizers=norms)
+             for s in (slice(0, 2), slice(2, 4), slice(4, 7), slice(7, 7))]  # fmt: skip
+    assert float(sum(parts)) == pytest.approx(float(whole), rel=1e-6)
+    assert float(parts[1]) > 0 and float(parts[3]) == 0

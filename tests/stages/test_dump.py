@@ -35,6 +35,7 @@ from stages.framework import STAGING_DIR, StageRef, read_output, run_stage, stag
 from stages.pipeline import PipelineRun, prepare_dataset, run_pipeline
 from stages.train import dump as dump_stage
 from stages.train.data import collate, open_split
+from stages.train.run import load_trained_head
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_YAML = REPO / "tests" / "flows" / "tiny.yaml"
@@ -117,7 +118,7 @@ def bank_arrays_equal(a: BankStore, b: BankStore) -> None:
 def test_lfb_rows_align_with_store_actors(stage1: Stage1, tmp_path: Path) -> None:
     ref = run_stage(dump_stage.STAGE, stage1.dump_config(), stage1.inputs(), tmp_path)
     assert set(ref.summary["splits"]) == {"train", "val"}  # every split of the store
-    head, _ = dump_stage.load_stage1_head(stage1.linear.path)
+    head, _ = load_trained_head(stage1.linear.path)
     for split in ("train", "val"):
         store = stage1.store(split)
         bank = BankStore.open(dump_stage.bank_path(ref.path, split))

@@ -409,3 +409,26 @@ def test_keyframes_without_with_many_and_with_border_actors(
         ref_pooled = want.pooled[want.actor_offset[j] : want.actor_offset[j + 1]]
         np.testing.assert_allclose(got.astype(np.float32), ref_pooled.astype(np.float32),
                                    rtol=1e-2, atol=1e-2)  # fmt: skip
+
+
+def test_bf16_extraction_stays_fp16_and_close_to_fp32(
+    tiny_world: Path, tracks: StageRef, reference: StageRef, tmp_path: Path, one_thread
+) -> None:
+    """bf16 autocast of the backbone: another key, fp16 arrays, features close to fp32's."""
+    _, _, cfg = stage_configs(tiny_world)
+    cfg = cfg.model_copy(update={"extract": cfg.extract.model_copy(update={"precision": "bf16"})})
+    assert stage_key(extract.STAGE, cfg, {"track": tracks}) != reference.key
+    ref = run_stage(extract.STAGE, cfg, {"track": tracks}, tmp_path)
+    a = FeatureStore.open(extract.store_path(ref.uri, "val"))
+    b = FeatureStore.open(extract.store_path(reference.uri, "val"))
+    worst = 0.0
+    for video_id in b.videos():
+        fa, fb = a.read_video(video_id).arrays(), b.read_video(video_id).arrays()
+        for name in ("pooled", "context"):
+            assert fa[name].dtype == fb[name].dtype == np.float16
+            x, y = fa[name].astype(np.float32), fb[name].astype(np.float32)
+            worst = max(worst, float(np.abs(x - y).max() / (np.abs(y).max() + 1e-6)))
+        np.testing.assert_array_equal(fa["boxes"], fb["boxes"])
+    print(f"bf16 vs fp32 extraction: max |diff| / max |fp32| = {worst:.3g}")
+    # bf16 keeps 8 mantissa bits (relative error 2^-9 per rounding) through a few layers.
+    assert 0 < worst < 0.05

@@ -280,3 +280,46 @@ def test_sigkill_during_finetune_resumes_from_last_epoch_bitwise(
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), f"{name}: {key}"
+
+
+@pytest.fixture(scope="module")
+def exact(world: Path, tmp_path_factory: pytest.TempPathFactory) -> StageRef:
+    """One process, no dropout, frozen BN: what data-parallel ranks must reproduce."""
+    torch.set_num_threads(1)
+    config = make_config(world, dropout=0.0, freeze_bn=True, max_keyframes=5)
+    return run_stage(STAGE, config, {}, tmp_path_factory.mktemp("exact"))
+
+
+def _max_difference(a: Path, b: Path) -> float:
+    diff = 0.0
+    for name in (WEIGHTS_FILE, HEAD_FILE):
+        x, y = torch.load(a / name, weights_only=True), torch.load(b / name, weights_only=True)
+        assert x.keys() == y.keys()
+        diff = max(diff, *(float((x[k].double() - y[k].double()).abs().max()) for k in x))
+    return diff
+
+
+@pytest.mark.slow  # two spawned processes import torch and build the backbone
+def test_two_processes_finetune_like_one(world: Path, exact: StageRef, tmp_path: Path) -> None:
+    # 5 keyframes in batches of 2: the last batch leaves rank 0 without a keyframe.
+    config = make_config(world, dropout=0.0, freeze_bn=True, max_keyframes=5, devices=2)
+    assert stage_key(STAGE, config, {}) == exact.key
+    two = run_stage(STAGE, config, {}, tmp_path)
+    diff = _max_difference(exact.path, two.path)
+    print(f"finetune 2 processes vs 1: max |w diff| = {diff:.3g}")
+    assert diff < 1e-5
+    for a, b in zip(exact.summary["epochs"], two.summary["epochs"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["train_top1"] == b["train_top1"]
+
+
+def test_bf16_finetune_trains_close_to_fp32(world: Path, exact: StageRef, tmp_path: Path) -> None:
+    config = make_config(world, dropout=0.0, freeze_bn=True, max_keyframes=5, precision="bf16")
+    assert stage_key(STAGE, config, {}) != exact.key
+    bf16 = run_stage(STAGE, config, {}, tmp_path)
+    got = [e["loss"] for e in bf16.summary["epochs"]]
+    want = [e["loss"] for e in exact.summary["epochs"]]
+    print(f"finetune bf16 losses {got} vs fp32 {want}")
+    assert got[-1] < got[0]
+    np.testing.assert_allclose(got, want, rtol=0.02)  # bf16: 8 mantissa bits
+    assert _max_difference(exact.path, bf16.path) > 0

@@ -29,7 +29,7 @@ from stages.framework import StageError
 from stages.pipeline import PipelineRun, run_pipeline
 from stages.tools.infer import InferConfig, infer_video, keyframe_seconds, video_id_for
 from stages.train import dump as dump_stage
-from stages.train.run import TrainedRun
+from stages.train.run import TrainedRun, load_trained_head
 from stages.video import VideoReader
 
 REPO = Path(__file__).resolve().parents[2]
@@ -225,7 +225,7 @@ def test_stage2_run_dumps_its_bank_over_the_video(
     np.testing.assert_array_equal(btrack, np.asarray(store.array("bikes", "track")[:]))
     assert int(boffsets[-1]) == report["persons"]
     # ... and hold what the run's stage-1 (linear) head gives for them.
-    head, _ = dump_stage.load_stage1_head(world_run)
+    head, _ = load_trained_head(world_run)
     rows, _ = dump_stage.dump_video(head, "lfb", store, "bikes", 32)
     features = bank.read_video("bikes")["features"]
     assert features.shape == (report["persons"], store.schema.pooled_dim)

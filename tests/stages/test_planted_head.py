@@ -22,9 +22,7 @@ import torch
 
 from stages.framework import COMPLETE_MARKER, StageError
 from stages.pipeline import PipelineRun, run_pipeline
-from stages.train import rebalance
-from stages.train.dump import load_stage1_head
-from stages.train.run import TrainedRun
+from stages.train.run import TrainedRun, load_trained_head
 from tests.stages.test_dump import stage1_outputs
 
 
@@ -93,7 +91,7 @@ def test_planted_head_with_forged_manifest_is_refused_by_weights_only(
         [e[0], e[1], digest] if e[0] == "head.pt" else e for e in record["manifest"]
     ]
     record_path.write_text(json.dumps(record))
-    for load in (load_stage1_head, rebalance.load_head, TrainedRun.open):
+    for load in (load_trained_head, TrainedRun.open):
         with pytest.raises(StageError, match=r"head\.pt: not a plain tensor file"):
             load(head.parent)
     assert not marker.exists()

@@ -65,3 +65,48 @@ def test_zero_init_counts_the_branches_it_zeroes():
     assert zero_init_residual(acar) == 2  # HR2O's two blocks
     linear = build_recipe_head("linear", probe_recipe("linear"), in_channels=16, num_classes=2)
     assert zero_init_residual(linear) == 0
+
+
+def test_a_run_names_a_recipe_and_gets_it_scaled_to_its_batch_and_length():
+    from stages.train.stage import HeadRunConfig
+
+    run = HeadRunConfig.model_validate(
+        {"head": "acar", "recipe": "paper", "optim": {"epochs": 35, "batch_keyframes": 16}}
+    )
+    assert run.optim == scaled_recipe("acar", batch_keyframes=16, epochs=35).optim
+    assert run.zero_init
+    # a field the run sets itself wins; another head's recipe by name
+    own = HeadRunConfig.model_validate(
+        {"head": "acrn", "recipe": "pcca", "optim": {"epochs": 12, "lr": 0.5}}
+    )
+    assert own.optim.lr == 0.5 and own.optim.step_epochs == [5, 8, 10]
+    assert own.optim.weight_decay == pytest.approx(1e-4)
+    # resolved at load: the dumped config (provenance) validates to the same run
+    assert HeadRunConfig.model_validate(run.model_dump()) == run
+    plain = HeadRunConfig(head="acar")
+    assert plain.optim.optimizer == "adamw" and not plain.zero_init
+    assert not HeadRunConfig.model_validate({"head": "acar", "recipe": "paper",
+                                             "zero_init_residual": False}).zero_init  # fmt: skip
+
+
+def test_a_recipe_enters_the_train_key():
+    from stages.framework.keys import key_payload
+    from stages.train.stage import HeadRunConfig
+
+    plain = key_payload(HeadRunConfig(head="acar", optim={"epochs": 6}))
+    paper = key_payload(HeadRunConfig(head="acar", recipe="paper", optim={"epochs": 6}))
+    assert paper["recipe"] == "paper" and paper["optim"]["optimizer"] == "sgd"
+    assert plain != paper
+
+
+def test_unknown_recipe_is_refused_at_config_load(tmp_path):
+    from stages.config import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {runs: {acar: {head: acar, recipe: acarnet}}}\n")
+    with pytest.raises(ConfigError, match=r"train.runs.acar: unknown recipe 'acarnet'; "
+                                          r"expected one of paper, acar"):  # fmt: skip
+        load_config(path)
+    path.write_text("train: {runs: {lfb: {head: lfb, recipe: paper}}}\n")
+    with pytest.raises(ConfigError, match="head 'lfb' has no paper recipe"):
+        load_config(path)

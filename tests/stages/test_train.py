@@ -165,6 +165,23 @@ def test_every_head_trains_through_the_stage(
     model.load_state_dict(saved["state"])
 
 
+def test_a_recipe_and_the_actor_position_train_through_the_stage(
+    features: Features, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``recipe: paper`` trains with the scaled paper recipe and the zeroed HR2O branches;
+    ``actor_position`` reaches the head and its published weights."""
+    kwargs = {**HEAD_KWARGS["acar"], "actor_position": "box_mask"}
+    config = features.config("acar_recipe", head="acar", head_kwargs=kwargs, recipe="paper")
+    assert config.run.optim.optimizer == "sgd" and config.run.optim.schedule == "step"
+    with caplog.at_level("INFO", logger="bankflow.train"):
+        ref = run_stage(train_stage.STAGE, config, {"extract": features.extract}, tmp_path)
+    assert "2 residual relation branches start at zero" in caplog.text
+    assert math.isfinite(ref.summary["val_map"])
+    saved = torch.load(ref.path / train_stage.HEAD_FILE, weights_only=True)
+    assert saved["kwargs"]["actor_position"] == "box_mask"
+    assert "encoder.position.weight" in saved["state"]
+
+
 def test_predictions_every_class_and_top_k(
     features: Features, val_actors: int, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from models.heads.batch import ActorBatch, HeadOutput
+from models.heads.contract import Head
 from stages.config import load_config
 from stages.framework import StageError, StageRef, run_stage
 from stages.pipeline import PipelineRun, run_pipeline
@@ -145,7 +146,7 @@ def test_online_memory_starts_unseen(stage1: Stage1) -> None:
     """Unseen entries are masked out; written ones come back as stored."""
     seen_banks: list[dict[str, torch.Tensor]] = []
 
-    class Echo(torch.nn.Module):
+    class Echo(Head):  # the contract: a head is a models.heads.Head
         def forward(self, batch):
             seen_banks.append(dict(batch.bank))
             return HeadOutput(logits=batch.pooled[:, :1], features=batch.pooled[:, :2] + 1)
