@@ -326,7 +326,8 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
     info = attention_picture(
         args.run, args.video, args.timestamp, args.out, store=args.store,
-        video_id=args.video_id, offset=args.offset, max_actors=args.max_actors,
+        video_id=args.video_id, offset=args.offset, frame_numbers=args.frame_numbers,
+        max_actors=args.max_actors,
     )  # fmt: skip
     print(f"{info['head']}: {info['actors']} actors, maps {info['maps']} -> {info['out']}")
     return 0
@@ -496,6 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="feature store with the keyframe (default: the run's)")
     p.add_argument("--video-id", help="the video's id in the store (default: file stem)")
     p.add_argument("--offset", type=float, help="CSV time of the first frame")
+    p.add_argument(
+        "--frame-numbers", action="store_true", default=None,
+        help="timestamps are 1-based frame numbers (a tube dataset's store given by --store;"
+        " the run's own stores follow its dataset)",
+    )  # fmt: skip
     p.add_argument("--max-actors", type=int, default=4)
     p.set_defaults(func=cmd_attention)
     return parser

@@ -80,7 +80,13 @@ class TrackConfig(BaseModel):
     # Which boxes are the actors of each split: GT persons or detected persons.
     boxes: InKey[dict[str, Literal["gt", "detections"]]] = {"train": "gt", "val": "detections"}
     min_iou: InKey[float] = 0.3  # a link needs at least this IoU
-    max_gap: InKey[int] = 2  # keyframes a track may skip (occlusion, missed detection)
+    # How long a track may go unseen (occlusion, missed detection), in timestamp units:
+    # seconds for AVA (= keyframes), frames for tube datasets, whatever their keyframe
+    # stride. A box at t links to a track last seen at t0 when t - t0 <= step + max_gap,
+    # step being the split's keyframe spacing (AVA 1 s; a tube split's keyframe_stride).
+    # So max_gap 2 lets an AVA track skip 2 keyframes, and a tube track skip 2 frames:
+    # none at stride 4, one keyframe at stride 2, two at stride 1.
+    max_gap: InKey[int] = Field(2, ge=0)
 
 
 class TrackStageConfig(BaseModel):
@@ -100,7 +106,7 @@ DETECT = Stage(
 )
 TRACK = Stage(
     name="track",
-    code_version="1",
+    code_version="2",  # 2: max_gap beyond the keyframe step (tube strides)
     config_type=TrackStageConfig,
     compute="stages.detect.track:compute",
 )

@@ -4,7 +4,8 @@ For each split the actor boxes come from the GT (one box per annotated person, t
 person id kept as identity) or from the detect stage's person boxes, as configured: the
 papers train on GT boxes and test on detections. Detected boxes are linked across
 consecutive keyframes of a video by optimal assignment on IoU (Hungarian), allowing a
-track to skip up to ``max_gap`` keyframes. Where the split has GT, detections are
+track to go unseen for up to ``max_gap`` timestamp units beyond the keyframe spacing
+(:class:`TrackConfig`). Where the split has GT, detections are
 matched to GT boxes (IoU >= 0.5) and identity quality is reported:
 
 - link precision: of consecutive links the tracker made between GT-matched boxes, the
@@ -40,7 +41,7 @@ ACTORS_FILE = "actors.parquet"
 
 
 def link_tracks(
-    timestamps: np.ndarray, boxes: np.ndarray, *, min_iou: float, max_gap: int
+    timestamps: np.ndarray, boxes: np.ndarray, *, min_iou: float, max_gap: int, step: int = 1
 ) -> np.ndarray:
     """Track ids for the boxes of one video.
 
@@ -48,7 +49,10 @@ def link_tracks(
         timestamps: int [A], keyframe of each box (any order).
         boxes: float [A, 4], normalized x1, y1, x2, y2.
         min_iou: minimum IoU for a link.
-        max_gap: a track not seen for more than ``max_gap`` keyframes is closed.
+        max_gap: timestamp units a track may go unseen beyond the keyframe spacing: a
+            track last seen at t0 takes a box at t only if ``t - t0 <= step + max_gap``.
+        step: timestamp units between consecutive keyframes (1 for AVA's seconds; the
+            keyframe stride for a tube split, whose timestamps are frames).
 
     Returns:
         int64 [A], track id per box, 0..T-1 in order of first appearance.
@@ -58,7 +62,7 @@ def link_tracks(
     next_id = 0
     for t in np.unique(timestamps):
         rows = np.flatnonzero(timestamps == t)
-        alive = [tr for tr in open_tracks if t - tr[1] <= max_gap + 1]
+        alive = [tr for tr in open_tracks if t - tr[1] <= step + max_gap]
         assigned: set[int] = set()
         if alive:
             iou = iou_matrix(boxes[rows], np.stack([tr[2] for tr in alive]))
@@ -74,6 +78,12 @@ def link_tracks(
         updated = {int(track[row]): (int(track[row]), int(t), boxes[row]) for row in rows}
         open_tracks = [updated.pop(tr[0], tr) for tr in alive] + list(updated.values())
     return track
+
+
+def keyframe_step(dataset: Dataset, split: str) -> int:
+    """Timestamp units between consecutive keyframes of ``split``: a tube dataset's
+    keyframe stride (timestamps are frames), else 1 (AVA: one keyframe a second)."""
+    return dataset.config.tubes.stride(split) if dataset.config.tubes is not None else 1
 
 
 def _gt_persons(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
@@ -170,11 +180,12 @@ def compute(ctx: StageContext[TrackStageConfig]) -> dict[str, Any]:
                 "score": persons["score"].to_numpy(),
             }
             track = np.zeros(len(actors["timestamp"]), dtype=np.int64)
+            step = keyframe_step(dataset, split)
             for v in np.unique(actors["video"]):
                 rows = np.flatnonzero(actors["video"] == v)
                 track[rows] = link_tracks(
                     actors["timestamp"][rows], actors["boxes"][rows].astype(np.float64),
-                    min_iou=cfg.track.min_iou, max_gap=cfg.track.max_gap,
+                    min_iou=cfg.track.min_iou, max_gap=cfg.track.max_gap, step=step,
                 )  # fmt: skip
             split_summary = {"source": "detections", "actors": len(track)}
             if split in dataset.splits and len(dataset.gt(split)):
