@@ -175,7 +175,8 @@ def test_keys_survive_moving_the_dataset_weights_and_work_root(
     shutil.copytree(tiny_world, world_a)
     files_a = make_files(tmp_path / "a" / "models", world_a)
     keys_a = stage_keys(every_stage_config(world_a, files_a), tmp_path / "a" / "work")
-    assert {name.partition(":")[0] for name in keys_a} == set(STAGES)  # every stage ran
+    # Every stage ran but link, which runs on tube datasets only (an AVA-style world here).
+    assert {name.partition(":")[0] for name in keys_a} == set(STAGES) - {"link"}
 
     # A teammate: everything at other paths, other devices, batch sizes and RAM budgets.
     world_b = tmp_path / "b" / "data" / "ava"
