@@ -81,43 +81,39 @@ def window_entries(
     k1 = int(np.searchsorted(timestamps, timestamp + cfg.after, side="right"))
     k1 = max(k0, k1)
     a0, a1 = int(actor_offset[k0]), int(actor_offset[k1])
-    rows, stamps, current = [], [], []
-    for k in range(k0, k1):
-        r0, r1 = int(actor_offset[k]), int(actor_offset[k + 1])
-        t = int(timestamps[k])
-        is_current = t == timestamp
-        if is_current and not cfg.include_current:
-            continue
-        r = np.arange(r0, r1, dtype=np.int64)
-        rows.append(r)
-        stamps.append(np.full(len(r), t, dtype=np.int64))
-        current.append(np.full(len(r), is_current))
-    if cfg.max_per_second is not None and rows:
+    # Whole-array operations, no loop over the window's keyframes (a 60-s window has ~60).
+    counts = np.diff(np.asarray(actor_offset[k0 : k1 + 1], dtype=np.int64))
+    rows_a = np.arange(a0, a1, dtype=np.int64)
+    stamps_a = np.repeat(np.asarray(timestamps[k0:k1], dtype=np.int64), counts)
+    current_a = stamps_a == timestamp
+    if not cfg.include_current:
+        keep = ~current_a
+        rows_a, stamps_a, current_a = rows_a[keep], stamps_a[keep], current_a[keep]
+    if cfg.max_per_second is not None and len(rows_a):
         # Timestamps may be finer than a second: cap each second, not each keyframe.
-        rows, stamps, current = _cap_per_second(rows, stamps, current, cfg.max_per_second)
-    rows_a = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    stamps_a = np.concatenate(stamps) if stamps else np.zeros(0, np.int64)
+        rows_a, stamps_a, current_a = _cap_per_second(
+            rows_a, stamps_a, current_a, cfg.max_per_second
+        )
     return WindowEntries(
         video=video,
         rows=rows_a,
         dt=(stamps_a - timestamp).astype(np.float32),
         track=track[rows_a].astype(np.int64),
-        current=np.concatenate(current) if current else np.zeros(0, bool),
+        current=current_a,
         span=(a0, a1),
     )
 
 
 def _cap_per_second(
-    rows: list[np.ndarray], stamps: list[np.ndarray], current: list[np.ndarray], m: int
-) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    r, s, c = np.concatenate(rows), np.concatenate(stamps), np.concatenate(current)
+    r: np.ndarray, s: np.ndarray, c: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     second = np.floor(s).astype(np.int64)
     keep = np.zeros(len(r), bool)
     for sec in np.unique(second):
         pos = np.flatnonzero((second == sec) & ~c)
         keep[pos if len(pos) <= m else pos[_even_pick(len(pos), m)]] = True
     keep |= c
-    return [r[keep]], [s[keep]], [c[keep]]
+    return r[keep], s[keep], c[keep]
 
 
 def pad_windows(
