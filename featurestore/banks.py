@@ -429,9 +429,7 @@ class BankStore:
                 else:
                     zarr_reads.append((at, self._read(video_id, n, slice(a0, a1))))
         flat: list[Any] = [None] * (len(ranges) * len(names))
-        for (at, _), value in zip(
-            raw_reads, read_raw_rows([r for _, r in raw_reads]), strict=True
-        ):
+        for (at, _), value in zip(raw_reads, read_raw_rows([r for _, r in raw_reads]), strict=True):
             flat[at] = value
         for (at, _), value in zip(zarr_reads, _gather([c for _, c in zarr_reads]), strict=True):
             flat[at] = value

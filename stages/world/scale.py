@@ -254,9 +254,9 @@ def _write_store_compute(cfg: ScaleWorldConfig):
 
     def compute(ctx) -> dict[str, Any]:
         from featurestore import FeatureStore, VideoFeatures
+        from stages.detect.track import read_actors
         from stages.extract.stage import store_path
         from stages.extract.video import build_schema
-        from stages.detect.track import read_actors
 
         ex = ctx.config.extract
         channels = cfg.context_channels or cfg.pooled_dim
@@ -310,8 +310,8 @@ def _write_store_compute(cfg: ScaleWorldConfig):
 
 def build_scale_world(out: Path, cfg: ScaleWorldConfig) -> dict[str, Any]:
     """Dataset, config and work root (detect, track run; extract pre-seeded) under ``out``."""
-    from stages.extract import stage as extract
     from stages.config import load_config
+    from stages.extract import stage as extract
     from stages.framework import Stage, run_stage
     from stages.pipeline import PipelineRun, dataset_section, prepare_dataset, run_pipeline
 
