@@ -44,7 +44,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from models.heads import Head
+from models.heads import Head, head_reads
 from models.losses import ava_loss, loss_normalizers
 from stages.data import Dataset, DatasetConfig
 from stages.data.predictions import (
@@ -318,6 +318,7 @@ def model_data(
     features_uri: str,
     dataset: Dataset,
     labelmap: Any,
+    reads: frozenset[str] | None = None,
 ) -> TrainData:
     """The train / val sources and batch reader the model was trained with.
 
@@ -334,17 +335,17 @@ def model_data(
         who="rebalance",
     )  # fmt: skip
     schema = splits.train_store.schema
+    # ``reads``: the arrays the head looks at (``head_reads``); None: every stored one.
+    arrays = train_stage.stored_arrays(schema)
+    if reads is not None:
+        arrays &= set(reads)
     data = TrainData(
         *train_stage.feature_sources(
-            splits,
-            train_stage.stored_arrays(schema),
-            run.preload,
-            run.preload_max_gb,
-            f"rebalance {run_dir.name}",
+            splits, arrays, run.preload, run.preload_max_gb, f"rebalance {run_dir.name}"
         ),
         exclusive=splits.exclusive,
-        use_roi=schema.roi_shape is not None,
-        use_roi_t=schema.roi_t_shape is not None,
+        use_roi="roi" in arrays,
+        use_roi_t="roi_t" in arrays,
     )
     if model_stage == "train_bank":
         data.attach = _bank_attach(trained, data)
@@ -430,7 +431,9 @@ def compute_rank(ctx: StageContext) -> dict[str, Any]:
     for p in model.parameters():
         p.requires_grad_(False)
     classifier = classifier_of(model)
-    data = model_data(trained, model_ref.stage, features_uri, dataset, labelmap)
+    data = model_data(
+        trained, model_ref.stage, features_uri, dataset, labelmap, reads=head_reads(model)
+    )
     exclusive = data.exclusive
     train_index = data.train.index
     assert data.val is not None
