@@ -107,12 +107,28 @@ def window_entries(
 def _cap_per_second(
     r: np.ndarray, s: np.ndarray, c: np.ndarray, m: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep at most ``m`` of each second's non-current entries (:func:`_even_pick` of
+    their positions in order) and every current one; whole-array operations, no loop
+    over the window's seconds."""
     second = np.floor(s).astype(np.int64)
-    keep = np.zeros(len(r), bool)
-    for sec in np.unique(second):
-        pos = np.flatnonzero((second == sec) & ~c)
-        keep[pos if len(pos) <= m else pos[_even_pick(len(pos), m)]] = True
-    keep |= c
+    keep = c.copy()
+    other = np.flatnonzero(~c)
+    if len(other):
+        _, group, counts = np.unique(second[other], return_inverse=True, return_counts=True)
+        order = np.argsort(group, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.empty(len(other), np.int64)
+        rank[order] = np.arange(len(other)) - np.repeat(starts, counts)
+        n = counts[group]
+        if m == 1:
+            picked = rank == n // 2
+        else:  # the positions np.linspace(0, n - 1, m) rounds to, per second
+            picks = np.round(
+                np.arange(m, dtype=np.float64)[None, :] * ((counts - 1) / (m - 1))[:, None]
+            )
+            picks[:, -1] = counts - 1
+            picked = (picks[group] == rank[:, None]).any(axis=1)
+        keep[other[(n <= m) | picked]] = True
     return r[keep], s[keep], c[keep]
 
 
