@@ -204,20 +204,28 @@ def classifier_of(model: nn.Module) -> nn.Linear:
 
 @torch.no_grad()
 def classifier_inputs(
-    model: nn.Module, batches: Callable[[], Any], *, check_atol: float = 1e-4
+    model: nn.Module,
+    batches: Callable[[], Any],
+    *,
+    check_atol: float = 1e-4,
+    rows: int | None = None,
 ) -> torch.Tensor:
     """What enters ``model.classifier`` for every actor, float32 [A, D], in batch order.
 
     ``batches()`` yields the head's input batches. The head runs in eval mode (dropout is
     the identity). The first non-empty batch must satisfy ``logits == classifier(input)``
     (to ``check_atol``): a head that changes the logits after its classifier cannot be
-    re-trained on the recorded inputs, and is refused.
+    re-trained on the recorded inputs, and is refused. ``rows``: A when known; the inputs
+    are then written into one [A, D] tensor as they come (the memory of one copy, not of
+    the batches' list plus their concatenation).
     """
     classifier = classifier_of(model)
     model.eval()
     captured: list[torch.Tensor] = []
     hook = classifier.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
     out: list[torch.Tensor] = []
+    filled = torch.empty((rows, classifier.in_features)) if rows is not None else None
+    at = 0
     checked = False
     try:
         for batch in batches():
@@ -238,9 +246,19 @@ def classifier_inputs(
                         "classifier's output can be rebalanced"
                     )
                 checked = True
-            out.append(x)
+            if filled is None:
+                out.append(x)
+                continue
+            if at + len(x) > len(filled):
+                raise StageError(f"rebalance: more than the {rows} expected classifier inputs")
+            filled[at : at + len(x)] = x
+            at += len(x)
     finally:
         hook.remove()
+    if filled is not None:
+        if at != len(filled):
+            raise StageError(f"rebalance: {at} classifier inputs, expected {rows}")
+        return filled
     return torch.cat(out) if out else torch.zeros((0, classifier.in_features))
 
 
@@ -389,18 +407,25 @@ def record_inputs(model: nn.Module, data: TrainData, cache: Path) -> torch.Tenso
         source = data.train
         mine, _ = shard(np.arange(len(source.index)), rank, size)
         batches = epoch_batches(mine, 32)
+        counts = np.diff(source.index.actor_offset)
         inputs = classifier_inputs(model, lambda: iter_batches(
-            source, batches, lambda kf: read_batch(source, kf, data)))  # fmt: skip
+            source, batches, lambda kf: read_batch(source, kf, data)),
+            rows=int(counts[mine].sum()))  # fmt: skip
         parts = [cache.with_name(f".{cache.name}.rank{r}") for r in range(size)]
         torch.save(inputs, parts[rank])
+        del inputs  # one copy in RAM at a time: the one loaded below
         barrier()
         if rank == 0:
-            joined = torch.cat([torch.load(p, weights_only=True) for p in parts])
             tmp = cache.with_name(f".{cache.name}.tmp")
-            torch.save(joined, tmp)
+            if size == 1:
+                parts[0].replace(tmp)
+            else:
+                joined = torch.cat([torch.load(p, weights_only=True) for p in parts])
+                torch.save(joined, tmp)
+                del joined
+                for p in parts:
+                    p.unlink()
             tmp.replace(cache)
-            for p in parts:
-                p.unlink()
         barrier()
     return torch.load(cache, weights_only=True)
 
