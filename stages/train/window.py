@@ -151,11 +151,13 @@ def pad_windows(
     out = {"mask": mask, "dt": dt, "track": track, "current": current}
     for name, per_window in arrays.items():
         tail = next((a.shape[1:] for a in per_window if a.ndim >= 1), ())
-        padded = torch.zeros((b, length, *tail), dtype=torch.float32)
+        # Filled in numpy (fp16 -> fp32 on assignment, one pass, in this thread): a torch
+        # slice assignment per window was the largest cost of a stage-2 step (issue 22).
+        padded = np.zeros((b, length, *tail), dtype=np.float32)
         for i, value in enumerate(per_window):
             if len(value):
-                padded[i, : len(value)] = torch.from_numpy(np.asarray(value, dtype=np.float32))
-        out[name] = padded
+                padded[i, : len(value)] = value
+        out[name] = torch.from_numpy(padded)
     return out
 
 
