@@ -244,16 +244,21 @@ class StoreReading:
                     "of context, pooled, roi, roi_t"
                 )
             names = [n for n in names if n in arrays or n == "pooled"]
-        rows = [self.keyframe_row(video_id, timestamp) for video_id, timestamp in items]
         by_video: dict[str, list[int]] = {}
         for i, (video_id, _) in enumerate(items):
             by_video.setdefault(video_id, []).append(i)
         out: list[Any] = [None] * len(items)
         for video_id, positions in by_video.items():
             small = self._small_arrays(video_id)
-            offsets = small["actor_offset"]
-            k0 = min(rows[i] for i in positions)
-            k1 = max(rows[i] for i in positions) + 1
+            offsets, stamps = small["actor_offset"], small["timestamps"]
+            wanted = np.asarray([items[i][1] for i in positions], dtype=np.int64)
+            found = np.searchsorted(stamps, wanted)
+            clipped = np.minimum(found, max(len(stamps) - 1, 0))
+            bad = (found >= len(stamps)) | (stamps[clipped] != wanted if len(stamps) else True)
+            if bad.any():  # the error keyframe_row gives
+                self.keyframe_row(video_id, int(wanted[np.argmax(bad)]))
+            rows = dict(zip(positions, found.tolist(), strict=True))
+            k0, k1 = int(found.min()), int(found.max()) + 1
             a0, a1 = int(offsets[k0]), int(offsets[k1])
             spans = [(k0, k1) if n == "context" else (a0, a1) for n in names]
             values = self._read_slices(
