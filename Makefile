@@ -34,6 +34,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy  # [tool.mypy] in pyproject.toml: stages, flows, featurestore, models
 
 # Caches of tools only; the work root (every stage's cached output) stays.
 clean:

@@ -23,8 +23,8 @@ import asyncio
 import datetime as dt
 import hashlib
 import os
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, cast
 
 import numpy as np
 import zarr
@@ -96,7 +96,7 @@ class BankStore:
         try:
             if self._videos is None:
                 raise KeyError(video_id)
-            return self._videos[video_id]
+            return cast(zarr.Group, self._videos[video_id])
         except KeyError:
             raise StoreError(f"{where(self.url, video_id)}: no such video in the bank") from None
 
@@ -108,7 +108,7 @@ class BankStore:
         url: str | os.PathLike,
         *,
         kind: str,
-        arrays: dict[str, Sequence[int]],
+        arrays: Mapping[str, Sequence[int]],
         provenance: dict,
         expected_videos: Sequence[str] | None = None,
         exist_ok: bool = False,
@@ -122,7 +122,7 @@ class BankStore:
         clash = sorted(set(arrays) & set(INDEX_ARRAYS))
         if clash:
             raise StoreError(f"{where(name)}: bank array names {clash} are reserved")
-        attrs = {
+        attrs: dict[str, Any] = {
             "version": BANK_VERSION,
             "kind": kind,
             "arrays": {k: [int(s) for s in v] for k, v in arrays.items()},
@@ -368,7 +368,7 @@ class BankStore:
         key = (video_id, name)
         if key not in self._handles:
             try:
-                self._handles[key] = self._video_group(video_id)[name]
+                self._handles[key] = cast(zarr.Array, self._video_group(video_id)[name])
             except (KeyError, StoreError):
                 raise StoreError(
                     f"{where(self.url, video_id, name)}: no such video/array in the bank"
@@ -455,7 +455,11 @@ class BankStore:
                 continue
             attrs = self.video_attrs(video_id)
             n_kf, n_act = int(attrs["n_keyframes"]), int(attrs["n_actors"])
-            shapes = {"timestamps": (n_kf,), "actor_offset": (n_kf + 1,), "track": (n_act,)}
+            shapes: dict[str, tuple[int, ...]] = {
+                "timestamps": (n_kf,),
+                "actor_offset": (n_kf + 1,),
+                "track": (n_act,),
+            }
             shapes.update({n: (n_act, *s) for n, s in self.arrays.items()})
             present = list_keys(self._zstore, f"{VIDEOS}/{video_id}/")
             index_ok = True

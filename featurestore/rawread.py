@@ -148,7 +148,7 @@ def _load_chunk(read: RowRead, index: int, buf: np.ndarray) -> np.ndarray:
     problem = None
     try:
         with open(os.path.join(raw.directory, key), "rb", buffering=0) as f:
-            got = f.readinto(memoryview(buf))
+            got = f.readinto(buf.data)  # buf.data: the memoryview of buf
             if got == len(buf) and f.read(1):
                 got += 1
     except FileNotFoundError:

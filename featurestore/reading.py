@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zarr
@@ -60,7 +60,7 @@ class StoreReading:
         try:
             if self._videos is None:
                 raise KeyError(video_id)
-            return self._videos[video_id]
+            return cast(zarr.Group, self._videos[video_id])  # videos/<id> is a group
         except KeyError as exc:
             raise KeyframeNotFoundError(
                 f"{where(self.url, video_id)}: no such video in the store"
@@ -72,7 +72,7 @@ class StoreReading:
         if key not in self._arrays:
             group = self._video_group(video_id)
             try:
-                self._arrays[key] = group[name]
+                self._arrays[key] = cast(zarr.Array, group[name])  # an array of the video
             except KeyError as exc:
                 raise StoreError(f"{where(self.url, video_id, name)}: array is missing") from exc
         return self._arrays[key]
@@ -299,7 +299,7 @@ class StoreReading:
         unique, inverse = np.unique(rows, return_inverse=True)
         # An orthogonal selection decodes each touched chunk once, whatever the row order.
         try:
-            values = arr.get_orthogonal_selection((unique,))
+            values = cast(np.ndarray, arr.get_orthogonal_selection((unique,)))
         except DECODE_ERRORS as exc:
             raise corrupt_chunk_error(self.url, video_id, "pooled", arr, unique, exc) from None
         return values[inverse.reshape(-1)]

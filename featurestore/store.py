@@ -97,8 +97,9 @@ class FeatureStore(StoreReading):
         self._small: dict[str, dict[str, np.ndarray]] = {}
         self._raws: dict = {}  # (video, array) -> how to read it as files (StoreReading._raw)
 
+    # Read-only here: opened lazily (StoreReading declares it as a plain attribute).
     @property
-    def _videos(self) -> zarr.Group | None:
+    def _videos(self) -> zarr.Group | None:  # type: ignore[override]
         if self._videos_node is None:
             self._videos_node = open_videos_group(self._root, create=self.mode == "a")
         return self._videos_node
@@ -148,7 +149,7 @@ class FeatureStore(StoreReading):
             )
         if chunk_target_bytes <= 0:
             raise StoreError(f"{where(name)}: chunk_target_bytes must be positive")
-        attrs = {
+        attrs: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "schema": schema.to_json(),
             "provenance": dict(provenance),

@@ -1,9 +1,11 @@
 """``bankflow``: the command line.
 
 Heavy imports happen inside each command: ``--help``, ``--version``, ``eval``,
-``data check`` and ``store`` import neither torch nor Prefect
-(``tests/flows/test_cli.py`` checks). Commands that run stages validate the config
-before Prefect starts. User errors are one line on stderr and exit status 2.
+``data check``, ``store``, ``status`` and ``config show`` import neither torch nor Prefect
+(``tests/flows/test_cli.py`` checks). Commands that run stages validate the config, the
+files it names and a dataset on disk before Prefect starts
+(:func:`stages.preflight.check_before_run`). User errors are one line on stderr and exit
+status 2.
 """
 
 from __future__ import annotations
@@ -146,9 +148,10 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 def _run_pipeline(args: argparse.Namespace, *, until: str | None, force: list[str]) -> int:
     from stages.config import load_config
+    from stages.preflight import check_before_run
 
-    # A bad config or --set fails here, in one line, before Prefect's server starts.
-    load_config(args.config, args.overrides)
+    # A bad config, --set or named file fails here, in one line, before Prefect starts.
+    check_before_run(load_config(args.config, args.overrides))
     work_root = Path(args.work_root)
     _prefect_env(work_root)
     from flows.embedded import embedded_server
@@ -200,7 +203,7 @@ def _dry_run(config: Any, work_root: Path) -> list[tuple[str, dict[str, Any]]]:
 def cmd_status(args: argparse.Namespace) -> int:
     from stages.config import load_config
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, check_heads=False)  # no torch
     from stages.framework.remote_cache import open_cache
 
     cache = open_cache(args.cache or os.environ.get("BANKFLOW_CACHE") or config.cache.url)
@@ -226,7 +229,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
     from stages.config import load_config
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides, check_heads=False)  # no torch
     print(f"# {args.config}, base: merged, --set applied, defaults filled in")
     print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), end="")
     print("\n# stage keys (work root: outputs in <work-root>/<stage>/<key>)")
@@ -323,7 +326,8 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
     info = attention_picture(
         args.run, args.video, args.timestamp, args.out, store=args.store,
-        video_id=args.video_id, offset=args.offset, max_actors=args.max_actors,
+        video_id=args.video_id, offset=args.offset, frame_numbers=args.frame_numbers,
+        max_actors=args.max_actors,
     )  # fmt: skip
     print(f"{info['head']}: {info['actors']} actors, maps {info['maps']} -> {info['out']}")
     return 0
@@ -493,6 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="feature store with the keyframe (default: the run's)")
     p.add_argument("--video-id", help="the video's id in the store (default: file stem)")
     p.add_argument("--offset", type=float, help="CSV time of the first frame")
+    p.add_argument(
+        "--frame-numbers", action="store_true", default=None,
+        help="timestamps are 1-based frame numbers (a tube dataset's store given by --store;"
+        " the run's own stores follow its dataset)",
+    )  # fmt: skip
     p.add_argument("--max-actors", type=int, default=4)
     p.set_defaults(func=cmd_attention)
     return parser

@@ -31,7 +31,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 log = logging.getLogger("bankflow.server")
@@ -62,7 +62,7 @@ def _alive(pid: int, start_time: int | None) -> bool:
     return start_time is None or now == start_time
 
 
-def _die_with_parent() -> object:
+def _die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` giving the child SIGTERM when this process dies (Linux), or None."""
     if not sys.platform.startswith("linux"):
         return None

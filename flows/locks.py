@@ -131,7 +131,9 @@ class ExpiringLockManager:
         return {"directory": self.directory, "ttl_s": self.ttl_s, "poll_s": self.poll_s}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["directory"], ttl_s=state["ttl_s"], poll_s=state["poll_s"])
+        ExpiringLockManager.__init__(
+            self, state["directory"], ttl_s=state["ttl_s"], poll_s=state["poll_s"]
+        )
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -188,9 +190,10 @@ class ExpiringLockManager:
                 return False
             reason = "unreadable and older than the ttl"
         else:
-            reason = lock_is_dead(info)
-            if reason is None:
+            dead = lock_is_dead(info)
+            if dead is None:
                 return False
+            reason = dead
         breaker = f"{name}.break"
         if not self._files.create_exclusive(breaker, b"{}"):
             mtime = self._files.modified_time(breaker)

@@ -9,13 +9,13 @@ from cache. Results (small :class:`StageRef` objects, never tensors) are persist
 path (local, NFS) or an fsspec URL (``s3://bucket/bankflow/results``).
 
 Isolation: two workers must not compute the same key at once, so a stage task holds a
-lock on its cache key while it runs (Prefect's SERIALIZABLE isolation) — except stages in
-:data:`SELF_COORDINATED_STAGES`, which coordinate concurrent processes on one key
+lock on its cache key while it runs (Prefect's SERIALIZABLE isolation) — except stages
+whose :class:`stages.framework.Stage` is ``self_coordinated``, which coordinate concurrent processes on one key
 themselves (extraction: per-video claims in the store, one publisher) and would lose that
 parallelism behind one lock. Locks are :class:`flows.locks.ExpiringLockManager` files in
 ``<results>/locks`` (or ``BANKFLOW_LOCKS``): a lock left by a killed worker is broken.
 
-GPU: stages in :data:`GPU_STAGES` carry the :data:`GPU_TAG` tag (``bankflow serve`` gives
+GPU: stages whose ``Stage.gpu`` is set carry the :data:`GPU_TAG` tag (``bankflow serve`` gives
 it a concurrency limit = the cluster's GPUs) and claim a per-worker GPU slot
 (:func:`flows.locks.claim_gpu_slot`) before they run.
 """
@@ -31,7 +31,8 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 import fsspec
 from prefect import task
@@ -61,13 +62,11 @@ from stages.framework import (
 )
 from stages.framework.distributed import config_devices
 
-# Stages that want a GPU (known now or being added): one place for tags, slots, pools.
-GPU_STAGES = frozenset(
-    {"finetune", "extract", "train", "dump", "train_bank", "rebalance", "predict"}
-)
+# Read off the stages' traits (stages.framework.Stage): tags, slots, pools, locks.
+GPU_STAGES = frozenset(name for name, stage in STAGES.items() if stage.gpu)
 GPU_TAG = "gpu"
 # Stages whose compute lets several processes share one key (see module docstring).
-SELF_COORDINATED_STAGES = frozenset({"extract"})
+SELF_COORDINATED_STAGES = frozenset(name for name, s in STAGES.items() if s.self_coordinated)
 
 log = logging.getLogger("bankflow.flows")
 
@@ -126,7 +125,8 @@ def result_storage(work_root: str | Path) -> Path | RemoteFileSystem:
         if cache_key not in _SAVED_STORAGE:
             name = "bankflow-results-" + hashlib.sha256(location.encode()).hexdigest()[:12]
             block.save(name, overwrite=True)
-            _SAVED_STORAGE[cache_key] = RemoteFileSystem.load(name)
+            # Called sync: the block, not a coroutine (Prefect's async_dispatch types both).
+            _SAVED_STORAGE[cache_key] = cast(RemoteFileSystem, RemoteFileSystem.load(name))
         return _SAVED_STORAGE[cache_key]
     Path(location).mkdir(parents=True, exist_ok=True)
     return Path(location)
@@ -182,7 +182,7 @@ class StageKeyPolicy(CachePolicy):
 
 def cache_policy(stage: str, work_root: str | Path) -> CachePolicy:
     """The stage-key policy, serializable behind an expiring lock unless self-coordinated."""
-    if stage in SELF_COORDINATED_STAGES:
+    if STAGES[stage].self_coordinated:
         return StageKeyPolicy().configure(isolation_level=IsolationLevel.READ_COMMITTED)
     return StageKeyPolicy().configure(
         isolation_level=IsolationLevel.SERIALIZABLE,
@@ -212,8 +212,11 @@ class StageLogBridge(logging.Handler):
         self.written: list[dict[str, str]] = []  # videos this process extracted
         self.progress_id = None
         if stage == "extract" and splits:
-            self.progress_id = create_progress_artifact(
-                0.0, key="extract-progress", description="videos extracted (all splits)"
+            self.progress_id = cast(
+                UUID,
+                create_progress_artifact(  # sync: a UUID
+                    0.0, key="extract-progress", description="videos extracted (all splits)"
+                ),
             )
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -263,7 +266,7 @@ class StageLogBridge(logging.Handler):
 def stage_task(call: StageCall) -> StageRef:
     """Run one stage (or find its published output) and return the reference."""
     config = call.typed_config()
-    if call.stage in GPU_STAGES:
+    if STAGES[call.stage].gpu:
         claim_gpu_slot(count=config_devices(config))
     splits = list(getattr(getattr(config, "extract", None), "splits", None) or [])
     logger = logging.getLogger("bankflow")
@@ -298,7 +301,7 @@ def submit_stage(call: StageCall) -> tuple[StageRef, bool]:
         cache_policy=cache_policy(call.stage, call.work_root),
         refresh_cache=call.force,
         task_run_name=f"{call.stage}-{call.key()}",  # the cache key: findable in the UI/API
-        tags=[f"stage:{call.stage}", *([GPU_TAG] if call.stage in GPU_STAGES else [])],
+        tags=[f"stage:{call.stage}", *([GPU_TAG] if STAGES[call.stage].gpu else [])],
     )
     state = configured(call, return_state=True)
     ref = resolve_record(_as_ref(state.result()), call.work_root)

@@ -35,6 +35,7 @@ def transfer_command(args: argparse.Namespace) -> int:
 
     work_root = Path(args.work_root)
     cache = open_cache(_cache_url(args))
+    assert cache is not None  # _cache_url always gives a URL
     if args.keys:
         inputs_of = (
             (lambda n: local_inputs(work_root, n)) if args.command == "push"

@@ -21,20 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import torch
 from torch import Tensor
 from torchvision.models import detection
 from torchvision.models.detection import FasterRCNN
 
-DetectorArch = Literal[
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn_v2",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-    "fasterrcnn_mobilenet_v3_large_320_fpn",
-]
-DETECTOR_ARCHS: tuple[str, ...] = get_args(DetectorArch)
+from models.detector_arch import DETECTOR_ARCHS as DETECTOR_ARCHS
+from models.detector_arch import DetectorArch as DetectorArch
 
 _BUILDERS: dict[str, Callable[..., FasterRCNN]] = {
     "fasterrcnn_resnet50_fpn": detection.fasterrcnn_resnet50_fpn,

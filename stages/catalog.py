@@ -1,37 +1,34 @@
-"""The pipeline's stage names, in order, and the stages built so far.
+"""The pipeline's stages, in order: a plain dict from name to :class:`stages.framework.Stage`.
 
-A plain dict from name to :class:`stages.framework.Stage`: the CLI and the Prefect task
-look stages up here by the names users type (``bankflow stage detect``).
+The CLI and the Prefect task look stages up here by the names users type (``bankflow
+stage detect``). Each stage is declared beside its config sections in its family's
+``config.py`` (name, code version, config type, traits) and names its compute function by
+dotted path, imported only when the stage runs: this module, configs and keys import no
+torch (``bankflow status``, ``bankflow config show``; docs/design.md §1).
 """
 
 from __future__ import annotations
 
-from stages.detect import stage as detect
-from stages.detect import track
-from stages.evaluate import stage as evaluate
-from stages.extract import finetune
-from stages.extract import stage as extract
+from typing import Any
+
+from stages.detect.config import DETECT, TRACK
+from stages.evaluate.config import EVALUATE, LINK
+from stages.extract.config import EXTRACT, FINETUNE
 from stages.framework import Stage
-from stages.predict import ensemble, tta
-from stages.report import stage as report
+from stages.predict.config import ENSEMBLE, PREDICT
+from stages.report.config import REPORT
 from stages.stage_names import STAGE_ORDER
-from stages.train import bank as train_bank
-from stages.train import dump, rebalance
-from stages.train import stage as train
+from stages.train.config import DUMP, REBALANCE, TRAIN, TRAIN_BANK
 
 __all__ = ["STAGES", "STAGE_ORDER"]
 
-STAGES: dict[str, Stage] = {
-    detect.STAGE.name: detect.STAGE,
-    track.STAGE.name: track.STAGE,
-    finetune.STAGE.name: finetune.STAGE,
-    extract.STAGE.name: extract.STAGE,
-    train.STAGE.name: train.STAGE,
-    dump.STAGE.name: dump.STAGE,
-    train_bank.STAGE.name: train_bank.STAGE,
-    tta.STAGE.name: tta.STAGE,  # "predict": test-time augmentation
-    rebalance.STAGE.name: rebalance.STAGE,
-    ensemble.STAGE.name: ensemble.STAGE,
-    evaluate.STAGE.name: evaluate.STAGE,
-    report.STAGE.name: report.STAGE,
-}
+STAGES: dict[str, Stage[Any]] = {
+    stage.name: stage
+    for stage in (
+        DETECT, TRACK, FINETUNE, EXTRACT, TRAIN, DUMP, TRAIN_BANK,
+        PREDICT,  # test-time augmentation
+        REBALANCE,
+        LINK,  # tube datasets: detections -> tubes
+        ENSEMBLE, EVALUATE, REPORT,
+    )
+}  # fmt: skip

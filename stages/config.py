@@ -24,21 +24,22 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from stages.data.dataset import DatasetConfig
 from stages.data.names import name_problem
-from stages.detect.stage import DetectConfig
-from stages.detect.track import TrackConfig
-from stages.evaluate.stage import EvaluateConfig
-from stages.extract.finetune import FinetuneConfig
-from stages.extract.stage import ExtractConfig
+from stages.detect.config import DetectConfig, TrackConfig
+from stages.evaluate.config import EvaluateConfig
+from stages.evaluate.tube_eval import LinkingConfig
+from stages.extract.config import ExtractConfig, FinetuneConfig
 from stages.framework.remote_cache import CacheConfig
-from stages.predict.ensemble import EnsembleSection
-from stages.predict.tta import TTAConfig
-from stages.report.stage import ReportConfig
-from stages.train.bank import TrainBankSection
-from stages.train.dump import DumpSection
-from stages.train.rebalance import RebalanceSection, crt_name
-from stages.train.stage import TrainSection
-from stages.world import WorldConfig
-from stages.world.tubes import TubeWorldConfig
+from stages.predict.config import EnsembleSection, TTAConfig
+from stages.report.config import ReportConfig
+from stages.train.config import (
+    HEADS_CHECK,
+    DumpSection,
+    RebalanceSection,
+    TrainBankSection,
+    TrainSection,
+    crt_name,
+)
+from stages.world.config import TubeWorldConfig, WorldConfig
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,8 @@ class PipelineConfig(BaseModel):
     train_bank: TrainBankSection = TrainBankSection()
     # Test-time augmentation (stages.predict.tta): extra extraction views, averaged per box.
     tta: TTAConfig | None = None
+    # Tube datasets: linking per-frame detections into tubes (MOC's linker; AVA skips it).
+    link: LinkingConfig = LinkingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     # Class-balanced classifier re-training (cRT) of the named runs (none by default).
     rebalance: RebalanceSection = RebalanceSection()
@@ -125,7 +128,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+        raise ConfigError(
+            f"override {text!r}: value is not valid YAML ({yaml_problem(exc)})"
+        ) from None
     return path, value
 
 
@@ -147,6 +152,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: what, and where (PyYAML's own message spans
+    several lines and quotes the text)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(exc).split())
+
+
 def read_yaml(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -154,7 +168,7 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -267,18 +281,30 @@ def check_config_names(config: PipelineConfig, path: Path | str) -> None:
             )
 
 
-def load_config(path: Path | str, overrides: list[str] | None = None) -> PipelineConfig:
+def load_config(
+    path: Path | str, overrides: list[str] | None = None, *, check_heads: bool = True
+) -> PipelineConfig:
+    """The validated config. Two passes: everything but the checks against the heads
+    (no torch: a mistake is reported in about a second), then, with ``check_heads``,
+    ``head_kwargs`` and bank kinds against the heads (:data:`stages.train.config.HEADS_CHECK`;
+    imports torch). ``bankflow status`` and ``config show`` leave the second pass out."""
     raw = read_config_file(path)
     before = copy.deepcopy(raw)
     data = apply_overrides(raw, list(overrides or []))
     check_new_runs(before, data, list(overrides or []))
+    config = _validate(path, data, None)
+    check_config_names(config, path)
+    if check_heads:
+        config = _validate(path, data, {HEADS_CHECK: True})
+    return config
+
+
+def _validate(path: Path | str, data: dict[str, Any], context: Any) -> PipelineConfig:
     try:
-        config = PipelineConfig.model_validate(data)
+        return PipelineConfig.model_validate(data, context=context)
     except ValidationError as exc:
         problems = "; ".join(_problem(err) for err in exc.errors())
         raise ConfigError(f"{path}: invalid config: {problems}") from None
-    check_config_names(config, path)
-    return config
 
 
 def _problem(err: Any) -> str:

@@ -1,19 +1,19 @@
 """The pipeline as a sequence of stage calls (docs/design.md §1), independent of Prefect.
 
-``run_pipeline`` is the one place that says which stage feeds which. It is executed with
-a *runner*: ``flows.pipeline`` passes one that submits each stage as a Prefect task,
-``bankflow status`` passes one that only computes keys, and tests may run stages
-directly. Every run writes ``<work_root>/summary.json``.
+This module is the one place that says which stage feeds which: ``run_pipeline`` and the
+``run_*_stages`` functions it calls (banks, cRT, TTA, linking, evaluation, ensembles,
+the report) build every stage's config and inputs; the stage modules only compute. It
+is executed with a *runner*: ``flows.pipeline`` passes one that submits each stage as a
+Prefect task, ``bankflow status`` passes one that only computes keys, and tests may run
+stages directly. Every run writes ``<work_root>/summary.json`` (:mod:`stages.summary`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,11 +23,9 @@ from pydantic import BaseModel
 from stages.catalog import STAGE_ORDER, STAGES
 from stages.config import PipelineConfig
 from stages.data import DatasetConfig
-from stages.detect import stage as detect
-from stages.detect import track
-from stages.evaluate import stage as evaluate
-from stages.extract import finetune
-from stages.extract import stage as extract
+from stages.detect import config as detect
+from stages.evaluate import config as evaluate
+from stages.extract import config as extract
 from stages.framework import (
     StageRef,
     is_remote,
@@ -36,19 +34,28 @@ from stages.framework import (
     run_stage,
     stage_key,
     stage_status,
-    write_json_atomic,
 )
 from stages.framework.fingerprint import dataset_fingerprint
-from stages.predict import ensemble, tta
+from stages.predict import config as predict
 from stages.preflight import preflight
-from stages.report import stage as report
-from stages.train import bank as train_bank
-from stages.train import dump, rebalance
-from stages.train import stage as train
+from stages.report import config as report
+from stages.summary import (  # the summary's readers are importable from here too
+    SUMMARY_FILE,
+    format_summary,
+    iter_runs,
+    summarize,
+    tube_table,
+    write_summary,
+)
+from stages.train import config as train
+
+__all__ = [
+    "SUMMARY_FILE", "PipelineRun", "Runner", "UntilReached", "direct_runner", "dry_runner",
+    "format_summary", "iter_runs", "prepare_dataset", "report_inputs", "run_pipeline",
+    "tube_table",
+]  # fmt: skip
 
 log = logging.getLogger("bankflow.pipeline")
-
-SUMMARY_FILE = "summary.json"
 
 
 class Runner(Protocol):
@@ -142,128 +149,16 @@ class PipelineRun:
         return left > 0
 
     def summary(self, *, absolute: bool = True) -> dict[str, Any]:
-        """The run's summary. Outputs are named relative to the work root in
-        ``summary.json`` (``absolute=False``: the root may be copied or moved) and as
-        paths under ``work_root`` for the caller (``absolute=True``)."""
-        place = self._place if absolute else (lambda rel: rel)
-        summary: dict[str, Any] = {
-            "config": self.config.name,
-            **({"work_root": str(self.work_root)} if absolute else {}),
-            "finished": dt.datetime.now(dt.UTC).isoformat(),
-            "seconds": round(time.perf_counter() - self.started, 3),
-            "cache": self._cache_entry(),
-            "stages": self._stage_entries(place),
-            "models": {},
-            "detector": {},
-        }
-        for record_name, rec in self.records.items():
-            stage, _, label = record_name.partition(":")
-            if stage in ("train", "train_bank", "rebalance", "predict") and label:
-                summ = rec["summary"]
-                summary["models"][label] = {
-                    "stage": stage,
-                    "head": summ.get("head"),
-                    "bank": summ.get("bank"),
-                    "val_map": summ.get("val_map"),
-                    "group_map": summ.get("group_map"),
-                    "prior_map": summ.get("prior_map"),
-                    "parameters": summ.get("parameters"),
-                    "train_seconds": summ.get("train_seconds"),
-                    "predictions_csv": place(summ.get("predictions_csv")),
-                }
-                if stage == "rebalance":  # cRT: the source run and the head/tail change
-                    summary["models"][label].update(
-                        source=summ.get("source"), val_map_before=summ.get("val_map_before"),
-                        crt=summ.get("crt"),
-                    )  # fmt: skip
-            elif stage == "ensemble" and label:
-                summ = rec["summary"]
-                summary.setdefault("ensembles", {})[label] = {
-                    k: summ.get(k)
-                    for k in ("members", "weights", "val_map", "group_map", "best_member",
-                              "best_member_map", "gain", "selection_optimistic")
-                } | {"predictions_csv": place(summ.get("predictions_csv"))}  # fmt: skip
-        if "report" in self.records:
-            uri = self.records["report"]["uri"]
-            summary["report"] = {"markdown": place(f"{uri}/{report.MARKDOWN_FILE}"),
-                                 "html": place(f"{uri}/{report.HTML_FILE}")}  # fmt: skip
-        det = self.records.get("detect", {}).get("summary", {})
-        evaluated = det.get(self.config.evaluate.split) or {}
-        if "ap50" in evaluated:
-            summary["detector"] = {"ap50": evaluated["ap50"], "recall": evaluated["recall"]}
-        return summary
-
-    def _cache_entry(self) -> dict[str, Any] | None:
-        if self.cache is None:
-            return None
-        recs = self.records.values()
-        return {
-            "url": self.cache.url,
-            "bytes_pulled": sum(r.get("bytes_pulled", 0) for r in recs),
-            "bytes_pushed": sum(r.get("bytes_pushed", 0) for r in recs),
-        }
-
-    def _place(self, rel: str | None) -> str | None:
-        """A path named relative to the work root, as a path under it (None stays None;
-        an output read in place from a stage cache keeps its URL)."""
-        if rel is None or is_remote(rel):
-            return rel
-        return str(self.work_root / rel)
-
-    def _stage_entries(self, place: Callable[[str], str | None]) -> dict[str, dict[str, Any]]:
-        """``stages.<name>`` of summary.json: one entry per stage; a stage run several times
-        (``train`` per head) has its runs under ``runs`` and totals at the top."""
-        entries: dict[str, dict[str, Any]] = {}
-        for record_name, stored in self.records.items():
-            rec = {**stored, "uri": place(stored["uri"])}
-            stage, _, label = record_name.partition(":")
-            if not label:
-                entries[stage] = rec
-                continue
-            group = entries.setdefault(stage, {"runs": {}})
-            group["runs"][label] = rec
-        for stage, group in entries.items():
-            if "runs" not in group:
-                continue
-            runs = list(group["runs"].values())
-            keys = [r["key"] for r in runs]
-            single = len(runs) == 1
-            group.update(
-                key=keys[0] if single else hashlib.sha256("+".join(keys).encode()).hexdigest()[:16],
-                uri=runs[0]["uri"] if single else place(stage),
-                cached=all(r["cached"] for r in runs),
-                source=runs[0]["source"] if len({r["source"] for r in runs}) == 1 else "mixed",
-                bytes_pulled=sum(r["bytes_pulled"] for r in runs),
-                bytes_pushed=sum(r["bytes_pushed"] for r in runs),
-                seconds=round(sum(r["seconds"] for r in runs), 3),
-            )
-            group["runs"] = group.pop("runs")  # after the totals, for readability
-        return entries
+        """The run's summary (:func:`stages.summary.summarize`): outputs relative to the
+        work root (``absolute=False``, as summary.json holds them) or as paths under it."""
+        return summarize(
+            self.records, config_name=self.config.name, evaluate_split=self.config.evaluate.split,
+            work_root=self.work_root, seconds=time.perf_counter() - self.started,
+            cache_url=self.cache.url if self.cache is not None else None, absolute=absolute,
+        )  # fmt: skip
 
     def write_summary(self) -> Path:
-        self.work_root.mkdir(parents=True, exist_ok=True)
-        path = self.work_root / SUMMARY_FILE
-        # Outputs relative to the work root (copy, move or rsync it: summary.json holds).
-        summary = self.summary(absolute=False)
-        write_json_atomic(path, summary, sort_keys=False)  # keep pipeline order
-        return path
-
-
-def tube_table(evaluations: dict[str, Any]) -> str:
-    """Frame-mAP and video-mAP per evaluated model on a tube dataset, with the prior-only
-    baseline on the same boxes."""
-    keys = ("frame_map", "v_map@0.2", "v_map@0.5", "v_map_0.10:0.90")
-    head = f"{'tubes':<14} {'split':<6} {'frame-mAP':>9} {'v@0.2':>7} {'v@0.5':>7} {'v@.1:.9':>8}"
-    lines = [head + f"  {'prior frame/v@0.5':>18}"]
-    for name, rec in evaluations.items():
-        ev = rec["summary"]
-        prior = ev.get("prior") or {}
-        vals = " ".join(f"{ev[k]:>{w}.4f}" for k, w in zip(keys, (9, 7, 7, 8), strict=True))
-        lines.append(
-            f"{name:<14} {ev.get('split', '-'):<6} {vals}  "
-            f"{prior.get('frame_map', float('nan')):>9.4f}/{prior.get('v_map@0.5', float('nan')):.4f}"
-        )
-    return "\n".join(lines)
+        return write_summary(self.work_root, self.summary(absolute=False))
 
 
 def check_world_config(root: Path, world: BaseModel) -> None:
@@ -339,7 +234,7 @@ def run_bank_stages(
     for name, bank in cfg.dump.banks.items():
         inputs = {"train": stage1_run(bank.from_, f"dump.banks.{name}.from"), "extract": features}
         banks[name] = run.stage(
-            "dump", dump.DumpStageConfig(name=name, bank=bank), inputs, label=name
+            "dump", train.DumpStageConfig(name=name, bank=bank), inputs, label=name
         )
     models: dict[str, StageRef] = {}
     run.pending_runs["train_bank"] = len(cfg.train_bank.runs)
@@ -355,15 +250,168 @@ def run_bank_stages(
         if head_run.init == "stage1":
             source = head_run.stage1 or cfg.dump.banks[str(head_run.bank)].from_
             inputs["train"] = stage1_run(source, f"train_bank.runs.{name}")
-        bank_config = train_bank.TrainBankStageConfig(
+        bank_config = train.TrainBankStageConfig(
             dataset=dataset, dataset_fingerprint=fingerprint, name=name, run=head_run
         )
         models[name] = run.stage("train_bank", bank_config, inputs, label=name)
     return models
 
 
+def run_rebalance_stages(
+    run: PipelineRun, dataset: DatasetConfig, fingerprint: str, features: StageRef,
+    models: Mapping[str, StageRef],
+) -> dict[str, StageRef]:  # fmt: skip
+    """cRT (``rebalance.models``): one rebalance run per named train / train_bank run,
+    each published as the model ``<name>_crt``. Returns {model name: StageRef}."""
+    section = run.config.rebalance
+    settings = train.RebalanceSettings(**section.model_dump(exclude={"models"}))
+    out: dict[str, StageRef] = {}
+    run.pending_runs["rebalance"] = len(section.models)
+    for source in section.models:
+        if source not in models:
+            raise ValueError(
+                f"rebalance.models: no model {source!r}; models are {', '.join(models)}"
+            )
+        name = train.crt_name(source)
+        if name in models:
+            raise ValueError(f"rebalance.models: {source!r} would be published as {name!r}, "
+                             "which is already a model name; rename that run")  # fmt: skip
+        config = train.RebalanceStageConfig(
+            dataset=dataset, dataset_fingerprint=fingerprint, name=name, source=source,
+            rebalance=settings,
+        )  # fmt: skip
+        out[name] = run.stage(
+            "rebalance", config, {"model": models[source], "extract": features}, label=name
+        )
+    return out
+
+
+def run_tta_stages(
+    run: PipelineRun, section: Callable[[type[Any], str], Any]
+) -> dict[str, StageRef]:
+    """Test-time augmentation (the ``tta`` section, :mod:`stages.predict.tta`): extract
+    every view of the evaluated split, then one ``predict`` run per stage-1 train run,
+    labelled ``<run>_tta`` (as cRT's are ``<run>_crt``); returns those.
+
+    The views are the base extraction with ``short_side`` / ``flip`` replaced; each is an
+    extract stage run of its own key (run through the pipeline's runner, so Prefect
+    caches them like any extraction) on the same track/detect (and finetune) inputs.
+    Stage-2 runs (which read banks) are left out.
+    """
+    cfg = run.config
+    assert cfg.tta is not None
+    split = cfg.evaluate.split
+    base = section(extract.ExtractStageConfig, "extract")
+    assert isinstance(base, extract.ExtractStageConfig)
+    inputs: dict[str, StageRef] = {
+        n: run.refs[n] for n in ("track", "detect", "finetune") if n in run.refs
+    }
+    views: list[StageRef] = [run.refs["extract"]] if cfg.tta.include_base else []
+    for view in cfg.tta.views:
+        config: BaseModel = base.model_copy(
+            update={"extract": predict.view_extract_config(base.extract, view, split)}
+        )  # fmt: skip
+        ref, _ = run.runner("extract", config, inputs, run.work_root, "extract" in run.force)
+        views.append(ref)
+    stage1 = {n[len("train:") :]: r for n, r in run.refs.items() if n.startswith("train:")}
+    run.pending_runs["predict"] = len(stage1)
+    out = {}
+    for name, model in stage1.items():
+        config = predict.PredictStageConfig(
+            dataset=base.dataset, dataset_fingerprint=base.dataset_fingerprint, split=split,
+            tta=cfg.tta,
+        )  # fmt: skip
+        view_inputs = {f"view{k}": ref for k, ref in enumerate(views)}
+        label = f"{name}_tta"
+        out[label] = run.stage("predict", config, {"train": model, **view_inputs}, label=label)
+    return out
+
+
+def run_link_stages(
+    run: PipelineRun, dataset: DatasetConfig, fingerprint: str, models: Mapping[str, StageRef]
+) -> dict[str, StageRef]:
+    """Tube datasets: each model's detections of the evaluated split linked into tubes
+    (the ``link`` section, :mod:`stages.evaluate.link`); AVA datasets have none.
+    Returns {model name: StageRef}."""
+    if dataset.tubes is None:
+        return {}
+    config = evaluate.LinkStageConfig(
+        dataset=dataset, dataset_fingerprint=fingerprint, split=run.config.evaluate.split,
+        train_split=run.config.evaluate.train_split, link=run.config.link,
+    )  # fmt: skip
+    run.pending_runs["link"] = len(models)
+    return {
+        name: run.stage("link", config, {"predictions": predictions}, label=name)
+        for name, predictions in models.items()
+    }
+
+
+def run_evaluate_stages(
+    run: PipelineRun, dataset: DatasetConfig, fingerprint: str, models: Mapping[str, StageRef],
+    tubes: Mapping[str, StageRef],
+) -> dict[str, StageRef]:  # fmt: skip
+    """One evaluation per model (with its linked tubes on a tube dataset)."""
+    config = evaluate.EvaluateStageConfig(
+        dataset=dataset, dataset_fingerprint=fingerprint, evaluate=run.config.evaluate
+    )
+    run.pending_runs["evaluate"] = len(models)
+    out = {}
+    for name, predictions in models.items():
+        inputs = {"predictions": predictions, **({"tubes": tubes[name]} if name in tubes else {})}
+        out[name] = run.stage("evaluate", config, inputs, label=name)
+    return out
+
+
+def run_ensemble_stages(
+    run: PipelineRun, dataset: DatasetConfig, fingerprint: str, models: Mapping[str, StageRef]
+) -> dict[str, StageRef]:
+    """The ensembles (``ensemble.runs``) over the models. Returns {ensemble name: StageRef}."""
+    runs = run.config.ensemble.runs
+    out: dict[str, StageRef] = {}
+    run.pending_runs["ensemble"] = len(runs)
+    for name, ens in runs.items():
+        members = list(ens.members) or list(models)
+        unknown = [m for m in members if m not in models]
+        if unknown:
+            raise ValueError(
+                f"ensemble.runs.{name}.members: no model {unknown}; models are {', '.join(models)}"
+            )
+        if len(set(members)) != len(members):
+            raise ValueError(f"ensemble.runs.{name}.members lists a model twice: {members}")
+        config = predict.EnsembleStageConfig(
+            dataset=dataset, dataset_fingerprint=fingerprint, name=name, members=members, run=ens
+        )
+        out[name] = run.stage("ensemble", config, {m: models[m] for m in members}, label=name)
+    return out
+
+
+def report_inputs(refs: Mapping[str, StageRef]) -> dict[str, StageRef]:
+    """The report's inputs from a pipeline's recorded stage runs: runs of stages that
+    produce a model (``Stage.produces_model``) as ``model:<name>``, every other run under
+    its record name (``detect``, ``evaluate:<name>``, ``ensemble:<name>``, ``dump:<name>``, …)."""
+    out: dict[str, StageRef] = {}
+    for record_name, ref in refs.items():
+        stage, _, label = record_name.partition(":")
+        if stage == "report":
+            continue
+        out[f"model:{label}" if STAGES[stage].produces_model and label else record_name] = ref
+    return out
+
+
+def run_report_stage(run: PipelineRun, dataset: DatasetConfig, fingerprint: str) -> StageRef:
+    """The report over every stage run so far."""
+    assert run.config.report is not None
+    config = report.ReportStageConfig(
+        dataset=dataset, dataset_fingerprint=fingerprint, split=run.config.evaluate.split,
+        report=run.config.report,
+    )  # fmt: skip
+    return run.stage("report", config, report_inputs(run.refs))
+
+
 def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
-    """dataset -> detect -> … (later stages join as they land). Returns the summary."""
+    """detect -> track -> (finetune) -> extract -> train -> dump -> train_bank -> rebalance
+    -> predict (TTA) -> link (tube datasets) -> evaluate -> ensemble -> report. Returns the
+    summary."""
     cfg = run.config
     if run.with_cache and run.cache is None:
         from stages.framework.cached_run import use_cache  # plans against the team's stage cache
@@ -373,10 +421,10 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
         dataset, fingerprint = prepare_dataset(cfg)
         section = dataset_section(cfg, dataset, fingerprint)
         persons = run.stage("detect", section(detect.DetectStageConfig, "detect"), {})
-        actors = run.stage("track", section(track.TrackStageConfig, "track"), {"detect": persons})
+        actors = run.stage("track", section(detect.TrackStageConfig, "track"), {"detect": persons})
         backbone_inputs: dict[str, StageRef] = {}
         if cfg.finetune is not None:
-            tune_config = finetune.FinetuneStageConfig(
+            tune_config = extract.FinetuneStageConfig(
                 dataset=dataset, dataset_fingerprint=fingerprint,
                 finetune=cfg.finetune, extract=extract.BackboneConfig.of(cfg.extract),
             )  # fmt: skip
@@ -395,131 +443,16 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
             models[name] = run.stage("train", head_config, {"extract": features}, label=name)
         models.update(run_bank_stages(run, dataset, fingerprint, features, models))
         # cRT of the chosen train / train_bank runs: the models <name>_crt.
-        models.update(rebalance.run_rebalance_stages(run, dataset, fingerprint, features, models))
-        if (
-            cfg.tta is not None
-        ):  # test-time augmentation: extra views, averaged (stages.predict.tta)
-            models.update(tta.run_tta_stages(run, section))
-        run.pending_runs["evaluate"] = len(models)
-        for name, predictions in models.items():
-            eval_config = section(evaluate.EvaluateStageConfig, "evaluate")
-            run.stage("evaluate", eval_config, {"predictions": predictions}, label=name)
-        ensemble.run_ensemble_stages(run, dataset, fingerprint, models)
+        models.update(run_rebalance_stages(run, dataset, fingerprint, features, models))
+        if cfg.tta is not None:  # test-time augmentation: extra views, averaged
+            models.update(run_tta_stages(run, section))
+        tubes = run_link_stages(run, dataset, fingerprint, models)
+        run_evaluate_stages(run, dataset, fingerprint, models, tubes)
+        run_ensemble_stages(run, dataset, fingerprint, models)
         if cfg.report is not None:
-            report.run_report_stage(run, dataset, fingerprint)
+            run_report_stage(run, dataset, fingerprint)
     except UntilReached:
         pass
     if write:
         run.write_summary()
     return run.summary()
-
-
-def iter_runs(summary: dict[str, Any]):
-    """(name, record) for every stage run in a summary: ``detect``, ``train:acar``, …"""
-    for stage, entry in summary["stages"].items():
-        if "runs" in entry:
-            for label, rec in entry["runs"].items():
-                yield f"{stage}:{label}", rec
-        else:
-            yield stage, entry
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """A plain-text table of stages and results, for the terminal."""
-    lines = [
-        f"{'stage':<16} {'key':<17} {'cached':<7} {'source':<9} {'MB moved':>9} {'seconds':>8}  "
-        "output"
-    ]
-    for name, rec in iter_runs(summary):
-        moved = (rec.get("bytes_pulled", 0) + rec.get("bytes_pushed", 0)) / 1e6
-        direction = "↓" if rec.get("bytes_pulled") else "↑" if rec.get("bytes_pushed") else " "
-        lines.append(
-            f"{name:<16} {rec['key']:<17} {('yes' if rec['cached'] else 'no'):<7} "
-            f"{rec.get('source', '-'):<9} {moved:>8.1f}{direction} {rec['seconds']:>8.1f}  "
-            f"{rec['uri']}"
-        )
-    det = summary["stages"].get("detect", {}).get("summary", {})
-    if det:
-        lines.append("")
-        lines.append(f"{'persons':<8} {'split':<6} {'boxes':>7} {'AP@0.5':>7} {'recall':>7}")
-        for split, rec in det.items():
-            ap = f"{rec['ap50']:.3f}" if "ap50" in rec else "-"
-            recall = f"{rec['recall']:.3f}" if "recall" in rec else "-"
-            lines.append(f"{'':<8} {split:<6} {rec['boxes']:>7} {ap:>7} {recall:>7}")
-    tracked = summary["stages"].get("track", {}).get("summary", {})
-    for split, rec in tracked.items():
-        if "link_precision" in rec:
-            lines.append(
-                f"{'tracks':<8} {split:<6} {rec['tracks']:>7} tracks; identity link precision "
-                f"{rec['link_precision']:.3f}, recall {rec['link_recall']:.3f}"
-            )
-    extracted = summary["stages"].get("extract", {}).get("summary", {})
-    if extracted:
-        lines.append("")
-        lines.append(
-            f"{'store':<8} {'split':<6} {'videos':>7} {'keyframes':>9} {'actors':>7} {'MB':>8}"
-        )
-        for split, rec in extracted.items():
-            lines.append(
-                f"{'':<8} {split:<6} {rec['videos']:>7} {rec['keyframes']:>9} {rec['actors']:>7} "
-                f"{rec['bytes'] / 1e6:>8.1f}"
-            )
-    models = summary.get("models", {})
-    if models:
-        lines.append("")
-        lines.append(
-            f"{'model':<14} {'head':<10} {'params':>9} {'train s':>8} {'val mAP':>8} "
-            f"{'prior':>6}  groups"
-        )
-        for name, m in models.items():
-            groups = " ".join(f"{g}={v:.3f}" for g, v in (m.get("group_map") or {}).items())
-            lines.append(
-                f"{name:<14} {m['head'] or '-':<10} {m['parameters'] or 0:>9} "
-                f"{m['train_seconds'] or 0:>8.1f} {m['val_map'] or 0:>8.3f} "
-                f"{m['prior_map'] or 0:>6.3f}  {groups}"
-            )
-    evaluations = summary["stages"].get("evaluate", {}).get("runs", {})
-    tube_evals = {n: r for n, r in evaluations.items() if "v_map@0.5" in r["summary"]}
-    if tube_evals:
-        lines += ["", tube_table(tube_evals)]
-        evaluations = {n: r for n, r in evaluations.items() if n not in tube_evals}
-    if evaluations:
-        lines.append("")
-        lines.append(f"{'evaluation':<14} {'split':<6} {'frame-mAP@0.5':>13}  report")
-        for name, rec in evaluations.items():
-            ev = rec["summary"]
-            lines.append(
-                f"{name:<14} {ev.get('split', '-'):<6} {ev.get('mAP', float('nan')):>13.4f}  "
-                f"{rec['uri']}/metrics.md"
-            )
-    crt = {name: m for name, m in models.items() if m.get("crt")}
-    if crt:
-        lines.append("")
-        lines.append(f"{'cRT':<14} {'from':<10} {'mAP before':>10} {'after':>7} {'k':>3} "
-                     f"{'head Δ':>8} {'tail Δ':>8}")  # fmt: skip
-        for name, m in crt.items():
-            c = m["crt"]
-            lines.append(
-                f"{name:<14} {m.get('source') or '-':<10} {m.get('val_map_before') or 0:>10.3f} "
-                f"{m['val_map'] or 0:>7.3f} {c['k']:>3} {c['head_change']:>+8.4f} "
-                f"{c['tail_change']:>+8.4f}"
-            )
-    ensembles = summary.get("ensembles", {})
-    if ensembles:
-        lines.append("")
-        lines.append(f"{'ensemble':<14} {'val mAP':>8} {'best member':>20} {'gain':>8}  members")
-        for name, e in ensembles.items():
-            best = f"{e['best_member']} {e['best_member_map']:.3f}"
-            note = " (selected on this split: optimistic)" if e["selection_optimistic"] else ""
-            lines.append(
-                f"{name:<14} {e['val_map']:>8.3f} {best:>20} {e['gain']:>+8.4f}  "
-                f"{'+'.join(e['members'])}{note}"
-            )
-    if summary.get("report"):
-        lines.append("")
-        lines.append(f"report: {summary['report']['markdown']} (and {summary['report']['html']})")
-    lines.append("")
-    lines.append(
-        f"total {summary['seconds']:.1f} s; summary: {summary['work_root']}/{SUMMARY_FILE}"
-    )
-    return "\n".join(lines)

@@ -45,7 +45,12 @@ def named_files(config: PipelineConfig, dataset: DatasetConfig) -> list[tuple[st
             if split in dataset.splits:
                 for field, name in dataset.splits[split].named_files().items():
                     files.append((f"dataset.splits.{split}.{field}", dataset.annotation_path(name)))
-    files += [(f"detect.proposals.{s}", Path(p)) for s, p in config.detect.proposals.items()]
+    return files + config_files(config)
+
+
+def config_files(config: PipelineConfig) -> list[tuple[str, Path]]:
+    """(config key, path) of every file outside the dataset that the config names."""
+    files = [(f"detect.proposals.{s}", Path(p)) for s, p in config.detect.proposals.items()]
     if config.detect.source == "fasterrcnn" and config.detect.checkpoint:
         files.append(("detect.checkpoint", Path(config.detect.checkpoint)))
     if config.extract.weights:
@@ -95,3 +100,15 @@ def preflight(config: PipelineConfig, dataset_config: DatasetConfig) -> None:
             tables += [proposals] if proposals is not None else []
         for table in tables:
             _check_videos_exist(dataset, table)
+
+
+def check_before_run(config: PipelineConfig) -> None:
+    """The checks a run makes before Prefect starts (``bankflow run``, ``stage``, ``demo``):
+    the files the config names exist, and, for a dataset already on disk (no demo world
+    to build first), every check of :func:`preflight`. A mistake then costs about a second
+    and one line, not Prefect's start-up and a failed flow run."""
+    for key, path in config_files(config):
+        if not path.is_file():
+            raise DataError(path, None, f"file named by {key} does not exist")
+    if config.world is None:
+        preflight(config, config.dataset)

@@ -8,5 +8,5 @@ from __future__ import annotations
 
 STAGE_ORDER: tuple[str, ...] = (
     "detect", "track", "finetune", "extract", "train", "dump",
-    "train_bank", "rebalance", "predict", "ensemble", "evaluate", "report",
+    "train_bank", "rebalance", "predict", "link", "ensemble", "evaluate", "report",
 )  # fmt: skip

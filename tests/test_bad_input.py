@@ -190,6 +190,16 @@ def _status_case(*overrides: str, named: Callable[[Inputs], str]):
     return mutate
 
 
+def _pipeline_run_case(*overrides: str, named: Callable[[Inputs], str]):
+    """As :func:`_status_case`, through ``bankflow run``: it checks ``head_kwargs`` against
+    the heads before Prefect starts (``status`` reads a config without importing them)."""
+
+    def mutate(inp: Inputs):
+        return ["run", *inp.status(*overrides)[1:]], named(inp)
+
+    return mutate
+
+
 def _config_text_case(text: str):
     def mutate(inp: Inputs):
         cfg = inp.tmp / "pipeline.yaml"
@@ -314,8 +324,8 @@ CASES: list[tuple[str, Callable[[Inputs], tuple[list[str], str]], str]] = [
     ("config-unknown-recipe", _status_case("train.runs.linear.recipe=acarr",
                                            named=lambda i: str(i.tmp / "pipeline.yaml")),
      r"invalid config: train.runs.linear: unknown recipe 'acarr'; expected one of paper, acar"),
-    ("config-head-kwargs-typo", _status_case("train.runs.linear.head_kwargs={dropuot: 0.1}",
-                                             named=lambda i: "train.runs.linear"),
+    ("config-head-kwargs-typo", _pipeline_run_case("train.runs.linear.head_kwargs={dropuot: 0.1}",
+                                                   named=lambda i: "train.runs.linear"),
      r"invalid config: train.runs.linear: head_kwargs: head 'linear' takes no 'dropuot' \(it takes dropout\)"),
     ("set-without-equals", _status_case("train.runs.linear", named=lambda i: "train.runs.linear"),
      r"expected section.key=value"),

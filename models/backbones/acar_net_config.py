@@ -80,7 +80,7 @@ def acar_net_architecture(
             f"{source}: beta {kw['beta']} must be 1/n and the {frames}-frame clip a multiple"
             f" of alpha {alpha}"
         )
-    fields = {
+    fields: dict[str, Any] = {
         "family": "slowfast",
         "spatial_strides": (1, 2, 2, 1),
         "dilations": (1, 1, 1, 2),
@@ -106,7 +106,7 @@ def acar_net_architecture(
 def read_acar_net_yaml(cfg: Mapping[str, Any], *, source: str) -> dict[str, Any]:
     """Architecture fields of a parsed ACAR-Net YAML (``val`` augmentation for the clip)."""
     clip, mean, std = {}, (0.45,) * 3, (0.225,) * 3
-    val = cfg.get("val") if isinstance(cfg.get("val"), Mapping) else {}
+    val: Mapping[str, Any] = cfg["val"] if isinstance(cfg.get("val"), Mapping) else {}
     augmentation = val.get("augmentation") or {}
     temporal = augmentation.get("temporal") or {}
     if temporal.get("type") == "TemporalCenterCrop":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -150,13 +151,13 @@ def detect_naming(
     if "conv1_w" in state or "res_conv1_bn_s" in state:
         slow_only = "t_conv1_w" not in state
         found = _caffe2_depths(state)
-        return Naming(CAFFE2, slow_only, "", lambda k: caffe2_name(k, depths or found))
+        return Naming(CAFFE2, slow_only, "", partial(caffe2_name, depths=depths or found))
     for prefix in ("backbone.", ""):
         if f"{prefix}slow_path.conv1.conv.weight" in state:
-            return Naming(MMACTION2, False, prefix, lambda k, p=prefix: mmaction2_name(k, p))
+            return Naming(MMACTION2, False, prefix, partial(mmaction2_name, prefix=prefix))
         if f"{prefix}conv1.conv.weight" in state and f"{prefix}layer1.0.conv1.conv.weight" in state:
             return Naming(
-                MMACTION2, True, prefix, lambda k, p=prefix: mmaction2_name(k, p, slow_only=True)
+                MMACTION2, True, prefix, partial(mmaction2_name, prefix=prefix, slow_only=True)
             )
     for key in keys:
         for stem in _PTV_STEM:
@@ -166,7 +167,7 @@ def detect_naming(
                     PYTORCHVIDEO,
                     slow_only,
                     prefix,
-                    lambda k, p=prefix, s=slow_only: pytorchvideo_name(k, p, slow_only=s),
+                    partial(pytorchvideo_name, prefix=prefix, slow_only=slow_only),
                 )
     for key in keys:
         if key == "slow_conv1.weight" or key.endswith(".slow_conv1.weight"):
@@ -176,7 +177,7 @@ def detect_naming(
                 ACAR_NET,
                 False,
                 prefix,
-                lambda k, p=prefix, n=norm: acar_net_name(k, p, lateral_norm=n),
+                partial(acar_net_name, prefix=prefix, lateral_norm=norm),
             )
     if "slow.stem.conv.weight" in state:
         return Naming(BANKFLOW, "fast.stem.conv.weight" not in state, "", lambda k: k)

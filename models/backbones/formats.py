@@ -53,7 +53,7 @@ class CheckpointFile:
 
 def _numpy_safe_globals() -> list[Any]:
     """(object, pickled name) pairs for torch's weights-only unpickler."""
-    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    multiarray = (getattr(np, "_core", None) or np.core).multiarray  # numpy 2 / 1
     pairs: list[Any] = []
     for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
         pairs.append((multiarray._reconstruct, f"{module}._reconstruct"))
@@ -106,7 +106,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _NUMPY_GLOBALS:
-            multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+            multiarray = (getattr(np, "_core", None) or np.core).multiarray  # numpy 2 / 1
             if name in ("_reconstruct", "scalar"):
                 return getattr(multiarray, name)
             return getattr(np, name)

@@ -62,13 +62,13 @@ class ConvBN(nn.Module):
         frozen_bn: bool = False,
     ) -> None:
         super().__init__()
-        padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation, strict=True))
+        pt, ph, pw = (d * (k - 1) // 2 for k, d in zip(kernel, dilation, strict=True))
         self.conv = nn.Conv3d(
             in_channels,
             out_channels,
             kernel,
             stride=stride,
-            padding=padding,
+            padding=(pt, ph, pw),
             dilation=dilation,
             bias=False,
         )

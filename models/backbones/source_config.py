@@ -172,7 +172,9 @@ def _value(node: ast.AST, names: Mapping[str, Any]) -> Any:
         if any(k is None for k in node.keys):
             return UNEVALUATED
         return {
-            _value(k, names): _value(v, names) for k, v in zip(node.keys, node.values, strict=True)
+            _value(k, names): _value(v, names)
+            for k, v in zip(node.keys, node.values, strict=True)
+            if k is not None  # none is (checked above)
         }
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
         if node.args or any(k.arg is None for k in node.keywords):
@@ -240,7 +242,7 @@ def _need(d: Mapping[str, Any], key: str, default: Any, source: str) -> Any:
 def _mm_kernels(inflate: Any, depths: tuple[int, ...], source: str) -> tuple[Any, ...]:
     """MMAction2 ``inflate`` (per stage, or per block) as temporal kernels (3x1x1 style)."""
     stages = [inflate] * 4 if isinstance(inflate, int) else list(inflate)
-    kernels = []
+    kernels: list[int | tuple[int, ...]] = []
     for stage, (entry, depth) in enumerate(zip(stages, depths, strict=True)):
         if isinstance(entry, int):
             kernels.append(3 if entry else 1)

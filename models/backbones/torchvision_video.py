@@ -65,11 +65,12 @@ class TorchvisionVideoBackbone(nn.Module):
             )
         self.name = name
         builder: Callable[..., nn.Module] = getattr(tv_video, name)
-        net = builder(weights=None, **builder_kwargs)
+        net: Any = builder(weights=None, **builder_kwargs)  # its parts by name, below
         if weights_path is not None:
             _load_full_state_dict(net, weights_path)
         self.out_channels, self.stride = _GEOMETRY[name]
         self._features: Callable[[Tensor], Tensor]
+        self.body: nn.Module
         if name in ("r3d_18", "r2plus1d_18"):
             self.body = nn.Sequential(net.stem, net.layer1, net.layer2, net.layer3, net.layer4)
             self._features = self.body
@@ -89,7 +90,7 @@ class TorchvisionVideoBackbone(nn.Module):
         return x.permute(0, 4, 1, 2, 3)  # (B, C, T', H', W')
 
     def _mvit_features(self, x: Tensor) -> Tensor:
-        mvit = self.body
+        mvit: Any = self.body  # torchvision's MViT: its parts by name
         t_stride, h_stride, w_stride = mvit.conv_proj.stride
         height, width = mvit.pos_encoding.spatial_size
         expected = (mvit.pos_encoding.temporal_size * t_stride, height * h_stride, width * w_stride)

@@ -206,7 +206,7 @@ class ACARHead(Head):
         self.variant: Variant = variant
         # The release reads only the context map (it RoIAligns actors on its reduction).
         self.reads = frozenset({"context"} if variant == "release" else {"context", "pooled"})
-        self.encoder: nn.Module
+        self.encoder: ReleaseEncoder | ActorContextRelation
         self.reasoning: nn.Module
         if variant == "release":
             self.encoder = ReleaseEncoder(
@@ -235,9 +235,11 @@ class ACARHead(Head):
         [N, d, H', W']) — H' x W' = H x W in the paper variant, else the release's
         unpadded 3x3 conv and stride-2 pool of it."""
         if self.variant == "release":
+            assert isinstance(self.encoder, ReleaseEncoder)
             actor, context = self.encoder.reduce(batch.context, batch.boxes, batch.batch_index)
             maps = self.encoder.relate(actor, context, batch.batch_index, batch.boxes)
             return actor, context, maps
+        assert isinstance(self.encoder, ActorContextRelation)
         actor, context = self.encoder.reduce(batch)
         return actor, context, self.encoder.relate(actor, context, batch.batch_index)
 

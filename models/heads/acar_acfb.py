@@ -57,7 +57,7 @@ class ACARACFBHead(Head):
     """
 
     BANK_KIND = "acfb"
-    reads = frozenset({"context", "pooled"})
+    reads: frozenset[str] | None = frozenset({"context", "pooled"})
 
     def __init__(
         self,
@@ -96,8 +96,9 @@ class ACARACFBHead(Head):
         )
         self.reads = self.acar.reads
 
+    # Read-only: the wrapped head's classifier (Head declares it as a plain attribute).
     @property
-    def classifier(self) -> nn.Linear:
+    def classifier(self) -> nn.Linear:  # type: ignore[override]
         """The final classifier (the wrapped ACAR's): what cRT re-trains."""
         return self.acar.classifier
 

@@ -109,7 +109,7 @@ class ACRNHead(Head):
             raise ValueError("ACRNHead: actor_position is an option of variant='mmaction2'")
         self.variant = variant
         self.dropout = nn.Dropout(dropout)
-        self.encoder: nn.Module
+        self.encoder: MMAction2ACRN | ActorContextRelation
         if variant == "mmaction2":
             if reduce_dim is not None:
                 raise ValueError(
@@ -154,6 +154,7 @@ class ACRNHead(Head):
             maps = self.first_order(batch)  # [N, d, H, W]
             feats = maps.amax(dim=(2, 3))  # BBoxHeadAVA's spatial max
         else:
+            assert isinstance(self.encoder, ActorContextRelation)  # variant 'paper'
             actor, context = self.encoder.reduce(batch)
             maps = self.encoder.relate(actor, context, batch.batch_index)  # [N, d, H, W]
             feats = torch.cat([actor, maps.mean(dim=(2, 3))], dim=1)  # [N, r + d]

@@ -89,7 +89,7 @@ class PosNet(nn.Module):
 
     def forward(self, height: int, width: int) -> Tensor:
         """Returns Pos: Tensor[1, C, height, width]."""
-        x = self.input
+        x: Tensor = self.input
         if tuple(x.shape[-2:]) != (height, width):
             x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
         x = F.relu(self.stem(x))

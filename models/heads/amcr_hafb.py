@@ -42,6 +42,7 @@ keyframe's actor slots then its bank entries (0 at padding); ``attention["bhoi"]
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -162,7 +163,7 @@ class AMCRHAFBHead(Head):
         self.bank_movement_in: nn.Module | None = (
             None if self.movement_dim == in_channels else nn.Linear(self.movement_dim, hidden_dim)
         )
-        branch = {
+        branch: dict[str, Any] = {
             "dim": hidden_dim,
             "window": window,
             "num_layers": history_layers,

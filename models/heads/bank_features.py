@@ -125,14 +125,14 @@ def bank_window(batch: ActorBatch, arrays: dict[str, int], owner: str) -> dict[s
         out[name] = value
     defaults = (("dt", 0.0, torch.float32), ("track", -1, torch.long), ("current", 0, torch.bool))
     for name, fill, dtype in defaults:
-        value = bank.get(name)
-        if value is None:
-            value = torch.full((b, length), fill, dtype=dtype, device=mask.device)
-        elif tuple(value.shape) != (b, length):
+        given = bank.get(name)
+        if given is None:
+            given = torch.full((b, length), fill, dtype=dtype, device=mask.device)
+        elif tuple(given.shape) != (b, length):
             raise ValueError(
-                f"{owner}: bank {name!r} must be [B={b}, L={length}], got {tuple(value.shape)}"
+                f"{owner}: bank {name!r} must be [B={b}, L={length}], got {tuple(given.shape)}"
             )
-        out[name] = value.to(dtype)
+        out[name] = given.to(dtype)
     if length == 0:
         # A batch whose windows are all empty: one padding entry, so every reduction over
         # the entries has something to reduce (masked out like any padding).

@@ -216,8 +216,9 @@ class IGMNHead(Head):
             memory_channels=memory_dim,
         )
 
+    # Read-only: the wrapped head's classifier (Head declares it as a plain attribute).
     @property
-    def classifier(self) -> nn.Linear:
+    def classifier(self) -> nn.Linear:  # type: ignore[override]
         return self.dam.classifier
 
     def init_from_stage1(self, state_dict: Mapping[str, Tensor]) -> list[str]:

@@ -149,6 +149,8 @@ class IGMNDAMHead(Head):
     ``forward(batch, labels, memory=f_mem)`` takes the HGNN feature [N, memory_channels].
     """
 
+    aux_class_mask: Tensor  # Bool[K] buffer (registered in __init__)
+
     # The feature-store arrays this head reads (the trainer reads nothing else).
     reads = frozenset({"context", "pooled"})
 

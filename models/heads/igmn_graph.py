@@ -80,7 +80,7 @@ def identity_edges(keyframe: Tensor, time: Tensor, track: Tensor) -> Tensor:
     ):
         if tr >= 0:
             groups.setdefault((k, tr), {}).setdefault(t, []).append(node)
-    pairs = []
+    pairs: list[tuple[int, int]] = []
     for by_time in groups.values():
         times = sorted(by_time)
         for earlier, later in pairwise(times):

@@ -58,7 +58,9 @@ FBOKind = Literal["nl", "max", "avg"]
 PadMode = Literal["mask", "zeros"]
 
 
-def masked_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor) -> Tensor:
+def masked_attention(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor
+) -> tuple[Tensor, Tensor]:
     """Scaled dot-product attention of each query row over its own masked keys.
 
     Args:

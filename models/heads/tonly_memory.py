@@ -92,8 +92,9 @@ class TOnlyMemoryHead(Head):
         self.bank_dim = in_channels if bank_dim is None else bank_dim
         self.project_memory = nn.Linear(self.bank_dim, hidden_dim)
 
+    # Read-only: the wrapped head's classifier (Head declares it as a plain attribute).
     @property
-    def classifier(self) -> nn.Linear:
+    def classifier(self) -> nn.Linear:  # type: ignore[override]
         """The final classifier (the wrapped T-only head's): what cRT re-trains."""
         return self.relation.classifier
 

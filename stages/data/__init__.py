@@ -1,19 +1,51 @@
 """AVA-format data: CSV/pbtxt/pickle readers and writers, dataset config and checks."""
 
-from .ava import (
-    read_detections_csv,
-    read_excluded_csv,
-    read_gt_csv,
-    read_mmaction_proposals,
-    read_predictions_parquet,
-    write_predictions_csv,
-    write_predictions_parquet,
-)
-from .check import DatasetReport, check_dataset
-from .dataset import Dataset, DatasetConfig, SplitFiles
-from .errors import DataError, DataErrors
-from .labelmap import read_labelmap, write_labelmap
-from .types import NO_ACTION, NO_PERSON, BoxTable, ExcludedKeyframes, LabelMap
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .ava import (
+        read_detections_csv,
+        read_excluded_csv,
+        read_gt_csv,
+        read_mmaction_proposals,
+        read_predictions_parquet,
+        write_predictions_csv,
+        write_predictions_parquet,
+    )
+    from .check import DatasetReport, check_dataset
+    from .dataset import Dataset, DatasetConfig, SplitFiles
+    from .errors import DataError, DataErrors
+    from .labelmap import read_labelmap, write_labelmap
+    from .types import NO_ACTION, NO_PERSON, BoxTable, ExcludedKeyframes, LabelMap
+
+# Imported on first use: a pipeline config (stages.data.dataset) loads no CSV parser,
+# no checker.
+_LAZY = {
+    "read_detections_csv": "stages.data.ava",
+    "read_excluded_csv": "stages.data.ava",
+    "read_gt_csv": "stages.data.ava",
+    "read_mmaction_proposals": "stages.data.ava",
+    "read_predictions_parquet": "stages.data.ava",
+    "write_predictions_csv": "stages.data.ava",
+    "write_predictions_parquet": "stages.data.ava",
+    "DatasetReport": "stages.data.check",
+    "check_dataset": "stages.data.check",
+    "Dataset": "stages.data.dataset",
+    "DatasetConfig": "stages.data.dataset",
+    "SplitFiles": "stages.data.dataset",
+    "DataError": "stages.data.errors",
+    "DataErrors": "stages.data.errors",
+    "read_labelmap": "stages.data.labelmap",
+    "write_labelmap": "stages.data.labelmap",
+    "NO_ACTION": "stages.data.types",
+    "NO_PERSON": "stages.data.types",
+    "BoxTable": "stages.data.types",
+    "ExcludedKeyframes": "stages.data.types",
+    "LabelMap": "stages.data.types",
+}
 
 __all__ = [
     "NO_ACTION",
@@ -38,3 +70,9 @@ __all__ = [
     "write_predictions_csv",
     "write_predictions_parquet",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)

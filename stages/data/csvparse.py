@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.csv as pacsv
 
 from .errors import DataError
 
@@ -42,9 +40,6 @@ class ParsedCsv:
     columns: dict[str, np.ndarray]
     lines: np.ndarray
     ncols: int
-
-
-_ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
 
 
 def _first_row_width(data: bytes) -> int | None:
@@ -147,8 +142,13 @@ def parse_csv(
     if ncols not in layouts:
         raise scan_rows(path, data, layouts, limit=1)[0]
     columns = layouts[ncols]
+    # Imported here: reading a config (stages.data.dataset) needs no CSV parser.
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    arrow_types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
     convert = pacsv.ConvertOptions(
-        column_types={c.name: _ARROW_TYPES[c.kind] for c in columns},
+        column_types={c.name: arrow_types[c.kind] for c in columns},
         null_values=[""],  # "nan"/"NA" stay values (NaN, a video id), not nulls
         strings_can_be_null=False,
         quoted_strings_can_be_null=False,

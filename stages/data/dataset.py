@@ -7,24 +7,24 @@ Layout (every name can be changed in the config)::
     <root>/annotations/action_list.pbtxt
     <root>/annotations/train.csv, excluded_timestamps_train.csv, person_boxes_train.csv
     <root>/annotations/val.csv, ...
+
+The config (:class:`DatasetConfig`, ``dataset_config.py``) and the timestamp helpers
+(``timestamps.py``) live in their own modules; their names are re-exported here.
 """
 
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pydantic
-import yaml
-
-from stages.framework.keys import InKey, NotInKey
 
 from .ava import read_detections_csv, read_excluded_csv, read_gt_csv
+from .dataset_config import DATASET_YAML, DatasetConfig, SplitFiles
 from .errors import DataError
 from .kinetics import clip_offset, find_clip, read_offsets_csv
 from .labelmap import read_labelmap
+from .timestamps import AVA_OFFSET, infer_timestamp_offset, unique_keyframes
 from .tube_dataset import (
     TubeFiles,
     load_tube_gt,
@@ -38,210 +38,18 @@ from .tubes import TubeGT
 from .types import BoxTable, ExcludedKeyframes, LabelMap
 from .videos import VIDEO_EXTENSIONS, VideoInfo, find_video, probe_video
 
-DATASET_YAML = "dataset.yaml"
-AVA_OFFSET = 900.0  # AVA clips start 900 s into the movie; timestamps are movie seconds
+__all__ = [
+    "AVA_OFFSET",
+    "DATASET_YAML",
+    "POSE_LABEL_TYPE",
+    "Dataset",
+    "DatasetConfig",
+    "SplitFiles",
+    "infer_timestamp_offset",
+    "unique_keyframes",
+]
+
 POSE_LABEL_TYPE = "PERSON_MOVEMENT"
-
-
-class SplitFiles(pydantic.BaseModel):
-    """Annotation files of one split, relative to ``annotations_dir`` (or absolute).
-
-    ``gt`` must exist when set. ``excluded`` and ``proposals`` must exist when a config
-    names them (:meth:`named_files`); the default names (``excluded_timestamps_<split>.csv``,
-    ``person_boxes_<split>.csv``) may be missing.
-    """
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    gt: NotInKey[str | None] = None
-    excluded: NotInKey[str | None] = None
-    proposals: NotInKey[str | None] = None
-
-    def named_files(self) -> dict[str, str]:
-        """Field -> file name of the files that must exist: ``gt`` and every file a
-        config set explicitly (the defaults of :func:`_default_splits` are not)."""
-        fields = {"gt"} | (self.model_fields_set & {"excluded", "proposals"})
-        return {
-            f: getattr(self, f)
-            for f in ("gt", "excluded", "proposals")
-            if f in fields and getattr(self, f)
-        }
-
-
-def _default_splits() -> dict[str, SplitFiles]:
-    # Constructed as if only ``gt`` was given: a dataset without the default excluded or
-    # proposal files is fine; a file a config names must exist.
-    return {
-        split: SplitFiles.model_construct(
-            _fields_set={"gt"},
-            gt=f"{split}.csv",
-            excluded=f"excluded_timestamps_{split}.csv",
-            proposals=f"person_boxes_{split}.csv",
-        )
-        for split in ("train", "val")
-    }
-
-
-class DatasetConfig(pydantic.BaseModel):
-    """Where a dataset's files are and how to read them.
-
-    Values set explicitly win over ``<root>/dataset.yaml``, which wins over the defaults
-    (see :meth:`resolved`).
-
-    Attributes:
-        root: the dataset directory.
-        videos_dir, annotations_dir: sub-directories of ``root`` (or absolute paths).
-        splits: split name -> its files.
-        labelmap: the label map file in ``annotations_dir``.
-        timestamp_offset: seconds to subtract from a CSV timestamp to get the time in the
-            video file; None infers 0 or 900 from the video lengths.
-        evaluated_classes: label ids that are evaluated (None: all in the label map).
-        exclusive_classes: mutually exclusive (softmax) label ids; None: those with
-            label_type PERSON_MOVEMENT (none when the label map has no types).
-        tubes: set for a tube dataset (MultiSports, UCF101-24, JHMDB): its GT file and
-            keyframe sampling, see :mod:`stages.data.tube_dataset`; then ``splits``
-            name only the proposal files (CSV rows with frame numbers as timestamps)
-            and ``labelmap`` is not read (the classes are the GT file's labels).
-        timestamp_offsets: per-video offsets (AVA-Kinetics), a CSV
-            ``video_id,offset[,source]`` in ``annotations_dir``; Kinetics clips named
-            ``<youtube_id>_<start>_<end>`` need no row (see :mod:`stages.data.kinetics`).
-    """
-
-    model_config = pydantic.ConfigDict(extra="forbid")
-
-    root: NotInKey[Path]
-    videos_dir: NotInKey[str] = "videos"
-    annotations_dir: NotInKey[str] = "annotations"
-    splits: NotInKey[dict[str, SplitFiles]] = pydantic.Field(default_factory=_default_splits)
-    labelmap: NotInKey[str] = "action_list.pbtxt"
-    timestamp_offset: InKey[float | None] = None
-    evaluated_classes: InKey[list[int] | None] = None
-    exclusive_classes: InKey[list[int] | None] = None
-    tubes: InKey[TubeFiles | None] = None
-    # A CSV of per-video timestamp offsets in annotations_dir (AVA-Kinetics); its content
-    # enters the key through the dataset fingerprint.
-    timestamp_offsets: InKey[str | None] = None
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, *, root: str | Path | None = None) -> DatasetConfig:
-        """Load a config file. ``root`` (if given) overrides the file's; a relative root
-        in the file is relative to the file's directory."""
-        data = _load_yaml_mapping(Path(path))
-        if root is not None:
-            data["root"] = Path(root)
-        elif "root" in data:
-            data["root"] = Path(path).parent / str(data["root"])
-        else:
-            raise DataError(path, None, "no 'root' (the dataset directory) given")
-        return _validate(cls, data, path)
-
-    def resolved(self) -> DatasetConfig:
-        """This config with ``<root>/dataset.yaml`` merged under the explicitly set values."""
-        base_path = self.root / DATASET_YAML
-        if not base_path.is_file():
-            return self
-        base = _load_yaml_mapping(base_path)
-        if "root" in base:
-            raise DataError(base_path, None, "must not set 'root' (it is the directory it is in)")
-        base.update(self.model_dump(exclude_unset=True))
-        return _validate(type(self), base, base_path)
-
-    def annotation_path(self, name: str) -> Path:
-        return self.root / self.annotations_dir / name
-
-    @property
-    def videos_path(self) -> Path:
-        return self.root / self.videos_dir
-
-
-def _load_yaml_mapping(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise DataError(path, None, f"cannot read: {err.strerror or err}") from err
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = None if mark is None else mark.line + 1
-        raise DataError(path, line, f"invalid YAML: {getattr(err, 'problem', err)}") from err
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise DataError(path, None, f"expected a mapping of config keys, got {type(data).__name__}")
-    return data
-
-
-def _validate(cls: type[DatasetConfig], data: dict[str, Any], path: str | Path) -> DatasetConfig:
-    try:
-        return cls.model_validate(data)
-    except pydantic.ValidationError as err:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()
-        )
-        raise DataError(path, None, f"invalid dataset config: {details}") from err
-
-
-def unique_keyframes(video: np.ndarray, timestamp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Unique (video, timestamp) pairs sorted by video id then timestamp.
-
-    Returns: video ``str`` object array [K], timestamp int64 [K].
-    """
-    if video.shape[0] == 0:
-        return np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
-    names, video_index = np.unique(video.astype(str), return_inverse=True)
-    pairs = np.unique(np.stack([video_index.astype(np.int64), timestamp], axis=1), axis=0)
-    return names[pairs[:, 0]].astype(object), pairs[:, 1].copy()
-
-
-def infer_timestamp_offset(tables: list[BoxTable], durations: dict[str, float]) -> float:
-    """0 if every timestamp t lies in [0, duration] of its video, else 900 (AVA) if every
-    t - 900 does. Rows of videos without a known duration are ignored.
-
-    Raises:
-        DataError: naming the first row that fits neither (or, when every row fits one
-            of them but not all the same one, the first row that misses the offset most
-            rows fit).
-    """
-    rows: list[tuple[BoxTable, np.ndarray, np.ndarray]] = []
-    for table in tables:
-        dur = np.array([durations.get(str(v), np.nan) for v in table.video], dtype=np.float64)
-        known = ~np.isnan(dur)
-
-        def fits(offset: float, table: BoxTable = table, dur: np.ndarray = dur) -> np.ndarray:
-            seconds = table.timestamp - offset
-            return (seconds >= 0) & (seconds <= dur)
-
-        fit0, fit900 = fits(0.0) | ~known, fits(AVA_OFFSET) | ~known
-        rows.append((table, fit0, fit900))
-    if all(fit0.all() for _, fit0, _ in rows):
-        return 0.0
-    if all(fit900.all() for _, _, fit900 in rows):
-        return AVA_OFFSET
-    neither = [(t, np.flatnonzero(~a & ~b)) for t, a, b in rows]
-    culprits = [(t, int(idx[0])) for t, idx in neither if idx.size]
-    if culprits:
-        table, row = culprits[0]
-        d = durations[str(table.video[row])]
-        what = (
-            f"fits neither offset 0 (0 <= t <= {d:.2f}) nor the AVA offset {AVA_OFFSET:g} "
-            f"({AVA_OFFSET:g} <= t <= {AVA_OFFSET + d:.2f})"
-        )
-    else:
-        # Every row fits one offset, but not all the same one: blame the minority.
-        n0 = sum(int(fit0.sum()) for _, fit0, _ in rows)
-        n900 = sum(int(fit900.sum()) for _, _, fit900 in rows)
-        best, other, k = (0.0, AVA_OFFSET, 1) if n0 >= n900 else (AVA_OFFSET, 0.0, 2)
-        table, row = next((r[0], int(np.flatnonzero(~r[k])[0])) for r in rows if not r[k].all())
-        d = durations[str(table.video[row])]
-        what = (
-            f"fits offset {other:g} but the other rows fit offset {best:g} "
-            f"({best:g} <= t <= {best + d:.2f})"
-        )
-    raise DataError(
-        table.source,
-        int(table.line[row]),
-        f"timestamp {int(table.timestamp[row])} of video {str(table.video[row])!r} "
-        f"({d:.2f} s long) {what}; set timestamp_offset in the dataset config",
-    )
 
 
 class Dataset:
@@ -344,7 +152,10 @@ class Dataset:
             return None
         table = read_detections_csv(path, labelmap=self.labelmap)
         if self.is_tubes:
-            table = on_keyframes(table, self._tube_files().stride(split))
+            files = self._tube_files()
+            table = on_keyframes(
+                table, files.stride(split), gt=self.tube_gt, annotated=files.annotated_only(split)
+            )
         return table
 
     def _split_table(self, split: str) -> BoxTable:
@@ -367,11 +178,15 @@ class Dataset:
         Excluded keyframes are kept; see :meth:`excluded`.
 
         Returns: video ``str`` object array [K], timestamp int64 [K] (CSV seconds).
-        A tube dataset's are every ``keyframe_stride``-th frame of each split video.
+        A tube dataset's are every ``keyframe_stride``-th frame of each split video
+        (with ``sampling: annotated``, those inside a GT tube).
         """
         if self.is_tubes:
-            stride = self._tube_files().stride(split)
-            return tube_keyframes(self.tube_gt, self.tube_videos(split), stride)
+            files = self._tube_files()
+            return tube_keyframes(
+                self.tube_gt, self.tube_videos(split), files.stride(split),
+                annotated=files.annotated_only(split),
+            )  # fmt: skip
         table = self._split_table(split)
         return unique_keyframes(table.video, table.timestamp)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .atomic import atomic_path, atomic_write_bytes
 from .errors import DataError
@@ -47,6 +45,9 @@ def write_predictions_csv(
 def write_predictions_parquet(path: str | Path, table: BoxTable) -> None:
     """Write ``table`` as Parquet (columns video, timestamp, x1, y1, x2, y2, action,
     person, score; full float64 precision), atomically."""
+    import pyarrow as pa  # here: importing the readers of a dataset needs no Arrow
+    import pyarrow.parquet as pq
+
     arrow = pa.table(
         {
             "video": pa.array(table.video.tolist(), type=pa.string()),
@@ -67,6 +68,9 @@ def write_predictions_parquet(path: str | Path, table: BoxTable) -> None:
 def read_predictions_parquet(path: str | Path) -> BoxTable:
     """Read a file written by :func:`write_predictions_parquet`; ``line`` is the 1-based
     row number."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         arrow = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as err:

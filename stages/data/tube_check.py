@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .ava import check_detections_csv
-from .check import DatasetReport, _summarize
+from .check_report import DatasetReport, _summarize
 from .dataset import DatasetConfig
 from .errors import DataError
 from .tube_dataset import load_tube_gt, split_videos, tube_box_table, tube_labelmap

@@ -5,7 +5,9 @@ JSON, or the datasets' own pickle when ``trust_pickle`` is set). The pipeline wo
 keyframes and box tables, so the dataset is shown to it as one:
 
 - a keyframe is a 1-based **frame number** (the ``timestamp`` column holds it), every
-  ``keyframe_stride``-th frame of a split video from frame 1: 1, 1 + k, 1 + 2k, ...;
+  ``keyframe_stride``-th frame of a split video from frame 1: 1, 1 + k, 1 + 2k, ...
+  (``sampling: video``), or only those of them inside a GT tube (``sampling:
+  annotated``, the training samples of the PCCA report, see :class:`TubeFiles`);
   so ``Dataset.timestamp_offset`` is 1 and one timestamp unit is one frame
   (``Dataset.frames_per_timestamp`` = 1): timestamp t is frame index t - 1 of the file,
   whatever its fps;
@@ -38,6 +40,10 @@ from .types import NO_PERSON, BoxTable, LabelMap
 TUBE_LABEL_TYPE = "PERSON_MOVEMENT"  # single-label: every class in the softmax group
 
 
+def _default_split_of() -> dict[str, Literal["train", "test"]]:
+    return {"train": "train", "val": "test"}
+
+
 class TubeFiles(pydantic.BaseModel):
     """The ``tubes:`` block of a dataset config (its presence makes the dataset a tube one).
 
@@ -48,6 +54,15 @@ class TubeFiles(pydantic.BaseModel):
         split_of: pipeline split -> ``"train"`` or ``"test"`` videos of the file.
         keyframe_stride: frames between keyframes per pipeline split (1 when not listed):
             1 for MultiSports' frame-mAP (every frame), more for cheaper training.
+        sampling: which grid frames of a split are keyframes (``video`` when not listed):
+            ``video``, every ``keyframe_stride``-th frame of the whole video (persons on
+            frames outside every tube are background); ``annotated``, only those inside
+            at least one GT tube, the frames the PCCA report trains on (Ning et al.,
+            "Person-Context Cross Attention for Spatio-Temporal Action Detection",
+            MultiSports 2021 report, sec. 2.3: a first phase on "standard randomly sampled
+            data" (the annotated frames, shuffled: instance-balanced) with per-class BCE,
+            sec. 3.1; its second, class-balanced phase is the ``rebalance`` stage). The
+            report gives no frame stride. See docs/tubes.md.
         convention: evaluation rules, ``"multisports"`` or ``"act"`` (UCF101-24, JHMDB).
     """
 
@@ -57,13 +72,17 @@ class TubeFiles(pydantic.BaseModel):
     trust_pickle: NotInKey[bool] = False  # a permission, not a setting
     split_index: InKey[int] = pydantic.Field(0, ge=0)
     split_of: InKey[dict[str, Literal["train", "test"]]] = pydantic.Field(
-        default_factory=lambda: {"train": "train", "val": "test"}
+        default_factory=_default_split_of
     )
     keyframe_stride: InKey[dict[str, pydantic.PositiveInt]] = pydantic.Field(default_factory=dict)
+    sampling: InKey[dict[str, Literal["video", "annotated"]]] = pydantic.Field(default_factory=dict)
     convention: InKey[Literal["multisports", "act"]] = "multisports"
 
     def stride(self, split: str) -> int:
         return int(self.keyframe_stride.get(split, 1))
+
+    def annotated_only(self, split: str) -> bool:
+        return self.sampling.get(split, "video") == "annotated"
 
 
 def load_tube_gt(path: Path, files: TubeFiles) -> TubeGT:
@@ -98,14 +117,17 @@ def tube_labelmap(gt: TubeGT) -> LabelMap:
 
 
 def tube_keyframes(
-    gt: TubeGT, videos: tuple[str, ...], stride: int
+    gt: TubeGT, videos: tuple[str, ...], stride: int, *, annotated: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every ``stride``-th frame (1, 1 + stride, ...) of each video, sorted by video.
+    """Every ``stride``-th frame (1, 1 + stride, ...) of each video, sorted by video; with
+    ``annotated`` only those inside at least one GT tube of the video.
 
     Returns: video ``str`` object array [K], frame int64 [K] (1-based).
     """
     names = sorted(videos)
     frames = [np.arange(1, gt.nframes[v] + 1, stride, dtype=np.int64) for v in names]
+    if annotated:
+        frames = [f[np.isin(f, _tube_frames(gt, v))] for v, f in zip(names, frames, strict=True)]
     video = np.array([v for v, f in zip(names, frames, strict=True) for _ in f], dtype=object)
     stamp = np.concatenate(frames) if frames else np.empty(0, dtype=np.int64)
     return video, stamp
@@ -132,19 +154,38 @@ def tube_box_table(gt: TubeGT, videos: tuple[str, ...], stride: int) -> BoxTable
                 rows_person.append(np.full(n, person, dtype=np.int64))
     if not rows_video:
         return BoxTable.empty(gt.source)
-    person = np.concatenate(rows_person)
+    persons = np.concatenate(rows_person)
     return BoxTable(
         video=np.array(rows_video, dtype=object),
         timestamp=np.concatenate(rows_frame),
         boxes=np.concatenate(rows_box),
         action=np.concatenate(rows_action),
-        person=person if person.size else np.full(0, NO_PERSON, dtype=np.int64),
+        person=persons if persons.size else np.full(0, NO_PERSON, dtype=np.int64),
         score=np.ones(len(rows_video), dtype=np.float64),
-        line=person.copy(),
+        line=persons.copy(),
         source=gt.source,
     )
 
 
-def on_keyframes(table: BoxTable, stride: int) -> BoxTable:
-    """Rows of ``table`` (timestamps = frames) on keyframes 1, 1 + stride, ..."""
-    return table.take((table.timestamp - 1) % stride == 0)
+def _tube_frames(gt: TubeGT, video: str) -> np.ndarray:
+    """int64 [F]: the frames of ``video`` inside at least one of its GT tubes."""
+    tubes = [t[:, 0] for per in gt.tubes.get(video, {}).values() for t in per]
+    if not tubes:
+        return np.empty(0, dtype=np.int64)
+    return np.unique(np.concatenate(tubes).astype(np.int64))
+
+
+def on_keyframes(
+    table: BoxTable, stride: int, *, gt: TubeGT | None = None, annotated: bool = False
+) -> BoxTable:
+    """Rows of ``table`` (timestamps = frames) on keyframes 1, 1 + stride, ...; with
+    ``annotated`` only on those inside a tube of ``gt`` (as :func:`tube_keyframes`)."""
+    keep = (table.timestamp - 1) % stride == 0
+    if annotated:
+        if gt is None:
+            raise ValueError("on_keyframes(annotated=True) needs the GT tubes")
+        video = table.video.astype(str)
+        for v in np.unique(video):
+            rows = video == v
+            keep[rows] &= np.isin(table.timestamp[rows], _tube_frames(gt, v))
+    return table.take(keep)

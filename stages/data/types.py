@@ -9,6 +9,7 @@ Python loops.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -102,7 +103,8 @@ class LabelMap:
         return len(self.names)
 
     def __contains__(self, label_id: object) -> bool:
-        return int(label_id) in self._index  # type: ignore[arg-type]
+        key: Any = label_id  # anything int() takes, as before
+        return int(key) in self._index
 
     def name(self, label_id: int) -> str:
         return self.names[self._index[int(label_id)]]

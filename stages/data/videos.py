@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import DataError
 from .names import name_problem
@@ -60,7 +61,7 @@ def find_video(videos_dir: Path, video_id: str) -> Path | None:
     return None
 
 
-def _reader(path: Path) -> object:
+def _reader(path: Path) -> Any:  # a decord.VideoReader (decord has no types)
     import decord  # imported here: only dataset checks and video stages need it
 
     try:

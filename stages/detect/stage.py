@@ -29,18 +29,16 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torchvision.models.detection import FasterRCNN
 
 from models.detector import (
-    DetectorArch,
     DetectorCheckpointError,
     build_person_detector,
     detect_persons,
@@ -51,13 +49,13 @@ from stages.data import (
     NO_PERSON,
     BoxTable,
     Dataset,
-    DatasetConfig,
     read_detections_csv,
     read_mmaction_proposals,
 )
 from stages.data.dataset import unique_keyframes
+from stages.detect.config import DETECT as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.detect.config import DetectConfig, DetectorFinetuneConfig, DetectStageConfig  # noqa: F401 (re-exported)
 from stages.detect.training import (
-    DetectorFinetuneConfig,
     decode_keyframes,
     finetune_detector,
     to_tensor,
@@ -65,57 +63,17 @@ from stages.detect.training import (
 )
 from stages.evaluate.breakdown import detector_ap
 from stages.framework import (
-    Stage,
     StageContext,
     StageError,
     verify_published_file,
     write_json_atomic,
 )
-from stages.framework.keys import FileInKey, InKey, NotInKey
 
-CODE_VERSION = "2"
 PERSONS_FILE = "persons.parquet"
 DETECTOR_FILE = "detector.pt"
 DETECTOR_REPORT = "detector.json"
 PARTS_DIR = "parts"  # per-split results of an unfinished run (staging only)
 FINETUNE_DIR = "finetune"  # fine-tuning state of an unfinished run (staging only)
-
-
-class DetectConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    source: InKey[Literal["proposals", "fasterrcnn"]] = "proposals"
-    # Per-split proposal files overriding the dataset's own (AVA CSV or MMAction2 .pkl).
-    proposals: FileInKey[dict[str, str]] = {}
-    # Unpickling runs code: an MMAction2 pickle is read only with this opt-in.
-    trust_pickle: NotInKey[bool] = False
-    min_score: InKey[float] = 0.0  # proposals: drop boxes scoring below this
-    splits: InKey[list[str]] = ["train", "val"]
-
-    # --- source: fasterrcnn ---
-    arch: InKey[DetectorArch] = "fasterrcnn_resnet50_fpn"
-    # A local checkpoint of the whole detector (torchvision state dict, e.g. COCO, or a
-    # detector.pt written by this stage); None starts from random weights (then
-    # ``finetune`` is required). Its sha256 is recorded in detector.json.
-    checkpoint: FileInKey[str | None] = None
-    person_class: InKey[int] = Field(1, ge=1)  # the person label of a multi-class checkpoint (COCO)
-    score_threshold: InKey[float] = Field(0.8, ge=0.0, le=1.0)  # the papers keep >= 0.8-0.9
-    finetune: InKey[DetectorFinetuneConfig | None] = None
-    # The detector resizes each frame so its shorter side has this many pixels (the longer
-    # side is capped at twice that); None: the architecture's default (800, or 320).
-    image_short_side: InKey[int | None] = Field(None, ge=32)
-    batch_size: NotInKey[int] = Field(4, ge=1)  # keyframes per inference batch
-    device: NotInKey[str] = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
-
-
-class DetectStageConfig(BaseModel):
-    """What the detect stage's key covers: the dataset (with a fingerprint of its files)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    detect: InKey[DetectConfig]
 
 
 def _load_proposals(dataset: Dataset, cfg: DetectConfig, split: str) -> BoxTable:
@@ -205,7 +163,7 @@ def load_detector(ctx: StageContext, dataset: Dataset, cfg: DetectConfig) -> Fas
             "detect.finetune (train on the dataset's GT boxes); weights are never downloaded"
         )
     size = cfg.image_short_side
-    build = {
+    build: dict[str, Any] = {
         "arch": cfg.arch,
         "person_class": cfg.person_class,
         "min_size": size,
@@ -275,9 +233,9 @@ def detect_split(
                 out_stamp += [int(t)] * int(keep.sum())
                 out_boxes.append(b[keep])
                 out_score.append(scores.numpy()[keep])
-    boxes = np.concatenate(out_boxes) if out_boxes else np.empty((0, 4))
-    score = np.concatenate(out_score) if out_score else np.empty(0)
-    return boxes_table(out_video, out_stamp, boxes, score)
+    all_boxes = np.concatenate(out_boxes) if out_boxes else np.empty((0, 4))
+    all_scores = np.concatenate(out_score) if out_score else np.empty(0)
+    return boxes_table(out_video, out_stamp, all_boxes, all_scores)
 
 
 def run_detector(ctx: StageContext, dataset: Dataset, cfg: DetectConfig) -> dict[str, BoxTable]:
@@ -316,8 +274,8 @@ def split_summary(dataset: Dataset, split: str, boxes: BoxTable) -> dict[str, An
     return summary
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: DetectStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[DetectStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     dataset = Dataset.open(cfg.dataset)
     for split in cfg.detect.splits:
         if split not in dataset.config.splits:
@@ -339,15 +297,6 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     pq.write_table(pa.concat_tables(tables), ctx.staging / PERSONS_FILE)
     shutil.rmtree(ctx.staging / PARTS_DIR, ignore_errors=True)  # resume data, not output
     return summary
-
-
-STAGE = Stage(
-    name="detect",
-    code_version=CODE_VERSION,
-    config_type=DetectStageConfig,
-    compute=compute,
-    resumable=True,  # the fasterrcnn path keeps per-epoch and per-split work in staging
-)
 
 
 def read_persons(uri: str | Path, split: str | None = None) -> pa.Table:

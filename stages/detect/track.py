@@ -4,7 +4,8 @@ For each split the actor boxes come from the GT (one box per annotated person, t
 person id kept as identity) or from the detect stage's person boxes, as configured: the
 papers train on GT boxes and test on detections. Detected boxes are linked across
 consecutive keyframes of a video by optimal assignment on IoU (Hungarian), allowing a
-track to skip up to ``max_gap`` keyframes. Where the split has GT, detections are
+track to go unseen for up to ``max_gap`` timestamp units beyond the keyframe spacing
+(:class:`TrackConfig`). Where the split has GT, detections are
 matched to GT boxes (IoU >= 0.5) and identity quality is reported:
 
 - link precision: of consecutive links the tracker made between GT-matched boxes, the
@@ -19,43 +20,28 @@ are unique within a video.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
 from scipy.optimize import linear_sum_assignment
 
 from models.boxes import iou_matrix
-from stages.data import Dataset, DatasetConfig
+from stages.data import Dataset
+from stages.detect.config import TRACK as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.detect.config import (  # noqa: F401 (re-exported)
+    TrackConfig,
+    TrackStageConfig,
+)
 from stages.detect.stage import read_persons
-from stages.framework import Stage, StageContext, StageError, verify_published_file
-from stages.framework.keys import InKey
+from stages.framework import StageContext, StageError, verify_published_file
 
-CODE_VERSION = "1"
 ACTORS_FILE = "actors.parquet"
 
 
-class TrackConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    # Which boxes are the actors of each split: GT persons or detected persons.
-    boxes: InKey[dict[str, Literal["gt", "detections"]]] = {"train": "gt", "val": "detections"}
-    min_iou: InKey[float] = 0.3  # a link needs at least this IoU
-    max_gap: InKey[int] = 2  # keyframes a track may skip (occlusion, missed detection)
-
-
-class TrackStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    track: InKey[TrackConfig]
-
-
 def link_tracks(
-    timestamps: np.ndarray, boxes: np.ndarray, *, min_iou: float, max_gap: int
+    timestamps: np.ndarray, boxes: np.ndarray, *, min_iou: float, max_gap: int, step: int = 1
 ) -> np.ndarray:
     """Track ids for the boxes of one video.
 
@@ -63,7 +49,10 @@ def link_tracks(
         timestamps: int [A], keyframe of each box (any order).
         boxes: float [A, 4], normalized x1, y1, x2, y2.
         min_iou: minimum IoU for a link.
-        max_gap: a track not seen for more than ``max_gap`` keyframes is closed.
+        max_gap: timestamp units a track may go unseen beyond the keyframe spacing: a
+            track last seen at t0 takes a box at t only if ``t - t0 <= step + max_gap``.
+        step: timestamp units between consecutive keyframes (1 for AVA's seconds; the
+            keyframe stride for a tube split, whose timestamps are frames).
 
     Returns:
         int64 [A], track id per box, 0..T-1 in order of first appearance.
@@ -73,7 +62,7 @@ def link_tracks(
     next_id = 0
     for t in np.unique(timestamps):
         rows = np.flatnonzero(timestamps == t)
-        alive = [tr for tr in open_tracks if t - tr[1] <= max_gap + 1]
+        alive = [tr for tr in open_tracks if t - tr[1] <= step + max_gap]
         assigned: set[int] = set()
         if alive:
             iou = iou_matrix(boxes[rows], np.stack([tr[2] for tr in alive]))
@@ -91,6 +80,12 @@ def link_tracks(
     return track
 
 
+def keyframe_step(dataset: Dataset, split: str) -> int:
+    """Timestamp units between consecutive keyframes of ``split``: a tube dataset's
+    keyframe stride (timestamps are frames), else 1 (AVA: one keyframe a second)."""
+    return dataset.config.tubes.stride(split) if dataset.config.tubes is not None else 1
+
+
 def _gt_persons(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
     """One row per annotated person per keyframe (GT has one row per action)."""
     gt = dataset.gt(split)
@@ -98,7 +93,9 @@ def _gt_persons(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
         raise StageError(f"track: split {split!r} has no GT boxes to use as actors")
     video = gt.video.astype(str)
     key = np.rec.fromarrays(
-        [video, gt.timestamp, gt.person, *np.round(gt.boxes, 4).T], names="v,t,p,a,b,c,d"
+        [video, gt.timestamp, gt.person, *np.round(gt.boxes, 4).T],
+        formats=None,
+        names="v,t,p,a,b,c,d",
     )
     _, first = np.unique(key, return_index=True)
     first = np.sort(first)
@@ -143,10 +140,10 @@ def _identity_metrics(
 def _match_to_gt(det: dict[str, np.ndarray], gt: dict[str, np.ndarray]) -> np.ndarray:
     """GT person id of each detection (IoU >= 0.5, one-to-one per keyframe), -1 if none."""
     person = np.full(len(det["timestamp"]), -1, dtype=np.int64)
-    gt_key = {}
+    gt_key: dict[tuple[Any, Any], list[int]] = {}
     for i, kf in enumerate(zip(gt["video"], gt["timestamp"], strict=True)):
         gt_key.setdefault(kf, []).append(i)
-    det_key = {}
+    det_key: dict[tuple[Any, Any], list[int]] = {}
     for i, kf in enumerate(zip(det["video"], det["timestamp"], strict=True)):
         det_key.setdefault(kf, []).append(i)
     for kf, d_rows in det_key.items():
@@ -161,8 +158,8 @@ def _match_to_gt(det: dict[str, np.ndarray], gt: dict[str, np.ndarray]) -> np.nd
     return person
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: TrackStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[TrackStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     dataset = Dataset.open(cfg.dataset)
     persons_uri = ctx.input("detect").uri
     tables, summary = [], {}
@@ -183,11 +180,12 @@ def compute(ctx: StageContext) -> dict[str, Any]:
                 "score": persons["score"].to_numpy(),
             }
             track = np.zeros(len(actors["timestamp"]), dtype=np.int64)
+            step = keyframe_step(dataset, split)
             for v in np.unique(actors["video"]):
                 rows = np.flatnonzero(actors["video"] == v)
                 track[rows] = link_tracks(
                     actors["timestamp"][rows], actors["boxes"][rows].astype(np.float64),
-                    min_iou=cfg.track.min_iou, max_gap=cfg.track.max_gap,
+                    min_iou=cfg.track.min_iou, max_gap=cfg.track.max_gap, step=step,
                 )  # fmt: skip
             split_summary = {"source": "detections", "actors": len(track)}
             if split in dataset.splits and len(dataset.gt(split)):
@@ -227,11 +225,6 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     )
     pq.write_table(table.take(order), ctx.staging / ACTORS_FILE)
     return summary
-
-
-STAGE = Stage(
-    name="track", code_version=CODE_VERSION, config_type=TrackStageConfig, compute=compute
-)
 
 
 def read_actors(uri: str, split: str | None = None) -> pa.Table:

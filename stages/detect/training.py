@@ -17,39 +17,20 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 from torchvision.models.detection import FasterRCNN
 
 from models.detector import detector_losses
 from stages.data import BoxTable, Dataset
 from stages.data.dataset import unique_keyframes
-from stages.framework.keys import InKey
+from stages.detect.config import DetectorFinetuneConfig
 from stages.video import VideoReader, center_frame
 
 STATE_FILE = "state.pt"
-
-
-class DetectorFinetuneConfig(BaseModel):
-    """Fine-tuning of the person detector on the train split's GT boxes."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    split: InKey[str] = "train"
-    epochs: InKey[int] = Field(5, ge=1)
-    lr: InKey[float] = Field(0.01, gt=0)  # peak learning rate (linear warm-up, cosine decay)
-    optimizer: InKey[Literal["sgd", "adamw"]] = "sgd"  # sgd: momentum 0.9, weight decay 1e-4
-    batch_size: InKey[int] = Field(4, ge=1)  # keyframes per step
-    max_keyframes: InKey[int | None] = Field(None, ge=1)  # a seeded random subset; None: all
-    # Box-head RoIs sampled per image while training (torchvision's default is 512; the
-    # box head's RoIAlign backward dominates a CPU step, and few persons need few RoIs).
-    rois_per_image: InKey[int] = Field(128, ge=8)
-    hflip: InKey[bool] = True  # flip each training image left-right with probability 1/2
-    seed: InKey[int] = 0
 
 
 @dataclass(frozen=True)

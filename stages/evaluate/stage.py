@@ -4,59 +4,35 @@ Input ``predictions``: a stage output holding ``predictions/<split>.csv`` (AVA C
 scores, as every model-producing stage writes). Output: ``metrics.json``,
 ``metrics.md`` and ``per_class_ap.png`` (see :mod:`stages.evaluate.report`).
 
-On a tube dataset (MultiSports, UCF101-24, JHMDB, the tube world) it links the per-frame
-detections into tubes and reports frame-mAP and video-mAP instead, for the model and
-for the prior-only baseline on the same boxes (:mod:`stages.evaluate.tube_eval`):
-``metrics.json``, ``metrics.md``, ``tubes.json``.
+On a tube dataset (MultiSports, UCF101-24, JHMDB, the tube world) it reports frame-mAP
+of the predictions and video-mAP of the tubes the ``link`` stage linked from them
+(input ``tubes``: :mod:`stages.evaluate.link`), for the model and for the prior-only
+baseline on the same boxes (:mod:`stages.evaluate.tube_eval`): ``metrics.json``,
+``metrics.md``, ``tubes.json``.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
-from stages.data import BoxTable, Dataset, DatasetConfig, read_detections_csv
+from stages.data import BoxTable, Dataset, read_detections_csv
 from stages.evaluate.ava import evaluate_ava
+from stages.evaluate.config import EVALUATE as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.evaluate.config import EvaluateConfig, EvaluateStageConfig  # noqa: F401 (re-exported)
+from stages.evaluate.link import PREDICTIONS_DIR, tubes_file
 from stages.evaluate.report import write_ava_outputs
 from stages.evaluate.tube_eval import (
-    LinkingConfig,
-    evaluate_tube_detections,
     frame_detections,
+    load_tubes,
     prior_table,
+    score_tubes,
     write_tube_outputs,
 )
-from stages.framework import Stage, StageContext, StageError, verify_published_file
-from stages.framework.keys import InKey
-
-CODE_VERSION = "3"  # 2: equal scores in the official order by default; 3: tube datasets
-PREDICTIONS_DIR = "predictions"
-
-
-class EvaluateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    split: InKey[str] = "val"
-    protocol: InKey[Literal["2018", "2019", "2020"]] = "2019"
-    iou_threshold: InKey[float] = 0.5
-    # Order of equal scores: "official" = the ActivityNet evaluator's (published
-    # numbers), "stable" = file order. See stages.evaluate.ava.
-    ties: InKey[Literal["official", "stable"]] = "official"
-    # Tube datasets: linking of per-frame detections into tubes, and the prior-only
-    # baseline's tube metrics on the same boxes (from the ``train_split`` GT).
-    linking: InKey[LinkingConfig] = LinkingConfig()
-    train_split: InKey[str] = "train"
-
-
-class EvaluateStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    evaluate: InKey[EvaluateConfig]
+from stages.framework import StageContext, StageError, verify_published_file
 
 
 def predictions_csv(uri: str | Path, split: str) -> Path:
@@ -64,8 +40,8 @@ def predictions_csv(uri: str | Path, split: str) -> Path:
     return Path(uri) / PREDICTIONS_DIR / f"{split}.csv"
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: EvaluateStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[EvaluateStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     split = cfg.evaluate.split
     dataset = Dataset.open(cfg.dataset)
     pred_path = predictions_csv(ctx.input("predictions").uri, split)
@@ -112,19 +88,33 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     return summary
 
 
-def _compute_tubes(ctx: StageContext, dataset: Dataset, pred_path: Path) -> dict[str, Any]:
-    cfg: EvaluateStageConfig = ctx.config  # type: ignore[assignment]
+def _compute_tubes(
+    ctx: StageContext[EvaluateStageConfig], dataset: Dataset, pred_path: Path
+) -> dict[str, Any]:
+    cfg = ctx.config
     ev, split = cfg.evaluate, cfg.evaluate.split
     gt, videos = dataset.tube_gt, dataset.tube_videos(split)
-    convention = dataset.config.tubes.convention  # type: ignore[union-attr]
+    assert dataset.config.tubes is not None  # the caller's test: a tube dataset
+    convention = dataset.config.tubes.convention
     preds = read_detections_csv(pred_path, strict=False)
-    result, tubes = evaluate_tube_detections(
-        gt, frame_detections(preds, gt, videos), videos, linking=ev.linking, convention=convention
+    linked = ctx.input("tubes")  # the link stage's output of these predictions
+    if linked.summary.get("split", split) != split:
+        raise StageError(f"evaluate: input tubes {linked.uri} are of split "
+                         f"{linked.summary['split']!r}, not {split!r}")  # fmt: skip
+
+    def tubes(prior: bool) -> Any:
+        path = tubes_file(linked.uri, split, prior=prior)
+        verify_published_file(linked.uri, path.relative_to(linked.uri).as_posix())
+        return load_tubes(path)
+
+    model_tubes = tubes(prior=False)
+    result = score_tubes(
+        gt, frame_detections(preds, gt, videos), model_tubes, videos, convention=convention
     )
-    write_tube_outputs(result, tubes, gt.labels, ctx.staging)
+    write_tube_outputs(result, model_tubes, gt.labels, ctx.staging)
     prior = prior_table(preds, dataset.gt(ev.train_split).action, dataset.labelmap.ids)
-    baseline, _ = evaluate_tube_detections(
-        gt, frame_detections(prior, gt, videos), videos, linking=ev.linking, convention=convention
+    baseline = score_tubes(
+        gt, frame_detections(prior, gt, videos), tubes(prior=True), videos, convention=convention
     )
     (ctx.staging / "prior_metrics.json").write_text(json.dumps(baseline.to_json(gt.labels)))
     return {
@@ -135,8 +125,3 @@ def _compute_tubes(ctx: StageContext, dataset: Dataset, pred_path: Path) -> dict
         "tubes": result.n_tubes,
         "prior": {"frame_map": baseline.frame_map, **baseline.video},
     }
-
-
-STAGE = Stage(
-    name="evaluate", code_version=CODE_VERSION, config_type=EvaluateStageConfig, compute=compute
-)

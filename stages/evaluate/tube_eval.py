@@ -122,28 +122,17 @@ def frame_detections(table: BoxTable, gt: TubeGT, videos: tuple[str, ...]) -> np
     ).astype(np.float64)
 
 
-def evaluate_tube_detections(
-    gt: TubeGT,
-    frame_dets: np.ndarray,
-    videos: tuple[str, ...],
-    *,
+def link_detections(
+    gt: TubeGT, frame_dets: np.ndarray, videos: tuple[str, ...],
     linking: LinkingConfig | None = None,
-    convention: Literal["multisports", "act"] = "multisports",
-) -> tuple[TubeResult, LinkedTubes]:
-    """Frame-mAP of ``frame_dets`` and video-mAP of the tubes linked from them.
-
-    Args:
-        gt: the dataset GT (its test split is replaced by ``videos``).
-        frame_dets: float [N, 8] as :func:`frame_detections` returns.
-        videos: the evaluated videos (``frame_dets[:, 0]`` indexes them).
-    """
+) -> LinkedTubes:  # fmt: skip
+    """The tubes linked from ``frame_dets`` (float [N, 8] as :func:`frame_detections`
+    returns; ``frame_dets[:, 0]`` indexes ``videos``), by ``linking``'s parameters."""
     link = linking or LinkingConfig()
-    gt = restrict_to(gt, videos)
-    fmap, per_class = frame_map(gt, frame_dets, convention=convention)
     link_dets = np.array(frame_dets, dtype=np.float64).reshape(-1, 8)
     if link.mmaction2_scores and len(link_dets):
         link_dets[:, 3] = link_dets[-1, 3]
-    tubes = link_tubes(
+    return link_tubes(
         link_dets,
         videos,
         gt.nframes,
@@ -154,15 +143,74 @@ def evaluate_tube_detections(
         top_k=link.top_k,
         min_score=link.min_score,
     )
+
+
+def score_tubes(
+    gt: TubeGT, frame_dets: np.ndarray, tubes: LinkedTubes, videos: tuple[str, ...],
+    *, convention: Literal["multisports", "act"] = "multisports",
+) -> TubeResult:  # fmt: skip
+    """Frame-mAP of ``frame_dets`` and video-mAP of ``tubes`` (linked from them) on the
+    GT of ``videos``."""
+    gt = restrict_to(gt, videos)
+    fmap, per_class = frame_map(gt, frame_dets, convention=convention)
     video = video_map_summary(gt, tubes, convention=convention)
-    result = TubeResult(
+    return TubeResult(
         frame_map=fmap,
         frame_ap=per_class,
         video=video,
         n_frame_detections=len(frame_dets),
         n_tubes=sum(len(t) for t in tubes.values()),
     )
-    return result, tubes
+
+
+def evaluate_tube_detections(
+    gt: TubeGT,
+    frame_dets: np.ndarray,
+    videos: tuple[str, ...],
+    *,
+    linking: LinkingConfig | None = None,
+    convention: Literal["multisports", "act"] = "multisports",
+) -> tuple[TubeResult, LinkedTubes]:
+    """Frame-mAP of ``frame_dets`` and video-mAP of the tubes linked from them
+    (:func:`link_detections` then :func:`score_tubes`, as the ``link`` and ``evaluate``
+    stages do them one after the other).
+
+    Args:
+        gt: the dataset GT (its test split is replaced by ``videos``).
+        frame_dets: float [N, 8] as :func:`frame_detections` returns.
+        videos: the evaluated videos (``frame_dets[:, 0]`` indexes them).
+    """
+    tubes = link_detections(gt, frame_dets, videos, linking)
+    return score_tubes(gt, frame_dets, tubes, videos, convention=convention), tubes
+
+
+def save_tubes(path: Path, tubes: LinkedTubes) -> None:
+    """``tubes`` in an ``.npz`` (no pickle), exactly: per tube its label, video, score
+    and rows (:func:`load_tubes` reads them back in the same order)."""
+    items = [(lb, v, s, t) for lb, group in tubes.items() for v, s, t in group]
+    rows = [np.asarray(t) for *_, t in items]
+    np.savez(
+        path,
+        labels=np.array(sorted(tubes), dtype=np.int64),
+        label=np.array([lb for lb, *_ in items], dtype=np.int64),
+        video=np.array([v for _, v, _, _ in items], dtype=str),
+        score=np.array([s for _, _, s, _ in items], dtype=np.float64),
+        length=np.array([len(r) for r in rows], dtype=np.int64),
+        rows=np.concatenate(rows) if rows else np.empty((0, 6), dtype=np.float32),
+    )
+
+
+def load_tubes(path: Path) -> LinkedTubes:
+    """The tubes :func:`save_tubes` wrote (``allow_pickle=False``)."""
+    with np.load(path, allow_pickle=False) as z:
+        labels, label, video, score = z["labels"], z["label"], z["video"], z["score"]
+        length, rows = z["length"], z["rows"]
+    tubes: LinkedTubes = {int(lb): [] for lb in labels}
+    ends = np.cumsum(length)
+    for i, end in enumerate(ends):
+        tube = rows[end - length[i] : end]
+        tubes[int(label[i])].append((str(video[i]), float(score[i]), tube))
+    return tubes
 
 
 def write_tube_outputs(

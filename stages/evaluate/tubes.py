@@ -23,7 +23,7 @@ both tubes have in the shared range (tubes are expected to have one row per fram
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -255,7 +255,7 @@ def _match_with_fallback(
     gt_keys: Sequence[object] | np.ndarray,
     gt_items: Sequence[np.ndarray] | np.ndarray,
     thr: float,
-    iou_fn: Callable[[Sequence[np.ndarray] | np.ndarray, np.ndarray], np.ndarray],
+    iou_fn: Callable[[Any, np.ndarray], np.ndarray],
 ) -> np.ndarray:
     """ACT rule for N ranked detections: best IoU among the still unmatched GT with the
     same key (frame or video); a match removes that GT, so later detections fall back

@@ -36,22 +36,25 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from models.backbones import build_backbone
 from models.losses import ava_loss, loss_normalizers
 from models.roi import actor_rois
-from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
+from stages.data import BoxTable, Dataset, LabelMap
+from stages.extract.config import FINETUNE as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.extract.config import (
+    FinetuneConfig,
+    FinetuneStageConfig,
+)
 from stages.extract.stage import WEIGHTS_FILE, BackboneConfig
-from stages.framework import Stage, StageContext, StageError, write_json_atomic
+from stages.framework import StageContext, StageError, write_json_atomic
 from stages.framework.distributed import all_reduce_sum, is_main, run_data_parallel, shard, world
-from stages.framework.keys import InKey, NotInKey
-from stages.framework.precision import Precision, autocast, cpu_bf16_backward_guard, grad_scaler
+from stages.framework.precision import autocast, cpu_bf16_backward_guard, grad_scaler
 from stages.train.data import SplitIndex
 from stages.train.loop import (
     OptimConfig,
@@ -64,51 +67,11 @@ from stages.train.loop import (
 )
 from stages.video import ClipSpec, VideoReader, prefetch_keyframe_clips
 
-CODE_VERSION = "2"  # 2: RoIAlign y scale measured on the y axis (was the x ratio)
 HEAD_FILE = "head.pt"
 HISTORY_FILE = "training.json"  # written after the weights: its presence means done
 CHECKPOINT_DIR = "checkpoints"
 
 log = logging.getLogger("bankflow.finetune")
-
-
-class FinetuneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: InKey[int] = Field(4, ge=1)
-    batch_keyframes: InKey[int] = Field(8, ge=1)  # keyframes per step, all their GT persons
-    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
-    lr: InKey[float] = Field(1e-3, gt=0)  # peak lr after warm-up, cosine to zero
-    momentum: InKey[float] = 0.9  # SGD only
-    weight_decay: InKey[float] = 1e-4
-    warmup_epochs: InKey[float] = 0.5
-    grad_clip: InKey[float] = 5.0  # max global grad norm; 0 disables
-    dropout: InKey[float] = Field(0.5, ge=0.0, lt=1.0)  # before the FC, as SlowFast-Det
-    loss: InKey[Literal["ava", "bce"]] = "ava"
-    flip: InKey[bool] = True  # random horizontal flip of clip and boxes (p = 0.5 per keyframe)
-    split: InKey[str] = "train"
-    max_keyframes: InKey[int | None] = Field(None, ge=1)  # seeded subset, for quick demos
-    freeze_bn: InKey[bool] = False  # BN statistics frozen (pretrained weights, tiny batches)
-    seed: InKey[int] = 0
-    device: NotInKey[Literal["auto", "cpu", "cuda"]] = "auto"
-    # Autocast of the forward pass (stages.framework.precision): fp32, bf16, fp16 (CUDA).
-    precision: InKey[Precision] = "fp32"
-    # Data-parallel processes (stages.framework.distributed): each takes its slice of every batch.
-    devices: NotInKey[int] = Field(1, ge=1)
-    # torch intra-op CPU threads while training (None: torch's default). On a CPU shared
-    # with other jobs, 1 thread measured 2x faster than 2 (threads spin-wait for each other).
-    num_threads: NotInKey[int | None] = Field(None, ge=1)
-    clip_cache: NotInKey[Literal["auto", "memory", "stream"]] = "auto"
-    cache_max_bytes: NotInKey[int] = 2 << 30  # ``auto`` caches clips in RAM below this size
-
-
-class FinetuneStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    finetune: InKey[FinetuneConfig]
-    extract: InKey[BackboneConfig]  # backbone, its kwargs/initial weights, clip sampling
 
 
 class ActorClassifier(nn.Module):
@@ -128,7 +91,8 @@ class ActorClassifier(nn.Module):
 
     def forward(self, clips: Tensor, boxes: Tensor, batch_index: Tensor) -> Tensor:
         fmap = self.backbone(clips)  # (B, C, h, w)
-        _, pooled = actor_rois(fmap, boxes, batch_index, input_size=tuple(clips.shape[3:]))
+        height, width = clips.shape[3:]  # clips (B, C, T, H, W)
+        _, pooled = actor_rois(fmap, boxes, batch_index, input_size=(height, width))
         return self.head(pooled)  # (N, K)
 
 
@@ -438,9 +402,11 @@ def device_of(name: str) -> torch.device:
     return torch.device(name)
 
 
-def finetune(ctx: StageContext, on_epoch: Callable[[dict[str, Any]], None] | None = None):
+def finetune(
+    ctx: StageContext[FinetuneStageConfig], on_epoch: Callable[[dict[str, Any]], None] | None = None
+):
     """The stage body; ``on_epoch`` is called after each epoch's checkpoint is saved."""
-    cfg: FinetuneStageConfig = ctx.config  # type: ignore[assignment]
+    cfg = ctx.config
     ft, ex = cfg.finetune, cfg.extract
     done = ctx.staging / HISTORY_FILE
     if done.is_file():  # a previous attempt finished training but was not published
@@ -483,18 +449,12 @@ def finetune(ctx: StageContext, on_epoch: Callable[[dict[str, Any]], None] | Non
     return summary
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    threads = ctx.config.finetune.num_threads  # type: ignore[attr-defined]
+def compute(ctx: StageContext[FinetuneStageConfig]) -> dict[str, Any]:
+    threads = ctx.config.finetune.num_threads
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return run_data_parallel(finetune, ctx, devices=ctx.config.finetune.devices)  # type: ignore[attr-defined]
+        return run_data_parallel(finetune, ctx, devices=ctx.config.finetune.devices)
     finally:
         torch.set_num_threads(before)
-
-
-STAGE = Stage(
-    name="finetune", code_version=CODE_VERSION, config_type=FinetuneStageConfig,
-    compute=compute, resumable=True,
-)  # fmt: skip

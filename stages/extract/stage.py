@@ -31,105 +31,34 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
 
 from featurestore import (
     FeatureStore,
     estimate_store_bytes,
     format_bytes,
 )
-from models.roi import RoIAlignSpec
-from stages.data import Dataset, DatasetConfig
+from stages.data import Dataset
 from stages.detect.track import read_actors
+from stages.extract.config import EXTRACT as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.extract.config import (  # noqa: F401 (re-exported)
+    BackboneConfig,
+    ExtractConfig,
+    ExtractStageConfig,
+    RoIAlignConfig,
+)
 from stages.extract.video import VideoExtractor, _device, _probe_shapes, build_schema, load_backbone
 from stages.extract.workers import _become_publisher, _open_store, _published, _SplitRun
-from stages.framework import Stage, StageContext, StageError, output_file
+from stages.framework import StageContext, StageError, output_file
 from stages.framework.diskspace import bytes_under
-from stages.framework.keys import FileInKey, FileOrNameInKey, InKey, NotInKey
-from stages.framework.precision import Precision
 from stages.video import VideoError, VideoReader
 
-CODE_VERSION = "3"  # 2: fine-tuned weights win over extract.weights; 3: RoI y scale per axis
 FEATURES_DIR = "features"
 WEIGHTS_FILE = "backbone.pt"  # what the finetune stage publishes
 log = logging.getLogger("bankflow.extract")
-
-
-class RoIAlignConfig(BaseModel):
-    """How actor boxes are pooled (``models.roi.RoIAlignSpec``; the defaults are
-    bankflow's, MMAction2's AVA configs: ``output_size: 8, spatial_scale: 0.0625``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    output_size: InKey[int] = 7  # RoIAlign grid side
-    aligned: InKey[bool] = True  # torchvision's half-pixel offset
-    sampling_ratio: InKey[int] = 0  # samples per bin side, 0 = adaptive
-    pool: InKey[Literal["max", "avg"]] = "max"  # grid -> the pooled actor vector
-    # None: map size / input size on each axis; a number: that scale on both (1/16).
-    spatial_scale: InKey[float | None] = None
-
-    def spec(self) -> RoIAlignSpec:
-        return RoIAlignSpec(**self.model_dump())
-
-
-class BackboneConfig(BaseModel):
-    """The backbone and its input clips: what the finetune stage shares with extract."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backbone: InKey[str] = "slowfast_r50"
-    backbone_kwargs: InKey[dict[str, Any]] = {}
-    # A local checkpoint (PySlowFast / MMAction2 / bankflow); None = the finetune stage's
-    # weights when the pipeline has one, else a fixed-seed random init (demo only).
-    weights: FileInKey[str | None] = None
-    # Where the weights' architecture is stated (strides, dilations, alpha, frame sampling,
-    # input normalisation): a PySlowFast .yaml, an MMAction2 .py (parsed, never run),
-    # pytorchvideo:<hub name> or a preset such as pyslowfast/SLOWFAST_32x2_R50_SHORT.
-    # None: the config the checkpoint embeds; a zoo checkpoint without one is refused.
-    source_config: FileOrNameInKey[str | None] = None
-    num_frames: InKey[int] = 32  # frames of the (fast) clip
-    frame_stride: InKey[int] = 2  # source frames between clip frames
-    target_fps: InKey[float | None] = None  # measure the stride at this rate (AVA: 30)
-    short_side: InKey[int | None] = 256
-    mean: InKey[tuple[float, float, float]] = (0.45, 0.45, 0.45)
-    std: InKey[tuple[float, float, float]] = (0.225, 0.225, 0.225)
-
-    @classmethod
-    def of(cls, config: BackboneConfig) -> BackboneConfig:
-        """Only the backbone fields of ``config`` (an :class:`ExtractConfig`, say)."""
-        return cls.model_validate(config.model_dump(include=set(cls.model_fields)))
-
-
-class ExtractConfig(BackboneConfig):
-    model_config = ConfigDict(extra="forbid")
-
-    seed: InKey[int] = 0  # of the random init when there are no weights
-    # Flip every frame left-right before the backbone, boxes with it (x1' = 1 - x2): a
-    # test-time augmentation view (stages.predict.tta). The store then holds the flipped boxes.
-    flip: InKey[bool] = False
-    # Pool the context map to this (h, w) grid before storing (None: full map).
-    context_grid: InKey[tuple[int, int] | None] = None
-    store_roi: InKey[bool] = False  # keep the RoI maps (ACRN, PCCA, IGMN, S-only read them)
-    store_roi_t: InKey[bool] = False  # keep temporal RoI maps (T-only)
-    roi_align: InKey[RoIAlignConfig] = RoIAlignConfig()
-    batch_size: NotInKey[int] = 8  # keyframes per backbone forward (inference)
-    device: NotInKey[Literal["auto", "cpu", "cuda"]] = "auto"
-    # Autocast of the backbone forward (stages.framework.precision); the store stays fp16.
-    precision: InKey[Precision] = "fp32"
-    splits: InKey[list[str]] = ["train", "val"]
-    allow_low_disk: NotInKey[bool] = False
-
-
-class ExtractStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    extract: InKey[ExtractConfig]
 
 
 def store_path(uri: str | Path, split: str) -> Path | str:
@@ -166,8 +95,8 @@ def _check_disk(target: Path, needed: int, allow: bool) -> None:
         )
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: ExtractStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[ExtractStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     ex = cfg.extract
     dataset = Dataset.open(cfg.dataset)
     # A fine-tuned backbone wins; extract.weights is then where the fine-tuning started.
@@ -239,9 +168,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
             store.finalize()
         summary[split]["bytes"] = store.nbytes()
     return summary
-
-
-STAGE = Stage(
-    name="extract", code_version=CODE_VERSION, config_type=ExtractStageConfig,
-    compute=compute, resumable=True,
-)  # fmt: skip

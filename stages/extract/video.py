@@ -30,7 +30,7 @@ from stages.framework.precision import autocast
 from stages.video import ClipSpec, VideoReader, iter_keyframe_clips
 
 if TYPE_CHECKING:
-    from stages.extract.stage import ExtractConfig
+    from stages.extract.config import ExtractConfig
 
 log = logging.getLogger("bankflow.extract")
 
@@ -152,7 +152,7 @@ def _extra(cfg: ExtractConfig, architecture: object) -> dict:
     if cfg.weights is not None or cfg.source_config is not None:
         extra["weights"] = cfg.weights
         extra["source_config"] = cfg.source_config
-        if dataclasses.is_dataclass(architecture):
+        if dataclasses.is_dataclass(architecture) and not isinstance(architecture, type):
             extra["architecture"] = dataclasses.asdict(architecture)
     return extra
 
@@ -304,14 +304,16 @@ class VideoExtractor:
                 return np.zeros(shapes[name], dtype)
             return np.concatenate(parts[name])
 
+        context_maps, pooled_rows = joined("context"), joined("pooled")
+        assert context_maps is not None and pooled_rows is not None  # every schema has both
         return VideoFeatures(
             timestamps=timestamps.astype(np.int32),
-            context=joined("context"),
+            context=context_maps,
             actor_offset=offsets - offsets[0],
             boxes=boxes.astype(np.float32),
             scores=actors["score"][order].astype(np.float32),
             track=actors["track"][order].astype(np.int32),
-            pooled=joined("pooled"),
+            pooled=pooled_rows,
             roi=joined("roi"),
             roi_t=joined("roi_t"),
         )

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +27,7 @@ from featurestore import (
 )
 from featurestore.backend import LockFiles
 from stages.data import Dataset
+from stages.extract.config import ExtractConfig, ExtractStageConfig
 from stages.framework import COMPLETE_MARKER, StageContext, StageError, output_dir
 from stages.video import VideoError, VideoReader
 
@@ -35,9 +35,6 @@ from stages.video import VideoError, VideoReader
 # most (a live writer refreshes its claim; a dead one is taken over, see _break_if_dead).
 POLL_S = 0.5
 WAIT_FOR_OTHERS_S = 6 * 3600.0
-
-if TYPE_CHECKING:
-    from stages.extract.stage import ExtractConfig
 
 log = logging.getLogger("bankflow.extract")
 
@@ -118,7 +115,7 @@ class _SplitRun:
     only once it is written.
     """
 
-    def __init__(self, ctx: StageContext, split: str, dataset: Dataset, extractor, store,
+    def __init__(self, ctx: StageContext[ExtractStageConfig], split: str, dataset: Dataset, extractor, store,
                  by_video: dict[str, dict[str, np.ndarray]], owner: str,
                  published: Callable[[], bool]) -> None:  # fmt: skip
         self.ctx, self.split, self.dataset = ctx, split, dataset
@@ -151,7 +148,7 @@ class _SplitRun:
 
     def extract_video(self, video_id: str, claim: Claim) -> None:
         """Compute ``video_id`` and hand it to the writer, which releases ``claim``."""
-        ex: ExtractConfig = self.ctx.config.extract  # type: ignore[attr-defined]
+        ex: ExtractConfig = self.ctx.config.extract
         path: Path | str = video_id
         try:
             path = self.dataset.video_path(video_id)

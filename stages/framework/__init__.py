@@ -22,6 +22,7 @@ import contextlib
 import datetime as dt
 import getpass
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -34,11 +35,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from stages.framework.diskspace import disk_full_as_stage_error
+from stages.framework.errors import StageError
 from stages.framework.keys import KeyFileError, excluded_fields, key_payload
 from stages.framework.keys import hash_file as file_sha256  # read now: outputs are verified with it
 
@@ -55,10 +57,6 @@ TRACKED_LIBRARIES = (
     "bankflow", "numpy", "torch", "torchvision", "decord", "zarr", "pyarrow",
     "h5py", "prefect", "pydantic",
 )  # fmt: skip
-
-
-class StageError(RuntimeError):
-    """A stage could not run or its output is unusable (message names stage and path)."""
 
 
 class StageRef(BaseModel):
@@ -82,13 +80,19 @@ class StageRef(BaseModel):
         return Path(self.uri)
 
 
+C = TypeVar("C", bound=BaseModel)
+
+
 @dataclass
-class StageContext:
-    """What a stage's compute function gets: its config, inputs and a place to write."""
+class StageContext(Generic[C]):
+    """What a stage's compute function gets: its config, inputs and a place to write.
+
+    Generic in the config: a stage's compute takes ``StageContext[TrainStageConfig]``, and
+    ``ctx.config`` is a ``TrainStageConfig`` to the type checker."""
 
     stage: str
     key: str
-    config: BaseModel
+    config: C
     inputs: Mapping[str, StageRef]
     staging: Path  # write every output file below this directory
     work_root: Path
@@ -113,23 +117,53 @@ class StageContext:
 
 
 @dataclass(frozen=True)
-class Stage:
+class Stage(Generic[C]):
     """A named, versioned unit of work.
 
     Attributes:
         name: one of the pipeline's stage names (``detect``, ``extract``, …).
         code_version: bump it when the stage's code changes its output; it is in the key.
         config_type: the pydantic model of this stage's config section.
-        compute: writes the output into ``ctx.staging`` and returns a small summary dict.
+        compute: writes the output into ``ctx.staging`` and returns a small summary dict;
+            or where that function is, ``"package.module:function"``, imported when the
+            stage runs. The pipeline's stages name theirs (``stages/<family>/config.py``),
+            so that listing stages, validating configs and computing keys import no
+            torch (docs/design.md §1).
         resumable: keep the staging directory of a killed run so ``compute`` can skip
             finished work (per video, per epoch); otherwise a stale staging dir is wiped.
+
+    Traits, read where the pipeline, the flows and the report need them (one place per
+    stage, not lists of names; docs/design.md §9):
+
+        gpu: wants a GPU (flows tag its task runs and claim a GPU slot; its deployment
+            is the ``gpu`` one).
+        produces_model: each run publishes one *model*: ``predictions/<split>.csv``
+            and a summary with ``val_map`` (summary.json ``models``, the report's
+            ``model:<name>`` inputs, evaluated per model).
+        trained_run: its output is a trained run (``head.pt`` + the run config it was
+            trained with) that :class:`stages.train.run.TrainedRun` opens.
+        self_coordinated: concurrent processes on one key coordinate themselves
+            (per-video claims, one publisher), so the flows hold no lock on its key.
     """
 
     name: str
     code_version: str
-    config_type: type[BaseModel]
-    compute: Callable[[StageContext], dict[str, Any] | None]
+    config_type: type[C]
+    compute: Callable[[StageContext[C]], dict[str, Any] | None] | str
     resumable: bool = False
+    gpu: bool = False
+    produces_model: bool = False
+    trained_run: bool = False
+    self_coordinated: bool = False
+
+    def compute_function(self) -> Callable[[StageContext[C]], dict[str, Any] | None]:
+        """``compute``, imported if it is named by its dotted path."""
+        if not isinstance(self.compute, str):
+            return self.compute
+        module, _, name = self.compute.partition(":")
+        function: Callable[[StageContext[C]], dict[str, Any] | None]
+        function = getattr(importlib.import_module(module), name)
+        return function
 
 
 def canonical_json(value: Any) -> str:
@@ -144,7 +178,7 @@ def config_payload(config: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
 
 
 def stage_key(
-    stage: Stage,
+    stage: Stage[Any],
     config: BaseModel | Mapping[str, Any],
     inputs: Mapping[str, StageRef | str],
 ) -> str:
@@ -407,8 +441,8 @@ def _user() -> str:
 
 
 def run_stage(
-    stage: Stage,
-    config: BaseModel,
+    stage: Stage[C],
+    config: C,
     inputs: Mapping[str, StageRef],
     work_root: Path | str,
     *,
@@ -449,7 +483,7 @@ def run_stage(
     )  # fmt: skip
     log.info("stage %s: computing key %s", stage.name, key)
     with disk_full_as_stage_error(ctx):  # ENOSPC -> one line: stage, file, bytes
-        summary = stage.compute(ctx) or {}
+        summary = stage.compute_function()(ctx) or {}
     seconds = time.perf_counter() - t0
 
     provenance = {
@@ -504,12 +538,12 @@ def run_stage(
     )  # fmt: skip
 
 
-def _after_publish(ctx: StageContext) -> None:
+def _after_publish(ctx: StageContext[Any]) -> None:
     for hook in ctx.after_publish:
         hook()
 
 
-def stage_status(work_root: Path | str, stage: Stage, key: str) -> dict[str, Any]:
+def stage_status(work_root: Path | str, stage: Stage[Any], key: str) -> dict[str, Any]:
     """``cached`` (published here), ``stale`` (other keys exist, not this one) or ``missing``."""
     out = output_dir(work_root, stage.name, key)
     ref = None

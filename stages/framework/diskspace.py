@@ -15,12 +15,18 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from featurestore import format_bytes
+from stages.framework.errors import StageError
 
-if TYPE_CHECKING:
-    from stages.framework import StageContext
+
+class _Running(Protocol):
+    """What a disk-full message names: the stage's context (stages.framework.StageContext)."""
+
+    stage: str
+    staging: Path
+    expected_bytes: int | None
+
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -55,6 +61,8 @@ def _disk_full(exc: BaseException) -> OSError | None:
 
 def disk_full_message(stage: str, staging: Path, error: OSError, expected: int | None) -> str:
     """One line: stage, file, bytes free, bytes needed (or written so far), what to do."""
+    from featurestore import format_bytes  # zarr, h5py: not imported until a disk fills
+
     path = Path(error.filename) if error.filename else staging
     free = shutil.disk_usage(_existing_parent(path)).free
     written = bytes_under(staging)
@@ -69,10 +77,8 @@ def disk_full_message(stage: str, staging: Path, error: OSError, expected: int |
 
 
 @contextlib.contextmanager
-def disk_full_as_stage_error(ctx: StageContext) -> Iterator[None]:
+def disk_full_as_stage_error(ctx: _Running) -> Iterator[None]:
     """Turn a disk-full error raised inside the block into one StageError line."""
-    from stages.framework import StageError
-
     try:
         yield
     except Exception as exc:

@@ -82,17 +82,19 @@ def all_reduce_gradients(model: nn.Module) -> None:
     has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device)
     dist.all_reduce(has, op=dist.ReduceOp.SUM)
     used = [p for p, h in zip(params, has.tolist(), strict=True) if h > 0]
+    grads = []
     for p in used:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
     if not used:
         return
-    flat = torch.cat([p.grad.reshape(-1).float() for p in used])
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
-    for p in used:
+    for p, g in zip(used, grads, strict=True):
         n = p.numel()
-        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        g.copy_(flat[offset : offset + n].view_as(g))
         offset += n
 
 

@@ -71,7 +71,7 @@ def field_role(model: type[BaseModel], name: str) -> KeyRole | None:
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
-def file_sha256(path: str | Path, *, field: str = "file") -> str:
+def file_sha256(path: str | os.PathLike[str], *, field: str = "file") -> str:
     """sha256 (hex) of a file's bytes, memoised by path, size and modification time."""
     p = Path(path).expanduser()
     try:

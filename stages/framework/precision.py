@@ -10,11 +10,11 @@ The setting enters the stage key: a bf16 run is another output than an fp32 one.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-Precision = Literal["fp32", "bf16", "fp16"]
+from stages.framework.precision_names import Precision  # noqa: F401 (re-exported)
 
 
 class PrecisionError(RuntimeError):
@@ -55,7 +55,8 @@ def cpu_bf16_backward_guard(precision: str, device: torch.device | str) -> Any:
 def _mkldnn_off() -> Any:
     # Only this switch (torch.backends.mkldnn.flags also sets a TF32 flag and warns).
     before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
+    # torch's stubs type the module attribute as its ContextProp descriptor, not bool.
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
     try:
         yield
     finally:

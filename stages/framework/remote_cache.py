@@ -35,8 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel, ConfigDict
 
 from stages.framework import (
@@ -125,6 +123,9 @@ class StageCache:
 
     def __init__(self, url: str | os.PathLike) -> None:
         self.url = os.fspath(url).rstrip("/")
+        import fsspec  # here: a pipeline config's cache section is read without fsspec
+        from fsspec.implementations.local import LocalFileSystem
+
         try:
             if is_url(self.url):
                 self.fs, self.root = fsspec.core.url_to_fs(self.url)
@@ -138,6 +139,13 @@ class StageCache:
     def __repr__(self) -> str:
         return f"StageCache({self.url!r})"
 
+    @property
+    def local(self) -> bool:
+        """A cache on a local or mounted (NFS) file system, not behind a URL."""
+        from fsspec.implementations.local import LocalFileSystem
+
+        return isinstance(self.fs, LocalFileSystem)
+
     # ----------------------------------------------------------------- paths
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -148,7 +156,7 @@ class StageCache:
     def check(self) -> None:
         """Fail with one line if the cache cannot be listed (endpoint, bucket, credentials)."""
         try:
-            if isinstance(self.fs, LocalFileSystem):
+            if self.local:
                 if Path(self.root).exists() and not Path(self.root).is_dir():
                     raise CacheError(
                         f"{self.url}: is a file; a stage cache is a directory or an fsspec URL"

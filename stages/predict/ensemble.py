@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import linear_sum_assignment
 
 from models.boxes import iou_matrix
-from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap, read_detections_csv
+from stages.data import BoxTable, Dataset, LabelMap, read_detections_csv
 from stages.data.predictions import (
     read_predictions_parquet,
     write_predictions_csv,
@@ -54,50 +53,20 @@ from stages.evaluate.ava import _keyframe_ids, evaluate_ava
 from stages.evaluate.result import AvaResult
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.framework import (
-    Stage,
     StageContext,
     StageError,
     StageRef,
     verify_published_file,
 )
-from stages.framework.keys import InKey
+from stages.predict.config import ENSEMBLE as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.predict.config import (  # noqa: F401 (re-exported)
+    EnsembleRunConfig,
+    EnsembleSection,
+    EnsembleStageConfig,
+)
 from stages.train.stage import METRICS_FILE, evaluated_labelmap
 
-CODE_VERSION = "1"
-
 log = logging.getLogger("bankflow.ensemble")
-
-
-class EnsembleRunConfig(BaseModel):
-    """One ensemble (``ensemble.runs.<name>`` in the pipeline config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # model names (train / train_bank / rebalance runs); empty: every model, pipeline order
-    members: InKey[list[str]] = []
-    # per member; members not named weigh 1.0
-    weights: InKey[dict[str, float]] = {}
-    select: InKey[bool] = False  # greedy forward selection of the members on select_split
-    select_split: InKey[str] = "val"
-    max_members: InKey[int | None] = Field(None, ge=1)  # cap on the selected members
-    split: InKey[str] = "val"  # the split whose predictions are averaged and evaluated
-    match_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)  # IoU a box needs to match a reference box
-
-
-class EnsembleSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    runs: dict[str, EnsembleRunConfig] = {}
-
-
-class EnsembleStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    name: InKey[str]
-    members: InKey[list[str]]  # resolved member names, in order; the stage's inputs carry these
-    run: InKey[EnsembleRunConfig]
 
 
 @dataclass(frozen=True)
@@ -286,8 +255,8 @@ def greedy_selection(
     return selected, trace
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: EnsembleStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[EnsembleStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     run = cfg.run
     if not cfg.members:
         raise StageError(f"ensemble {cfg.name!r}: no members")
@@ -363,32 +332,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "selection": [{k: v for k, v in step.items() if k != "singles"} for step in trace],
         "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.split}.csv"),
     }
-
-
-STAGE = Stage(
-    name="ensemble", code_version=CODE_VERSION, config_type=EnsembleStageConfig, compute=compute
-)
-
-
-def run_ensemble_stages(
-    run: Any, dataset: DatasetConfig, fingerprint: str, models: Mapping[str, StageRef]
-) -> dict[str, StageRef]:
-    """The pipeline's ensembles (``ensemble.runs``) over its models; ``run`` is the
-    :class:`stages.pipeline.PipelineRun`. Returns {ensemble name: StageRef}."""
-    runs: dict[str, EnsembleRunConfig] = run.config.ensemble.runs
-    out: dict[str, StageRef] = {}
-    run.pending_runs["ensemble"] = len(runs)
-    for name, ens in runs.items():
-        members = list(ens.members) or list(models)
-        unknown = [m for m in members if m not in models]
-        if unknown:
-            raise ValueError(
-                f"ensemble.runs.{name}.members: no model {unknown}; models are {', '.join(models)}"
-            )
-        if len(set(members)) != len(members):
-            raise ValueError(f"ensemble.runs.{name}.members lists a model twice: {members}")
-        config = EnsembleStageConfig(
-            dataset=dataset, dataset_fingerprint=fingerprint, name=name, members=members, run=ens
-        )
-        out[name] = run.stage("ensemble", config, {m: models[m] for m in members}, label=name)
-    return out

@@ -20,64 +20,29 @@ evaluate stage reads it) and ``metrics.json`` with the mAP of every view and of 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from featurestore import FeatureStore
-from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
+from stages.data import BoxTable, Dataset, LabelMap
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
-from stages.extract.stage import ExtractConfig, ExtractStageConfig, store_path
+from stages.extract.stage import store_path
 from stages.extract.video import flip_boxes
-from stages.framework import Stage, StageContext, StageError, StageRef
-from stages.framework.keys import InKey
+from stages.framework import StageContext, StageError
+from stages.predict.config import PREDICT as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.predict.config import PredictStageConfig, TTAConfig, TTAView, view_extract_config  # noqa: F401 (re-exported)
 from stages.train.data import KeyframeSource, SplitIndex, build_index, open_split
 from stages.train.loop import TrainData, predict
 from stages.train.run import TrainedRun
 from stages.train.stage import predictions_table
 
-if TYPE_CHECKING:
-    from stages.pipeline import PipelineRun
-
-CODE_VERSION = "1"
 METRICS_FILE = "metrics.json"
 BOX_TOLERANCE = 1e-4  # stored boxes are float32; 1 - (1 - x) is exact to about 1e-7
-
-
-class TTAView(BaseModel):
-    """One extraction view: the base extraction with these two fields replaced."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    short_side: InKey[int | Literal["base"] | None] = "base"  # "base": the base extraction's
-    flip: InKey[bool] = False
-
-
-class TTAConfig(BaseModel):
-    """``tta`` section: extra views of the evaluated split, averaged with the base one.
-
-    E.g. the papers' multi-scale + flip test: ``views: [{flip: true}, {short_side: 288},
-    {short_side: 288, flip: true}, {short_side: 320}, {short_side: 320, flip: true}]``.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    views: InKey[list[TTAView]] = Field(default_factory=lambda: [TTAView(flip=True)], min_length=1)
-    include_base: InKey[bool] = True  # the base extraction is one of the averaged views
-
-
-def view_extract_config(base: ExtractConfig, view: TTAView, split: str) -> ExtractConfig:
-    """The extract config of ``view``: the base one with short side and flip replaced,
-    extracting only ``split``."""
-    update: dict[str, Any] = {"flip": view.flip, "splits": [split]}
-    if view.short_side != "base":
-        update["short_side"] = view.short_side
-    return base.model_copy(update=update)
 
 
 def view_index(store: FeatureStore, labelmap: LabelMap) -> SplitIndex:
@@ -163,23 +128,14 @@ def predict_views(
 # ------------------------------------------------------------------------------ the stage
 
 
-class PredictStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    split: InKey[str]  # the evaluated split
-    tta: InKey[TTAConfig]
-
-
 def view_names(inputs: Sequence[str]) -> list[str]:
     """The stage's view inputs (``view0``, ``view1``, ...) in order."""
     names = [n for n in inputs if n.startswith("view")]
     return sorted(names, key=lambda n: int(n.removeprefix("view")))
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: PredictStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[PredictStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     split = cfg.split
     run = TrainedRun.open(ctx.input("train").path)
     labelmap, exclusive = run.classes()
@@ -217,44 +173,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "name": run.name, "head": run.head_name, "split": split, "val_map": result.mAP,
         "group_map": result.groups, "views": views, "predictions_csv": csv,
     }  # fmt: skip
-
-
-STAGE = Stage(
-    name="predict", code_version=CODE_VERSION, config_type=PredictStageConfig, compute=compute
-)
-
-
-def run_tta_stages(run: PipelineRun, section: Callable[..., BaseModel]) -> dict[str, StageRef]:
-    """The pipeline's ``tta`` section: extract every view of the evaluated split, then one
-    ``predict`` stage per stage-1 train run, labelled ``<run>_tta`` (as cRT's are
-    ``<run>_crt``); returns those.
-
-    The views are the base extraction with ``short_side`` / ``flip`` replaced; each is an
-    extract stage run of its own key (run through the pipeline's runner, so Prefect
-    caches them like any extraction) on the same track/detect (and finetune) inputs.
-    Stage-2 runs (which read banks) are left out.
-    """
-    cfg = run.config
-    assert cfg.tta is not None
-    split = cfg.evaluate.split
-    base = section(ExtractStageConfig, "extract")
-    inputs = {n: run.refs[n] for n in ("track", "detect", "finetune") if n in run.refs}
-    views: list[StageRef] = [run.refs["extract"]] if cfg.tta.include_base else []
-    for view in cfg.tta.views:
-        config = base.model_copy(
-            update={"extract": view_extract_config(base.extract, view, split)}
-        )  # fmt: skip
-        ref, _ = run.runner("extract", config, inputs, run.work_root, "extract" in run.force)
-        views.append(ref)
-    stage1 = {n[len("train:") :]: r for n, r in run.refs.items() if n.startswith("train:")}
-    run.pending_runs["predict"] = len(stage1)
-    out = {}
-    for name, model in stage1.items():
-        config = PredictStageConfig(
-            dataset=base.dataset, dataset_fingerprint=base.dataset_fingerprint, split=split,
-            tta=cfg.tta,
-        )  # fmt: skip
-        view_inputs = {f"view{k}": ref for k, ref in enumerate(views)}
-        label = f"{name}_tta"
-        out[label] = run.stage("predict", config, {"train": model, **view_inputs}, label=label)
-    return out

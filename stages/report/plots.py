@@ -46,7 +46,7 @@ def map_by_model_png(
     ax.set_yticks(y, [names[i] for i in order], fontsize=8)
     ax.invert_yaxis()
     for yi, v in zip(y, vals, strict=True):
-        ax.text(v, yi, f" {v:.2f}", va="center", fontsize=7)
+        ax.text(v, float(yi), f" {v:.2f}", va="center", fontsize=7)
     ax.set_xlim(0, max([*vals, 1.0]) * 1.15)
     ax.set_xlabel("frame-mAP@0.5 (%)")
     handles = [k for k in palette if k in kinds]

@@ -25,48 +25,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
-from stages.data import Dataset, DatasetConfig
+from stages.data import Dataset, LabelMap
 from stages.evaluate.breakdown import head_tail
 from stages.framework import (
     COMPLETE_MARKER,
-    Stage,
     StageContext,
     StageError,
     StageRef,
     read_published_json,
 )
-from stages.framework.keys import InKey
 from stages.report import plots
+from stages.report.config import (  # noqa: F401 (re-exported)
+    HTML_FILE,
+    MARKDOWN_FILE,
+    ReportConfig,
+    ReportStageConfig,
+)
+from stages.report.config import REPORT as STAGE  # noqa: F401 (the stage, for stages.catalog)
 from stages.train.rebalance import CRT_FILE, class_counts, head_tail_k
 from stages.train.stage import METRICS_FILE, evaluated_labelmap
 
-CODE_VERSION = "1"
-MARKDOWN_FILE = "report.md"
-HTML_FILE = "report.html"
 JSON_FILE = "report.json"
 PLOTS_DIR = "plots"
-MODEL_STAGES = ("train", "train_bank", "rebalance", "predict")  # "predict": TTA runs
 GROUPS = ("pose", "object_manipulation", "person_interaction")
-
-
-class ReportConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    title: InKey[str] = "bankflow report"
-    # head/tail size; None: the reports' rule (20, or a third with fewer than 60 classes)
-    head_tail_k: InKey[int | None] = Field(None, ge=1)
-    train_split: InKey[str] = "train"  # class frequencies (head/tail) come from its GT
-
-
-class ReportStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    split: InKey[str]  # the evaluated split
-    report: InKey[ReportConfig] = ReportConfig()
 
 
 # --- a tiny document model rendered to both Markdown and HTML -----------------------
@@ -107,13 +89,14 @@ class Document:
 
     def html(self, title: str) -> str:
         out = [
-            "<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+            "<!DOCTYPE html>",
+            "<html><head><meta charset='utf-8'>",
             f"<title>{html.escape(title)}</title>",
             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}"
             "table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;"
             "padding:2px 8px;text-align:right}th{background:#eee}img{max-width:100%}</style>",
             "</head><body>",
-        ]  # fmt: skip
+        ]
         for kind, value in self.blocks:
             if kind == "heading":
                 out.append(f"<h{value[0]}>{html.escape(value[1])}</h{value[0]}>")
@@ -121,8 +104,9 @@ class Document:
                 out.append(f"<p>{html.escape(value)}</p>")
             elif kind == "table":
                 headers, rows = value
-                out.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-                           + "</tr>")  # fmt: skip
+                out.append(
+                    "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"
+                )
                 for row in rows:
                     cells = "".join(f"<td>{html.escape(_md_cell(c))}</td>" for c in row)
                     out.append(f"<tr>{cells}</tr>")
@@ -200,20 +184,45 @@ def collect_models(inputs: Mapping[str, StageRef]) -> list[ModelRow]:
             metrics = _published_json(evaluation.path, METRICS_FILE) or metrics
         if not metrics:
             raise StageError(f"report: no {METRICS_FILE} for model {name!r} ({ref.path})")
-        rows.append(ModelRow(
-            name=name, kind=ref.stage, summary=summary, mAP=float(metrics["mAP"]),
-            groups=dict(metrics.get("groups") or {}), per_class=per_class_of(metrics),
-            seconds=float(record.get("seconds", 0.0)),
-            video={k: float(v) for k, v in metrics.items() if k.startswith("v_map")},
-        ))  # fmt: skip
+        rows.append(
+            ModelRow(
+                name=name,
+                kind=ref.stage,
+                summary=summary,
+                mAP=float(metrics["mAP"]),
+                groups=dict(metrics.get("groups") or {}),
+                per_class=per_class_of(metrics),
+                seconds=float(record.get("seconds", 0.0)),
+                video={k: float(v) for k, v in metrics.items() if k.startswith("v_map")},
+            )
+        )
     return rows
 
 
 # --- the report ----------------------------------------------------------------------
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: ReportStageConfig = ctx.config  # type: ignore[assignment]
+@dataclass
+class _Report:
+    """What every section of the report reads, and the document it writes into."""
+
+    cfg: ReportStageConfig
+    inputs: Mapping[str, StageRef]
+    labelmap: LabelMap
+    counts: dict[int, int]
+    by_freq: list[int]
+    plots_dir: Path
+    doc: Document = field(default_factory=lambda: Document())
+    files: dict[str, str] = field(default_factory=dict)
+
+    def save(self, name: str, png: bytes) -> str:
+        (self.plots_dir / name).write_bytes(png)
+        self.files[name] = f"{PLOTS_DIR}/{name}"
+        return self.files[name]
+
+
+def compute(ctx: StageContext[ReportStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     dataset = Dataset.open(cfg.dataset)
     labelmap = evaluated_labelmap(dataset, cfg.dataset)
     counts = class_counts(dataset.gt(cfg.report.train_split).action, labelmap.ids)
@@ -223,173 +232,31 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         raise StageError("report: no model or ensemble among the inputs; nothing to report")
     plots_dir = ctx.staging / PLOTS_DIR
     plots_dir.mkdir()
-    files: dict[str, str] = {}
-
-    def save(name: str, png: bytes) -> str:
-        (plots_dir / name).write_bytes(png)
-        files[name] = f"{PLOTS_DIR}/{name}"
-        return files[name]
-
-    doc = Document()
-    doc.heading(cfg.report.title, 1)
-    doc.text(f"Dataset {cfg.dataset.root}; evaluated split {cfg.split!r}, {len(labelmap)} "
-             f"classes; frame-mAP@0.5 (AVA protocol).")  # fmt: skip
-
-    # Models
-    evaluated = sorted(set().union(*(m.per_class for m in models)))
-    k = cfg.report.head_tail_k or head_tail_k(len(evaluated))
-    doc.heading("Models")
-    rows, table_json = [], []
-    for m in models:
-        ht = head_tail(m.per_class, counts, k) if len(m.per_class) >= 2 else {}
-        s = m.summary
-        row = {
-            "model": m.name, "stage": m.kind, "head": s.get("head") or "-",
-            "mAP": m.mAP, **{g: m.groups.get(g) for g in GROUPS},
-            "head_mAP": ht.get("head_mAP"), "tail_mAP": ht.get("tail_mAP"),
-            "prior_map": s.get("prior_map"), "parameters": s.get("parameters"),
-            "train_seconds": s.get("train_seconds"),
-        }  # fmt: skip
-        table_json.append(row)
-        rows.append([m.name, m.kind, row["head"], pct(m.mAP), *(pct(m.groups.get(g)) for g in
-                     GROUPS), pct(row["head_mAP"]), pct(row["tail_mAP"]), pct(row["prior_map"]),
-                     row["parameters"], row["train_seconds"]])  # fmt: skip
-    doc.table(["model", "stage", "head", "mAP", "pose", "object", "person", f"head {k}",
-               f"tail {k}", "prior", "params", "train s"], rows)  # fmt: skip
-    tubes = [m for m in models if m.video]
-    if tubes:
-        keys = sorted({k for m in tubes for k in m.video})
-        doc.text("Tube dataset: the mAP column is frame-mAP@0.5 (MultiSports protocol: one "
-                 "label per box); video-mAP of the tubes linked from the detections:")  # fmt: skip
-        doc.table(["model", "frame-mAP", *keys],
-                  [[m.name, pct(m.mAP), *(pct(m.video.get(k)) for k in keys)] for m in tubes])  # fmt: skip
-    train_split = cfg.report.train_split
-    doc.text(f"Head / tail: mean AP of the {k} most / least frequent classes by {train_split!r} "
-             "GT rows (the reports' top/bottom 20; a third of the classes when there are "
-             "fewer than 60).")  # fmt: skip
-    doc.image(save("map_by_model.png", plots.map_by_model_png(
-        [m.name for m in models], [m.mAP for m in models], [m.kind for m in models],
-        title=f"frame-mAP on {cfg.split}")), "frame-mAP per model")  # fmt: skip
-
-    # Per-class AP
-    doc.heading("Per-class AP")
-    names = [f"{labelmap.name(c)} ({counts[c]})" for c in by_freq]
-    singles = [m for m in models if m.kind != "ensemble"]
+    r = _Report(cfg, ctx.inputs, labelmap, counts, by_freq, plots_dir)
+    r.doc.heading(cfg.report.title, 1)
+    r.doc.text(
+        f"Dataset {cfg.dataset.root}; evaluated split {cfg.split!r}, {len(labelmap)} "
+        f"classes; frame-mAP@0.5 (AVA protocol)."
+    )
+    table_json, k = _models_section(r, models)
     ensembles = [m for m in models if m.kind == "ensemble"]
-    series = {}
-    for group in (singles, ensembles):
-        if group:
-            best = max(group, key=lambda m: m.mAP)
-            series[best.name] = [best.per_class.get(c, float("nan")) for c in by_freq]
-    doc.image(save("per_class_ap.png", plots.per_class_bars_png(
-        names, series, title="per-class AP, classes by training frequency (count)")),
-        "per-class AP")  # fmt: skip
-    matrix = np.array([[m.per_class.get(c, np.nan) for c in by_freq] for m in models])
-    doc.image(save("per_class_heatmap.png", plots.heatmap_png(
-        [m.name for m in models], [labelmap.name(c) for c in by_freq], matrix,
-        title="per-class AP (%) of every model")), "per-class AP of every model")  # fmt: skip
-    doc.table(["class", "train rows", *[m.name for m in models]],
-              [[labelmap.name(c), counts[c], *(pct(m.per_class.get(c)) for m in models)]
-               for c in by_freq])  # fmt: skip
+    _per_class_section(r, models, ensembles)
+    crt_json = _crt_section(r, models)
+    _ensembles_section(r, ensembles)
+    detector = _detector_stores_timings(r)
 
-    # cRT
-    crt_rows, crt_plot, crt_json = [], {}, {}
-    for m in models:
-        if m.kind != "rebalance":
-            continue
-        crt = m.summary.get("crt") or {}
-        ref = ctx.inputs[f"model:{m.name}"]
-        per = _published_json(ref.path, CRT_FILE).get("per_class", {})
-        crt_json[m.name] = crt
-        crt_rows.append([
-            m.name, m.summary.get("source", "-"), crt.get("k"), pct(crt.get("all_before")),
-            pct(crt.get("all_after")), pct(crt.get("all_change"), True),
-            pct(crt.get("head_change"), True), pct(crt.get("tail_change"), True),
-            ", ".join(f"{labelmap.name(c)} {pct(d, True)}" for c, d in
-                      crt.get("most_improved", []) if c in labelmap),
-        ])  # fmt: skip
-        order = [c for c in by_freq if str(c) in per]
-        if order:
-            deltas = [per[str(c)]["after"] - per[str(c)]["before"] for c in order]
-            crt_plot[m.name] = ([labelmap.name(c) for c in order], deltas, int(crt.get("k", 1)))
-    if crt_rows:
-        doc.heading("Class-balanced classifier re-training (cRT)")
-        doc.table(["model", "from", "k", "mAP before", "after", "Δ all", "Δ head", "Δ tail",
-                   "most improved"], crt_rows)  # fmt: skip
-        doc.text(
-            "Δ: mean AP change (points) over all / the k most / the k least frequent "
-            "classes, as in the AVA-Kinetics report's Table 3 and PCCA's Table 3."
-        )
-        doc.image(save("crt_delta.png", plots.crt_delta_png(crt_plot)), "cRT per-class change")
-
-    # Ensembles
-    if ensembles:
-        doc.heading("Ensembles")
-        rows = []
-        for m in ensembles:
-            s = m.summary
-            weights = s.get("weights") or {}
-            members = ", ".join(
-                f"{n}×{weights[n]:g}" if weights.get(n, 1.0) != 1.0 else n
-                for n in s.get("members", [])
-            )
-            rows.append([m.name, members, pct(m.mAP), s.get("best_member", "-"),
-                         pct(s.get("best_member_map")), pct(s.get("gain"), True),
-                         "yes" if s.get("selection_optimistic") else "no"])  # fmt: skip
-        doc.table(["ensemble", "members", "mAP", "best member", "its mAP", "gain",
-                   "selected on this split"], rows)  # fmt: skip
-        for m in ensembles:
-            if (m.summary.get("gain") or 0.0) < 0:
-                doc.text(
-                    f"Note: {m.name} is below its best member. Average voting weighs every "
-                    "member equally; members much weaker than the best (or strongly "
-                    "correlated with each other) pull the average below it. Weights or "
-                    "greedy selection (ensemble.runs.<name>.select) address this."
-                )
-            if m.summary.get("selection_optimistic"):
-                doc.text(f"{m.name}: members were selected on the split it is evaluated on; "
-                         "its mAP is optimistic.")  # fmt: skip
-
-    # Detector, stores, banks, timings
-    detect_ref = ctx.inputs.get("detect")
-    detector = marker(detect_ref).get("summary", {}) if detect_ref else {}
-    if detector:
-        doc.heading("Person detector")
-        doc.table(["split", "boxes", "AP@0.5", "recall"], [
-            [split, rec.get("boxes"), pct(rec.get("ap50")), pct(rec.get("recall"))]
-            for split, rec in detector.items() if isinstance(rec, dict)
-        ])  # fmt: skip
-    sizes = []
-    extract_ref = ctx.inputs.get("extract")
-    if extract_ref is not None:
-        for split, rec in marker(extract_ref).get("summary", {}).items():
-            if isinstance(rec, dict) and "bytes" in rec:
-                sizes.append([f"feature store {split}", rec.get("videos"), rec.get("keyframes"),
-                              rec.get("actors"), f"{rec['bytes'] / 1e6:.1f}"])  # fmt: skip
-    for input_name, ref in ctx.inputs.items():
-        if ref.stage == "dump":
-            rec = marker(ref)
-            size = rec.get("summary", {}).get("bytes", output_bytes(rec))
-            sizes.append([f"bank {input_name.partition(':')[2] or input_name}", "-", "-", "-",
-                          f"{float(size) / 1e6:.1f}"])  # fmt: skip
-    if sizes:
-        doc.heading("Stores and banks")
-        doc.table(["store", "videos", "keyframes", "actors", "MB"], sizes)
-    timings = []
-    for input_name, ref in ctx.inputs.items():
-        rec = marker(ref)
-        timings.append([input_name, ref.key, f"{float(rec.get('seconds', 0.0)):.1f}",
-                        f"{output_bytes(rec) / 1e6:.1f}"])  # fmt: skip
-    doc.heading("Stage timings")
-    doc.table(["stage run", "key", "compute s", "output MB"], timings)
-    doc.text(f"Total compute of these outputs: "
-             f"{sum(float(t[2]) for t in timings):.1f} s (the run that produced each).")  # fmt: skip
-
+    doc, files = r.doc, r.files
     markdown = doc.markdown()
     (ctx.staging / MARKDOWN_FILE).write_text(markdown)
     (ctx.staging / HTML_FILE).write_text(doc.html(cfg.report.title))
-    data = {"models": table_json, "k": k, "crt": crt_json, "detector": detector,
-            "ensembles": {m.name: m.summary for m in ensembles}, "plots": sorted(files)}  # fmt: skip
+    data = {
+        "models": table_json,
+        "k": k,
+        "crt": crt_json,
+        "detector": detector,
+        "ensembles": {m.name: m.summary for m in ensembles},
+        "plots": sorted(files),
+    }
     (ctx.staging / JSON_FILE).write_text(json.dumps(data, indent=2, default=str))
     return {
         "markdown": MARKDOWN_FILE,
@@ -400,27 +267,299 @@ def compute(ctx: StageContext) -> dict[str, Any]:
     }
 
 
-STAGE = Stage(name="report", code_version=CODE_VERSION, config_type=ReportStageConfig,
-              compute=compute)  # fmt: skip
+def _models_section(r: _Report, models: list[ModelRow]) -> tuple[list[dict[str, Any]], int]:
+    """The model table (mAP, groups, head/tail, prior), tube video-mAPs, the mAP plot."""
+    evaluated = sorted(set().union(*(m.per_class for m in models)))
+    k = r.cfg.report.head_tail_k or head_tail_k(len(evaluated))
+    r.doc.heading("Models")
+    rows, table_json = [], []
+    for m in models:
+        ht = head_tail(m.per_class, r.counts, k) if len(m.per_class) >= 2 else {}
+        s = m.summary
+        row: dict[str, Any] = {
+            "model": m.name,
+            "stage": m.kind,
+            "head": s.get("head") or "-",
+            "mAP": m.mAP,
+            **{g: m.groups.get(g) for g in GROUPS},
+            "head_mAP": ht.get("head_mAP"),
+            "tail_mAP": ht.get("tail_mAP"),
+            "prior_map": s.get("prior_map"),
+            "parameters": s.get("parameters"),
+            "train_seconds": s.get("train_seconds"),
+        }
+        table_json.append(row)
+        rows.append(
+            [
+                m.name,
+                m.kind,
+                row["head"],
+                pct(m.mAP),
+                *(pct(m.groups.get(g)) for g in GROUPS),
+                pct(row["head_mAP"]),
+                pct(row["tail_mAP"]),
+                pct(row["prior_map"]),
+                row["parameters"],
+                row["train_seconds"],
+            ]
+        )
+    r.doc.table(
+        [
+            "model",
+            "stage",
+            "head",
+            "mAP",
+            "pose",
+            "object",
+            "person",
+            f"head {k}",
+            f"tail {k}",
+            "prior",
+            "params",
+            "train s",
+        ],
+        rows,
+    )
+    tubes = [m for m in models if m.video]
+    if tubes:
+        keys = sorted({k for m in tubes for k in m.video})
+        r.doc.text(
+            "Tube dataset: the mAP column is frame-mAP@0.5 (MultiSports protocol: one "
+            "label per box); video-mAP of the tubes linked from the detections:"
+        )
+        r.doc.table(
+            ["model", "frame-mAP", *keys],
+            [[m.name, pct(m.mAP), *(pct(m.video.get(k)) for k in keys)] for m in tubes],
+        )
+    train_split = r.cfg.report.train_split
+    r.doc.text(
+        f"Head / tail: mean AP of the {k} most / least frequent classes by {train_split!r} "
+        "GT rows (the reports' top/bottom 20; a third of the classes when there are "
+        "fewer than 60)."
+    )
+    r.doc.image(
+        r.save(
+            "map_by_model.png",
+            plots.map_by_model_png(
+                [m.name for m in models],
+                [m.mAP for m in models],
+                [m.kind for m in models],
+                title=f"frame-mAP on {r.cfg.split}",
+            ),
+        ),
+        "frame-mAP per model",
+    )
+
+    return table_json, k
 
 
-def report_inputs(refs: Mapping[str, StageRef]) -> dict[str, StageRef]:
-    """The report's inputs from a pipeline's recorded stage runs: model-producing runs as
-    ``model:<name>``, every other run under its record name (``detect``,
-    ``evaluate:<name>``, ``ensemble:<name>``, ``dump:<name>``, …)."""
-    out: dict[str, StageRef] = {}
-    for record_name, ref in refs.items():
-        stage, _, label = record_name.partition(":")
-        if stage == "report":
+def _per_class_section(r: _Report, models: list[ModelRow], ensembles: list[ModelRow]) -> None:
+    """Per-class AP: the best single model and the best ensemble, every model's heat map."""
+    r.doc.heading("Per-class AP")
+    names = [f"{r.labelmap.name(c)} ({r.counts[c]})" for c in r.by_freq]
+    singles = [m for m in models if m.kind != "ensemble"]
+    series = {}
+    for group in (singles, ensembles):
+        if group:
+            best = max(group, key=lambda m: m.mAP)
+            series[best.name] = [best.per_class.get(c, float("nan")) for c in r.by_freq]
+    r.doc.image(
+        r.save(
+            "per_class_ap.png",
+            plots.per_class_bars_png(
+                names, series, title="per-class AP, classes by training frequency (count)"
+            ),
+        ),
+        "per-class AP",
+    )
+    matrix = np.array([[m.per_class.get(c, np.nan) for c in r.by_freq] for m in models])
+    r.doc.image(
+        r.save(
+            "per_class_heatmap.png",
+            plots.heatmap_png(
+                [m.name for m in models],
+                [r.labelmap.name(c) for c in r.by_freq],
+                matrix,
+                title="per-class AP (%) of every model",
+            ),
+        ),
+        "per-class AP of every model",
+    )
+    r.doc.table(
+        ["class", "train rows", *[m.name for m in models]],
+        [
+            [r.labelmap.name(c), r.counts[c], *(pct(m.per_class.get(c)) for m in models)]
+            for c in r.by_freq
+        ],
+    )
+
+
+def _crt_section(r: _Report, models: list[ModelRow]) -> dict[str, Any]:
+    """cRT: before/after mAP per rebalanced model and its per-class change."""
+    crt_rows, crt_plot, crt_json = [], {}, {}
+    for m in models:
+        if m.kind != "rebalance":
             continue
-        out[f"model:{label}" if stage in MODEL_STAGES and label else record_name] = ref
-    return out
+        crt = m.summary.get("crt") or {}
+        ref = r.inputs[f"model:{m.name}"]
+        per = _published_json(ref.path, CRT_FILE).get("per_class", {})
+        crt_json[m.name] = crt
+        crt_rows.append(
+            [
+                m.name,
+                m.summary.get("source", "-"),
+                crt.get("k"),
+                pct(crt.get("all_before")),
+                pct(crt.get("all_after")),
+                pct(crt.get("all_change"), True),
+                pct(crt.get("head_change"), True),
+                pct(crt.get("tail_change"), True),
+                ", ".join(
+                    f"{r.labelmap.name(c)} {pct(d, True)}"
+                    for c, d in crt.get("most_improved", [])
+                    if c in r.labelmap
+                ),
+            ]
+        )
+        order = [c for c in r.by_freq if str(c) in per]
+        if order:
+            deltas = [per[str(c)]["after"] - per[str(c)]["before"] for c in order]
+            crt_plot[m.name] = ([r.labelmap.name(c) for c in order], deltas, int(crt.get("k", 1)))
+    if crt_rows:
+        r.doc.heading("Class-balanced classifier re-training (cRT)")
+        r.doc.table(
+            [
+                "model",
+                "from",
+                "k",
+                "mAP before",
+                "after",
+                "Δ all",
+                "Δ head",
+                "Δ tail",
+                "most improved",
+            ],
+            crt_rows,
+        )
+        r.doc.text(
+            "Δ: mean AP change (points) over all / the k most / the k least frequent "
+            "classes, as in the AVA-Kinetics report's Table 3 and PCCA's Table 3."
+        )
+        r.doc.image(r.save("crt_delta.png", plots.crt_delta_png(crt_plot)), "cRT per-class change")
+
+    return crt_json
 
 
-def run_report_stage(run: Any, dataset: DatasetConfig, fingerprint: str) -> StageRef:
-    """The pipeline's report over every stage run so far (``run``: the PipelineRun)."""
-    config = ReportStageConfig(
-        dataset=dataset, dataset_fingerprint=fingerprint, split=run.config.evaluate.split,
-        report=run.config.report,
-    )  # fmt: skip
-    return run.stage("report", config, report_inputs(run.refs))
+def _ensembles_section(r: _Report, ensembles: list[ModelRow]) -> None:
+    """Ensembles: members, weights, gain over the best member, and why a gain is negative."""
+    if ensembles:
+        r.doc.heading("Ensembles")
+        rows = []
+        for m in ensembles:
+            s = m.summary
+            weights = s.get("weights") or {}
+            members = ", ".join(
+                f"{n}×{weights[n]:g}" if weights.get(n, 1.0) != 1.0 else n
+                for n in s.get("members", [])
+            )
+            rows.append(
+                [
+                    m.name,
+                    members,
+                    pct(m.mAP),
+                    s.get("best_member", "-"),
+                    pct(s.get("best_member_map")),
+                    pct(s.get("gain"), True),
+                    "yes" if s.get("selection_optimistic") else "no",
+                ]
+            )
+        r.doc.table(
+            [
+                "ensemble",
+                "members",
+                "mAP",
+                "best member",
+                "its mAP",
+                "gain",
+                "selected on this split",
+            ],
+            rows,
+        )
+        for m in ensembles:
+            if (m.summary.get("gain") or 0.0) < 0:
+                r.doc.text(
+                    f"Note: {m.name} is below its best member. Average voting weighs every "
+                    "member equally; members much weaker than the best (or strongly "
+                    "correlated with each other) pull the average below it. Weights or "
+                    "greedy selection (ensemble.runs.<name>.select) address this."
+                )
+            if m.summary.get("selection_optimistic"):
+                r.doc.text(
+                    f"{m.name}: members were selected on the split it is evaluated on; "
+                    "its mAP is optimistic."
+                )
+
+
+def _detector_stores_timings(r: _Report) -> dict[str, Any]:
+    """The person detector's AP, store and bank sizes, and every input's compute time."""
+    detect_ref = r.inputs.get("detect")
+    detector = marker(detect_ref).get("summary", {}) if detect_ref else {}
+    if detector:
+        r.doc.heading("Person detector")
+        r.doc.table(
+            ["split", "boxes", "AP@0.5", "recall"],
+            [
+                [split, rec.get("boxes"), pct(rec.get("ap50")), pct(rec.get("recall"))]
+                for split, rec in detector.items()
+                if isinstance(rec, dict)
+            ],
+        )
+    sizes = []
+    extract_ref = r.inputs.get("extract")
+    if extract_ref is not None:
+        for split, rec in marker(extract_ref).get("summary", {}).items():
+            if isinstance(rec, dict) and "bytes" in rec:
+                sizes.append(
+                    [
+                        f"feature store {split}",
+                        rec.get("videos"),
+                        rec.get("keyframes"),
+                        rec.get("actors"),
+                        f"{rec['bytes'] / 1e6:.1f}",
+                    ]
+                )
+    for input_name, ref in r.inputs.items():
+        if ref.stage == "dump":
+            rec = marker(ref)
+            size = rec.get("summary", {}).get("bytes", output_bytes(rec))
+            sizes.append(
+                [
+                    f"bank {input_name.partition(':')[2] or input_name}",
+                    "-",
+                    "-",
+                    "-",
+                    f"{float(size) / 1e6:.1f}",
+                ]
+            )
+    if sizes:
+        r.doc.heading("Stores and banks")
+        r.doc.table(["store", "videos", "keyframes", "actors", "MB"], sizes)
+    timings = []
+    for input_name, ref in r.inputs.items():
+        rec = marker(ref)
+        timings.append(
+            [
+                input_name,
+                ref.key,
+                f"{float(rec.get('seconds', 0.0)):.1f}",
+                f"{output_bytes(rec) / 1e6:.1f}",
+            ]
+        )
+    r.doc.heading("Stage timings")
+    r.doc.table(["stage run", "key", "compute s", "output MB"], timings)
+    r.doc.text(
+        f"Total compute of these outputs: "
+        f"{sum(float(t[2]) for t in timings):.1f} s (the run that produced each)."
+    )
+
+    return detector

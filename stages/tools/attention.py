@@ -18,7 +18,10 @@ qualitative figures do, for one keyframe and its actors:
 
 The keyframe's features come from a feature store (the run's own, or the one
 ``bankflow infer`` wrote for a raw video), the image from the video file (its keyframe's
-centre frame at native size). PNGs are drawn with matplotlib's ``Figure`` directly (its
+centre frame at native size). The keyframe's frame follows the dataset's time base, as
+extraction did (:func:`keyframe_frame`): AVA seconds minus the dataset's offset at the
+video's fps; a Kinetics clip's own start second (AVA-Kinetics); a tube dataset's 1-based
+frame numbers, whatever the fps. PNGs are drawn with matplotlib's ``Figure`` directly (its
 Agg canvas; no pyplot, so no display and no global figure state).
 """
 
@@ -26,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -37,6 +40,7 @@ from matplotlib.patches import Rectangle
 from featurestore import FeatureStore, KeyframeFeatures
 from models.heads import HEADS, Head, head_class
 from stages.data import Dataset
+from stages.data.kinetics import kinetics_clip
 from stages.extract.stage import FEATURES_DIR
 from stages.framework import StageError
 from stages.train.data import collate
@@ -123,7 +127,7 @@ def head_panels(
             ])  # fmt: skip
     elif picture.style == "context_tokens":
         att = attention[picture.maps[0]].numpy()  # (N, M)
-        scales = list(head.context_scales)
+        scales = list(cast(tuple[int, ...], head.context_scales))  # AMCRHead's
         if att.shape[1] != sum(s * s for s in scales):
             raise StageError(f"{head_name}: {att.shape[1]} context tokens, scales {scales}")
         for i in range(n):
@@ -138,7 +142,7 @@ def head_panels(
                 )  # fmt: skip
             rows.append(row)
     else:  # enlarged_box
-        scale = float(head.context_scale)
+        scale = float(cast(float, head.context_scale))  # IGMNDAMHead's
         for i in range(n):
             region = enlarged(boxes[i], scale)
             rows.append([
@@ -177,6 +181,33 @@ def draw_figure(image: np.ndarray, rows: list[list[Panel]], out: Path, title: st
     fig.savefig(out, dpi=100)
 
 
+def store_video_id(stores: list[Path], stem: str) -> str:
+    """The id under which the stores hold the video file ``<stem>``: the stem itself, or
+    for a Kinetics clip file ``<youtube_id>_<start>_<end>`` the YouTube id if a store
+    holds that (AVA-Kinetics CSVs may name a clip either way)."""
+    clip = kinetics_clip(stem)
+    if clip is None:
+        return stem
+    for path in stores:
+        videos = FeatureStore.open(path, mode="r").videos()
+        if stem in videos:
+            return stem
+        if clip[0] in videos:
+            return clip[0]
+    return stem
+
+
+def keyframe_frame(
+    timestamp: int, offset: float, frames_per_timestamp: float | None, fps: float,
+    num_frames: int, video: Path,
+) -> int:  # fmt: skip
+    """The file's frame index shown at keyframe ``timestamp`` (the clip centre extraction
+    used): ``(timestamp - offset) * rate``, the rate being ``frames_per_timestamp`` (1 for
+    a tube dataset's frame numbers) or, for seconds (None), the video's ``fps``."""
+    rate = fps if frames_per_timestamp is None else frames_per_timestamp
+    return center_frame(float(timestamp), offset, rate, num_frames=num_frames, video=video)
+
+
 def _find_keyframe(
     stores: list[Path], video_id: str, timestamp: int
 ) -> tuple[FeatureStore, KeyframeFeatures]:
@@ -196,32 +227,44 @@ def _find_keyframe(
 def attention_picture(
     run_dir: str | Path, video: str | Path, timestamp: int, out: str | Path, *,
     store: str | Path | None = None, video_id: str | None = None, offset: float | None = None,
-    max_actors: int = 4,
+    frame_numbers: bool | None = None, max_actors: int = 4,
 ) -> dict[str, Any]:  # fmt: skip
     """Draw the attention of the train run at ``run_dir`` on one keyframe into ``out`` (PNG).
 
     Args:
         video: the video file (its keyframe frame is the picture's background).
-        timestamp: the keyframe's CSV timestamp.
+        timestamp: the keyframe's CSV timestamp (a tube dataset's: its 1-based frame).
         store: a feature store holding the keyframe; None: the run's own stores (any split).
-        video_id: the keyframe's video id in the store; None: the video file's stem.
-        offset: CSV time of the video's first frame; None: the run's dataset's offset
-            (0 with an explicit ``store``, as ``bankflow infer`` writes them by default).
+        video_id: the keyframe's video id in the store; None: the video file's stem (a
+            Kinetics clip file's YouTube id where the store holds that).
+        offset: CSV time of the video's first frame; None: the run's dataset's offset of
+            this video (its own for a Kinetics clip; 1 for frame numbers), or with an
+            explicit ``store`` 0 (1 with ``frame_numbers``), as ``bankflow infer`` writes.
+        frame_numbers: timestamps are 1-based frame numbers (a tube dataset) rather than
+            seconds; None: as the run's dataset (seconds with an explicit ``store``).
         max_actors: draw at most this many actors (rows).
 
     Returns:
-        What was drawn: head, map names and raw shapes, panels, image size, output path.
+        What was drawn: head, map names and raw shapes, panels, image size, the frame
+        index drawn, output path.
     """
     run = TrainedRun.open(run_dir)
     video, out = Path(video), Path(out)
-    video_id = video_id or video.stem
     if store is not None:
         stores = [Path(store)]
     else:
         stores = sorted((run.extract_dir / FEATURES_DIR).glob("*.zarr"))
+    video_id = video_id or store_video_id(stores, video.stem)
     feature_store, keyframe = _find_keyframe(stores, video_id, int(timestamp))
+    dataset = None if store is not None else Dataset.open(run.dataset_config)
+    if frame_numbers is None:
+        frame_numbers = dataset is not None and dataset.frames_per_timestamp is not None
+    rate = 1.0 if frame_numbers else None
     if offset is None:
-        offset = 0.0 if store is not None else Dataset.open(run.dataset_config).timestamp_offset
+        if dataset is not None:
+            offset = dataset.offset_of(video_id)
+        else:
+            offset = 1.0 if frame_numbers else 0.0
     schema = feature_store.schema
     if schema.clip.get("flip"):
         raise StageError(f"{feature_store.url}: a flipped store; draw from the unflipped view")
@@ -234,18 +277,20 @@ def attention_picture(
     boxes = keyframe.boxes.astype(np.float64)
     try:
         with VideoReader(video) as reader:
-            frame = center_frame(float(timestamp), offset, reader.fps,
-                                 num_frames=reader.num_frames, video=video)  # fmt: skip
+            frame = keyframe_frame(int(timestamp), offset, rate, reader.fps,
+                                   reader.num_frames, video)  # fmt: skip
             image = reader.get_frames(np.array([frame]))[0]
-    except VideoError as err:
+    except (VideoError, ValueError) as err:
         raise StageError(f"attention: {err}") from err
     height, width = image.shape[:2]
     rows = head_panels(run.head_name, head, attention, boxes, height, width,
                        max_actors=max_actors)  # fmt: skip
-    title = f"{run.name} ({run.head_name}) on {video_id},{int(timestamp):04d}"
+    when = f"frame {int(timestamp)}" if frame_numbers else f"{int(timestamp):04d}"
+    title = f"{run.name} ({run.head_name}) on {video_id},{when}"
     draw_figure(image, rows, out, title)
     return {
-        "head": run.head_name, "out": str(out), "image": [height, width],
+        "head": run.head_name, "out": str(out), "image": [height, width], "frame": frame,
+        "video_id": video_id,
         "actors": len(boxes), "panels": [len(r) for r in rows],
         "overlays": sorted({tuple(panel.heat.shape) for row in rows for panel in row}),
         "maps": {k: list(v.shape) for k, v in attention.items()},

@@ -58,6 +58,7 @@ from models.detector import (
     build_person_detector,
     detect_persons,
 )
+from models.heads.contract import Head
 from stages.data import LabelMap, read_labelmap
 from stages.data.predictions import write_predictions_csv
 from stages.detect.stage import DETECTOR_FILE, boxes_table, resolve_device
@@ -337,14 +338,15 @@ def dump_video_bank(bank: VideoBank, store: FeatureStore, video_id: str, path: P
 
 
 def bank_model(
-    bank: VideoBank, head: nn.Module, data: TrainData, source: KeyframeSource, out: Path,
+    bank: VideoBank, head: Head, data: TrainData, source: KeyframeSource, out: Path,
 ) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
     """The stage-2 model predicting ``source`` (one video), its bank windows attached to
     ``data`` (offline: a bank dumped over the video; online: the memory filled over it),
     and the bank's record for ``infer.json``."""
     t0 = time.perf_counter()
     rows = len(source.index.boxes)
-    model, stored = head, {}
+    model: nn.Module = head
+    stored: dict[str, Any] = {}
     if bank.mode == "offline":
         (video_id,) = source.store.videos()
         dumped = dump_video_bank(bank, source.store, video_id, out / BANK_NAME)
@@ -451,7 +453,7 @@ def infer_video(
         )  # fmt: skip
         model: nn.Module = head
         if bank is not None:
-            model, bank_record = bank_model(bank, model, data, source, out)
+            model, bank_record = bank_model(bank, head, data, source, out)
             timings["bank"] = bank_record["seconds"]
             t0 = time.perf_counter()
         scores = predict(model, source, data)  # [A, C]; heads are small: CPU

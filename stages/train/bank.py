@@ -29,11 +29,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import replace
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from featurestore import FeatureStore, StoreError
@@ -47,21 +46,26 @@ from models.heads import (
     head_class,
     head_reads,
 )
-from stages.data import Dataset, DatasetConfig
+from stages.data import Dataset
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
-from stages.framework import Stage, StageContext, StageError
+from stages.framework import StageContext, StageError
 from stages.framework.distributed import is_main, run_data_parallel
-from stages.framework.keys import InKey, NotInKey
+from stages.train.config import TRAIN_BANK as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.train.config import (  # noqa: F401 (re-exported)
+    BankRunConfig,
+    TrainBankSection,
+    TrainBankStageConfig,
+)
 from stages.train.data import (
     KeyframeSource,
     SplitIndex,
     open_training_splits,
 )
 from stages.train.dump import bank_path
-from stages.train.loop import OptimConfig, TrainData, predict, train
+from stages.train.loop import TrainData, predict, train
 from stages.train.run import load_trained_head, save_head_file
 from stages.train.stage import (
     CHECKPOINT_DIR,
@@ -76,64 +80,7 @@ from stages.train.stage import (
 )
 from stages.train.window import BankWindowReader, WindowConfig, pad_windows, window_entries
 
-CODE_VERSION = "2"  # 2: acar_acfb wraps the released ACAR head; official tie order in the val mAP
-
 log = logging.getLogger("bankflow.train_bank")
-
-
-class BankRunConfig(BaseModel):
-    """One stage-2 run (``train_bank.runs.<name>`` in the pipeline config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    head: InKey[str] = "lfb"
-    head_kwargs: InKey[dict[str, Any]] = {}
-    bank: InKey[str | None] = None  # the dump (``dump.banks.<name>``) read in offline mode
-    window: InKey[WindowConfig] = WindowConfig()
-    init: InKey[Literal["scratch", "stage1"]] = "scratch"
-    # The stage-1 run to fine-tune from (init: stage1); None: the bank's ``from`` run.
-    stage1: InKey[str | None] = None
-    bank_mode: InKey[Literal["offline", "online"]] = "offline"
-    bank_preload: NotInKey[bool] = (
-        False  # hold the bank in RAM instead of reading windows from disk
-    )
-    optim: InKey[OptimConfig] = OptimConfig()
-    train_split: InKey[str] = "train"
-    val_split: InKey[str] = "val"
-    label_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)
-    # The splits' features in RAM: True, False (read per batch), or "auto": in RAM when
-    # they take at most preload_max_gb (as for stage-1 runs).
-    preload: NotInKey[bool | Literal["auto"]] = "auto"
-    preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
-    top_k: InKey[int | None] = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _bank_for_offline(self) -> BankRunConfig:
-        if self.bank_mode == "offline" and not self.bank:
-            raise ValueError("bank_mode 'offline' needs `bank: <dump name>`")
-        if self.bank_mode == "online" and self.init == "stage1" and not self.stage1:
-            raise ValueError("init 'stage1' in online mode needs `stage1: <train run name>`")
-        # A typo fails at config load. Imported here: loading a config imports no head
-        # (torch) until a run is validated.
-        from models.heads.contract import validate_head_kwargs
-
-        validate_head_kwargs(self.head, self.head_kwargs)
-        return self
-
-
-class TrainBankSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    runs: dict[str, BankRunConfig] = {}
-
-
-class TrainBankStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    name: InKey[str]
-    run: InKey[BankRunConfig]
 
 
 # --------------------------------------------------------------------------- banks
@@ -228,6 +175,9 @@ class OnlineMemoryHead(nn.Module):
     ``features`` are gathered at forward time, unseen entries masked out.
     """
 
+    memory: torch.Tensor  # buffers (registered in __init__)
+    seen: torch.Tensor
+
     def __init__(self, head: Head, rows: int, dim: int) -> None:
         super().__init__()
         self.head = head
@@ -301,20 +251,20 @@ def fill_memory(model: OnlineMemoryHead, source: KeyframeSource, data: TrainData
 # --------------------------------------------------------------------------- the stage
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
+def compute(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
     """The stage on ``run.optim.devices`` data-parallel processes (stages.framework.distributed)."""
-    run: BankRunConfig = ctx.config.run  # type: ignore[attr-defined]
+    run: BankRunConfig = ctx.config.run
     if run.optim.devices > 1 and run.bank_mode == "online":
         raise StageError(
-            f"train_bank {ctx.config.name}: bank_mode online keeps one memory of the "  # type: ignore[attr-defined]
+            f"train_bank {ctx.config.name}: bank_mode online keeps one memory of the "
             "keyframes seen in training order; it trains on one device (optim.devices: 1)"
         )
     return run_data_parallel(compute_rank, ctx, devices=run.optim.devices)
 
 
-def compute_rank(ctx: StageContext) -> dict[str, Any]:
+def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
     """One rank's part: every rank trains; rank 0 evaluates and writes the outputs."""
-    cfg: TrainBankStageConfig = ctx.config  # type: ignore[assignment]
+    cfg = ctx.config
     run = cfg.run
     if run.head not in HEADS:
         raise StageError(f"train_bank {cfg.name}: unknown head {run.head!r}; expected one of "
@@ -354,6 +304,7 @@ def compute_rank(ctx: StageContext) -> dict[str, Any]:
         bank_arrays=bank_arrays, online_memory=run.bank_mode == "online",
     )  # fmt: skip
     torch.manual_seed(run.optim.seed)
+    model: Head | OnlineMemoryHead  # the head, or its online-memory wrapper (below)
     model, head_kwargs = build_from_data(run.head, head_data, run.head_kwargs)
     memory_dim = int(head_kwargs["bank_dim"]) if run.bank_mode == "online" else 0
     check_bank_kind(model, run.head, kind, f"bank {run.bank!r}" if run.bank else "the memory")
@@ -395,6 +346,7 @@ def compute_rank(ctx: StageContext) -> dict[str, Any]:
     excluded_val = dataset.excluded(run.val_split)
 
     def val_scores(m: nn.Module) -> np.ndarray:
+        assert data.val is not None
         if isinstance(m, OnlineMemoryHead):  # unseen val clips start at zero
             fill_memory(m, data.val, data, (n_train, n_train + n_val))
         return predict(m, data.val, data)
@@ -443,9 +395,3 @@ def compute_rank(ctx: StageContext) -> dict[str, Any]:
         "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
         "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.val_split}.csv"),
     }  # fmt: skip
-
-
-STAGE = Stage(
-    name="train_bank", code_version=CODE_VERSION, config_type=TrainBankStageConfig,
-    compute=compute, resumable=True,
-)  # fmt: skip

@@ -229,7 +229,7 @@ def jitter_boxes(boxes: torch.Tensor, amount: float, generator: torch.Generator)
     return out
 
 
-def open_split(path: Path) -> FeatureStore:
+def open_split(path: Path | str) -> FeatureStore:
     return FeatureStore.open(path, mode="r")
 
 
@@ -247,7 +247,7 @@ class TrainingSplits:
 
 
 def open_training_splits(
-    stores: Callable[[str], Path],
+    stores: Callable[[str], Path | str],
     dataset: Dataset,
     labelmap: LabelMap,
     *,

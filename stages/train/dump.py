@@ -22,59 +22,35 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from featurestore import FeatureStore, StoreError
 from featurestore.banks import BankStore, feature_video_digest
-from models.heads import BANK_KINDS
 from models.heads.bank_features import bank_rows
 from stages.extract.stage import FEATURES_DIR, store_path
 from stages.framework import (
     COMPLETE_MARKER,
-    Stage,
     StageContext,
     StageError,
     canonical_json,
     output_file,
 )
-from stages.framework.keys import InKey, NotInKey
+from stages.train.config import DUMP as STAGE
+from stages.train.config import (  # noqa: F401 (re-exported)
+    BankDumpConfig,
+    BankKind,
+    DumpSection,
+    DumpStageConfig,
+)
 from stages.train.data import collate, open_split
 from stages.train.run import load_trained_head
 
-CODE_VERSION = "1"
 BANKS_DIR = "banks"
-# The kinds the heads declare (models.heads.BANK_KINDS): a new kind needs no change here.
-BankKind = Literal[BANK_KINDS]  # type: ignore[valid-type]
 
 log = logging.getLogger("bankflow.dump")
-
-
-class BankDumpConfig(BaseModel):
-    """One bank (``dump.banks.<name>`` in the pipeline config)."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    from_: InKey[str] = Field(alias="from")  # the stage-1 train run whose head fills the bank
-    kind: InKey[BankKind] = "lfb"
-    splits: InKey[list[str] | None] = None  # None: every split the feature store has
-    batch_keyframes: NotInKey[int] = Field(32, ge=1)  # keyframes per head forward
-
-
-class DumpSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    banks: dict[str, BankDumpConfig] = {}
-
-
-class DumpStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: InKey[str]
-    bank: InKey[BankDumpConfig]
 
 
 def bank_path(uri: str | Path, split: str) -> Path | str:
@@ -102,7 +78,7 @@ def store_splits(features_uri: str | Path) -> list[str]:
 
 def video_key(bank: BankDumpConfig, stage1_key: str, features_digest: str) -> str:
     """What decides a video's bank rows: kind, stage-1 run, that video's stored features."""
-    payload = {"code_version": CODE_VERSION, "kind": bank.kind, "stage1": stage1_key,
+    payload = {"code_version": STAGE.code_version, "kind": bank.kind, "stage1": stage1_key,
                "features": features_digest}  # fmt: skip
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:32]
 
@@ -123,8 +99,8 @@ def dump_video(
         span = store.read_window(video_id, int(first), int(last))
         features = [span.keyframe(video_id, i) for i in range(span.n_keyframes)]
         batch = collate(features, use_roi=use_roi, use_roi_t=use_roi_t)
-        for name, value in bank_rows(head, kind, batch).items():
-            parts.setdefault(name, []).append(value.numpy())
+        for name, tensor in bank_rows(head, kind, batch).items():
+            parts.setdefault(name, []).append(tensor.numpy())
     rows = {name: np.concatenate(v) for name, v in parts.items()}
     n_actors = int(offsets[-1])
     for name, value in rows.items():
@@ -168,6 +144,7 @@ class EarlierDumps:
             found: dict[str, BankStore] = {}
             for out in sorted((self.work_root / "dump").glob("*")):
                 path = bank_path(out, split)
+                assert isinstance(path, Path)  # below a local directory
                 if out.name == self.own_key or not (out / COMPLETE_MARKER).is_file():
                     continue
                 if not path.is_dir():
@@ -196,17 +173,20 @@ def _resume_bank(path: Path) -> BankStore | None:
         return None
 
 
-def _dump_split(ctx: StageContext, split: str, head: nn.Module, earlier: EarlierDumps):
-    cfg: DumpStageConfig = ctx.config  # type: ignore[assignment]
+def _dump_split(
+    ctx: StageContext[DumpStageConfig], split: str, head: nn.Module, earlier: EarlierDumps
+):
+    cfg = ctx.config
     store = open_split(store_path(ctx.input("extract").uri, split))
     videos = store.videos()
     if not videos:
         raise StageError(f"dump: {store.url} holds no complete videos")
     path = bank_path(ctx.staging, split)
+    assert isinstance(path, Path)  # staging is local
     provenance = {"stage": "dump", "key": ctx.key, "split": split, "name": cfg.name,
                   "stage1": ctx.input("train").key, "features": store.url}  # fmt: skip
     bank = _resume_bank(path)
-    counts = {"videos": len(videos), "computed": 0, "reused": 0, "resumed": 0, "keyframes": 0,
+    counts: dict[str, Any] = {"videos": len(videos), "computed": 0, "reused": 0, "resumed": 0, "keyframes": 0,
               "actors": 0}  # fmt: skip
     compute_s, computed_kf = 0.0, 0
     t0 = time.perf_counter()
@@ -263,8 +243,8 @@ def _dump_split(ctx: StageContext, split: str, head: nn.Module, earlier: Earlier
     return counts
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
-    cfg: DumpStageConfig = ctx.config  # type: ignore[assignment]
+def compute(ctx: StageContext[DumpStageConfig]) -> dict[str, Any]:
+    cfg = ctx.config
     head, saved = load_trained_head(ctx.input("train").path)
     splits = cfg.bank.splits or store_splits(ctx.input("extract").uri)
     earlier = EarlierDumps(ctx.work_root, ctx.key)
@@ -279,9 +259,3 @@ def compute(ctx: StageContext) -> dict[str, Any]:
         "reused": sum(s["reused"] for s in per_split.values()),
         "resumed": sum(s["resumed"] for s in per_split.values()),
     }  # fmt: skip
-
-
-STAGE = Stage(
-    name="dump", code_version=CODE_VERSION, config_type=DumpStageConfig,
-    compute=compute, resumable=True,
-)  # fmt: skip

@@ -28,11 +28,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from models.losses import ava_loss, ava_scores, loss_normalizers
@@ -43,9 +42,11 @@ from stages.framework.distributed import (
     shard,
     world,
 )
-from stages.framework.keys import InKey, NotInKey
-from stages.framework.precision import Precision, autocast, grad_scaler
+from stages.framework.precision import autocast, grad_scaler
 from stages.framework.progress import progress_bar
+from stages.train.config import (
+    OptimConfig,
+)
 from stages.train.data import KeyframeSource, SplitIndex, collate, iter_batches, jitter_boxes
 
 log = logging.getLogger("bankflow.train")
@@ -55,33 +56,6 @@ TENSORBOARD_DIR = "tensorboard"
 
 def model_device(model: nn.Module) -> torch.device:
     return next(iter(model.parameters()), torch.empty(0)).device
-
-
-class OptimConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: InKey[int] = Field(6, ge=1)
-    # keyframes per step (all actors of each keyframe together)
-    batch_keyframes: InKey[int] = Field(16, ge=1)
-    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
-    lr: InKey[float] = Field(1e-3, gt=0)
-    momentum: InKey[float] = Field(0.9, ge=0)  # SGD
-    # SlowFast-Det / ACAR use 1e-7..1e-4; AdamW default here
-    weight_decay: InKey[float] = Field(1e-4, ge=0)
-    warmup_epochs: InKey[float] = Field(0.5, ge=0)
-    schedule: InKey[Literal["cosine", "step"]] = "cosine"
-    step_epochs: InKey[list[int]] = []  # step schedule: lr × 0.1 at each
-    grad_clip: InKey[float] = Field(5.0, ge=0)  # 0: no clipping
-    # edge noise as a fraction of box size (heads that pool boxes)
-    box_jitter: InKey[float] = Field(0.0, ge=0, lt=0.5)
-    loss: InKey[Literal["ava", "bce"]] = "ava"
-    seed: InKey[int] = 0
-    # Autocast of the forward pass: bf16 (CPU or CUDA), fp16 (CUDA, with a gradient scaler);
-    # weights, optimizer state and the loss stay fp32 (docs/design.md, "Mixed precision").
-    precision: InKey[Precision] = "fp32"
-    # Data-parallel processes (one per device; stages.framework.distributed): the same global batch
-    # of batch_keyframes split between them, so the result does not depend on it.
-    devices: NotInKey[int] = Field(1, ge=1)
 
 
 @dataclass
@@ -200,7 +174,7 @@ def _event_line(event: str, fields: dict[str, Any]) -> str:
 
 def optimizer_step(
     model: nn.Module,
-    loss: torch.Tensor,
+    loss: torch.Tensor | None,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     grad_clip: float,

@@ -41,12 +41,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from models.heads import Head, head_reads
 from models.losses import ava_loss, loss_normalizers
-from stages.data import Dataset, DatasetConfig
+from stages.catalog import STAGES  # the catalog holds specs only: no cycle
+from stages.data import Dataset
 from stages.data.predictions import (
     read_predictions_parquet,
     write_predictions_csv,
@@ -57,7 +57,6 @@ from stages.evaluate.breakdown import head_tail_change
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
 from stages.framework import (
-    Stage,
     StageContext,
     StageError,
     verify_published_file,
@@ -71,74 +70,30 @@ from stages.framework.distributed import (
     shard,
     world,
 )
-from stages.framework.keys import InKey, NotInKey
 from stages.train import stage as train_stage
+from stages.train.config import REBALANCE as STAGE  # noqa: F401 (the stage, for stages.catalog)
+from stages.train.config import (  # noqa: F401 (re-exported)
+    RebalanceSection,
+    RebalanceSettings,
+    RebalanceStageConfig,
+    crt_name,
+)
 from stages.train.data import open_training_splits
 from stages.train.loop import TrainData, epoch_batches, iter_batches, predict, read_batch
 from stages.train.run import (
     HEAD_FILE,
-    MODEL_STAGES,
     TrainedRun,
     read_provenance,
     save_head_file,
     upstream_dir,
 )
 
-CODE_VERSION = "1"
 CRT_FILE = "crt.json"
 INPUTS_CACHE = "classifier_inputs.pt"  # staging only: the recorded classifier inputs
 HEAD_TAIL_K = 20  # the reports' top-20 / bottom-20
 BACKGROUND = -1  # the sampler's pool of actors without any label
 
 log = logging.getLogger("bankflow.rebalance")
-
-
-class RebalanceSettings(BaseModel):
-    """How the classifier is re-trained (shared by every rebalanced model)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    epochs: InKey[int] = Field(8, ge=1)  # "a small number of epochs" (Kang et al.)
-    # draws per epoch; None: as many as the run has labelled training actors
-    samples_per_epoch: InKey[int | None] = Field(None, ge=1)
-    batch_actors: InKey[int] = Field(128, ge=1)
-    # AdamW at 3e-3 improved the rare classes of all three demo heads tried (linear, acar,
-    # pcca); SGD at 1e-2 for 4 epochs lowered the linear head's tail AP.
-    optimizer: InKey[Literal["sgd", "adamw"]] = "adamw"
-    lr: InKey[float] = Field(0.003, gt=0)
-    momentum: InKey[float] = Field(0.9, ge=0)  # SGD
-    weight_decay: InKey[float] = Field(1e-4, ge=0)
-    # False: fine-tune the trained classifier (the reports' "class-balanced finetuning");
-    # True: start from a fresh one, as Kang et al.'s cRT does.
-    reinit: InKey[bool] = False
-    # Actors that match no GT box (false-positive detections) form one more pool drawn
-    # like a class; without them the classifier would never see a pure negative.
-    background_pool: InKey[bool] = True
-    seed: InKey[int] = 0
-    # Data-parallel processes (stages.framework.distributed): the classifier inputs are recorded in
-    # slices and every batch of draws is split between them; the result does not change.
-    devices: NotInKey[int] = Field(1, ge=1)
-
-
-class RebalanceSection(RebalanceSettings):
-    """``rebalance`` in the pipeline config: which models, and the shared settings."""
-
-    # names of train / train_bank runs to rebalance; each becomes the model ``<name>_crt``
-    models: list[str] = []
-
-
-class RebalanceStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    name: InKey[str]  # the rebalanced model's name (``<source>_crt`` in the pipeline)
-    source: InKey[str]  # the name of the run it re-trains
-    rebalance: InKey[RebalanceSettings]
-
-
-def crt_name(model: str) -> str:
-    return f"{model}_crt"
 
 
 def head_tail_k(num_classes: int) -> int:
@@ -386,15 +341,16 @@ def _bank_attach(trained: TrainedRun, data: TrainData) -> Any:
     dump_dir = upstream_dir(run_dir, read_provenance(run_dir), "dump")
     if not isinstance(run, BankRunConfig):
         raise StageError(f"rebalance: {run_dir} has a dump input but a stage-1 run config")
+    assert data.val is not None  # model_data gives a val source
     banks = [(source, BankStore.open(bank_path(dump_dir, split)))
              for source, split in ((data.train, run.train_split),
                                    (data.val, run.val_split))]  # fmt: skip
     return bank_attach(banks, run.window, preload=run.bank_preload)
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
+def compute(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
     """The stage on ``rebalance.devices`` data-parallel processes (stages.framework.distributed)."""
-    devices = ctx.config.rebalance.devices  # type: ignore[attr-defined]
+    devices = ctx.config.rebalance.devices
     return run_data_parallel(compute_rank, ctx, devices=devices)
 
 
@@ -430,18 +386,21 @@ def record_inputs(model: nn.Module, data: TrainData, cache: Path) -> torch.Tenso
     return torch.load(cache, weights_only=True)
 
 
-def compute_rank(ctx: StageContext) -> dict[str, Any]:
+def compute_rank(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
     """One rank's part: every rank re-trains; rank 0 evaluates and writes the outputs."""
-    cfg: RebalanceStageConfig = ctx.config  # type: ignore[assignment]
+    cfg = ctx.config
     settings = cfg.rebalance
     model_ref = ctx.input("model")
     run_dir, features_uri = model_ref.path, ctx.input("extract").uri
-    if model_ref.stage not in MODEL_STAGES:
+    # A model with a trained head: an output of a stage whose trait says it is a trained run
+    # (train, train_bank, rebalance).
+    trained_runs = tuple(name for name, stage in STAGES.items() if stage.trained_run)
+    if model_ref.stage not in trained_runs:
         raise StageError(
-            f"rebalance: {run_dir} is a {model_ref.stage!r} output; expected a train, "
-            "train_bank or rebalance run"
+            f"rebalance: {run_dir} is a {model_ref.stage!r} output; expected a "
+            f"{', '.join(trained_runs[:-1])} or {trained_runs[-1]} run"
         )
-    trained = TrainedRun.open(run_dir, stages=MODEL_STAGES)
+    trained = TrainedRun.open(run_dir, stages=trained_runs)
     run = trained.run_config
     train_split, val_split, loss_mode = run.train_split, run.val_split, run.optim.loss
     dataset = Dataset.open(cfg.dataset)
@@ -566,39 +525,3 @@ def crt_change(
         "most_improved": [[c, delta[c]] for c in ranked[:3]],
         "most_dropped": [[c, delta[c]] for c in ranked[::-1][:3]],
     }
-
-
-STAGE = Stage(
-    name="rebalance", code_version=CODE_VERSION, config_type=RebalanceStageConfig,
-    compute=compute, resumable=True,
-)  # fmt: skip
-
-
-def run_rebalance_stages(
-    run: Any, dataset: DatasetConfig, fingerprint: str, features: Any,
-    models: Mapping[str, Any],
-) -> dict[str, Any]:  # fmt: skip
-    """The pipeline's cRT runs (``rebalance.models``): one per named train / train_bank
-    run, each published as the model ``<name>_crt``. ``run`` is the
-    :class:`stages.pipeline.PipelineRun`. Returns {model name: StageRef}."""
-    section: RebalanceSection = run.config.rebalance
-    settings = RebalanceSettings(**section.model_dump(exclude={"models"}))
-    out: dict[str, Any] = {}
-    run.pending_runs["rebalance"] = len(section.models)
-    for source in section.models:
-        if source not in models:
-            raise ValueError(
-                f"rebalance.models: no model {source!r}; models are {', '.join(models)}"
-            )
-        name = crt_name(source)
-        if name in models:
-            raise ValueError(f"rebalance.models: {source!r} would be published as {name!r}, "
-                             "which is already a model name; rename that run")  # fmt: skip
-        config = RebalanceStageConfig(
-            dataset=dataset, dataset_fingerprint=fingerprint, name=name, source=source,
-            rebalance=settings,
-        )  # fmt: skip
-        out[name] = run.stage(
-            "rebalance", config, {"model": models[source], "extract": features}, label=name
-        )
-    return out

@@ -40,7 +40,7 @@ no weight decay; 1e-4 (PySlowFast's SGD default for heads trained from scratch) 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict
 from torch import nn
@@ -49,7 +49,7 @@ from models.heads import build_head
 from models.heads.acar import NonLocalBlock
 from models.heads.acar_release import ReleaseNonLocalBlock
 from models.heads.relation_transformer import RelationEncoderLayer
-from stages.train.loop import OptimConfig
+from stages.train.optim import OptimConfig
 
 
 class PaperRecipe(BaseModel):
@@ -183,14 +183,15 @@ def probe_recipe(head: str) -> HeadRecipe:
 
 def zero_init_residual(model: nn.Module) -> int:
     """Zero the last layer of every residual relation branch of ``model``; returns how many."""
-    zeroed = []
+    zeroed: list[nn.Conv2d | nn.Linear] = []
     for module in model.modules():
         if isinstance(module, ReleaseNonLocalBlock):
             zeroed.append(module.conv)
         elif isinstance(module, NonLocalBlock):
             zeroed.append(module.out)
         elif isinstance(module, RelationEncoderLayer):
-            zeroed += [module.attn.out_proj, module.mlp[-1]]
+            # nn.Sequential indexes as Module; the layer's MLP ends in a Linear.
+            zeroed += [module.attn.out_proj, cast(nn.Linear, module.mlp[-1])]
     for layer in zeroed:
         nn.init.zeros_(layer.weight)
         if layer.bias is not None:

@@ -38,13 +38,10 @@ from stages.framework import (
 )
 
 if TYPE_CHECKING:
-    from stages.train.bank import BankRunConfig
-    from stages.train.stage import HeadRunConfig
+    from stages.train.config import BankRunConfig, HeadRunConfig
 
 HEAD_FILE = "head.pt"  # the trained head of a train, train_bank or rebalance output
 POSE_LABEL_TYPE = "PERSON_MOVEMENT"
-# The stages whose outputs hold a trained head (head.pt).
-MODEL_STAGES = ("train", "train_bank", "rebalance")
 
 
 def save_head_file(
@@ -232,8 +229,7 @@ class TrainedRun:
     def run_config(self) -> HeadRunConfig | BankRunConfig:
         """The run's typed ``run`` section: a :class:`stages.train.stage.HeadRunConfig`
         (``train``) or :class:`stages.train.bank.BankRunConfig` (``train_bank``)."""
-        from stages.train.bank import BankRunConfig
-        from stages.train.stage import HeadRunConfig
+        from stages.train.config import BankRunConfig, HeadRunConfig
 
         run = self.provenance.get("config", {}).get("run")
         if not isinstance(run, dict):

@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Collection
 from functools import partial
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from featurestore import format_bytes
 from models.heads import HeadData, build_from_data, head_reads
@@ -32,114 +32,31 @@ from stages.data.predictions import write_predictions_csv, write_predictions_par
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.extract.stage import store_path
-from stages.framework import Stage, StageContext, StageError
+from stages.framework import StageContext, StageError
 from stages.framework.distributed import is_main, run_data_parallel
-from stages.framework.keys import InKey, NotInKey
+from stages.train.config import (  # noqa: F401 (re-exported)
+    RECIPE_OPTIM_FIELDS,
+    HeadRunConfig,
+    TrainSection,
+    TrainStageConfig,
+)
+from stages.train.config import TRAIN as STAGE  # noqa: F401 (the stage, for stages.catalog)
 from stages.train.data import (
     KeyframeSource,
     SplitIndex,
     TrainingSplits,
     open_training_splits,
 )
-from stages.train.loop import OptimConfig, TrainData, predict, train
+from stages.train.loop import TrainData, predict, train
 from stages.train.run import HEAD_FILE as HEAD_FILE  # re-exported: tests and tools read it here
 from stages.train.run import save_head_file
 
-# 2: events.jsonl, prior in metrics.json; 4: tensorboard scalars; 5: acar and acrn are
-# the released heads, and the val mAP orders equal scores as the official evaluator
-CODE_VERSION = "5"
 HISTORY_FILE = "history.json"
 EVENTS_FILE = "events.jsonl"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 
 log = logging.getLogger("bankflow.train")
-
-
-# The optim fields a recipe sets (epochs and batch_keyframes stay the run's: the scale).
-RECIPE_OPTIM_FIELDS = (
-    "optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "step_epochs",
-)  # fmt: skip
-
-
-class HeadRunConfig(BaseModel):
-    """One head training run (``train.runs.<name>`` in the pipeline config)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    head: InKey[str] = "linear"
-    head_kwargs: InKey[dict[str, Any]] = {}
-    optim: InKey[OptimConfig] = OptimConfig()
-    train_split: InKey[str] = "train"
-    val_split: InKey[str] = "val"
-    # IoU with a GT box that gives a detected box its labels
-    label_iou: InKey[float] = Field(0.5, gt=0.0, le=1.0)
-    # Hold the arrays the head reads in RAM: True, False (read each batch from the store,
-    # prefetched in a thread), or "auto": in RAM when they take at most preload_max_gb.
-    preload: NotInKey[bool | Literal["auto"]] = "auto"
-    preload_max_gb: NotInKey[float] = Field(8.0, ge=0.0)
-    # keep only the k best classes per box in the predictions (None: every class)
-    top_k: InKey[int | None] = Field(None, ge=1)
-    # A paper's training recipe scaled to this run (stages/train/recipes.py): "paper" (the head's
-    # own) or a recipe's name ("acar", ...). It sets every optim field the run does not set
-    # itself (optimizer, lr scaled to optim.batch_keyframes, momentum, weight decay, warm-up,
-    # step schedule at the paper's fractions of optim.epochs) and zero-initialises the
-    # residual relation branches. Resolved at load, so the resolved optim enters the key.
-    recipe: InKey[str | None] = None
-    # None: True with a recipe, else False (the heads' own initialisation)
-    zero_init_residual: InKey[bool | None] = None
-
-    @model_validator(mode="after")
-    def _apply_recipe(self) -> HeadRunConfig:
-        if self.recipe is None:
-            return self
-        # Imported here, as the head registry below: loading a config imports no torch.
-        from stages.train.recipes import PAPER_RECIPES, scaled_recipe
-
-        name = self.head if self.recipe == "paper" else self.recipe
-        if name not in PAPER_RECIPES:
-            known = ", ".join(["paper", *sorted(PAPER_RECIPES)])
-            what = f"head {self.head!r} has no paper recipe" if self.recipe == "paper" else (
-                f"unknown recipe {self.recipe!r}")  # fmt: skip
-            raise ValueError(f"{what}; expected one of {known}")
-        paper = scaled_recipe(
-            name, batch_keyframes=self.optim.batch_keyframes, epochs=self.optim.epochs
-        ).optim
-        given = self.optim.model_fields_set
-        update = {k: getattr(paper, k) for k in RECIPE_OPTIM_FIELDS if k not in given}
-        self.optim = self.optim.model_copy(update=update)
-        return self
-
-    @property
-    def zero_init(self) -> bool:
-        """Whether training starts with the residual relation branches at zero."""
-        if self.zero_init_residual is None:
-            return self.recipe is not None
-        return self.zero_init_residual
-
-    @model_validator(mode="after")
-    def _head_takes_kwargs(self) -> HeadRunConfig:
-        # A typo fails at config load. Imported here: loading a config imports no head
-        # (torch) until a run is validated.
-        from models.heads.contract import validate_head_kwargs
-
-        validate_head_kwargs(self.head, self.head_kwargs)
-        return self
-
-
-class TrainSection(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    runs: dict[str, HeadRunConfig] = Field(default_factory=lambda: {"linear": HeadRunConfig()})
-
-
-class TrainStageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: InKey[DatasetConfig]
-    dataset_fingerprint: InKey[str]
-    name: InKey[str]
-    run: InKey[HeadRunConfig]
 
 
 def evaluated_labelmap(dataset: Dataset, config: DatasetConfig) -> LabelMap:
@@ -212,7 +129,7 @@ def features_nbytes(schema: Any, n_keyframes: int, n_actors: int, arrays: Any) -
 
 def feature_sources(
     splits: TrainingSplits,
-    arrays: set[str],
+    arrays: Collection[str],
     preload: bool | Literal["auto"],
     preload_max_gb: float,
     name: str,
@@ -243,15 +160,15 @@ def stored_arrays(schema: Any) -> set[str]:
     return {"context", "pooled"} | {name for name, shape in optional.items() if shape}
 
 
-def compute(ctx: StageContext) -> dict[str, Any]:
+def compute(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
     """The stage on ``run.optim.devices`` data-parallel processes (stages.framework.distributed)."""
-    devices = ctx.config.run.optim.devices  # type: ignore[attr-defined]
+    devices = ctx.config.run.optim.devices
     return run_data_parallel(compute_rank, ctx, devices=devices)
 
 
-def compute_rank(ctx: StageContext) -> dict[str, Any]:
+def compute_rank(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
     """One rank's part: every rank trains; rank 0 evaluates and writes the outputs."""
-    cfg: TrainStageConfig = ctx.config  # type: ignore[assignment]
+    cfg = ctx.config
     run = cfg.run
     dataset = Dataset.open(cfg.dataset)
     labelmap = evaluated_labelmap(dataset, cfg.dataset)
@@ -299,6 +216,7 @@ def compute_rank(ctx: StageContext) -> dict[str, Any]:
         return evaluate_ava(gt_val, table, labelmap, excluded_val), table
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        assert data.val is not None  # feature_sources gives a val source
         result, _ = val_map(predict(m, data.val, data))
         return {"val_map": result.mAP}
 
@@ -310,6 +228,7 @@ def compute_rank(ctx: StageContext) -> dict[str, Any]:
     train_seconds = time.perf_counter() - t0
     if not is_main():
         return {}
+    assert data.val is not None
     result, table = val_map(predict(model, data.val, data))
     prior, _ = val_map(prior_scores(train_index.labels, len(val_index.boxes)))
 
@@ -336,9 +255,3 @@ def compute_rank(ctx: StageContext) -> dict[str, Any]:
         "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
         "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.val_split}.csv"),
     }  # fmt: skip
-
-
-STAGE = Stage(
-    name="train", code_version=CODE_VERSION, config_type=TrainStageConfig,
-    compute=compute, resumable=True,
-)  # fmt: skip

@@ -25,21 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from featurestore.banks import BankStore
-from stages.framework.keys import InKey
-
-
-class WindowConfig(BaseModel):
-    """Which bank entries a keyframe sees (seconds relative to the keyframe)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    before: InKey[float] = Field(30.0, ge=0)  # LFB: 60 s window = 30 s each side
-    after: InKey[float] = Field(30.0, ge=0)
-    include_current: InKey[bool] = True  # keep the current keyframe's own actors
-    max_per_second: InKey[int | None] = Field(None, ge=1)  # None: every actor of every second
+from stages.train.config import WindowConfig
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -98,3 +100,28 @@ class WorldConfig(BaseModel):
     def default(cls, seed: int = 0) -> WorldConfig:
         """The demo size: 8 train + 4 val videos of 40 s at 8 fps, 160x120."""
         return cls(seed=seed)
+
+
+class TubeWorldConfig(BaseModel):
+    """Everything that decides a tube world; the same config builds the same files.
+
+    ``format: tubes`` tells it apart from the AVA world's config in a pipeline config.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["tubes"] = "tubes"
+    seed: int = 0
+    n_train_videos: int = Field(8, ge=1)
+    n_val_videos: int = Field(4, ge=1)
+    n_frames: int = Field(64, ge=24)
+    fps: int = Field(10, ge=2, le=60)
+    width: int = Field(160, ge=64)
+    height: int = Field(120, ge=48)
+    persons_min: int = Field(2, ge=1)
+    persons_max: int = Field(3, ge=1)
+    action_frames: tuple[int, int] = (12, 28)  # min, max tube length in frames
+    # keyframe stride per split written to dataset.yaml (val 1: every frame, frame-mAP)
+    train_keyframe_stride: int = Field(2, ge=1)
+    proposal_jitter: float = Field(0.04, ge=0.0, le=0.5)
+    crf: int = Field(12, ge=0, le=51)

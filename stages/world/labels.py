@@ -150,7 +150,6 @@ def annotate_keyframe(scene: Scene, f: int, fps: int, width: int, height: int) -
             if w.person_id == p and w.start <= f < w.stop:
                 acts.add(w.action_id)
                 events.append((w.action_id, w.event_frame, w.event))
-        out.append(
-            Annotated(p, tuple(float(v) for v in boxes[p]), tuple(sorted(acts)), tuple(events))
-        )
+        x1, y1, x2, y2 = (float(v) for v in boxes[p])
+        out.append(Annotated(p, (x1, y1, x2, y2), tuple(sorted(acts)), tuple(events)))
     return sorted(out, key=lambda r: r.person_id)

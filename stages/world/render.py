@@ -102,5 +102,6 @@ def background(rng: np.random.Generator, width: int, height: int, horizon: float
     for _ in range(int(rng.integers(2, 5))):
         w, h = rng.uniform(0.08, 0.25) * width, rng.uniform(0.1, 0.3) * height
         x0, y0 = rng.uniform(0, width - w), rng.uniform(0.05 * height, max(hz - h, 0.06 * height))
-        paint(img, Rect(x0, y0, x0 + w, y0 + h, tuple(int(v) for v in rng.integers(0, 256, 3))))
+        r, g, b = (int(v) for v in rng.integers(0, 256, 3))
+        paint(img, Rect(x0, y0, x0 + w, y0 + h, (r, g, b)))
     return img

@@ -327,7 +327,7 @@ def build_scale_world(out: Path, cfg: ScaleWorldConfig) -> dict[str, Any]:
     run_pipeline(run, write=False)
     dataset, fingerprint = prepare_dataset(config)
     section = dataset_section(config, dataset, fingerprint)
-    stage = Stage(name="extract", code_version=extract.CODE_VERSION,
+    stage = Stage(name="extract", code_version=extract.STAGE.code_version,
                   config_type=extract.ExtractStageConfig, compute=_write_store_compute(cfg),
                   resumable=False)  # fmt: skip
     ref = run_stage(stage, section(extract.ExtractStageConfig, "extract"),

@@ -29,13 +29,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from stages.data.tubes import TubeGT, write_tube_json
 from stages.world import files
+from stages.world.config import TubeWorldConfig
 from stages.world.figure import FigureState, Floor, figure_primitives, primitives_box
 from stages.world.render import background
 from stages.world.tracks import ARM_POINT, POSE_LIE, POSE_SIT, POSE_STAND, random_appearance
@@ -43,31 +42,6 @@ from stages.world.video import paste, render_sprite, write_mp4
 
 TUBE_CLASSES = ("wave", "point", "sit", "run", "lie down")
 SPLITS = {"train": "train", "val": "test"}
-
-
-class TubeWorldConfig(BaseModel):
-    """Everything that decides a tube world; the same config builds the same files.
-
-    ``format: tubes`` tells it apart from the AVA world's config in a pipeline config.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    format: Literal["tubes"] = "tubes"
-    seed: int = 0
-    n_train_videos: int = Field(8, ge=1)
-    n_val_videos: int = Field(4, ge=1)
-    n_frames: int = Field(64, ge=24)
-    fps: int = Field(10, ge=2, le=60)
-    width: int = Field(160, ge=64)
-    height: int = Field(120, ge=48)
-    persons_min: int = Field(2, ge=1)
-    persons_max: int = Field(3, ge=1)
-    action_frames: tuple[int, int] = (12, 28)  # min, max tube length in frames
-    # keyframe stride per split written to dataset.yaml (val 1: every frame, frame-mAP)
-    train_keyframe_stride: int = Field(2, ge=1)
-    proposal_jitter: float = Field(0.04, ge=0.0, le=0.5)
-    crf: int = Field(12, ge=0, le=51)
 
 
 @dataclass
@@ -178,7 +152,8 @@ def _proposal_rows(
         b = np.clip(b / scale, 0.0, 1.0)
         if b[2] - b[0] < 0.01 or b[3] - b[1] < 0.01:
             continue
-        out.append((video, frame, tuple(float(v) for v in b), float(rng.uniform(0.7, 1.0))))
+        x1, y1, x2, y2 = (float(v) for v in b)
+        out.append((video, frame, (x1, y1, x2, y2), float(rng.uniform(0.7, 1.0))))
     out.sort(key=lambda r: (r[0], r[1]))
     return out
 

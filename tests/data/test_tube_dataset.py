@@ -97,6 +97,46 @@ def test_keyframes_stride_one_based_and_background():
     assert table.person.tolist() == [1, 1]
 
 
+def test_annotated_sampling_keeps_grid_frames_inside_tubes():
+    """The PCCA report's training samples: grid keyframes inside a tube, nothing else."""
+    gt = _gt(
+        a={
+            0: [np.array([[f, 0, 0, 20, 10] for f in range(2, 5)], float)],  # frames 2-4
+            1: [np.array([[f, 4, 2, 24, 12] for f in range(7, 9)], float)],  # frames 7-8
+        }
+    )
+    assert tube_keyframes(gt, ("a",), 1)[1].tolist() == list(range(1, 11))
+    assert tube_keyframes(gt, ("a",), 1, annotated=True)[1].tolist() == [2, 3, 4, 7, 8]
+    # stride 3 keeps the grid 1, 4, 7, 10 (1-based), then the frames in a tube
+    assert tube_keyframes(gt, ("a",), 3, annotated=True)[1].tolist() == [4, 7]
+    assert tube_keyframes(gt, ("a",), 2, annotated=True)[1].tolist() == [3, 7]
+    # a video without tubes has no annotated keyframe
+    assert tube_keyframes(_gt(a={}), ("a",), 1, annotated=True)[1].size == 0
+    assert tube_box_table(gt, ("a",), 3).timestamp.tolist() == [4, 7]
+
+
+def test_annotated_sampling_through_the_dataset(tiny_tube_world):
+    full = Dataset.open(tiny_tube_world)
+    files = full.config.tubes
+    assert files is not None and files.sampling == {}
+    pcca = files.model_copy(update={"sampling": {"train": "annotated"}})
+    ds = Dataset.open(DatasetConfig(root=tiny_tube_world, tubes=pcca))
+    video, frame = ds.keyframes("train")
+    _all_video, all_frame = full.keyframes("train")
+    gt = ds.gt("train")
+    in_tube = set(zip(gt.video.tolist(), gt.timestamp.tolist(), strict=True))
+    # exactly the stride-2 keyframes that carry a GT row
+    assert set(zip(video.tolist(), frame.tolist(), strict=True)) == in_tube
+    assert 0 < len(frame) < len(all_frame) and set(np.unique((frame - 1) % 2)) == {0}
+    # proposals (the detect stage's persons for the world) only on those keyframes,
+    # background persons on them kept
+    props = ds.proposals("train")
+    assert set(zip(props.video.tolist(), props.timestamp.tolist(), strict=True)) == in_tube
+    assert len(props) > len(gt)
+    # val keeps every frame (frame-mAP)
+    assert ds.keyframes("val")[1].size == full.keyframes("val")[1].size
+
+
 def test_tube_world_reads_as_dataset(tiny_tube_world):
     ds = Dataset.open(tiny_tube_world)
     assert ds.is_tubes and ds.timestamp_offset == 1.0 and ds.frames_per_timestamp == 1.0

@@ -1,5 +1,5 @@
-"""Tube datasets through the evaluate stage: linking + frame/video-mAP from the files the
-pipeline writes, equal to ``bankflow eval --tubes``, and the peer's values."""
+"""Tube datasets through the link and evaluate stages: linking + frame/video-mAP from the
+files the pipeline writes, equal to ``bankflow eval --tubes``, and the peer's values."""
 
 from __future__ import annotations
 
@@ -11,14 +11,25 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
+from stages.config import load_config
 from stages.data import Dataset, DatasetConfig, SplitFiles
 from stages.data.predictions import write_predictions_csv
 from stages.data.tube_dataset import TubeFiles
 from stages.data.types import NO_PERSON, BoxTable
+from stages.evaluate import link as link_stage
 from stages.evaluate import stage as evaluate_stage
 from stages.evaluate.cli import eval_main
-from stages.evaluate.tube_eval import frame_detections
-from stages.framework import Stage, run_stage
+from stages.evaluate.tube_eval import (
+    LinkingConfig,
+    frame_detections,
+    link_detections,
+    load_tubes,
+    save_tubes,
+)
+from stages.framework import Stage, StageError, run_stage
+from stages.pipeline import PipelineRun, dry_runner, run_pipeline
+
+CONFIGS = Path(__file__).resolve().parents[2] / "flows" / "configs"
 
 
 class _Written(BaseModel):
@@ -53,14 +64,20 @@ def _table(dets: np.ndarray, videos, resolution) -> BoxTable:
     )
 
 
-def _evaluate(cfg: DatasetConfig, pred_dir, work, **evaluate) -> dict:
+def _evaluate(cfg: DatasetConfig, pred_dir, work, linking=None, **evaluate) -> dict:
+    """The model's predictions through the link stage (``linking``: its section) and the
+    evaluate stage, as the pipeline wires them."""
+    ev = evaluate_stage.EvaluateConfig(**evaluate)
     config = evaluate_stage.EvaluateStageConfig(
-        dataset=cfg,
-        dataset_fingerprint="test",
-        evaluate=evaluate_stage.EvaluateConfig(**evaluate),
+        dataset=cfg, dataset_fingerprint="test", evaluate=ev
     )
+    link_config = link_stage.LinkStageConfig(
+        dataset=cfg, dataset_fingerprint="test", split=ev.split, train_split=ev.train_split,
+        link=LinkingConfig(**(linking or {})),
+    )  # fmt: skip
     ref = run_stage(MODEL, _Written(table=str(pred_dir / "predictions" / "val.csv")), {}, work)
-    out = run_stage(evaluate_stage.STAGE, config, {"predictions": ref}, work)
+    tubes = run_stage(link_stage.STAGE, link_config, {"predictions": ref}, work)
+    out = run_stage(evaluate_stage.STAGE, config, {"predictions": ref, "tubes": tubes}, work)
     return json.loads((out.path / "metrics.json").read_text()) | {"_dir": str(out.path)}
 
 
@@ -147,3 +164,67 @@ def test_stage_equals_cli_on_tube_world(tiny_tube_world, tmp_path):
     # one detection per box: its best class
     dets = frame_detections(table, gt, videos)
     assert len(dets) == len(props)
+
+
+def test_tubes_file_round_trip_is_exact(tiny_tube_world, tmp_path):
+    ds = Dataset.open(tiny_tube_world)
+    gt, videos = ds.tube_gt, ds.tube_videos("val")
+    rng = np.random.default_rng(0)
+    props = ds.proposals("val")
+    c = len(ds.labelmap)
+    table = props.take(np.repeat(np.arange(len(props)), c))
+    table = BoxTable(
+        video=table.video, timestamp=table.timestamp, boxes=table.boxes,
+        action=np.tile(np.arange(1, c + 1), len(props)), person=table.person,
+        score=rng.uniform(0, 1, len(table.video)), line=table.line,
+    )  # fmt: skip
+    tubes = link_detections(
+        gt, frame_detections(table, gt, videos), videos, LinkingConfig(min_length=2)
+    )
+    assert sum(len(t) for t in tubes.values()) > 0
+    tubes[len(tubes)] = []  # a class without tubes keeps its (empty) entry
+    save_tubes(tmp_path / "t.npz", tubes)
+    back = load_tubes(tmp_path / "t.npz")
+    assert list(back) == list(tubes)
+    for label, items in tubes.items():
+        assert [(v, s) for v, s, _ in back[label]] == [(v, s) for v, s, _ in items]
+        for (_, _, a), (_, _, b) in zip(back[label], items, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_link_runs_per_model_on_tube_datasets_only(tiny_tube_world, tiny_world, tmp_path):
+    """The pipeline wires link between the models and evaluate on a tube dataset (each
+    evaluation reads its model's tubes) and skips it on an AVA dataset."""
+    tubes_cfg = load_config(CONFIGS / "demo_tubes.yaml",
+                            ["world=null", f"dataset.root={tiny_tube_world}"])  # fmt: skip
+    run = PipelineRun(config=tubes_cfg, work_root=tmp_path / "t", runner=dry_runner)
+    run_pipeline(run, write=False)
+    models = set(tubes_cfg.train.runs)
+    assert {n for n in run.refs if n.startswith("link:")} == {f"link:{m}" for m in models}
+    link_keys = {run.refs[f"link:{m}"].key for m in models}
+    assert len(link_keys) == len(models)  # one per model: its predictions are in the key
+    ava_cfg = load_config(CONFIGS / "demo.yaml", ["world=null", f"dataset.root={tiny_world}"])
+    run = PipelineRun(config=ava_cfg, work_root=tmp_path / "a", runner=dry_runner)
+    run_pipeline(run, write=False)
+    assert any(n.startswith("evaluate:") for n in run.refs)
+    assert not any(n.startswith("link") for n in run.refs)
+
+
+def test_link_and_evaluate_refuse_what_they_cannot_use(tiny_tube_world, tiny_world, tmp_path):
+    ds = Dataset.open(tiny_tube_world)
+    pred_dir = tmp_path / "model"
+    (pred_dir / "predictions").mkdir(parents=True)
+    write_predictions_csv(pred_dir / "predictions" / "val.csv", ds.proposals("val"))
+    ref = run_stage(MODEL, _Written(table=str(pred_dir / "predictions" / "val.csv")), {}, tmp_path)
+    config = evaluate_stage.EvaluateStageConfig(
+        dataset=ds.config, dataset_fingerprint="test", evaluate=evaluate_stage.EvaluateConfig()
+    )
+    # a tube dataset is scored from the link stage's tubes: without them, one clear error
+    with pytest.raises(StageError, match="needs input 'tubes'"):
+        run_stage(evaluate_stage.STAGE, config, {"predictions": ref}, tmp_path)
+    ava = Dataset.open(DatasetConfig(root=tiny_world)).config
+    link_config = link_stage.LinkStageConfig(
+        dataset=ava, dataset_fingerprint="test", split="val", train_split="train"
+    )
+    with pytest.raises(StageError, match="is not a tube dataset"):
+        run_stage(link_stage.STAGE, link_config, {"predictions": ref}, tmp_path)

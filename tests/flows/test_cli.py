@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -54,9 +55,13 @@ def _eval_case(tmp_path: Path) -> tuple[Path, Path, Path]:
     return gt, pred, lm
 
 
-def test_light_commands_import_neither_torch_nor_prefect(tmp_path):
+def test_light_commands_import_neither_torch_nor_prefect(tiny_world, tmp_path):
     gt, pred, lm = _eval_case(tmp_path)
+    config = ["--config", str(TINY), "--set", "world=null", "--set", f"dataset.root={tiny_world}",
+              "--work-root", str(tmp_path / "work")]  # fmt: skip
     commands = {
+        "status": (["status", *config], 0),
+        "config show": (["config", "show", *config], 0),
         "help": (["--help"], 0),
         "version": (["--version"], 0),
         "eval help": (["eval", "--help"], 0),
@@ -126,6 +131,16 @@ def test_help_lists_the_stages_and_version_matches_pyproject(capsys):
 
 def test_every_stage_name_has_a_stage():
     assert set(STAGES) == set(STAGE_ORDER) and len(STAGE_ORDER) == len(set(STAGE_ORDER))
+
+
+def test_every_stage_names_a_compute_whose_module_exports_the_stage():
+    """The catalog's stages name their compute by path (imported when they run); each
+    compute module re-exports its stage as ``STAGE``."""
+    for name, stage in STAGES.items():
+        assert isinstance(stage.compute, str), name
+        compute = stage.compute_function()
+        assert callable(compute), name
+        assert importlib.import_module(compute.__module__).STAGE is stage, name
 
 
 def test_config_show_prints_the_resolved_config_and_every_stage_key(tiny_world, tmp_path, capsys):

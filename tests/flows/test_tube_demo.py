@@ -19,7 +19,9 @@ TINY = (
     "world.n_train_videos=4", "world.n_val_videos=2", "world.n_frames=48",
     "finetune.epochs=3", "extract.num_frames=8",
     "train.runs.linear.optim.epochs=6", "train.runs.acar.optim.epochs=4",
-    "train.runs.pcca.optim.epochs=4", "train.runs.sonly.optim.epochs=4",
+    "train.runs.pcca.optim.epochs=4", "train.runs.pcca.optim.warmup_epochs=1",
+    "train.runs.pcca.optim.step_epochs=[3]", "train.runs.sonly.optim.epochs=4",
+    "rebalance.epochs=2",
 )  # fmt: skip
 
 
@@ -38,7 +40,7 @@ def test_demo_tubes_runs_and_heads_beat_the_prior(tmp_path):
     print(out.stdout[-3000:])  # the run's tables (pytest -s shows them)
     summary = json.loads((tmp_path / "w" / "summary.json").read_text())
     runs = summary["stages"]["evaluate"]["runs"]
-    assert set(runs) == {"linear", "acar", "pcca", "sonly"}
+    assert set(runs) == {"linear", "acar", "pcca", "sonly", "pcca_crt"}
     # the run's table: frame-mAP and video-mAP per model, and the prior's
     assert "frame-mAP" in out.stdout and "v@0.5" in out.stdout
     for name in runs:

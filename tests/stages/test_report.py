@@ -13,7 +13,13 @@ from PIL import Image
 
 from stages.config import load_config
 from stages.framework import stage_key
-from stages.pipeline import PipelineRun, format_summary, prepare_dataset, run_pipeline
+from stages.pipeline import (
+    PipelineRun,
+    format_summary,
+    prepare_dataset,
+    report_inputs,
+    run_pipeline,
+)
 from stages.report import stage as report
 
 TINY_YAML = Path(__file__).resolve().parents[1] / "flows" / "tiny.yaml"
@@ -88,7 +94,7 @@ def test_report_key_follows_its_inputs(small_run) -> None:
     dataset, fingerprint = prepare_dataset(cfg)
     config = report.ReportStageConfig(dataset=dataset, dataset_fingerprint=fingerprint,
                                       split="val", report=cfg.report)  # fmt: skip
-    inputs = report.report_inputs(run.refs)
+    inputs = report_inputs(run.refs)
     assert {"model:linear", "model:linear_crt", "evaluate:acrn", "ensemble:both",
             "detect", "extract"} <= set(inputs)  # fmt: skip
     assert stage_key(report.STAGE, config, inputs) == run.refs["report"].key

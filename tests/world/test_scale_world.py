@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from stages.head_data import open_split
 
 from featurestore import FeatureStore
 from stages.config import load_config
-from stages.extract import store_path
+from stages.extract.stage import store_path
 from stages.pipeline import PipelineRun, dry_runner, run_pipeline
+from stages.train.data import open_split
 from stages.world import scale
 from stages.world.scale import (
     AVA_EVAL_IDS,
