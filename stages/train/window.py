@@ -70,7 +70,8 @@ def window_entries(
     k1 = max(k0, k1)
     a0, a1 = int(actor_offset[k0]), int(actor_offset[k1])
     # Whole-array operations, no loop over the window's keyframes (a 60-s window has ~60).
-    counts = np.diff(np.asarray(actor_offset[k0 : k1 + 1], dtype=np.int64))
+    offsets = np.asarray(actor_offset[k0 : k1 + 1], dtype=np.int64)
+    counts = offsets[1:] - offsets[:-1]
     rows_a = np.arange(a0, a1, dtype=np.int64)
     stamps_a = np.repeat(np.asarray(timestamps[k0:k1], dtype=np.int64), counts)
     current_a = stamps_a == timestamp
