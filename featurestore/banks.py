@@ -44,6 +44,8 @@ from featurestore.chunks import bad_chunks, chunk_codecs, read_checked
 from featurestore.errors import StoreError, where
 from featurestore.layout import VIDEOS, check_video_id, chunk_rows
 from featurestore.nodes import open_videos_group, video_group_states
+from featurestore.rawread import RawArray, RowRead, raw_array
+from featurestore.rawread import read_rows as read_raw_rows
 
 BANK_KEY = "bankflow_bank"
 BANK_VERSION = 1
@@ -81,6 +83,7 @@ class BankStore:
         # None while the bank is being created (root metadata written, videos group not yet).
         self._videos_node = open_videos_group(self._root, create=mode == "a")
         self._handles: dict[tuple[str, str], zarr.Array] = {}
+        self._raws: dict[tuple[str, str], RawArray | None] = {}
         self._index: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     @property
@@ -358,6 +361,8 @@ class BankStore:
         self._index.pop(video_id, None)
         for key in [k for k in self._handles if k[0] == video_id]:
             del self._handles[key]
+        for key in [k for k in self._raws if k[0] == video_id]:
+            del self._raws[key]
 
     def array(self, video_id: str, name: str) -> zarr.Array:
         key = (video_id, name)
@@ -374,6 +379,14 @@ class BankStore:
         """A coroutine reading ``name[selection]``; a corrupt chunk raises StoreError."""
         arr = self.array(video_id, name).async_array
         return read_checked(self.url, video_id, name, arr, selection)
+
+    def _raw(self, video_id: str, name: str) -> RawArray | None:
+        """How to read ``name`` of ``video_id`` as files (featurestore.rawread); None:
+        through zarr (cached)."""
+        key = (video_id, name)
+        if key not in self._raws:
+            self._raws[key] = raw_array(self._zstore, self.array(video_id, name))
+        return self._raws[key]
 
     def _read_whole(self, video_id: str, names: Sequence[str]) -> list[np.ndarray]:
         return _gather([self._read(video_id, n, slice(None)) for n in names])
@@ -400,15 +413,27 @@ class BankStore:
         All slices are read in one concurrent call; only the chunks the rows fall in are read.
         """
         names = list(self.arrays) if names is None else list(names)
-        reads = []
-        for video_id, a0, a1 in ranges:
+        raw_reads: list[tuple[int, RowRead]] = []
+        zarr_reads: list[tuple[int, Any]] = []
+        for i, (video_id, a0, a1) in enumerate(ranges):
             n_act = int(self.index(video_id)[1][-1])
             if not 0 <= a0 <= a1 <= n_act:
                 raise StoreError(
                     f"{where(self.url, video_id)}: rows [{a0}, {a1}) outside [0, {n_act})"
                 )
-            reads += [self._read(video_id, n, slice(a0, a1)) for n in names]
-        values = iter(_gather(reads))
+            for j, n in enumerate(names):
+                raw = self._raw(video_id, n)
+                at = i * len(names) + j
+                if raw is not None:  # local plain chunks: read as files, checksum checked
+                    raw_reads.append((at, RowRead(self.url, video_id, n, raw, a0, a1)))
+                else:
+                    zarr_reads.append((at, self._read(video_id, n, slice(a0, a1))))
+        flat: list[Any] = [None] * (len(ranges) * len(names))
+        for (at, _), value in zip(raw_reads, read_raw_rows([r for _, r in raw_reads]), strict=True):
+            flat[at] = value
+        for (at, _), value in zip(zarr_reads, _gather([c for _, c in zarr_reads]), strict=True):
+            flat[at] = value
+        values = iter(flat)
         return [{n: next(values) for n in names} for _ in ranges]
 
     def read_video(self, video_id: str) -> dict[str, np.ndarray]:

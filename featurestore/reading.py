@@ -225,6 +225,65 @@ class StoreReading:
             )
         return out
 
+    def read_keyframes_by_video(
+        self, items: Sequence[tuple[str, int]], arrays: Collection[str] | None = None
+    ) -> list[KeyframeFeatures]:
+        """What :meth:`read_keyframes` returns, read one video at a time: each video's
+        keyframe rows ``[first, last]`` of ``items`` as one slice per array (preloading a
+        split: a few large reads instead of one per keyframe and array, and only one
+        video's chunks in flight, so the memory held is the result's, not every chunk's).
+
+        The keyframes of a video share its arrays (views of one read per array).
+        """
+        names = ["context", *self._large_names()]
+        if arrays is not None:
+            unknown = set(arrays) - {"context", "pooled", "roi", "roi_t"}
+            if unknown:
+                raise ValueError(
+                    f"{self.url}: unknown feature arrays {sorted(unknown)}; expected a subset "
+                    "of context, pooled, roi, roi_t"
+                )
+            names = [n for n in names if n in arrays or n == "pooled"]
+        by_video: dict[str, list[int]] = {}
+        for i, (video_id, _) in enumerate(items):
+            by_video.setdefault(video_id, []).append(i)
+        out: list[Any] = [None] * len(items)
+        for video_id, positions in by_video.items():
+            small = self._small_arrays(video_id)
+            offsets, stamps = small["actor_offset"], small["timestamps"]
+            wanted = np.asarray([items[i][1] for i in positions], dtype=np.int64)
+            found = np.searchsorted(stamps, wanted)
+            clipped = np.minimum(found, max(len(stamps) - 1, 0))
+            bad = (found >= len(stamps)) | (stamps[clipped] != wanted if len(stamps) else True)
+            if bad.any():  # the error keyframe_row gives
+                self.keyframe_row(video_id, int(wanted[np.argmax(bad)]))
+            rows = dict(zip(positions, found.tolist(), strict=True))
+            k0, k1 = int(found.min()), int(found.max()) + 1
+            a0, a1 = int(offsets[k0]), int(offsets[k1])
+            spans = [(k0, k1) if n == "context" else (a0, a1) for n in names]
+            values = self._read_slices(
+                [(video_id, n, *span) for n, span in zip(names, spans, strict=True)]
+            )
+            large_all = dict(zip(names, values, strict=True))
+            for i in positions:
+                row = rows[i]
+                r0, r1 = int(offsets[row]), int(offsets[row + 1])
+                large = {
+                    n: v[row - k0 : row - k0 + 1] if n == "context" else v[r0 - a0 : r1 - a0]
+                    for n, v in large_all.items()
+                }
+                context = large.pop("context")[0] if "context" in large else _NOT_READ
+                out[i] = KeyframeFeatures(
+                    video_id=video_id,
+                    timestamp=int(small["timestamps"][row]),
+                    context=context,
+                    boxes=small["boxes"][r0:r1].copy(),
+                    scores=small["scores"][r0:r1].copy(),
+                    track=small["track"][r0:r1].copy(),
+                    **large,
+                )
+        return out
+
     def read_pooled(self, video_id: str, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """Pooled features [len(rows), C] of actor rows (any order, repeats allowed)."""
         rows = np.asarray(rows, dtype=np.int64)

@@ -37,7 +37,15 @@ from torch import nn
 
 from featurestore import FeatureStore, StoreError
 from featurestore.banks import BankStore
-from models.heads import HEADS, ONLINE_KINDS, Head, HeadData, build_from_data, head_class
+from models.heads import (
+    HEADS,
+    ONLINE_KINDS,
+    Head,
+    HeadData,
+    build_from_data,
+    head_class,
+    head_reads,
+)
 from stages.data import Dataset
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
@@ -271,28 +279,17 @@ def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
     train_store, val_store = splits.train_store, splits.val_store
     train_index, val_index, exclusive = splits.train_index, splits.val_index, splits.exclusive
     schema = train_store.schema
-    data = TrainData(
-        *feature_sources(splits, stored_arrays(schema), run.preload, run.preload_max_gb, cfg.name),
-        exclusive=exclusive,
-        use_roi=schema.roi_shape is not None,
-        use_roi_t=schema.roi_t_shape is not None,
-    )
-    assert data.val is not None
     cls = head_class(HEADS[run.head])
     bank_arrays = None
     kind: str
+    banks: dict[str, BankStore] = {}
     if run.bank_mode == "offline":
         dump_uri = ctx.input("dump").uri
-        banks = {}
         for split in (run.train_split, run.val_split):
             try:
                 banks[split] = BankStore.open(bank_path(dump_uri, split))
             except StoreError as exc:
                 raise StageError(f"train_bank {cfg.name}: bank {run.bank!r}: {exc}") from exc
-        data.attach = bank_attach(
-            [(data.train, banks[run.train_split]), (data.val, banks[run.val_split])],
-            run.window, preload=run.bank_preload,
-        )  # fmt: skip
         kind = banks[run.train_split].kind
         bank_arrays = banks[run.train_split].arrays
     else:
@@ -311,6 +308,21 @@ def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
     model, head_kwargs = build_from_data(run.head, head_data, run.head_kwargs)
     memory_dim = int(head_kwargs["bank_dim"]) if run.bank_mode == "online" else 0
     check_bank_kind(model, run.head, kind, f"bank {run.bank!r}" if run.bank else "the memory")
+    # Only the arrays the head reads (as stage 1): a head on pooled rows neither preloads
+    # nor reads context maps.
+    arrays = head_reads(model) & stored_arrays(schema)
+    data = TrainData(
+        *feature_sources(splits, arrays, run.preload, run.preload_max_gb, cfg.name),
+        exclusive=exclusive,
+        use_roi="roi" in arrays,
+        use_roi_t="roi_t" in arrays,
+    )
+    assert data.val is not None
+    if run.bank_mode == "offline":
+        data.attach = bank_attach(
+            [(data.train, banks[run.train_split]), (data.val, banks[run.val_split])],
+            run.window, preload=run.bank_preload,
+        )  # fmt: skip
     if run.init == "stage1":
         init_from = model.init_from_stage1
         if init_from is None:

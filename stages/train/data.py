@@ -156,7 +156,8 @@ class KeyframeSource:
         self._cache: list[KeyframeFeatures] | None = None
         if preload:
             items = list(zip(index.video.tolist(), index.timestamp.tolist(), strict=True))
-            self._cache = store.read_keyframes(items, arrays=self.arrays)
+            # Video by video (whole ranges), not keyframe by keyframe: issue 22.
+            self._cache = store.read_keyframes_by_video(items, arrays=self.arrays)
 
     def get(self, keyframes: np.ndarray) -> list[KeyframeFeatures]:
         if self._cache is not None:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.heads import Head
+from models.heads import Head, head_reads
 from models.losses import ava_loss, loss_normalizers
 from stages.catalog import STAGES  # the catalog holds specs only: no cycle
 from stages.data import Dataset
@@ -159,20 +159,28 @@ def classifier_of(model: nn.Module) -> nn.Linear:
 
 @torch.no_grad()
 def classifier_inputs(
-    model: nn.Module, batches: Callable[[], Any], *, check_atol: float = 1e-4
+    model: nn.Module,
+    batches: Callable[[], Any],
+    *,
+    check_atol: float = 1e-4,
+    rows: int | None = None,
 ) -> torch.Tensor:
     """What enters ``model.classifier`` for every actor, float32 [A, D], in batch order.
 
     ``batches()`` yields the head's input batches. The head runs in eval mode (dropout is
     the identity). The first non-empty batch must satisfy ``logits == classifier(input)``
     (to ``check_atol``): a head that changes the logits after its classifier cannot be
-    re-trained on the recorded inputs, and is refused.
+    re-trained on the recorded inputs, and is refused. ``rows``: A when known; the inputs
+    are then written into one [A, D] tensor as they come (the memory of one copy, not of
+    the batches' list plus their concatenation).
     """
     classifier = classifier_of(model)
     model.eval()
     captured: list[torch.Tensor] = []
     hook = classifier.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
     out: list[torch.Tensor] = []
+    filled = torch.empty((rows, classifier.in_features)) if rows is not None else None
+    at = 0
     checked = False
     try:
         for batch in batches():
@@ -193,9 +201,19 @@ def classifier_inputs(
                         "classifier's output can be rebalanced"
                     )
                 checked = True
-            out.append(x)
+            if filled is None:
+                out.append(x)
+                continue
+            if at + len(x) > len(filled):
+                raise StageError(f"rebalance: more than the {rows} expected classifier inputs")
+            filled[at : at + len(x)] = x
+            at += len(x)
     finally:
         hook.remove()
+    if filled is not None:
+        if at != len(filled):
+            raise StageError(f"rebalance: {at} classifier inputs, expected {rows}")
+        return filled
     return torch.cat(out) if out else torch.zeros((0, classifier.in_features))
 
 
@@ -273,6 +291,7 @@ def model_data(
     features_uri: str,
     dataset: Dataset,
     labelmap: Any,
+    reads: frozenset[str] | None = None,
 ) -> TrainData:
     """The train / val sources and batch reader the model was trained with.
 
@@ -289,17 +308,17 @@ def model_data(
         who="rebalance",
     )  # fmt: skip
     schema = splits.train_store.schema
+    # ``reads``: the arrays the head looks at (``head_reads``); None: every stored one.
+    arrays = train_stage.stored_arrays(schema)
+    if reads is not None:
+        arrays &= set(reads)
     data = TrainData(
         *train_stage.feature_sources(
-            splits,
-            train_stage.stored_arrays(schema),
-            run.preload,
-            run.preload_max_gb,
-            f"rebalance {run_dir.name}",
+            splits, arrays, run.preload, run.preload_max_gb, f"rebalance {run_dir.name}"
         ),
         exclusive=splits.exclusive,
-        use_roi=schema.roi_shape is not None,
-        use_roi_t=schema.roi_t_shape is not None,
+        use_roi="roi" in arrays,
+        use_roi_t="roi_t" in arrays,
     )
     if model_stage == "train_bank":
         data.attach = _bank_attach(trained, data)
@@ -344,18 +363,25 @@ def record_inputs(model: nn.Module, data: TrainData, cache: Path) -> torch.Tenso
         source = data.train
         mine, _ = shard(np.arange(len(source.index)), rank, size)
         batches = epoch_batches(mine, 32)
+        counts = np.diff(source.index.actor_offset)
         inputs = classifier_inputs(model, lambda: iter_batches(
-            source, batches, lambda kf: read_batch(source, kf, data)))  # fmt: skip
+            source, batches, lambda kf: read_batch(source, kf, data)),
+            rows=int(counts[mine].sum()))  # fmt: skip
         parts = [cache.with_name(f".{cache.name}.rank{r}") for r in range(size)]
         torch.save(inputs, parts[rank])
+        del inputs  # one copy in RAM at a time: the one loaded below
         barrier()
         if rank == 0:
-            joined = torch.cat([torch.load(p, weights_only=True) for p in parts])
             tmp = cache.with_name(f".{cache.name}.tmp")
-            torch.save(joined, tmp)
+            if size == 1:
+                parts[0].replace(tmp)
+            else:
+                joined = torch.cat([torch.load(p, weights_only=True) for p in parts])
+                torch.save(joined, tmp)
+                del joined
+                for p in parts:
+                    p.unlink()
             tmp.replace(cache)
-            for p in parts:
-                p.unlink()
         barrier()
     return torch.load(cache, weights_only=True)
 
@@ -389,7 +415,9 @@ def compute_rank(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
     for p in model.parameters():
         p.requires_grad_(False)
     classifier = classifier_of(model)
-    data = model_data(trained, model_ref.stage, features_uri, dataset, labelmap)
+    data = model_data(
+        trained, model_ref.stage, features_uri, dataset, labelmap, reads=head_reads(model)
+    )
     exclusive = data.exclusive
     train_index = data.train.index
     assert data.val is not None

@@ -69,43 +69,56 @@ def window_entries(
     k1 = int(np.searchsorted(timestamps, timestamp + cfg.after, side="right"))
     k1 = max(k0, k1)
     a0, a1 = int(actor_offset[k0]), int(actor_offset[k1])
-    rows, stamps, current = [], [], []
-    for k in range(k0, k1):
-        r0, r1 = int(actor_offset[k]), int(actor_offset[k + 1])
-        t = int(timestamps[k])
-        is_current = t == timestamp
-        if is_current and not cfg.include_current:
-            continue
-        r = np.arange(r0, r1, dtype=np.int64)
-        rows.append(r)
-        stamps.append(np.full(len(r), t, dtype=np.int64))
-        current.append(np.full(len(r), is_current))
-    if cfg.max_per_second is not None and rows:
+    # Whole-array operations, no loop over the window's keyframes (a 60-s window has ~60).
+    offsets = np.asarray(actor_offset[k0 : k1 + 1], dtype=np.int64)
+    counts = offsets[1:] - offsets[:-1]
+    rows_a = np.arange(a0, a1, dtype=np.int64)
+    stamps_a = np.repeat(np.asarray(timestamps[k0:k1], dtype=np.int64), counts)
+    current_a = stamps_a == timestamp
+    if not cfg.include_current:
+        keep = ~current_a
+        rows_a, stamps_a, current_a = rows_a[keep], stamps_a[keep], current_a[keep]
+    if cfg.max_per_second is not None and len(rows_a):
         # Timestamps may be finer than a second: cap each second, not each keyframe.
-        rows, stamps, current = _cap_per_second(rows, stamps, current, cfg.max_per_second)
-    rows_a = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-    stamps_a = np.concatenate(stamps) if stamps else np.zeros(0, np.int64)
+        rows_a, stamps_a, current_a = _cap_per_second(
+            rows_a, stamps_a, current_a, cfg.max_per_second
+        )
     return WindowEntries(
         video=video,
         rows=rows_a,
         dt=(stamps_a - timestamp).astype(np.float32),
         track=track[rows_a].astype(np.int64),
-        current=np.concatenate(current) if current else np.zeros(0, bool),
+        current=current_a,
         span=(a0, a1),
     )
 
 
 def _cap_per_second(
-    rows: list[np.ndarray], stamps: list[np.ndarray], current: list[np.ndarray], m: int
-) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    r, s, c = np.concatenate(rows), np.concatenate(stamps), np.concatenate(current)
+    r: np.ndarray, s: np.ndarray, c: np.ndarray, m: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep at most ``m`` of each second's non-current entries (:func:`_even_pick` of
+    their positions in order) and every current one; whole-array operations, no loop
+    over the window's seconds."""
     second = np.floor(s).astype(np.int64)
-    keep = np.zeros(len(r), bool)
-    for sec in np.unique(second):
-        pos = np.flatnonzero((second == sec) & ~c)
-        keep[pos if len(pos) <= m else pos[_even_pick(len(pos), m)]] = True
-    keep |= c
-    return [r[keep]], [s[keep]], [c[keep]]
+    keep = c.copy()
+    other = np.flatnonzero(~c)
+    if len(other):
+        _, group, counts = np.unique(second[other], return_inverse=True, return_counts=True)
+        order = np.argsort(group, kind="stable")
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        rank = np.empty(len(other), np.int64)
+        rank[order] = np.arange(len(other)) - np.repeat(starts, counts)
+        n = counts[group]
+        if m == 1:
+            picked = rank == n // 2
+        else:  # the positions np.linspace(0, n - 1, m) rounds to, per second
+            picks = np.round(
+                np.arange(m, dtype=np.float64)[None, :] * ((counts - 1) / (m - 1))[:, None]
+            )
+            picks[:, -1] = counts - 1
+            picked = (picks[group] == rank[:, None]).any(axis=1)
+        keep[other[(n <= m) | picked]] = True
+    return r[keep], s[keep], c[keep]
 
 
 def pad_windows(
@@ -127,11 +140,13 @@ def pad_windows(
     out = {"mask": mask, "dt": dt, "track": track, "current": current}
     for name, per_window in arrays.items():
         tail = next((a.shape[1:] for a in per_window if a.ndim >= 1), ())
-        padded = torch.zeros((b, length, *tail), dtype=torch.float32)
+        # Filled in numpy (fp16 -> fp32 on assignment, one pass, in this thread): a torch
+        # slice assignment per window was the largest cost of a stage-2 step (issue 22).
+        padded = np.zeros((b, length, *tail), dtype=np.float32)
         for i, value in enumerate(per_window):
             if len(value):
-                padded[i, : len(value)] = torch.from_numpy(np.asarray(value, dtype=np.float32))
-        out[name] = padded
+                padded[i, : len(value)] = value
+        out[name] = torch.from_numpy(padded)
     return out
 
 

@@ -100,3 +100,16 @@ def test_cli_store_verify_decodes_every_chunk(tmp_path: Path, capsys) -> None:
     assert err.count("\n") == 1 and f"chunk '{key}': corrupt" in err, err
     assert bankflow(["store", "info", str(tmp_path / "nothing")]) == 2
     assert "is not a bankflow feature store" in capsys.readouterr().err
+
+
+def test_bank_rows_read_as_files_equal_zarr(tmp_path: Path) -> None:
+    """A local bank's plain chunks are read as files (featurestore.rawread), giving what
+    zarr gives for every row range, chunk-aligned or not."""
+    _bank(tmp_path / "b.zarr")
+    reader = BankStore.open(tmp_path / "b.zarr")
+    assert reader._raw("v", "features") is not None
+    whole = reader.read_video("v")["features"]  # through zarr
+    ranges = [("v", a0, a1) for a0 in range(6) for a1 in range(a0, 6)]
+    for (_, a0, a1), got in zip(ranges, reader.read_rows(ranges), strict=True):
+        assert got["features"].dtype == np.float16 and got["features"].shape == (a1 - a0, 6)
+        np.testing.assert_array_equal(got["features"], whole[a0:a1])

@@ -119,3 +119,32 @@ def test_forked_child_reads_through_its_own_pool(tmp_path: Path, monkeypatch) ->
         child.kill()
         child.join()
     assert child.exitcode == 0, child.exitcode
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_read_keyframes_by_video_equals_read_keyframes(tmp_path: Path, compression: str) -> None:
+    """Preloading reads each video's keyframe range at once: the same keyframes, values and
+    dtypes, in the order asked, as one read per keyframe; a keyframe's arrays are its own."""
+    url = tmp_path / "s.zarr"
+    videos = _store(url, compression)
+    reader = FeatureStore.open(url)
+    items = [(v, 902 + k) for v in videos for k in range(9) if (k + len(v)) % 3]  # gaps
+    order = np.random.default_rng(1).permutation(len(items))
+    asked = [items[i] for i in order]
+    for arrays in (None, {"pooled"}, {"context", "roi"}):
+        want = reader.read_keyframes(asked, arrays=arrays)
+        got = reader.read_keyframes_by_video(asked, arrays=arrays)
+        assert [(k.video_id, k.timestamp) for k in got] == asked
+        for g, w in zip(got, want, strict=True):
+            for name in ("context", "pooled", "roi", "roi_t", "boxes", "scores", "track"):
+                a, b = getattr(g, name), getattr(w, name)
+                assert (a is None) == (b is None), name
+                if a is not None:
+                    assert a.dtype == b.dtype and a.shape == b.shape, name
+                    np.testing.assert_array_equal(a, b, err_msg=name)
+    got = reader.read_keyframes_by_video(asked[:2])
+    before = got[1].pooled.copy()
+    got[0].pooled += 1
+    np.testing.assert_array_equal(got[1].pooled, before)
+    with pytest.raises(StoreError, match="no keyframe at timestamp 999"):
+        reader.read_keyframes_by_video([("v0", 999)])
