@@ -28,6 +28,7 @@ from stages.evaluate.tube_eval import (
 )
 from stages.framework import Stage, StageError, run_stage
 from stages.pipeline import PipelineRun, dry_runner, run_pipeline
+from stages.train.config import crt_name
 
 CONFIGS = Path(__file__).resolve().parents[2] / "flows" / "configs"
 
@@ -199,7 +200,9 @@ def test_link_runs_per_model_on_tube_datasets_only(tiny_tube_world, tiny_world, 
                             ["world=null", f"dataset.root={tiny_tube_world}"])  # fmt: skip
     run = PipelineRun(config=tubes_cfg, work_root=tmp_path / "t", runner=dry_runner)
     run_pipeline(run, write=False)
-    models = set(tubes_cfg.train.runs)
+    # Every model: the train runs and the cRT re-trainings (PCCA's second phase).
+    models = set(tubes_cfg.train.runs) | {crt_name(m) for m in tubes_cfg.rebalance.models}
+    assert models > set(tubes_cfg.train.runs)
     assert {n for n in run.refs if n.startswith("link:")} == {f"link:{m}" for m in models}
     link_keys = {run.refs[f"link:{m}"].key for m in models}
     assert len(link_keys) == len(models)  # one per model: its predictions are in the key
