@@ -174,6 +174,19 @@ class StoreReading:
         row = self.keyframe_row(video_id, timestamp)
         return self._read_rows(video_id, row, row + 1).keyframe(video_id, 0)
 
+    def _array_names(self, arrays: Collection[str] | None) -> list[str]:
+        """The arrays a read fetches: ``arrays`` (pooled always), else every stored one."""
+        names = ["context", *self._large_names()]
+        if arrays is not None:
+            unknown = set(arrays) - {"context", "pooled", "roi", "roi_t"}
+            if unknown:
+                raise ValueError(
+                    f"{self.url}: unknown feature arrays {sorted(unknown)}; expected a subset "
+                    "of context, pooled, roi, roi_t"
+                )
+            names = [n for n in names if n in arrays or n == "pooled"]
+        return names
+
     def read_keyframes(
         self, items: Sequence[tuple[str, int]], arrays: Collection[str] | None = None
     ) -> list[KeyframeFeatures]:
@@ -187,15 +200,7 @@ class StoreReading:
 
         Returns them in the order given; raises KeyframeNotFoundError for an absent one.
         """
-        names = ["context", *self._large_names()]
-        if arrays is not None:
-            unknown = set(arrays) - {"context", "pooled", "roi", "roi_t"}
-            if unknown:
-                raise ValueError(
-                    f"{self.url}: unknown feature arrays {sorted(unknown)}; expected a subset "
-                    "of context, pooled, roi, roi_t"
-                )
-            names = [n for n in names if n in arrays or n == "pooled"]
+        names = self._array_names(arrays)
         plan: list[tuple[str, int, int, int]] = []
         reads: list[tuple[str, str, int, int]] = []
         for video_id, timestamp in items:
@@ -235,15 +240,7 @@ class StoreReading:
 
         The keyframes of a video share its arrays (views of one read per array).
         """
-        names = ["context", *self._large_names()]
-        if arrays is not None:
-            unknown = set(arrays) - {"context", "pooled", "roi", "roi_t"}
-            if unknown:
-                raise ValueError(
-                    f"{self.url}: unknown feature arrays {sorted(unknown)}; expected a subset "
-                    "of context, pooled, roi, roi_t"
-                )
-            names = [n for n in names if n in arrays or n == "pooled"]
+        names = self._array_names(arrays)
         by_video: dict[str, list[int]] = {}
         for i, (video_id, _) in enumerate(items):
             by_video.setdefault(video_id, []).append(i)
