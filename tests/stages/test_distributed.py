@@ -132,7 +132,14 @@ def test_killed_two_process_run_resumes(features: Features, single, tmp_path: Pa
 
     resumed = run_stage(train_stage.STAGE, cfg, inputs, tmp_path)
     events = [json.loads(line) for line in (resumed.path / train_stage.EVENTS_FILE).open()]
-    assert [e["event"] for e in events] == ["epoch", "epoch", "resume", "epoch"]
+    names = [e["event"] for e in events]
+    assert names.count("resume") == 1
+    killed, after = names[: names.index("resume")], names[names.index("resume") + 1 :]
+    # The launcher was killed once epoch 1's checkpoint existed. Its ranks are spawned (the
+    # worker's pause does not reach them) and follow it within ~0.5 s, so on a busy machine
+    # rank 0 may log one more epoch first; the resumed run continues from its checkpoint.
+    assert set(killed) == {"epoch"} and len(killed) >= 2
+    assert set(after) <= {"epoch"} and len(killed) + len(after) >= 3
     assert max_difference(weights(single.path), weights(resumed.path)) < 1e-5
     assert abs(resumed.summary["val_map"] - single.summary["val_map"]) < 1e-4
 
