@@ -275,8 +275,9 @@ class BankStore:
                 f"{where(self.url, video_id)}: {self.kind!r} bank arrays are {sorted(self.arrays)}, "
                 f"got {sorted(arrays)}"
             )
-        data: dict[str, np.ndarray] = dict(timestamps=timestamps, actor_offset=actor_offset,
-                                           track=track)  # fmt: skip
+        data: dict[str, np.ndarray] = dict(
+            timestamps=timestamps, actor_offset=actor_offset, track=track
+        )
         for name, value in arrays.items():
             expected = (n_act, *self.arrays[name])
             if tuple(value.shape) != expected:
@@ -300,10 +301,15 @@ class BankStore:
         async def create_and_fill(name: str, value: np.ndarray) -> None:
             rows = chunk_rows(value.shape, value.dtype.itemsize, target)
             arr = await zarr.api.asynchronous.create_array(
-                self._zstore, name=f"{VIDEOS}/{video_id}/{name}", shape=value.shape,
-                dtype=value.dtype, chunks=(rows, *value.shape[1:]), fill_value=0,
-                compressors=chunk_codecs("none"), config={"write_empty_chunks": True},
-            )  # fmt: skip
+                self._zstore,
+                name=f"{VIDEOS}/{video_id}/{name}",
+                shape=value.shape,
+                dtype=value.dtype,
+                chunks=(rows, *value.shape[1:]),
+                fill_value=0,
+                compressors=chunk_codecs("none"),
+                config={"write_empty_chunks": True},
+            )
             if value.size:
                 await arr.setitem(Ellipsis, value)
 
@@ -314,11 +320,14 @@ class BankStore:
             sync(write_all())
         group.update_attributes(
             {
-                "complete": True, "n_keyframes": n_kf, "n_actors": n_act,
-                "video_key": video_key, "provenance": dict(provenance or {}),
+                "complete": True,
+                "n_keyframes": n_kf,
+                "n_actors": n_act,
+                "video_key": video_key,
+                "provenance": dict(provenance or {}),
                 "written_at": _now(),
             }
-        )  # fmt: skip
+        )
 
     def copy_video(self, source: BankStore, video_id: str) -> None:
         """Copy a complete video group of another bank of the same kind (an incremental dump)."""
@@ -334,10 +343,13 @@ class BankStore:
         values = dict(zip(names, source._read_whole(video_id, names), strict=True))
         self.write_video(
             video_id,
-            timestamps=values.pop("timestamps"), actor_offset=values.pop("actor_offset"),
-            track=values.pop("track"), arrays=values, video_key=attrs["video_key"],
+            timestamps=values.pop("timestamps"),
+            actor_offset=values.pop("actor_offset"),
+            track=values.pop("track"),
+            arrays=values,
+            video_key=attrs["video_key"],
             provenance={**attrs.get("provenance", {}), "copied_from": source.url},
-        )  # fmt: skip
+        )
 
     def finalize(self, expected_videos: Sequence[str] | None = None) -> None:
         """Mark the bank complete after checking every expected video is complete."""

@@ -92,15 +92,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
         "--config", required=True, help="pipeline config YAML (e.g. flows/configs/demo.yaml)"
     )
     p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value, e.g. --set dataset.root=/data/ava (repeatable)",
-    )  # fmt: skip
+    )
     p.add_argument("--work-root", default=DEFAULT_WORK_ROOT, help="where stage outputs go")
     p.add_argument(
-        "--cache", default=None, metavar="URL",
+        "--cache",
+        default=None,
+        metavar="URL",
         help="the team's stage cache (s3://…, NFS path); default BANKFLOW_CACHE, then the "
         "config's cache.url",
-    )  # fmt: skip
+    )
 
 
 def cmd_world(args: argparse.Namespace) -> int:
@@ -112,9 +118,11 @@ def cmd_world(args: argparse.Namespace) -> int:
         from stages.world.scale import ScaleWorldConfig, build_scale_world
 
         scale_config = ScaleWorldConfig(
-            scale=args.scale, seed=args.seed, context_grid=args.context_grid,
+            scale=args.scale,
+            seed=args.seed,
+            context_grid=args.context_grid,
             context_channels=args.context_channels,
-        )  # fmt: skip
+        )
         print(json.dumps(build_scale_world(Path(args.out), scale_config), indent=1))
         return 0
     if args.format == "tubes":
@@ -165,9 +173,13 @@ def _run_pipeline(args: argparse.Namespace, *, until: str | None, force: list[st
         prefect_output_to(Path(os.environ["PREFECT_HOME"]) / "prefect.log")  # tracebacks
 
         summary = pipeline(
-            config=str(args.config), overrides=list(args.overrides), work_root=str(work_root),
-            until=until, force=force, cache=getattr(args, "cache", None),
-        )  # fmt: skip
+            config=str(args.config),
+            overrides=list(args.overrides),
+            work_root=str(work_root),
+            until=until,
+            force=force,
+            cache=getattr(args, "cache", None),
+        )
     print(format_summary(summary))
     return 0
 
@@ -214,8 +226,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             stage = name.split(":")[0]
             record = cache.record(stage, rec["key"])
             if record is not None:  # not here, but a pull away
-                st = {"state": "in cache", "seconds": record.get("seconds"),
-                      "bytes": sum(size for _, size, *_ in record["manifest"])}  # fmt: skip
+                st = {
+                    "state": "in cache",
+                    "seconds": record.get("seconds"),
+                    "bytes": sum(size for _, size, *_ in record["manifest"]),
+                }
                 rec = {**rec, "uri": cache.data_url(stage, rec["key"])}
         secs = f"{st['seconds']:.1f}" if st["seconds"] is not None else "-"
         print(
@@ -298,11 +313,15 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from stages.tools.infer import InferConfig, infer_video
 
     cfg = InferConfig(
-        detector=args.detector, detector_arch=args.detector_arch,
-        score_threshold=args.score_threshold, max_persons=args.max_persons,
-        offset=args.offset, max_seconds=args.max_seconds, labelmap=args.labelmap,
+        detector=args.detector,
+        detector_arch=args.detector_arch,
+        score_threshold=args.score_threshold,
+        max_persons=args.max_persons,
+        offset=args.offset,
+        max_seconds=args.max_seconds,
+        labelmap=args.labelmap,
         device=args.device,
-    )  # fmt: skip
+    )
     report = infer_video(args.video, args.run, args.out, cfg)
     print(
         f"{report['video_id']}: {report['frames']} frames, {report['keyframes']} keyframes, "
@@ -325,10 +344,16 @@ def cmd_attention(args: argparse.Namespace) -> int:
     from stages.tools.attention import attention_picture
 
     info = attention_picture(
-        args.run, args.video, args.timestamp, args.out, store=args.store,
-        video_id=args.video_id, offset=args.offset, frame_numbers=args.frame_numbers,
+        args.run,
+        args.video,
+        args.timestamp,
+        args.out,
+        store=args.store,
+        video_id=args.video_id,
+        offset=args.offset,
+        frame_numbers=args.frame_numbers,
         max_actors=args.max_actors,
-    )  # fmt: skip
+    )
     print(f"{info['head']}: {info['actors']} actors, maps {info['maps']} -> {info['out']}")
     return 0
 
@@ -345,8 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("world", help="build the synthetic demo world (an AVA-format dataset)")
     p.add_argument("out")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=("ava", "tubes"), default="ava",
-                   help="ava: AVA CSVs (default); tubes: a MultiSports-layout tube dataset")  # fmt: skip
+    p.add_argument(
+        "--format",
+        choices=("ava", "tubes"),
+        default="ava",
+        help="ava: AVA CSVs (default); tubes: a MultiSports-layout tube dataset",
+    )
     p.add_argument(
         "--features-only",
         action="store_true",
@@ -360,8 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help="--features-only: side of the stored pooled context map",
     )
-    p.add_argument("--context-channels", type=int, default=None,
-                   help="--features-only: context channels (default: the 2304 actor dims)")  # fmt: skip
+    p.add_argument(
+        "--context-channels",
+        type=int,
+        default=None,
+        help="--features-only: context channels (default: the 2304 actor dims)",
+    )
     p.set_defaults(func=cmd_world)
 
     p = sub.add_parser("data", help="dataset tools")
@@ -373,8 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the pipeline through the embedded Prefect")
     _add_config_args(p)
-    p.add_argument("--until", type=stage_name, metavar="STAGE",
-                   help=f"stop after this stage, one of: {STAGE_LIST}")  # fmt: skip
+    p.add_argument(
+        "--until",
+        type=stage_name,
+        metavar="STAGE",
+        help=f"stop after this stage, one of: {STAGE_LIST}",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("stage", help="run one stage (its inputs are found or built first)")
@@ -389,25 +426,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
-        "status", help="each stage's key and whether its output is published",
+        "status",
+        help="each stage's key and whether its output is published",
         epilog=f"Stages, in order: {STAGE_LIST}.",
-    )  # fmt: skip
+    )
     _add_config_args(p)
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("config", help="pipeline configs: config show --config F [--set K=V]")
     config_sub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     c = config_sub.add_parser(
-        "show", help="print the resolved config (base: merged, --set applied) and stage keys",
+        "show",
+        help="print the resolved config (base: merged, --set applied) and stage keys",
         epilog=f"Stages, in order: {STAGE_LIST}.",
-    )  # fmt: skip
+    )
     _add_config_args(c)
     c.set_defaults(func=cmd_config_show)
 
     p = sub.add_parser(
-        "eval", help="AVA frame-mAP: bankflow eval GT PRED --labelmap L [--excluded E]",
+        "eval",
+        help="AVA frame-mAP: bankflow eval GT PRED --labelmap L [--excluded E]",
         add_help=False,
-    )  # fmt: skip
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_eval)
 
@@ -417,12 +457,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("action", choices=["info", "verify", "export", "import", "ls"])
     p.add_argument(
-        "url", help="a store URL (path, file://, s3://…); for import the .h5 file; for ls a "
+        "url",
+        help="a store URL (path, file://, s3://…); for import the .h5 file; for ls a "
         "work root or stage cache",
-    )  # fmt: skip
+    )
     p.add_argument("target", nargs="?", help="export: the .h5 to write; import: the new store")
-    p.add_argument("--quick", action="store_true",
-                   help="verify: only check every chunk exists (default: decode every chunk)")  # fmt: skip
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="verify: only check every chunk exists (default: decode every chunk)",
+    )
     p.set_defaults(func=cmd_store)
 
     p = sub.add_parser("checkpoint", help="backbone checkpoints from model zoos")
@@ -438,27 +482,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, what in (("push", "work root -> cache"), ("pull", "cache -> work root")):
         p = sub.add_parser(
-            name, help=f"copy stage outputs {what}: a config's, or STAGE/KEY items with "
+            name,
+            help=f"copy stage outputs {what}: a config's, or STAGE/KEY items with "
             "everything upstream of them",
-        )  # fmt: skip
+        )
         p.add_argument("keys", nargs="*", metavar="STAGE/KEY")
         p.add_argument("--config", help="every stage output of this pipeline config")
-        p.add_argument("--set", dest="overrides", action="append", default=[],
-                       metavar="KEY=VALUE")  # fmt: skip
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
         p.add_argument("--work-root", default=DEFAULT_WORK_ROOT)
         p.add_argument("--cache", metavar="URL", help="default BANKFLOW_CACHE, then cache.url")
         p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser(
-        "gc", help="list (or --apply: delete) staging leftovers, replaced outputs and outputs "
+        "gc",
+        help="list (or --apply: delete) staging leftovers, replaced outputs and outputs "
         "no --keep config reaches, in a work root or cache",
-    )  # fmt: skip
+    )
     p.add_argument("root", help="a work root or a stage cache URL")
-    p.add_argument("--keep", action="append", default=[], metavar="CONFIG",
-                   help="outputs of this config are kept (repeatable); without it only "
-                   "staging and replaced entries are collected")  # fmt: skip
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override applied to every --keep config")  # fmt: skip
+    p.add_argument(
+        "--keep",
+        action="append",
+        default=[],
+        metavar="CONFIG",
+        help="outputs of this config are kept (repeatable); without it only "
+        "staging and replaced entries are collected",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override applied to every --keep config",
+    )
     p.add_argument("--older-than", type=float, metavar="DAYS", help="only entries this old")
     p.add_argument("--apply", action="store_true", help="delete (default: only list)")
     p.set_defaults(func=cmd_gc)
@@ -474,8 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="run a trained model on a video file: annotated MP4 + AVA CSV")
     p.add_argument("video")
-    p.add_argument("--run", required=True,
-                   help="a train or train_bank run's directory (work/<stage>/<key>)")  # fmt: skip
+    p.add_argument(
+        "--run", required=True, help="a train or train_bank run's directory (work/<stage>/<key>)"
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--detector", help="person detector checkpoint (default: the run's own)")
     p.add_argument("--detector-arch", help="its torchvision architecture (default: the run's)")
@@ -498,10 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-id", help="the video's id in the store (default: file stem)")
     p.add_argument("--offset", type=float, help="CSV time of the first frame")
     p.add_argument(
-        "--frame-numbers", action="store_true", default=None,
+        "--frame-numbers",
+        action="store_true",
+        default=None,
         help="timestamps are 1-based frame numbers (a tube dataset's store given by --store;"
         " the run's own stores follow its dataset)",
-    )  # fmt: skip
+    )
     p.add_argument("--max-actors", type=int, default=4)
     p.set_defaults(func=cmd_attention)
     return parser
@@ -539,8 +598,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             # A full disk outside a stage's compute (inside one it is a StageError).
-            print(f"bankflow: error: out of disk space writing {exc.filename or '?'}: "
-                  f"{exc.strerror}; free some space and rerun", file=sys.stderr)  # fmt: skip
+            print(
+                f"bankflow: error: out of disk space writing {exc.filename or '?'}: "
+                f"{exc.strerror}; free some space and rerun",
+                file=sys.stderr,
+            )
             return 2
         raise
     finally:

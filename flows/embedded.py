@@ -89,9 +89,23 @@ def _server_command(port: int) -> list[str]:
     spec = importlib.util.find_spec("prefect")
     assert spec is not None and spec.origin is not None, "prefect is a dependency"
     app_dir = str(Path(spec.origin).parent.parent)
-    return [sys.executable, "-m", "uvicorn", "--app-dir", app_dir,
-            "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
-            "--port", str(port), "--log-level", "error", "--lifespan", "on"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "--app-dir",
+        app_dir,
+        "--factory",
+        "prefect.server.api.server:create_app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        "--lifespan",
+        "on",
+    ]
 
 
 def stop_process(pid: int, start_time: int | None, timeout_s: float = STOP_TIMEOUT_S) -> None:
@@ -123,8 +137,12 @@ def stop_stale_servers(prefect_home: Path) -> list[dict]:
         if _alive(pid, rec.get("start_time")):
             if _alive(owner, rec.get("owner_start_time")):
                 continue  # another run's server, in use
-            log.warning("stopping a Prefect server left by a killed run: pid %d, port %s, "
-                        "run pid %d", pid, rec.get("port"), owner)  # fmt: skip
+            log.warning(
+                "stopping a Prefect server left by a killed run: pid %d, port %s, run pid %d",
+                pid,
+                rec.get("port"),
+                owner,
+            )
             stop_process(pid, rec.get("start_time"))
             stopped.append(rec)
         record_path.unlink(missing_ok=True)
@@ -174,17 +192,30 @@ def embedded_server(prefect_home: Path) -> Iterator[str | None]:
     records = prefect_home / "embedded"
     records.mkdir(parents=True, exist_ok=True)
     port = _free_port()
-    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-           "PREFECT__SERVER_FINAL": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "PREFECT_UI_ENABLED": "0",
+        "PREFECT__SERVER_EPHEMERAL": "1",
+        "PREFECT__SERVER_FINAL": "1",
+    }
     log_path = prefect_home / "embedded-server.log"
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(
-            _server_command(port), env=env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, preexec_fn=_die_with_parent(),
-        )  # fmt: skip
+            _server_command(port),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent(),
+        )
     record = records / f"{proc.pid}.json"
-    rec = {"pid": proc.pid, "start_time": _start_time(proc.pid), "port": port,
-           "owner": os.getpid(), "owner_start_time": _start_time(os.getpid())}  # fmt: skip
+    rec = {
+        "pid": proc.pid,
+        "start_time": _start_time(proc.pid),
+        "port": port,
+        "owner": os.getpid(),
+        "owner_start_time": _start_time(os.getpid()),
+    }
     tmp = record.with_suffix(".tmp")
     tmp.write_text(json.dumps(rec))
     os.replace(tmp, record)

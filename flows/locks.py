@@ -136,10 +136,10 @@ class ExpiringLockManager:
         )
 
     def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, ExpiringLockManager)
-            and (self.directory, self.ttl_s) == (other.directory, other.ttl_s)
-        )  # fmt: skip
+        return isinstance(other, ExpiringLockManager) and (self.directory, self.ttl_s) == (
+            other.directory,
+            other.ttl_s,
+        )
 
     def __hash__(self) -> int:
         return hash((self.directory, self.ttl_s))
@@ -158,11 +158,15 @@ class ExpiringLockManager:
     def _payload(self, held: _Held) -> bytes:
         return json.dumps(
             {
-                "holder": held.holder, "host": socket.gethostname(), "pid": os.getpid(),
-                "token": held.token, "heartbeat": time.time(), "ttl_s": self.ttl_s,
+                "holder": held.holder,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "token": held.token,
+                "heartbeat": time.time(),
+                "ttl_s": self.ttl_s,
                 "deadline": held.deadline,
             }
-        ).encode()  # fmt: skip
+        ).encode()
 
     def _beat(self, key: str, held: _Held) -> None:
         name = self._name(key)
@@ -215,15 +219,18 @@ class ExpiringLockManager:
             if self.is_lock_holder(key, holder):
                 return True
             held = _Held(
-                token=uuid.uuid4().hex, holder=holder,
+                token=uuid.uuid4().hex,
+                holder=holder,
                 deadline=None if hold_timeout is None else time.time() + hold_timeout,
-            )  # fmt: skip
+            )
             for _ in range(2):
                 if self._files.create_exclusive(self._name(key), self._payload(held)):
                     held.thread = threading.Thread(
-                        target=self._beat, args=(key, held), name=f"lock-heartbeat-{key}",
+                        target=self._beat,
+                        args=(key, held),
+                        name=f"lock-heartbeat-{key}",
                         daemon=True,
-                    )  # fmt: skip
+                    )
                     held.thread.start()
                     self._held[key] = held
                     return True

@@ -25,9 +25,12 @@ def prefect_runner(
     stage: str, config: BaseModel, inputs: dict[str, StageRef], work_root: Path, force: bool
 ) -> tuple[StageRef, bool]:
     call = StageCall(
-        stage=stage, config=config.model_dump(mode="json"), inputs=inputs,
-        work_root=str(work_root), force=force,
-    )  # fmt: skip
+        stage=stage,
+        config=config.model_dump(mode="json"),
+        inputs=inputs,
+        work_root=str(work_root),
+        force=force,
+    )
     return submit_stage(call)
 
 
@@ -44,9 +47,13 @@ def pipeline(
     (else ``BANKFLOW_CACHE``, else the config's ``cache.url``) names the team's stage cache."""
     cfg = load_config(config, overrides or [])
     run = PipelineRun(
-        config=cfg, work_root=Path(work_root), runner=prefect_runner,
-        until=until, force=frozenset(force or []), cache_url=cache,
-    )  # fmt: skip
+        config=cfg,
+        work_root=Path(work_root),
+        runner=prefect_runner,
+        until=until,
+        force=frozenset(force or []),
+        cache_url=cache,
+    )
     summary = run_pipeline(run)
     publish_artifacts(summary)
     return summary
@@ -75,9 +82,10 @@ def publish_artifacts(summary: dict[str, Any]) -> None:
         history = rec["summary"].get("history") or []
         if history:
             create_table_artifact(
-                history, key=_artifact_key(f"training-{name}"),
+                history,
+                key=_artifact_key(f"training-{name}"),
                 description=f"loss and val frame-mAP per epoch of {name}",
-            )  # fmt: skip
+            )
     for name, rec in summary["stages"].get("evaluate", {}).get("runs", {}).items():
         report = Path(rec["uri"]) / "metrics.md"
         if report.is_file():
@@ -86,6 +94,7 @@ def publish_artifacts(summary: dict[str, Any]) -> None:
     markdown = Path((summary.get("report") or {}).get("markdown", ""))
     if markdown.is_file():
         create_markdown_artifact(
-            markdown.read_text(), key="bankflow-report",
+            markdown.read_text(),
+            key="bankflow-report",
             description=f"pipeline report ({markdown.parent}; plots in {markdown.parent}/plots)",
-        )  # fmt: skip
+        )

@@ -233,12 +233,14 @@ def ensure_pool(pool: str, heartbeat_s: int = DEFAULT_HEARTBEAT_S) -> None:
         if existing is None:
             client.create_work_pool(
                 WorkPoolCreate(
-                    name=pool, type="process",
+                    name=pool,
+                    type="process",
                     base_job_template=with_heartbeat(
-                        ProcessWorker.get_default_base_job_template(), heartbeat_s),
+                        ProcessWorker.get_default_base_job_template(), heartbeat_s
+                    ),
                     description="bankflow: flow runs as processes on the worker's machine",
                 )
-            )  # fmt: skip
+            )
             return
         wanted = with_heartbeat(existing.base_job_template, heartbeat_s)
         if wanted != existing.base_job_template:
@@ -261,20 +263,26 @@ def crash_automation(crash_after_s: int):
         description=f"bankflow serve: no flow-run heartbeat for {crash_after_s} s -> Crashed",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
-            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
-                    "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
-                    "prefect.flow-run.Crashed"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
             within=timedelta(seconds=crash_after_s),
         ),
-        actions=[ChangeFlowRunState(
-            state=StateType.CRASHED,
-            message=f"no heartbeat for {crash_after_s} s: its worker or machine died",
-        )],
-    )  # fmt: skip
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {crash_after_s} s: its worker or machine died",
+            )
+        ],
+    )
 
 
 def ensure_crash_automation(crash_after_s: int) -> None:
@@ -286,10 +294,15 @@ def ensure_crash_automation(crash_after_s: int) -> None:
     keep = None
     with get_client(sync_client=True) as client:
         for found in client.read_automations_by_name(CRASH_AUTOMATION):
-            same = wanted is not None and keep is None and (
-                found.enabled and found.trigger == wanted.trigger
-                and found.actions == wanted.actions
-            )  # fmt: skip
+            same = (
+                wanted is not None
+                and keep is None
+                and (
+                    found.enabled
+                    and found.trigger == wanted.trigger
+                    and found.actions == wanted.actions
+                )
+            )
             if same:
                 keep = found
             else:
@@ -315,19 +328,43 @@ def set_gpu_limit(gpus: int) -> None:
 
 def deploy(prefect_file: Path, pool: str, env: dict[str, str]) -> None:
     """``prefect deploy --all`` from the project directory (the flows' working directory)."""
-    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all",
-           "--prefect-file", str(prefect_file), "--pool", pool]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "--no-prompt",
+        "deploy",
+        "--all",
+        "--prefect-file",
+        str(prefect_file),
+        "--pool",
+        pool,
+    ]
     out = subprocess.run(
         cmd, cwd=prefect_file.parent, env=env, capture_output=True, text=True, timeout=900
     )
     if out.returncode != 0:
-        raise RuntimeError(f"prefect deploy failed ({out.returncode}):\n{out.stdout[-3000:]}"
-                           f"\n{out.stderr[-3000:]}")  # fmt: skip
+        raise RuntimeError(
+            f"prefect deploy failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        )
 
 
 def worker_command(pool: str, name: str, limit: int) -> list[str]:
-    return [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool,
-            "--type", "process", "--name", name, "--limit", str(limit)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        "process",
+        "--name",
+        name,
+        "--limit",
+        str(limit),
+    ]
 
 
 def split_gpus(gpus: int, workers: int) -> list[list[str]]:
@@ -343,8 +380,10 @@ def serve(options: ServeOptions) -> int:
     prefect_home = Path(os.environ["PREFECT_HOME"])
     prefect_home.mkdir(parents=True, exist_ok=True)
     if _port_in_use(options.host, options.port):
-        print(f"bankflow serve: {options.host}:{options.port} is in use (set BANKFLOW_PORT)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"bankflow serve: {options.host}:{options.port} is in use (set BANKFLOW_PORT)",
+            file=sys.stderr,
+        )
         return 2
     api_url = f"http://{options.host}:{options.port}/api"
     env = dict(os.environ)
@@ -361,18 +400,37 @@ def serve(options: ServeOptions) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     log_path = prefect_home / "server.log"
-    exposed = options.insecure and not (env.get("PREFECT_SERVER_API_AUTH_STRING")
-                                        or is_loopback(options.host))  # fmt: skip
+    exposed = options.insecure and not (
+        env.get("PREFECT_SERVER_API_AUTH_STRING") or is_loopback(options.host)
+    )
     next_warning = time.monotonic()
     try:
         with open(log_path, "ab") as server_log:
-            server = started.add("server", subprocess.Popen(
-                [sys.executable, "-m", "prefect", "server", "start",
-                 "--host", options.host, "--port", str(options.port)],
-                env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True,
-            ))  # fmt: skip
-        print(f"bankflow serve: starting the Prefect server (PREFECT_HOME={prefect_home}, "
-              f"log {log_path})", flush=True)  # fmt: skip
+            server = started.add(
+                "server",
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "prefect",
+                        "server",
+                        "start",
+                        "--host",
+                        options.host,
+                        "--port",
+                        str(options.port),
+                    ],
+                    env=env,
+                    stdout=server_log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                ),
+            )
+        print(
+            f"bankflow serve: starting the Prefect server (PREFECT_HOME={prefect_home}, "
+            f"log {log_path})",
+            flush=True,
+        )
         if exposed:
             print(insecure_warning(options), file=sys.stderr, flush=True)
             next_warning = time.monotonic() + INSECURE_WARNING_EVERY_S
@@ -390,10 +448,15 @@ def serve(options: ServeOptions) -> int:
         for i, devices in enumerate(per_worker):
             limit = options.limit or max(1, len(devices))
             worker_env = {**env, "BANKFLOW_GPU_SLOTS": ",".join(devices)}
-            started.add(f"worker {i}", subprocess.Popen(
-                worker_command(options.pool, f"bankflow-{host}-{i}", limit),
-                env=worker_env, cwd=PROJECT_DIR, start_new_session=True,
-            ))  # fmt: skip
+            started.add(
+                f"worker {i}",
+                subprocess.Popen(
+                    worker_command(options.pool, f"bankflow-{host}-{i}", limit),
+                    env=worker_env,
+                    cwd=PROJECT_DIR,
+                    start_new_session=True,
+                ),
+            )
         print(
             f"bankflow serve: ready. UI http://{options.host}:{options.port}  "
             f"PREFECT_API_URL={api_url}  pool {options.pool!r}  GPUs {gpus}  "
@@ -426,13 +489,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--port", type=int, default=None, help="server port (default BANKFLOW_PORT or 4200)"
     )
     p.add_argument(
-        "--host", default="127.0.0.1",
+        "--host",
+        default="127.0.0.1",
         help="listen address (default loopback; any other needs PREFECT_SERVER_API_AUTH_STRING)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--insecure", action="store_true",
+        "--insecure",
+        action="store_true",
         help="serve a non-loopback host without an auth string (warns at start and hourly)",
-    )  # fmt: skip
+    )
     p.add_argument("--pool", default=DEFAULT_POOL, help="process work pool to create and serve")
     p.add_argument("--workers", type=int, default=1, help="process workers to start (0: none)")
     p.add_argument(
@@ -448,24 +513,38 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="flow runs per worker at once (default: its GPUs, at least 1)",
     )
     p.add_argument(
-        "--heartbeat", type=int, default=DEFAULT_HEARTBEAT_S, metavar="S",
+        "--heartbeat",
+        type=int,
+        default=DEFAULT_HEARTBEAT_S,
+        metavar="S",
         help=f"flow-run heartbeat period, s (default {DEFAULT_HEARTBEAT_S}, minimum "
-             f"{MIN_HEARTBEAT_S})",
-    )  # fmt: skip
+        f"{MIN_HEARTBEAT_S})",
+    )
     p.add_argument(
-        "--crash-after", type=int, default=DEFAULT_CRASH_AFTER_S, metavar="S",
+        "--crash-after",
+        type=int,
+        default=DEFAULT_CRASH_AFTER_S,
+        metavar="S",
         help=f"a flow run with no heartbeat for S seconds (its worker died) is set Crashed "
-             f"(default {DEFAULT_CRASH_AFTER_S}; 0: never)",
-    )  # fmt: skip
+        f"(default {DEFAULT_CRASH_AFTER_S}; 0: never)",
+    )
     p.add_argument("--prefect-file", type=Path, default=PROJECT_DIR / "prefect.yaml")
-    p.add_argument("--no-deploy", dest="deploy", action="store_false",
-                   help="do not deploy prefect.yaml")  # fmt: skip
+    p.add_argument(
+        "--no-deploy", dest="deploy", action="store_false", help="do not deploy prefect.yaml"
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> ServeOptions:
     return ServeOptions(
-        host=args.host, port=args.port or default_port(), pool=args.pool, workers=args.workers,
-        gpus=args.gpus, limit=args.limit, prefect_file=args.prefect_file.resolve(),
-        deploy=args.deploy, insecure=args.insecure, heartbeat_s=args.heartbeat,
+        host=args.host,
+        port=args.port or default_port(),
+        pool=args.pool,
+        workers=args.workers,
+        gpus=args.gpus,
+        limit=args.limit,
+        prefect_file=args.prefect_file.resolve(),
+        deploy=args.deploy,
+        insecure=args.insecure,
+        heartbeat_s=args.heartbeat,
         crash_after_s=args.crash_after,
-    )  # fmt: skip
+    )

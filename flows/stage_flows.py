@@ -36,9 +36,12 @@ def make_stage_flow(stage: str) -> Flow:
         force: bool = False,
     ) -> dict[str, Any]:
         return pipeline.fn(
-            config=config, overrides=overrides, work_root=work_root,
-            until=stage, force=[stage] if force else [],
-        )  # fmt: skip
+            config=config,
+            overrides=overrides,
+            work_root=work_root,
+            until=stage,
+            force=[stage] if force else [],
+        )
 
     run_one_stage.__name__ = run_one_stage.__qualname__ = f"stage_{stage}"
     run_one_stage.__doc__ = (

@@ -139,8 +139,9 @@ def _forget_record(work_root: str, cache_key: str, why: str) -> None:
     path = f"{root.rstrip('/')}/{cache_key}"
     with contextlib.suppress(FileNotFoundError):
         fs.rm_file(path)
-        log.warning("cache record %s dropped: %s; looking the key up in %s", cache_key, why,
-                    work_root)  # fmt: skip
+        log.warning(
+            "cache record %s dropped: %s; looking the key up in %s", cache_key, why, work_root
+        )
 
 
 def cache_record(ref: StageRef) -> StageRef:
@@ -235,9 +236,10 @@ class StageLogBridge(logging.Handler):
                 self.done[split] = (int(finished), int(total))
                 fractions = [d / t for d, t in (self.done.get(s, (0, 1)) for s in self.splits)]
                 update_progress_artifact(
-                    self.progress_id, 100.0 * sum(fractions) / len(fractions),
+                    self.progress_id,
+                    100.0 * sum(fractions) / len(fractions),
                     description=f"extract {split}: {finished}/{total} videos (last {video})",
-                )  # fmt: skip
+                )
         except Exception:  # artifacts are a view; never fail the stage for them
             self.handleError(record)
 
@@ -247,9 +249,10 @@ class StageLogBridge(logging.Handler):
         who = f"{socket.gethostname()}:{os.getpid()}"
         if self.written:
             create_table_artifact(
-                self.written, key="extract-videos",
+                self.written,
+                key="extract-videos",
                 description=f"videos extracted by {who} in this task run",
-            )  # fmt: skip
+            )
         else:
             create_markdown_artifact(
                 f"No video extracted by {who}: all were done or held by other workers.",
@@ -310,9 +313,10 @@ def submit_stage(call: StageCall) -> tuple[StageRef, bool]:
         # recomputed or replaced in this work root, or the record came from another root
         # sharing the results store): drop it and find or compute the key here.
         _forget_record(
-            call.work_root, f"{call.stage}-{call.key()}",
+            call.work_root,
+            f"{call.stage}-{call.key()}",
             f"its digest is not that of {output_relpath(call.stage, call.key())} here",
-        )  # fmt: skip
+        )
         state = configured.with_options(refresh_cache=True)(call, return_state=True)
         ref = resolve_record(_as_ref(state.result()), call.work_root)
         if ref is None:

@@ -102,13 +102,18 @@ def work_root_entries(root: Path) -> list[RootEntry]:
                 continue
             record = json.loads(marker.read_text())
             prov = _json_file(key_dir / PROVENANCE_FILE)
-            entries.append(RootEntry(
-                stage_dir.name, key_dir.name, "complete",
-                sum(size for _, size, *_ in record.get("manifest", [])),
-                _iso_to_posix(prov.get("finished")) or marker.stat().st_mtime,
-                f"{prov.get('host', '?')}/{prov.get('user', '?')}", str(key_dir),
-                {"provenance": prov},
-            ))  # fmt: skip
+            entries.append(
+                RootEntry(
+                    stage_dir.name,
+                    key_dir.name,
+                    "complete",
+                    sum(size for _, size, *_ in record.get("manifest", [])),
+                    _iso_to_posix(prov.get("finished")) or marker.stat().st_mtime,
+                    f"{prov.get('host', '?')}/{prov.get('user', '?')}",
+                    str(key_dir),
+                    {"provenance": prov},
+                )
+            )
         for sub, state in ((STAGING_DIR, "staging"), (REPLACED_DIR, "replaced")):
             for d in sorted((stage_dir / sub).glob("*")) if (stage_dir / sub).is_dir() else []:
                 size, newest = _newest(d)
@@ -134,9 +139,9 @@ def cache_entries(cache: StageCache) -> list[RootEntry]:
         else:
             modified, pushing = _upload_activity(cache, e.location)
             details = {"pushing": pushing}
-        entries.append(RootEntry(
-            e.stage, e.key, e.state, e.bytes, modified, e.who or "-", e.location, details
-        ))  # fmt: skip
+        entries.append(
+            RootEntry(e.stage, e.key, e.state, e.bytes, modified, e.who or "-", e.location, details)
+        )
     return entries
 
 

@@ -38,9 +38,10 @@ def transfer_command(args: argparse.Namespace) -> int:
     assert cache is not None  # _cache_url always gives a URL
     if args.keys:
         inputs_of = (
-            (lambda n: local_inputs(work_root, n)) if args.command == "push"
+            (lambda n: local_inputs(work_root, n))
+            if args.command == "push"
             else (lambda n: cached_inputs(cache, n))
-        )  # fmt: skip
+        )
         nodes = upstream_closure(parse_keys(args.keys), inputs_of)
     elif args.config:
         nodes = [(c.stage, c.key) for c in config_nodes(args.config, args.overrides, work_root)]

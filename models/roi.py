@@ -119,8 +119,12 @@ def actor_rois(
         rois = boxes_to_rois(clipped, batch_index, height, width)
         scale = spec.spatial_scale
     roi = roi_align(
-        fmap, rois.to(fmap.dtype), output_size=size, spatial_scale=scale,
-        sampling_ratio=spec.sampling_ratio, aligned=spec.aligned,
-    )  # fmt: skip
+        fmap,
+        rois.to(fmap.dtype),
+        output_size=size,
+        spatial_scale=scale,
+        sampling_ratio=spec.sampling_ratio,
+        aligned=spec.aligned,
+    )
     pooled = roi.amax(dim=(2, 3)) if spec.pool == "max" else roi.mean(dim=(2, 3))
     return roi, pooled

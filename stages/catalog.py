@@ -25,10 +25,18 @@ __all__ = ["STAGES", "STAGE_ORDER"]
 STAGES: dict[str, Stage[Any]] = {
     stage.name: stage
     for stage in (
-        DETECT, TRACK, FINETUNE, EXTRACT, TRAIN, DUMP, TRAIN_BANK,
+        DETECT,
+        TRACK,
+        FINETUNE,
+        EXTRACT,
+        TRAIN,
+        DUMP,
+        TRAIN_BANK,
         PREDICT,  # test-time augmentation
         REBALANCE,
         LINK,  # tube datasets: detections -> tubes
-        ENSEMBLE, EVALUATE, REPORT,
+        ENSEMBLE,
+        EVALUATE,
+        REPORT,
     )
-}  # fmt: skip
+}

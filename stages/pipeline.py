@@ -50,10 +50,19 @@ from stages.summary import (  # the summary's readers are importable from here t
 from stages.train import config as train
 
 __all__ = [
-    "SUMMARY_FILE", "PipelineRun", "Runner", "UntilReached", "direct_runner", "dry_runner",
-    "format_summary", "iter_runs", "prepare_dataset", "report_inputs", "run_pipeline",
+    "SUMMARY_FILE",
+    "PipelineRun",
+    "Runner",
+    "UntilReached",
+    "direct_runner",
+    "dry_runner",
+    "format_summary",
+    "iter_runs",
+    "prepare_dataset",
+    "report_inputs",
+    "run_pipeline",
     "tube_table",
-]  # fmt: skip
+]
 
 log = logging.getLogger("bankflow.pipeline")
 
@@ -84,10 +93,14 @@ def dry_runner(
     key = stage_key(STAGES[stage], config, inputs)
     status = stage_status(work_root, STAGES[stage], key)
     ref = StageRef(
-        stage=stage, key=key, uri=str(output_dir(work_root, stage, key)), digest="",
-        summary={"status": status}, cached=status["state"] == "cached",
+        stage=stage,
+        key=key,
+        uri=str(output_dir(work_root, stage, key)),
+        digest="",
+        summary={"status": status},
+        cached=status["state"] == "cached",
         seconds=status["seconds"] or 0.0,
-    )  # fmt: skip
+    )
     return ref, ref.cached
 
 
@@ -125,8 +138,10 @@ class PipelineRun:
         ref, cached = self.runner(name, config, inputs, self.work_root, name in self.force)
         record_name = f"{name}:{label}" if label else name
         outcome = getattr(self.runner, "outcomes", {}).get((name, ref.key)) or {
-            "source": "local" if cached else "computed", "bytes_pulled": 0, "bytes_pushed": 0,
-        }  # fmt: skip
+            "source": "local" if cached else "computed",
+            "bytes_pulled": 0,
+            "bytes_pushed": 0,
+        }
         self.refs[record_name] = ref
         self.records[record_name] = {
             "key": ref.key,
@@ -152,10 +167,14 @@ class PipelineRun:
         """The run's summary (:func:`stages.summary.summarize`): outputs relative to the
         work root (``absolute=False``, as summary.json holds them) or as paths under it."""
         return summarize(
-            self.records, config_name=self.config.name, evaluate_split=self.config.evaluate.split,
-            work_root=self.work_root, seconds=time.perf_counter() - self.started,
-            cache_url=self.cache.url if self.cache is not None else None, absolute=absolute,
-        )  # fmt: skip
+            self.records,
+            config_name=self.config.name,
+            evaluate_split=self.config.evaluate.split,
+            work_root=self.work_root,
+            seconds=time.perf_counter() - self.started,
+            cache_url=self.cache.url if self.cache is not None else None,
+            absolute=absolute,
+        )
 
     def write_summary(self) -> Path:
         return write_summary(self.work_root, self.summary(absolute=False))
@@ -258,9 +277,12 @@ def run_bank_stages(
 
 
 def run_rebalance_stages(
-    run: PipelineRun, dataset: DatasetConfig, fingerprint: str, features: StageRef,
+    run: PipelineRun,
+    dataset: DatasetConfig,
+    fingerprint: str,
+    features: StageRef,
     models: Mapping[str, StageRef],
-) -> dict[str, StageRef]:  # fmt: skip
+) -> dict[str, StageRef]:
     """cRT (``rebalance.models``): one rebalance run per named train / train_bank run,
     each published as the model ``<name>_crt``. Returns {model name: StageRef}."""
     section = run.config.rebalance
@@ -274,12 +296,17 @@ def run_rebalance_stages(
             )
         name = train.crt_name(source)
         if name in models:
-            raise ValueError(f"rebalance.models: {source!r} would be published as {name!r}, "
-                             "which is already a model name; rename that run")  # fmt: skip
+            raise ValueError(
+                f"rebalance.models: {source!r} would be published as {name!r}, "
+                "which is already a model name; rename that run"
+            )
         config = train.RebalanceStageConfig(
-            dataset=dataset, dataset_fingerprint=fingerprint, name=name, source=source,
+            dataset=dataset,
+            dataset_fingerprint=fingerprint,
+            name=name,
+            source=source,
             rebalance=settings,
-        )  # fmt: skip
+        )
         out[name] = run.stage(
             "rebalance", config, {"model": models[source], "extract": features}, label=name
         )
@@ -310,7 +337,7 @@ def run_tta_stages(
     for view in cfg.tta.views:
         config: BaseModel = base.model_copy(
             update={"extract": predict.view_extract_config(base.extract, view, split)}
-        )  # fmt: skip
+        )
         ref, _ = run.runner("extract", config, inputs, run.work_root, "extract" in run.force)
         views.append(ref)
     stage1 = {n[len("train:") :]: r for n, r in run.refs.items() if n.startswith("train:")}
@@ -318,9 +345,11 @@ def run_tta_stages(
     out = {}
     for name, model in stage1.items():
         config = predict.PredictStageConfig(
-            dataset=base.dataset, dataset_fingerprint=base.dataset_fingerprint, split=split,
+            dataset=base.dataset,
+            dataset_fingerprint=base.dataset_fingerprint,
+            split=split,
             tta=cfg.tta,
-        )  # fmt: skip
+        )
         view_inputs = {f"view{k}": ref for k, ref in enumerate(views)}
         label = f"{name}_tta"
         out[label] = run.stage("predict", config, {"train": model, **view_inputs}, label=label)
@@ -336,9 +365,12 @@ def run_link_stages(
     if dataset.tubes is None:
         return {}
     config = evaluate.LinkStageConfig(
-        dataset=dataset, dataset_fingerprint=fingerprint, split=run.config.evaluate.split,
-        train_split=run.config.evaluate.train_split, link=run.config.link,
-    )  # fmt: skip
+        dataset=dataset,
+        dataset_fingerprint=fingerprint,
+        split=run.config.evaluate.split,
+        train_split=run.config.evaluate.train_split,
+        link=run.config.link,
+    )
     run.pending_runs["link"] = len(models)
     return {
         name: run.stage("link", config, {"predictions": predictions}, label=name)
@@ -347,9 +379,12 @@ def run_link_stages(
 
 
 def run_evaluate_stages(
-    run: PipelineRun, dataset: DatasetConfig, fingerprint: str, models: Mapping[str, StageRef],
+    run: PipelineRun,
+    dataset: DatasetConfig,
+    fingerprint: str,
+    models: Mapping[str, StageRef],
     tubes: Mapping[str, StageRef],
-) -> dict[str, StageRef]:  # fmt: skip
+) -> dict[str, StageRef]:
     """One evaluation per model (with its linked tubes on a tube dataset)."""
     config = evaluate.EvaluateStageConfig(
         dataset=dataset, dataset_fingerprint=fingerprint, evaluate=run.config.evaluate
@@ -402,9 +437,11 @@ def run_report_stage(run: PipelineRun, dataset: DatasetConfig, fingerprint: str)
     """The report over every stage run so far."""
     assert run.config.report is not None
     config = report.ReportStageConfig(
-        dataset=dataset, dataset_fingerprint=fingerprint, split=run.config.evaluate.split,
+        dataset=dataset,
+        dataset_fingerprint=fingerprint,
+        split=run.config.evaluate.split,
         report=run.config.report,
-    )  # fmt: skip
+    )
     return run.stage("report", config, report_inputs(run.refs))
 
 
@@ -425,9 +462,11 @@ def run_pipeline(run: PipelineRun, *, write: bool = True) -> dict[str, Any]:
         backbone_inputs: dict[str, StageRef] = {}
         if cfg.finetune is not None:
             tune_config = extract.FinetuneStageConfig(
-                dataset=dataset, dataset_fingerprint=fingerprint,
-                finetune=cfg.finetune, extract=extract.BackboneConfig.of(cfg.extract),
-            )  # fmt: skip
+                dataset=dataset,
+                dataset_fingerprint=fingerprint,
+                finetune=cfg.finetune,
+                extract=extract.BackboneConfig.of(cfg.extract),
+            )
             backbone_inputs["finetune"] = run.stage("finetune", tune_config, {})
         features = run.stage(
             "extract",

@@ -79,9 +79,10 @@ def _check_videos_exist(dataset: Dataset, table: BoxTable) -> None:
         if find_video(videos, name) is None and find_clip(videos, name) is None:
             exts = "|".join(e.lstrip(".") for e in VIDEO_EXTENSIONS)
             raise DataError(
-                table.source, int(table.line[row]),
+                table.source,
+                int(table.line[row]),
                 f"video {name!r} has no file {dataset.config.videos_path}/{name}.<{exts}>",
-            )  # fmt: skip
+            )
 
 
 def preflight(config: PipelineConfig, dataset_config: DatasetConfig) -> None:

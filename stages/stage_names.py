@@ -7,6 +7,17 @@ help and argument checks can list them without importing a stage (torch, video r
 from __future__ import annotations
 
 STAGE_ORDER: tuple[str, ...] = (
-    "detect", "track", "finetune", "extract", "train", "dump",
-    "train_bank", "rebalance", "predict", "link", "ensemble", "evaluate", "report",
-)  # fmt: skip
+    "detect",
+    "track",
+    "finetune",
+    "extract",
+    "train",
+    "dump",
+    "train_bank",
+    "rebalance",
+    "predict",
+    "link",
+    "ensemble",
+    "evaluate",
+    "report",
+)

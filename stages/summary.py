@@ -75,20 +75,31 @@ def summarize(
             }
             if stage == "rebalance":  # cRT: the source run and the head/tail change
                 summary["models"][label].update(
-                    source=summ.get("source"), val_map_before=summ.get("val_map_before"),
+                    source=summ.get("source"),
+                    val_map_before=summ.get("val_map_before"),
                     crt=summ.get("crt"),
-                )  # fmt: skip
+                )
         elif stage == "ensemble" and label:
             summ = rec["summary"]
             summary.setdefault("ensembles", {})[label] = {
                 k: summ.get(k)
-                for k in ("members", "weights", "val_map", "group_map", "best_member",
-                          "best_member_map", "gain", "selection_optimistic")
-            } | {"predictions_csv": place(summ.get("predictions_csv"))}  # fmt: skip
+                for k in (
+                    "members",
+                    "weights",
+                    "val_map",
+                    "group_map",
+                    "best_member",
+                    "best_member_map",
+                    "gain",
+                    "selection_optimistic",
+                )
+            } | {"predictions_csv": place(summ.get("predictions_csv"))}
     if "report" in records:
         uri = records["report"]["uri"]
-        summary["report"] = {"markdown": place(f"{uri}/{MARKDOWN_FILE}"),
-                             "html": place(f"{uri}/{HTML_FILE}")}  # fmt: skip
+        summary["report"] = {
+            "markdown": place(f"{uri}/{MARKDOWN_FILE}"),
+            "html": place(f"{uri}/{HTML_FILE}"),
+        }
     det = records.get("detect", {}).get("summary", {})
     evaluated = det.get(evaluate_split) or {}
     if "ap50" in evaluated:
@@ -247,8 +258,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     crt = {name: m for name, m in models.items() if m.get("crt")}
     if crt:
         lines.append("")
-        lines.append(f"{'cRT':<14} {'from':<10} {'mAP before':>10} {'after':>7} {'k':>3} "
-                     f"{'head Δ':>8} {'tail Δ':>8}")  # fmt: skip
+        lines.append(
+            f"{'cRT':<14} {'from':<10} {'mAP before':>10} {'after':>7} {'k':>3} "
+            f"{'head Δ':>8} {'tail Δ':>8}"
+        )
         for name, m in crt.items():
             c = m["crt"]
             lines.append(

@@ -31,8 +31,13 @@ NUM_STAGES = 4  # res2..res5
 SLOW_SAMPLINGS = ("stride", "linspace")
 NONLOCAL_INSTANTIATIONS = ("dot_product", "softmax")
 _TUPLE_FIELDS = (
-    "depths", "spatial_strides", "dilations", "nonlocal_pool", "input_mean", "input_std",
-)  # fmt: skip
+    "depths",
+    "spatial_strides",
+    "dilations",
+    "nonlocal_pool",
+    "input_mean",
+    "input_std",
+)
 _NESTED_FIELDS = (
     "slow_temporal_kernels",
     "fast_temporal_kernels",

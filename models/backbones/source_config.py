@@ -31,17 +31,24 @@ UNREADABLE = ("spatial_strides", "dilations", "alpha", "slow_sampling")  # not i
 _PYSLOWFAST_DEFAULTS: dict[str, dict[str, Any]] = {
     "MODEL": {"ARCH": "slowfast"},
     "RESNET": {
-        "DEPTH": 50, "WIDTH_PER_GROUP": 64, "NUM_GROUPS": 1, "STRIDE_1X1": False,
-        "TRANS_FUNC": "bottleneck_transform", "NUM_BLOCK_TEMP_KERNEL": [[3], [4], [6], [3]],
-        "SPATIAL_STRIDES": [[1], [2], [2], [2]], "SPATIAL_DILATIONS": [[1], [1], [1], [1]],
+        "DEPTH": 50,
+        "WIDTH_PER_GROUP": 64,
+        "NUM_GROUPS": 1,
+        "STRIDE_1X1": False,
+        "TRANS_FUNC": "bottleneck_transform",
+        "NUM_BLOCK_TEMP_KERNEL": [[3], [4], [6], [3]],
+        "SPATIAL_STRIDES": [[1], [2], [2], [2]],
+        "SPATIAL_DILATIONS": [[1], [1], [1], [1]],
     },
     "NONLOCAL": {
-        "LOCATION": [[[]], [[]], [[]], [[]]], "GROUP": [[1], [1], [1], [1]],
-        "INSTANTIATION": "dot_product", "POOL": [[[1, 2, 2], [1, 2, 2]]] * 4,
+        "LOCATION": [[[]], [[]], [[]], [[]]],
+        "GROUP": [[1], [1], [1], [1]],
+        "INSTANTIATION": "dot_product",
+        "POOL": [[[1, 2, 2], [1, 2, 2]]] * 4,
     },
     "SLOWFAST": {"ALPHA": 8, "BETA_INV": 8, "FUSION_CONV_CHANNEL_RATIO": 2, "FUSION_KERNEL_SZ": 5},
     "DATA": {"NUM_FRAMES": 8, "SAMPLING_RATE": 8, "MEAN": [0.45] * 3, "STD": [0.225] * 3},
-}  # fmt: skip
+}
 # PySlowFast's temporal kernel basis: (stem, res2..res5) per pathway.
 _PYSLOWFAST_KERNELS = {
     "slowfast": ((1, (1, 1, 3, 3)), (5, (3, 3, 3, 3))),
@@ -123,11 +130,14 @@ def pyslowfast_architecture(cfg: Mapping[str, Any], *, source: str) -> dict[str,
     if arch == "slowfast":
         alpha = int(get("SLOWFAST", "ALPHA"))
         out.update(
-            alpha=alpha, t_slow=frames // alpha, frame_stride=rate, lateral_norm=True,
+            alpha=alpha,
+            t_slow=frames // alpha,
+            frame_stride=rate,
+            lateral_norm=True,
             beta_inv=int(get("SLOWFAST", "BETA_INV")),
             fusion_ratio=int(get("SLOWFAST", "FUSION_CONV_CHANNEL_RATIO")),
             fusion_kernel=int(get("SLOWFAST", "FUSION_KERNEL_SZ")),
-        )  # fmt: skip
+        )
     else:
         out.update(alpha=1, t_slow=frames, frame_stride=rate)
     return out
@@ -310,10 +320,14 @@ def mmaction2_architecture(names: Mapping[str, Any], *, source: str) -> dict[str
             if slow[key] != fast[key]:
                 raise SourceConfigError(f"{source}: slow and fast pathways differ in {key}")
         out.update(
-            family="slowfast", alpha=speed, beta_inv=int(_need(backbone, "channel_ratio", 8, source)),
-            fast_temporal_kernels=fast["kernels"], fast_stem_temporal_kernel=fast["stem"],
-            fusion_kernel=slow["fusion_kernel"], lateral_norm=slow["lateral_norm"],
-        )  # fmt: skip
+            family="slowfast",
+            alpha=speed,
+            beta_inv=int(_need(backbone, "channel_ratio", 8, source)),
+            fast_temporal_kernels=fast["kernels"],
+            fast_stem_temporal_kernel=fast["stem"],
+            fusion_kernel=slow["fusion_kernel"],
+            lateral_norm=slow["lateral_norm"],
+        )
     elif kind in ("ResNet3dSlowOnly", "ResNet3d"):
         p = {"conv1_kernel": (1, 7, 7), **backbone} if kind == "ResNet3dSlowOnly" else backbone
         slow = _mm_pathway(
@@ -329,10 +343,13 @@ def mmaction2_architecture(names: Mapping[str, Any], *, source: str) -> dict[str
             f"{source}: backbone type {kind!r} is not ResNet3dSlowFast or ResNet3dSlowOnly"
         )
     out.update(
-        depths=slow["depths"], width=slow["width"], slow_stem_temporal_kernel=slow["stem"],
-        slow_temporal_kernels=slow["kernels"], spatial_strides=slow["spatial_strides"],
+        depths=slow["depths"],
+        width=slow["width"],
+        slow_stem_temporal_kernel=slow["stem"],
+        slow_temporal_kernels=slow["kernels"],
+        spatial_strides=slow["spatial_strides"],
         dilations=slow["dilations"],
-    )  # fmt: skip
+    )
     out.update(_mm_clip(names, out["family"], out["alpha"]))
     norm = (model.get("data_preprocessor") if isinstance(model, dict) else None) or names.get(
         "img_norm_cfg"
@@ -362,21 +379,71 @@ def _mm_clip(names: Mapping[str, Any], family: str, alpha: int) -> dict[str, Any
 
 # --- pytorchvideo hub ------------------------------------------------------------------
 
-_PTV_SLOWFAST = {"family": "slowfast", "alpha": 4, "beta_inv": 8, "lateral_norm": True,
-                 "slow_sampling": "linspace", "input_mean": (0.45,) * 3, "input_std": (0.225,) * 3}  # fmt: skip
+_PTV_SLOWFAST = {
+    "family": "slowfast",
+    "alpha": 4,
+    "beta_inv": 8,
+    "lateral_norm": True,
+    "slow_sampling": "linspace",
+    "input_mean": (0.45,) * 3,
+    "input_std": (0.225,) * 3,
+}
 _PTV_KINETICS = {"spatial_strides": (1, 2, 2, 2), "dilations": (1, 1, 1, 1)}
 _PTV_DETECTION = {"spatial_strides": (1, 2, 2, 1), "dilations": (1, 1, 1, 2)}
 PYTORCHVIDEO_HUB: dict[str, dict[str, Any]] = {
-    "slowfast_r50": {**_PTV_SLOWFAST, **_PTV_KINETICS, "depths": DEPTHS[50], "fusion_kernel": 7, "t_slow": 8, "frame_stride": 2},
-    "slowfast_r101": {**_PTV_SLOWFAST, **_PTV_KINETICS, "depths": DEPTHS[101], "fusion_kernel": 5, "t_slow": 8, "frame_stride": 2},
-    "slowfast_16x8_r101_50_50": {
-        **_PTV_SLOWFAST, **_PTV_KINETICS, "depths": DEPTHS[101], "fusion_kernel": 5, "t_slow": 16, "frame_stride": 2,
-        "slow_temporal_kernels": (1, 1, (3,) * 6 + (1,) * 17, 3), "fast_temporal_kernels": (3, 3, (3,) * 6 + (1,) * 17, 3),
+    "slowfast_r50": {
+        **_PTV_SLOWFAST,
+        **_PTV_KINETICS,
+        "depths": DEPTHS[50],
+        "fusion_kernel": 7,
+        "t_slow": 8,
+        "frame_stride": 2,
     },
-    "slowfast_r50_detection": {**_PTV_SLOWFAST, **_PTV_DETECTION, "depths": DEPTHS[50], "fusion_kernel": 7, "t_slow": 8, "frame_stride": 2},
-    "slow_r50": {"family": "slowonly", "alpha": 1, "slow_sampling": "stride", **_PTV_KINETICS, "depths": DEPTHS[50], "t_slow": 8, "frame_stride": 8},
-    "slow_r50_detection": {"family": "slowonly", "alpha": 1, "slow_sampling": "stride", **_PTV_DETECTION, "depths": DEPTHS[50], "t_slow": 4, "frame_stride": 16},
-}  # fmt: skip
+    "slowfast_r101": {
+        **_PTV_SLOWFAST,
+        **_PTV_KINETICS,
+        "depths": DEPTHS[101],
+        "fusion_kernel": 5,
+        "t_slow": 8,
+        "frame_stride": 2,
+    },
+    "slowfast_16x8_r101_50_50": {
+        **_PTV_SLOWFAST,
+        **_PTV_KINETICS,
+        "depths": DEPTHS[101],
+        "fusion_kernel": 5,
+        "t_slow": 16,
+        "frame_stride": 2,
+        "slow_temporal_kernels": (1, 1, (3,) * 6 + (1,) * 17, 3),
+        "fast_temporal_kernels": (3, 3, (3,) * 6 + (1,) * 17, 3),
+    },
+    "slowfast_r50_detection": {
+        **_PTV_SLOWFAST,
+        **_PTV_DETECTION,
+        "depths": DEPTHS[50],
+        "fusion_kernel": 7,
+        "t_slow": 8,
+        "frame_stride": 2,
+    },
+    "slow_r50": {
+        "family": "slowonly",
+        "alpha": 1,
+        "slow_sampling": "stride",
+        **_PTV_KINETICS,
+        "depths": DEPTHS[50],
+        "t_slow": 8,
+        "frame_stride": 8,
+    },
+    "slow_r50_detection": {
+        "family": "slowonly",
+        "alpha": 1,
+        "slow_sampling": "stride",
+        **_PTV_DETECTION,
+        "depths": DEPTHS[50],
+        "t_slow": 4,
+        "frame_stride": 16,
+    },
+}
 
 
 def read_source_config(source: str | Path) -> dict[str, Any]:

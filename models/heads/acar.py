@@ -200,8 +200,10 @@ class ACARHead(Head):
         if variant not in ("release", "paper"):
             raise ValueError(f"variant must be 'release' or 'paper', got {variant!r}")
         if variant == "release" and hr2o != "nl":
-            raise ValueError("the released ACAR-Net has the non-local HR2O only: use "
-                             "hr2o='nl', or variant='paper' for the relation network")  # fmt: skip
+            raise ValueError(
+                "the released ACAR-Net has the non-local HR2O only: use "
+                "hr2o='nl', or variant='paper' for the relation network"
+            )
         self.kind: HR2OKind = hr2o
         self.variant: Variant = variant
         # The release reads only the context map (it RoIAligns actors on its reduction).
@@ -210,9 +212,13 @@ class ACARHead(Head):
         self.reasoning: nn.Module
         if variant == "release":
             self.encoder = ReleaseEncoder(
-                in_channels=in_channels, reduce_dim=reduce_dim, dim=dim, roi_size=roi_size,
-                downsample=downsample, box_mask=actor_position == "box_mask",
-            )  # fmt: skip
+                in_channels=in_channels,
+                reduce_dim=reduce_dim,
+                dim=dim,
+                roi_size=roi_size,
+                downsample=downsample,
+                box_mask=actor_position == "box_mask",
+            )
             self.reasoning = ReleaseHR2O(
                 dim=dim, num_layers=num_layers, kernel_size=kernel_size, dropout=hr2o_dropout
             )

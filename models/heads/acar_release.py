@@ -122,9 +122,15 @@ class ReleaseEncoder(nn.Module):
     """Reduced map, RoIAligned actor vectors and first-order maps, as the release does."""
 
     def __init__(
-        self, *, in_channels: int, reduce_dim: int = 1024, dim: int = 512, roi_size: int = 7,
-        downsample: bool = True, box_mask: bool = False,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        in_channels: int,
+        reduce_dim: int = 1024,
+        dim: int = 512,
+        roi_size: int = 7,
+        downsample: bool = True,
+        box_mask: bool = False,
+    ) -> None:
         super().__init__()
         self.roi_size = roi_size
         self.conv_reduce = nn.Conv2d(in_channels, reduce_dim, 1, bias=False)

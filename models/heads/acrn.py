@@ -118,9 +118,12 @@ class ACRNHead(Head):
                 )
             dim = in_channels if dim is None else dim
             self.encoder = MMAction2ACRN(
-                in_channels=in_channels, dim=dim, stride=stride, num_convs=num_convs,
+                in_channels=in_channels,
+                dim=dim,
+                stride=stride,
+                num_convs=num_convs,
                 box_mask=actor_position == "box_mask",
-            )  # fmt: skip
+            )
             self.classifier = nn.Linear(dim, num_classes)
             return
         reduce_dim, dim = reduce_dim or 1024, dim or 512

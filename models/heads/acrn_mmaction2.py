@@ -38,9 +38,14 @@ class MMAction2ACRN(nn.Module):
     """The relation maps of MMAction2's ACRN: Tensor[N, d, H', W'] (H' = H / stride)."""
 
     def __init__(
-        self, *, in_channels: int, dim: int, stride: int = 1, num_convs: int = 1,
+        self,
+        *,
+        in_channels: int,
+        dim: int,
+        stride: int = 1,
+        num_convs: int = 1,
         box_mask: bool = False,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         if num_convs < 1:
             raise ValueError(f"num_convs must be >= 1, got {num_convs}")
@@ -97,8 +102,12 @@ def mmaction2_acrn_state(
             head["classifier." + key[len(FC_CLS) :]] = rows
         elif key.startswith(SHARED):
             name = key[len(SHARED) :]
-            for old, new in (("conv1.conv.", "conv1."), ("conv1.bn.", "bn1."),
-                             ("conv2.conv.", "conv2."), ("conv2.bn.", "bn2.")):  # fmt: skip
+            for old, new in (
+                ("conv1.conv.", "conv1."),
+                ("conv1.bn.", "bn1."),
+                ("conv2.conv.", "conv2."),
+                ("conv2.bn.", "bn2."),
+            ):
                 if name.startswith(old):
                     name = new + name[len(old) :]
                     break

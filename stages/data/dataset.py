@@ -184,9 +184,11 @@ class Dataset:
         if self.is_tubes:
             files = self._tube_files()
             return tube_keyframes(
-                self.tube_gt, self.tube_videos(split), files.stride(split),
+                self.tube_gt,
+                self.tube_videos(split),
+                files.stride(split),
                 annotated=files.annotated_only(split),
-            )  # fmt: skip
+            )
         table = self._split_table(split)
         return unique_keyframes(table.video, table.timestamp)
 

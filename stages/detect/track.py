@@ -105,9 +105,12 @@ def _gt_persons(dataset: Dataset, split: str) -> dict[str, np.ndarray]:
     person = person.copy()
     person[missing] = -1 - np.arange(int(missing.sum()))
     return {
-        "video": video[first], "timestamp": gt.timestamp[first], "boxes": gt.boxes[first],
-        "score": np.ones(len(first), dtype=np.float32), "person": person,
-    }  # fmt: skip
+        "video": video[first],
+        "timestamp": gt.timestamp[first],
+        "boxes": gt.boxes[first],
+        "score": np.ones(len(first), dtype=np.float32),
+        "person": person,
+    }
 
 
 def _consecutive_agreement(
@@ -184,9 +187,12 @@ def compute(ctx: StageContext[TrackStageConfig]) -> dict[str, Any]:
             for v in np.unique(actors["video"]):
                 rows = np.flatnonzero(actors["video"] == v)
                 track[rows] = link_tracks(
-                    actors["timestamp"][rows], actors["boxes"][rows].astype(np.float64),
-                    min_iou=cfg.track.min_iou, max_gap=cfg.track.max_gap, step=step,
-                )  # fmt: skip
+                    actors["timestamp"][rows],
+                    actors["boxes"][rows].astype(np.float64),
+                    min_iou=cfg.track.min_iou,
+                    max_gap=cfg.track.max_gap,
+                    step=step,
+                )
             split_summary = {"source": "detections", "actors": len(track)}
             if split in dataset.splits and len(dataset.gt(split)):
                 gt_person = _match_to_gt(actors, _gt_persons(dataset, split))

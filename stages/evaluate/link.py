@@ -68,6 +68,7 @@ def compute(ctx: StageContext[LinkStageConfig]) -> dict[str, Any]:
         save_tubes(tubes_file(ctx.staging, cfg.split, prior=name == "prior_tubes"), tubes)
         counts[name] = sum(len(t) for t in tubes.values())
         counts.setdefault("frame_detections", len(dets))
-    ctx.log.info("link: %d tubes from %d boxes of %s", counts["tubes"],
-                 counts["frame_detections"], cfg.split)  # fmt: skip
+    ctx.log.info(
+        "link: %d tubes from %d boxes of %s", counts["tubes"], counts["frame_detections"], cfg.split
+    )
     return {"split": cfg.split, **counts}

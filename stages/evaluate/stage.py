@@ -99,8 +99,10 @@ def _compute_tubes(
     preds = read_detections_csv(pred_path, strict=False)
     linked = ctx.input("tubes")  # the link stage's output of these predictions
     if linked.summary.get("split", split) != split:
-        raise StageError(f"evaluate: input tubes {linked.uri} are of split "
-                         f"{linked.summary['split']!r}, not {split!r}")  # fmt: skip
+        raise StageError(
+            f"evaluate: input tubes {linked.uri} are of split "
+            f"{linked.summary['split']!r}, not {split!r}"
+        )
 
     def tubes(prior: bool) -> Any:
         path = tubes_file(linked.uri, split, prior=prior)

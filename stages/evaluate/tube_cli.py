@@ -44,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nms", type=float, default=d.nms_threshold)
     p.add_argument("--top-k", type=int, default=d.top_k)
     p.add_argument("--min-score", type=float, default=d.min_score)
-    p.add_argument("--mmaction2-scores", action="store_true",
-                   help="link as mmaction2's metric does (every box: the last score)")  # fmt: skip
+    p.add_argument(
+        "--mmaction2-scores",
+        action="store_true",
+        help="link as mmaction2's metric does (every box: the last score)",
+    )
     p.add_argument("--out-dir", type=Path, help="write metrics.json, metrics.md, tubes.json")
     return p
 
@@ -71,9 +74,13 @@ def tube_eval_main(argv: list[str]) -> int:
         else:
             dets = frame_detections(read_detections_csv(args.pred, strict=False), gt, videos)
         linking = LinkingConfig(
-            min_length=args.min_length, link_iou=args.link_iou, nms_threshold=args.nms,
-            top_k=args.top_k, min_score=args.min_score, mmaction2_scores=args.mmaction2_scores,
-        )  # fmt: skip
+            min_length=args.min_length,
+            link_iou=args.link_iou,
+            nms_threshold=args.nms,
+            top_k=args.top_k,
+            min_score=args.min_score,
+            mmaction2_scores=args.mmaction2_scores,
+        )
         result, tubes = evaluate_tube_detections(
             gt, dets, videos, linking=linking, convention=args.convention
         )

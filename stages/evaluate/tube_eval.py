@@ -123,9 +123,11 @@ def frame_detections(table: BoxTable, gt: TubeGT, videos: tuple[str, ...]) -> np
 
 
 def link_detections(
-    gt: TubeGT, frame_dets: np.ndarray, videos: tuple[str, ...],
+    gt: TubeGT,
+    frame_dets: np.ndarray,
+    videos: tuple[str, ...],
     linking: LinkingConfig | None = None,
-) -> LinkedTubes:  # fmt: skip
+) -> LinkedTubes:
     """The tubes linked from ``frame_dets`` (float [N, 8] as :func:`frame_detections`
     returns; ``frame_dets[:, 0]`` indexes ``videos``), by ``linking``'s parameters."""
     link = linking or LinkingConfig()
@@ -146,9 +148,13 @@ def link_detections(
 
 
 def score_tubes(
-    gt: TubeGT, frame_dets: np.ndarray, tubes: LinkedTubes, videos: tuple[str, ...],
-    *, convention: Literal["multisports", "act"] = "multisports",
-) -> TubeResult:  # fmt: skip
+    gt: TubeGT,
+    frame_dets: np.ndarray,
+    tubes: LinkedTubes,
+    videos: tuple[str, ...],
+    *,
+    convention: Literal["multisports", "act"] = "multisports",
+) -> TubeResult:
     """Frame-mAP of ``frame_dets`` and video-mAP of ``tubes`` (linked from them) on the
     GT of ``videos``."""
     gt = restrict_to(gt, videos)

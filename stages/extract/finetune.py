@@ -145,14 +145,20 @@ class ClipSupply:
     """Batches of :class:`Sample` for one epoch, from a RAM cache or streamed per video."""
 
     def __init__(
-        self, dataset: Dataset, index: SplitIndex, rows: np.ndarray, ex: BackboneConfig,
+        self,
+        dataset: Dataset,
+        index: SplitIndex,
+        rows: np.ndarray,
+        ex: BackboneConfig,
         cfg: FinetuneConfig,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.dataset, self.index, self.cfg, self.ex = dataset, index, cfg, ex
         self.spec = ClipSpec(
-            num_frames=ex.num_frames, stride=ex.frame_stride,
-            short_side=ex.short_side, target_fps=ex.target_fps,
-        )  # fmt: skip
+            num_frames=ex.num_frames,
+            stride=ex.frame_stride,
+            short_side=ex.short_side,
+            target_fps=ex.target_fps,
+        )
         grouped: dict[str, list[int]] = {}
         for r in rows.tolist():
             grouped.setdefault(str(index.video[r]), []).append(r)
@@ -163,8 +169,12 @@ class ClipSupply:
         self.mode = cfg.clip_cache
         if self.mode == "auto":
             self.mode = "memory" if projected <= cfg.cache_max_bytes else "stream"
-        log.info("finetune: %d keyframes, clips %.1f MB -> %s", len(self.rows),
-                 projected / 1e6, self.mode)  # fmt: skip
+        log.info(
+            "finetune: %d keyframes, clips %.1f MB -> %s",
+            len(self.rows),
+            projected / 1e6,
+            self.mode,
+        )
 
     def projected_bytes(self) -> int:
         total = 0
@@ -260,17 +270,29 @@ def top1_hits(logits: Tensor, targets: Tensor, exclusive: list[int]) -> tuple[in
 
 def _optim_config(cfg: FinetuneConfig) -> OptimConfig:
     return OptimConfig(
-        epochs=cfg.epochs, batch_keyframes=cfg.batch_keyframes, optimizer=cfg.optimizer,
-        lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-        warmup_epochs=cfg.warmup_epochs, grad_clip=cfg.grad_clip, loss=cfg.loss, seed=cfg.seed,
-    )  # fmt: skip
+        epochs=cfg.epochs,
+        batch_keyframes=cfg.batch_keyframes,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        warmup_epochs=cfg.warmup_epochs,
+        grad_clip=cfg.grad_clip,
+        loss=cfg.loss,
+        seed=cfg.seed,
+    )
 
 
 def train_epochs(
-    model: ActorClassifier, supply: ClipSupply, cfg: FinetuneConfig, ex: BackboneConfig,
-    exclusive: list[int], ckpt_dir: Path, device: torch.device,
+    model: ActorClassifier,
+    supply: ClipSupply,
+    cfg: FinetuneConfig,
+    ex: BackboneConfig,
+    exclusive: list[int],
+    ckpt_dir: Path,
+    device: torch.device,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
+) -> list[dict[str, Any]]:
     """Train for ``cfg.epochs``, resuming from the newest checkpoint; the per-epoch history."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     size = world()[1]
@@ -278,8 +300,10 @@ def train_epochs(
     optimizer = make_optimizer(model, optim)
     scaler = grad_scaler(cfg.precision)
     if size > 1 and not cfg.freeze_bn:
-        log.warning("finetune: BatchNorm statistics are each rank's own slice of the batch "
-                    "(freeze_bn: true trains as one process does)")  # fmt: skip
+        log.warning(
+            "finetune: BatchNorm statistics are each rank's own slice of the batch "
+            "(freeze_bn: true trains as one process does)"
+        )
     steps = len(supply)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(optim, s, steps))
     history: list[dict[str, Any]] = []
@@ -300,16 +324,40 @@ def train_epochs(
     mean = torch.tensor(ex.mean).view(1, 3, 1, 1, 1)
     std = torch.tensor(ex.std).view(1, 3, 1, 1, 1)
     with cpu_bf16_backward_guard(cfg.precision, device):
-        return _epochs(model, supply, cfg, exclusive, ckpt_dir, device, on_epoch, start,
-                       history, optimizer, scheduler, scaler, mean, std)  # fmt: skip
+        return _epochs(
+            model,
+            supply,
+            cfg,
+            exclusive,
+            ckpt_dir,
+            device,
+            on_epoch,
+            start,
+            history,
+            optimizer,
+            scheduler,
+            scaler,
+            mean,
+            std,
+        )
 
 
 def _epochs(
-    model: ActorClassifier, supply: ClipSupply, cfg: FinetuneConfig, exclusive: list[int],
-    ckpt_dir: Path, device: torch.device, on_epoch: Callable[[dict[str, Any]], None] | None,
-    start: int, history: list[dict[str, Any]], optimizer: torch.optim.Optimizer,
-    scheduler: Any, scaler: Any, mean: Tensor, std: Tensor,
-) -> list[dict[str, Any]]:  # fmt: skip
+    model: ActorClassifier,
+    supply: ClipSupply,
+    cfg: FinetuneConfig,
+    exclusive: list[int],
+    ckpt_dir: Path,
+    device: torch.device,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    start: int,
+    history: list[dict[str, Any]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any,
+    mean: Tensor,
+    std: Tensor,
+) -> list[dict[str, Any]]:
     """The epochs of :func:`train_epochs` from ``start`` on (the state already resumed)."""
     rank, size = world()
     for epoch in range(start, cfg.epochs):
@@ -332,8 +380,9 @@ def _epochs(
                 with autocast(cfg.precision, device):
                     logits, targets = batch_logits(model, batch, mean, std, device)
                 logits = logits.float()
-                loss = ava_loss(logits, targets, exclusive=exclusive, mode=cfg.loss,
-                                normalizers=norms)  # fmt: skip
+                loss = ava_loss(
+                    logits, targets, exclusive=exclusive, mode=cfg.loss, normalizers=norms
+                )
                 h, n = top1_hits(logits.detach().cpu(), targets.cpu(), exclusive)
                 figures = torch.tensor([float(loss.detach()), h, n], dtype=torch.float64)
             figures = all_reduce_sum(figures.to(device)).cpu()
@@ -355,13 +404,19 @@ def _epochs(
         log.info("finetune epoch %d: %s", epoch, record)
         if rank != 0:  # rank 0 writes; every rank resumes from what it wrote
             continue
-        save_checkpoint(ckpt_dir / f"epoch_{epoch}.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-            "history": history, "epoch": epoch,
-            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
-        })  # fmt: skip
+        save_checkpoint(
+            ckpt_dir / f"epoch_{epoch}.pt",
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                "history": history,
+                "epoch": epoch,
+                **({"scaler": scaler.state_dict()} if scaler is not None else {}),
+            },
+        )
         for old in ckpt_dir.glob("epoch_*.pt"):  # only the newest is needed to resume
             if int(old.stem.split("_")[1]) < epoch:
                 old.unlink()
@@ -385,9 +440,12 @@ def build_model(
         raise StageError(f"finetune: initial backbone weights {ex.weights} not found")
     try:
         backbone = build_backbone(
-            ex.backbone, weights=ex.weights, source_config=ex.source_config,
-            frozen_bn=cfg.freeze_bn, **kwargs,
-        )  # fmt: skip
+            ex.backbone,
+            weights=ex.weights,
+            source_config=ex.source_config,
+            frozen_bn=cfg.freeze_bn,
+            **kwargs,
+        )
     except (ValueError, FileNotFoundError) as exc:
         raise StageError(f"finetune: backbone {ex.backbone}: {str(exc).splitlines()[0]}") from exc
     with torch.no_grad():

@@ -130,9 +130,13 @@ def compute(ctx: StageContext[ExtractStageConfig]) -> dict[str, Any]:
             model = model.to(_device(ex.device))
         fmap_shape, t_prime = probed[height, width]
         schema = build_schema(
-            ex, fmap_shape, t_prime, weights_sha, detector_key,
+            ex,
+            fmap_shape,
+            t_prime,
+            weights_sha,
+            detector_key,
             architecture=getattr(model, "config", None),
-        )  # fmt: skip
+        )
         n_kf = sum(len(np.unique(a["timestamp"])) for a in by_video.values())
         n_act = sum(len(a["timestamp"]) for a in by_video.values())
         plans.append((split, by_video, schema, n_kf, n_act))
@@ -144,19 +148,31 @@ def compute(ctx: StageContext[ExtractStageConfig]) -> dict[str, Any]:
     for split, by_video, schema, n_kf, n_act in plans:
         if published():
             break
-        store = _open_store(Path(store_path(ctx.staging, split)), schema, ctx.key, split,
-                            list(by_video))  # fmt: skip
+        store = _open_store(
+            Path(store_path(ctx.staging, split)), schema, ctx.key, split, list(by_video)
+        )
         t0 = time.perf_counter()
-        job = _SplitRun(ctx, split, dataset, VideoExtractor(model, ex, schema), store, by_video,
-                        owner, published)  # fmt: skip
+        job = _SplitRun(
+            ctx,
+            split,
+            dataset,
+            VideoExtractor(model, ex, schema),
+            store,
+            by_video,
+            owner,
+            published,
+        )
         resumed = job.run() if not store.complete else len(by_video)
         stores.append(store)
         summary[split] = {
-            "videos": len(by_video), "extracted": job.done, "resumed": resumed,
-            "keyframes": n_kf, "actors": n_act,
+            "videos": len(by_video),
+            "extracted": job.done,
+            "resumed": resumed,
+            "keyframes": n_kf,
+            "actors": n_act,
             "seconds": round(time.perf_counter() - t0, 2),
             "context_shape": list(schema.context_shape),
-        }  # fmt: skip
+        }
     if not _become_publisher(ctx, owner, inode):
         # Another process finalized and published this very staging dir. The framework
         # writes its provenance into ctx.staging next, then finds the published output,

@@ -110,9 +110,14 @@ def _probe_shapes(model: torch.nn.Module, cfg: ExtractConfig, height: int, width
 
 
 def build_schema(
-    cfg: ExtractConfig, fmap_shape: tuple[int, int, int], t_prime: int | None,
-    weights_sha: str | None, detector_key: str | None, *, architecture: object = None,
-) -> StoreSchema:  # fmt: skip
+    cfg: ExtractConfig,
+    fmap_shape: tuple[int, int, int],
+    t_prime: int | None,
+    weights_sha: str | None,
+    detector_key: str | None,
+    *,
+    architecture: object = None,
+) -> StoreSchema:
     """The store schema; with zoo weights or a source config it also records the weights
     file, the source config and the resolved architecture (``SlowFastConfig`` fields)."""
     channels, h, w = fmap_shape
@@ -209,9 +214,12 @@ class VideoExtractor:
             else:
                 fmap = fmap.float()
             roi, pooled = actor_rois(
-                fmap, box_t, index.to(self.device), input_size=(x.shape[3], x.shape[4]),
+                fmap,
+                box_t,
+                index.to(self.device),
+                input_size=(x.shape[3], x.shape[4]),
                 spec=self.roi_spec,
-            )  # fmt: skip
+            )
             context = fmap
             if self.cfg.context_grid is not None:
                 context = torch.nn.functional.adaptive_avg_pool2d(fmap, self.cfg.context_grid)
@@ -228,9 +236,12 @@ class VideoExtractor:
         per_t = []
         for t in range(t_slow):
             roi, _ = actor_rois(
-                maps[:, :, t], boxes, index.to(maps.device), input_size=tuple(size),
+                maps[:, :, t],
+                boxes,
+                index.to(maps.device),
+                input_size=tuple(size),
                 spec=self.roi_spec,
-            )  # fmt: skip
+            )
             per_t.append(roi)
         return torch.stack(per_t, dim=2)  # (N, C, T', s, s)
 
@@ -265,9 +276,11 @@ class VideoExtractor:
         if self.cfg.flip:
             boxes = flip_boxes(boxes)
         spec = ClipSpec(
-            num_frames=self.cfg.num_frames, stride=self.cfg.frame_stride,
-            short_side=self.cfg.short_side, target_fps=self.cfg.target_fps,
-        )  # fmt: skip
+            num_frames=self.cfg.num_frames,
+            stride=self.cfg.frame_stride,
+            short_side=self.cfg.short_side,
+            target_fps=self.cfg.target_fps,
+        )
         dtype = self.schema.np_dtype
         parts: dict[str, list[np.ndarray]] = {"context": [], "pooled": [], "roi": [], "roi_t": []}
 

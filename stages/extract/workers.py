@@ -93,9 +93,12 @@ def _open_store(path: Path, schema: StoreSchema, key: str, split: str, videos: l
     for attempt in range(4):
         try:
             return FeatureStore.create(
-                path, schema, provenance={"stage": "extract", "key": key, "split": split},
-                exist_ok=True, expected_videos=videos,
-            )  # fmt: skip
+                path,
+                schema,
+                provenance={"stage": "extract", "key": key, "split": split},
+                exist_ok=True,
+                expected_videos=videos,
+            )
         except (StoreError, KeyError) as exc:
             # A concurrent process creating the store leaves it half-made for milliseconds
             # (a directory without zarr.json, or a root without its videos group).
@@ -115,9 +118,17 @@ class _SplitRun:
     only once it is written.
     """
 
-    def __init__(self, ctx: StageContext[ExtractStageConfig], split: str, dataset: Dataset, extractor, store,
-                 by_video: dict[str, dict[str, np.ndarray]], owner: str,
-                 published: Callable[[], bool]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        ctx: StageContext[ExtractStageConfig],
+        split: str,
+        dataset: Dataset,
+        extractor,
+        store,
+        by_video: dict[str, dict[str, np.ndarray]],
+        owner: str,
+        published: Callable[[], bool],
+    ) -> None:
         self.ctx, self.split, self.dataset = ctx, split, dataset
         self.extractor, self.store, self.by_video, self.owner = extractor, store, by_video, owner
         self.locks = LockFiles(store.url)
@@ -214,8 +225,12 @@ class _SplitRun:
                     f"videos claimed by other processes in {self.store.url}: "
                     + ", ".join(f"{v} (by {(i or {}).get('owner')})" for v, i in held.items())
                 )
-            log.info("extract %s: waiting for %d videos other processes hold: %s",
-                     self.split, len(pending), ", ".join(pending))  # fmt: skip
+            log.info(
+                "extract %s: waiting for %d videos other processes hold: %s",
+                self.split,
+                len(pending),
+                ", ".join(pending),
+            )
             time.sleep(POLL_S)
         return resumed
 

@@ -54,9 +54,17 @@ KEY_LENGTH = 16  # hex digits of sha256 kept in keys: 64 bits, ample for one wor
 
 # Libraries whose versions are recorded in every output's provenance.
 TRACKED_LIBRARIES = (
-    "bankflow", "numpy", "torch", "torchvision", "decord", "zarr", "pyarrow",
-    "h5py", "prefect", "pydantic",
-)  # fmt: skip
+    "bankflow",
+    "numpy",
+    "torch",
+    "torchvision",
+    "decord",
+    "zarr",
+    "pyarrow",
+    "h5py",
+    "prefect",
+    "pydantic",
+)
 
 
 class StageRef(BaseModel):
@@ -403,12 +411,18 @@ def git_revision() -> str | None:
     try:
         rev = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return rev + ("-dirty" if dirty else "")
@@ -478,9 +492,13 @@ def run_stage(
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     ctx = StageContext(
-        stage=stage.name, key=key, config=config, inputs=dict(inputs),
-        staging=staging, work_root=work_root,
-    )  # fmt: skip
+        stage=stage.name,
+        key=key,
+        config=config,
+        inputs=dict(inputs),
+        staging=staging,
+        work_root=work_root,
+    )
     log.info("stage %s: computing key %s", stage.name, key)
     with disk_full_as_stage_error(ctx):  # ENOSPC -> one line: stage, file, bytes
         summary = stage.compute_function()(ctx) or {}
@@ -533,9 +551,14 @@ def run_stage(
     _after_publish(ctx)
     log.info("stage %s: published %s (%.1f s)", stage.name, final, seconds)
     return StageRef(
-        stage=stage.name, key=key, uri=str(final), digest=digest,
-        summary=summary, cached=False, seconds=seconds,
-    )  # fmt: skip
+        stage=stage.name,
+        key=key,
+        uri=str(final),
+        digest=digest,
+        summary=summary,
+        cached=False,
+        seconds=seconds,
+    )
 
 
 def _after_publish(ctx: StageContext[Any]) -> None:

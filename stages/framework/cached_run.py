@@ -138,14 +138,19 @@ class CachedRunner:
         if source in ("remote", "skipped"):
             record = self.cache.record(stage, key) if source == "remote" else None
             uri = (
-                self.cache.data_url(stage, key) if record is not None
+                self.cache.data_url(stage, key)
+                if record is not None
                 else str(output_dir(work_root, stage, key))
-            )  # fmt: skip
+            )
             ref = StageRef(
-                stage=stage, key=key, uri=str(uri), digest=(record or {}).get("digest", ""),
-                summary=(record or {}).get("summary", {}), cached=True,
+                stage=stage,
+                key=key,
+                uri=str(uri),
+                digest=(record or {}).get("digest", ""),
+                summary=(record or {}).get("summary", {}),
+                cached=True,
                 seconds=float((record or {}).get("seconds", 0.0)),
-            )  # fmt: skip
+            )
             log.info("stage %s: %s (key %s)", stage, source, key)
             return ref, True
         if source == "pulled":
@@ -168,9 +173,13 @@ def use_cache(run: Any, run_pipeline: Callable[..., Any]) -> None:
         return
     recorder = RecordingRunner()
     dry = type(run)(
-        config=run.config, work_root=run.work_root, runner=recorder, until=run.until,
-        force=run.force, with_cache=False,
-    )  # fmt: skip
+        config=run.config,
+        work_root=run.work_root,
+        runner=recorder,
+        until=run.until,
+        force=run.force,
+        with_cache=False,
+    )
     run_pipeline(dry, write=False)
     sources = plan_sources(
         recorder.calls, run.work_root, cache, stores=run.config.cache.stores, force=run.force

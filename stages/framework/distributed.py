@@ -133,14 +133,23 @@ def _watch_parent(parent: int) -> None:
 
 
 def _worker(
-    rank: int, fn: Callable[..., Any], args: tuple, size: int, port: int, threads: int,
-    result: str, parent: int,
-) -> None:  # fmt: skip
+    rank: int,
+    fn: Callable[..., Any],
+    args: tuple,
+    size: int,
+    port: int,
+    threads: int,
+    result: str,
+    parent: int,
+) -> None:
     _watch_parent(parent)
     os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-    )  # fmt: skip
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
     torch.set_num_threads(threads)
     _init_from_env()
     try:
@@ -186,9 +195,11 @@ def run_data_parallel(fn: Callable[..., Any], *args: Any, devices: int) -> Any:
         result = str(Path(tmp) / "result.json")
         log.info("data-parallel: %d processes (%s)", devices, _backend())
         mp.spawn(
-            _worker, args=(fn, args, devices, _free_port(), threads, result, os.getpid()),
-            nprocs=devices, join=True,
-        )  # fmt: skip
+            _worker,
+            args=(fn, args, devices, _free_port(), threads, result, os.getpid()),
+            nprocs=devices,
+            join=True,
+        )
         return json.loads(Path(result).read_text())
 
 

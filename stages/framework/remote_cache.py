@@ -223,9 +223,11 @@ class StageCache:
         targets = [self._path(stage, key, upload, rel) for rel, *_ in manifest]
         log.info("cache: pushing %s/%s (%d files) to %s", stage, key, len(sources), self.url)
         pushing = {
-            "host": platform.node(), "pid": os.getpid(), "heartbeat": time.time(),
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "heartbeat": time.time(),
             "ttl_s": PUSH_TTL_S,
-        }  # fmt: skip
+        }
         try:
             self.fs.pipe_file(
                 self._path(stage, key, upload, PUSHING_FILE), json.dumps(pushing).encode()
@@ -238,10 +240,11 @@ class StageCache:
                 "summary": done.get("summary", {}),
                 "seconds": done.get("seconds", 0.0),
                 "pushed": {
-                    "host": platform.node(), "user": _user(),
+                    "host": platform.node(),
+                    "user": _user(),
                     "time": dt.datetime.now(dt.UTC).isoformat(),
                 },
-            }  # fmt: skip
+            }
             created = self._create_exclusive(
                 self._path(stage, key, COMPLETE_MARKER), json.dumps(record, indent=1).encode()
             )
@@ -308,12 +311,13 @@ class StageCache:
         write_json_atomic(
             staging / COMPLETE_MARKER,
             {
-                "digest": record["digest"], "manifest": manifest,
+                "digest": record["digest"],
+                "manifest": manifest,
                 "summary": relocate(record.get("summary", {}), f"/{stage}/{key}", str(final)),
                 "seconds": record.get("seconds", 0.0),
                 "pulled_from": self._url(stage, key),
             },
-        )  # fmt: skip
+        )
         _fsync_dir(staging)
         try:
             os.replace(staging, final)
@@ -337,16 +341,24 @@ class StageCache:
                     if record is not None and upload == record["upload"]:
                         pushed = record.get("pushed", {})
                         yield CacheEntry(
-                            stage, key, "complete",
-                            sum(size for _, size, *_ in record["manifest"]), pushed.get("time"),
+                            stage,
+                            key,
+                            "complete",
+                            sum(size for _, size, *_ in record["manifest"]),
+                            pushed.get("time"),
                             f"{pushed.get('host')}/{pushed.get('user')}",
                             self._url(stage, key, upload),
-                        )  # fmt: skip
+                        )
                     elif upload.startswith(UPLOAD_PREFIX):
                         yield CacheEntry(
-                            stage, key, "staging", self._du(upload_dir), None, None,
+                            stage,
+                            key,
+                            "staging",
+                            self._du(upload_dir),
+                            None,
+                            None,
                             self._url(stage, key, upload),
-                        )  # fmt: skip
+                        )
 
     def is_empty_layout(self) -> bool:
         """True when every top-level entry is a directory of key directories (or empty)."""

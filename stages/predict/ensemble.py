@@ -94,8 +94,13 @@ class BoxScores:
         table = table.take(keep)
         c = len(labelmap)
         if not len(table):
-            return BoxScores(np.empty(0, object), np.empty(0, np.int64), np.zeros(1, np.int64),
-                             np.zeros((0, 4)), np.zeros((0, c)))  # fmt: skip
+            return BoxScores(
+                np.empty(0, object),
+                np.empty(0, np.int64),
+                np.zeros(1, np.int64),
+                np.zeros((0, 4)),
+                np.zeros((0, c)),
+            )
         bad = ~(np.isfinite(table.score) & np.isfinite(table.boxes).all(axis=1))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
@@ -155,10 +160,13 @@ def match_boxes(reference: BoxScores, other: BoxScores, match_iou: float) -> np.
     pairs with IoU >= ``match_iou``, then their total IoU; lower pairs are no match.
     """
     match = np.full(len(reference.boxes), -1, dtype=np.int64)
-    where = {(str(v), int(t)): k for k, (v, t) in enumerate(
-        zip(other.video.tolist(), other.timestamp.tolist(), strict=True))}  # fmt: skip
-    for k, (v, t) in enumerate(zip(reference.video.tolist(), reference.timestamp.tolist(),
-                                   strict=True)):  # fmt: skip
+    where = {
+        (str(v), int(t)): k
+        for k, (v, t) in enumerate(zip(other.video.tolist(), other.timestamp.tolist(), strict=True))
+    }
+    for k, (v, t) in enumerate(
+        zip(reference.video.tolist(), reference.timestamp.tolist(), strict=True)
+    ):
         j = where.get((str(v), int(t)))
         if j is None:
             continue
@@ -196,9 +204,12 @@ def average(members: Sequence[BoxScores], weights: Sequence[float], match_iou: f
         total[hit] += w * member.scores[match[hit]]
         weight_sum[hit] += w
     return BoxScores(
-        video=reference.video, timestamp=reference.timestamp, offset=reference.offset,
-        boxes=reference.boxes, scores=total / weight_sum[:, None],
-    )  # fmt: skip
+        video=reference.video,
+        timestamp=reference.timestamp,
+        offset=reference.offset,
+        boxes=reference.boxes,
+        scores=total / weight_sum[:, None],
+    )
 
 
 def member_predictions(ref: StageRef, split: str, name: str) -> BoxTable:
@@ -241,8 +252,13 @@ def greedy_selection(
             if n in selected:
                 continue
             chosen = [*selected, n]
-            trials[n] = score(average([candidates[m] for m in chosen],
-                                      [weights.get(m, 1.0) for m in chosen], match_iou))  # fmt: skip
+            trials[n] = score(
+                average(
+                    [candidates[m] for m in chosen],
+                    [weights.get(m, 1.0) for m in chosen],
+                    match_iou,
+                )
+            )
         if not trials:
             break
         pick = max(trials, key=lambda n: (trials[n], -names.index(n)))
@@ -276,8 +292,9 @@ def compute(ctx: StageContext[EnsembleStageConfig]) -> dict[str, Any]:
         }
 
     def evaluate(split: str, scores: BoxScores) -> AvaResult:
-        return evaluate_ava(dataset.gt(split), scores.to_table(labelmap), labelmap,
-                            dataset.excluded(split))  # fmt: skip
+        return evaluate_ava(
+            dataset.gt(split), scores.to_table(labelmap), labelmap, dataset.excluded(split)
+        )
 
     weights = {name: float(run.weights.get(name, 1.0)) for name in cfg.members}
     tables = {name: member_predictions(ref, run.split, name) for name, ref in refs.items()}
@@ -290,9 +307,12 @@ def compute(ctx: StageContext[EnsembleStageConfig]) -> dict[str, Any]:
     if run.select:
         pool = members if run.select_split == run.split else load(run.select_split)
         order, trace = greedy_selection(
-            pool, weights, lambda s: evaluate(run.select_split, s).mAP,
-            match_iou=run.match_iou, max_members=run.max_members,
-        )  # fmt: skip
+            pool,
+            weights,
+            lambda s: evaluate(run.select_split, s).mAP,
+            match_iou=run.match_iou,
+            max_members=run.max_members,
+        )
     ensemble = average([members[n] for n in order], [weights[n] for n in order], run.match_iou)
     result = evaluate(run.split, ensemble)
     # Members as they wrote their predictions (their own mAP, top_k rows and all).
@@ -321,8 +341,14 @@ def compute(ctx: StageContext[EnsembleStageConfig]) -> dict[str, Any]:
         "boxes": len(ensemble.boxes),
     }
     (ctx.staging / METRICS_FILE).write_text(json.dumps({**result.to_json(), **info}, indent=2))
-    log.info("%s: %s -> mAP %.4f (best member %s %.4f)", cfg.name, "+".join(order), result.mAP,
-             best, member_maps[best])  # fmt: skip
+    log.info(
+        "%s: %s -> mAP %.4f (best member %s %.4f)",
+        cfg.name,
+        "+".join(order),
+        result.mAP,
+        best,
+        member_maps[best],
+    )
     return {
         "name": cfg.name,
         "split": run.split,

@@ -85,9 +85,13 @@ def check_aligned(reference: SplitIndex, other: SplitIndex, name: str) -> None:
 
 
 def predict_views(
-    head: nn.Module, stores: Sequence[FeatureStore], labelmap: LabelMap, exclusive: list[int],
-    *, preload: bool = True,
-) -> tuple[SplitIndex, np.ndarray, list[np.ndarray]]:  # fmt: skip
+    head: nn.Module,
+    stores: Sequence[FeatureStore],
+    labelmap: LabelMap,
+    exclusive: list[int],
+    *,
+    preload: bool = True,
+) -> tuple[SplitIndex, np.ndarray, list[np.ndarray]]:
     """Average ``head``'s class probabilities over the views ``stores``.
 
     Args:
@@ -116,10 +120,12 @@ def predict_views(
             check_aligned(reference, index, f"{k} ({store.url})")
         source = KeyframeSource(store, index, preload=preload)
         data = TrainData(
-            train=source, val=None, exclusive=exclusive,
+            train=source,
+            val=None,
+            exclusive=exclusive,
             use_roi=store.schema.roi_shape is not None,
             use_roi_t=store.schema.roi_t_shape is not None,
-        )  # fmt: skip
+        )
         per_view.append(predict(head, source, data))
     assert reference is not None
     return reference, np.mean(per_view, axis=0).astype(np.float32), per_view
@@ -154,10 +160,14 @@ def compute(ctx: StageContext[PredictStageConfig]) -> dict[str, Any]:
     views = []
     for name, view_scores, store in zip(names, per_view, stores, strict=True):
         clip = store.schema.clip
-        views.append({
-            "input": name, "short_side": clip.get("short_side"), "flip": bool(clip.get("flip")),
-            "mAP": evaluate_ava(gt, table(view_scores), labelmap, excluded).mAP,
-        })  # fmt: skip
+        views.append(
+            {
+                "input": name,
+                "short_side": clip.get("short_side"),
+                "flip": bool(clip.get("flip")),
+                "mAP": evaluate_ava(gt, table(view_scores), labelmap, excluded).mAP,
+            }
+        )
     out = ctx.staging / PREDICTIONS_DIR
     out.mkdir(exist_ok=True)
     write_predictions_csv(out / f"{split}.csv", mean)
@@ -165,11 +175,19 @@ def compute(ctx: StageContext[PredictStageConfig]) -> dict[str, Any]:
     metrics = {**result.to_json(), "views": views}
     (ctx.staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     ctx.log.info(
-        "predict %s: TTA mAP %.4f over %d views (%s)", run.name, result.mAP, len(views),
+        "predict %s: TTA mAP %.4f over %d views (%s)",
+        run.name,
+        result.mAP,
+        len(views),
         ", ".join(f"{v['mAP']:.4f}" for v in views),
-    )  # fmt: skip
+    )
     csv = ctx.relpath(PREDICTIONS_DIR, f"{split}.csv")
     return {
-        "name": run.name, "head": run.head_name, "split": split, "val_map": result.mAP,
-        "group_map": result.groups, "views": views, "predictions_csv": csv,
-    }  # fmt: skip
+        "name": run.name,
+        "head": run.head_name,
+        "split": split,
+        "val_map": result.mAP,
+        "group_map": result.groups,
+        "views": views,
+        "predictions_csv": csv,
+    }

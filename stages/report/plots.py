@@ -36,8 +36,12 @@ def map_by_model_png(
     """Horizontal bars of frame-mAP (%) per model, coloured by kind (the producing stage:
     ``train``, ``train_bank``, ``rebalance``, ``ensemble``, …), best at the top."""
     order = sorted(range(len(names)), key=lambda i: -values[i])
-    palette = {"train": "tab:blue", "train_bank": "tab:purple", "rebalance": "tab:orange",
-               "ensemble": "tab:green"}  # fmt: skip
+    palette = {
+        "train": "tab:blue",
+        "train_bank": "tab:purple",
+        "rebalance": "tab:orange",
+        "ensemble": "tab:green",
+    }
     fig = _figure(7, 1.2 + 0.32 * max(len(names), 1))
     ax = fig.add_subplot(1, 1, 1)
     y = np.arange(len(order))
@@ -88,16 +92,16 @@ def heatmap_png(
     rows, cols = values.shape
     fig = _figure(2.5 + 0.45 * cols, 1.5 + 0.35 * rows)
     ax = fig.add_subplot(1, 1, 1)
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100,
-                      aspect="auto")  # fmt: skip
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(cols), list(col_names), rotation=60, ha="right", fontsize=7)
     ax.set_yticks(range(rows), list(row_names), fontsize=7)
     for i in range(rows):
         for j in range(cols):
             if np.isfinite(values[i, j]):
                 color = "white" if values[i, j] < 50 else "black"
-                ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                        color=color)  # fmt: skip
+                ax.text(
+                    j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=6, color=color
+                )
     fig.colorbar(image, ax=ax, fraction=0.03, label="AP (%)")
     ax.set_title(title, fontsize=10)
     return _png(fig)
@@ -119,8 +123,9 @@ def crt_delta_png(runs: Mapping[str, tuple[Sequence[str], Sequence[float], int]]
         ax.bar(x, d, color=["tab:green" if v >= 0 else "tab:red" for v in d])
         ax.axhline(0, color="black", linewidth=0.6)
         ax.axvspan(-0.5, k - 0.5, color="tab:blue", alpha=0.08, label=f"head {k}")
-        ax.axvspan(len(d) - k - 0.5, len(d) - 0.5, color="tab:orange", alpha=0.12,
-                   label=f"tail {k}")  # fmt: skip
+        ax.axvspan(
+            len(d) - k - 0.5, len(d) - 0.5, color="tab:orange", alpha=0.12, label=f"tail {k}"
+        )
         ax.set_xticks(x, list(classes), rotation=60, ha="right", fontsize=6)
         ax.set_ylabel("ΔAP (points)", fontsize=8)
         ax.set_title(f"cRT: {name} (classes by training frequency)", fontsize=9)

@@ -23,9 +23,17 @@ from stages.video import VideoReader, round_half_up
 DECODE_CHUNK = 16  # frames decoded per reader call (bounds memory on long videos)
 # Distinct, readable colours; track t gets PALETTE[t % len].
 PALETTE = (
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-)  # fmt: skip
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+)
 
 
 @dataclass(frozen=True)

@@ -95,9 +95,15 @@ def enlarged(box: np.ndarray, scale: float) -> np.ndarray:
 
 
 def head_panels(
-    head_name: str, head: Head, attention: dict[str, torch.Tensor],
-    boxes: np.ndarray, height: int, width: int, *, max_actors: int,
-) -> list[list[Panel]]:  # fmt: skip
+    head_name: str,
+    head: Head,
+    attention: dict[str, torch.Tensor],
+    boxes: np.ndarray,
+    height: int,
+    width: int,
+    *,
+    max_actors: int,
+) -> list[list[Panel]]:
     """The figure's rows of panels for one keyframe's ``attention`` maps, drawn in the
     style the head declares (``head.ATTENTION``).
 
@@ -120,11 +126,16 @@ def head_panels(
     if picture.style == "actor_pairs":
         att = attention[picture.maps[0]][0, -1].numpy()  # (Nmax, M, H, W), last block
         for i in range(n):
-            rows.append([
-                Panel(f"actor {i} -> actor {j}", upsample(att[i, j], height, width),
-                      [(boxes[i], "lime"), (boxes[j], "red")])
-                for j in range(n)
-            ])  # fmt: skip
+            rows.append(
+                [
+                    Panel(
+                        f"actor {i} -> actor {j}",
+                        upsample(att[i, j], height, width),
+                        [(boxes[i], "lime"), (boxes[j], "red")],
+                    )
+                    for j in range(n)
+                ]
+            )
     elif picture.style == "context_tokens":
         att = attention[picture.maps[0]].numpy()  # (N, M)
         scales = list(cast(tuple[int, ...], head.context_scales))  # AMCRHead's
@@ -136,21 +147,28 @@ def head_panels(
                 cells = att[i, start : start + s * s].reshape(s, s)
                 start += s * s
                 row.append(
-                    Panel(f"actor {i}, context {s}x{s}",
-                          upsample(cells, height, width, smooth=False), [(boxes[i], "lime")],
-                          limits=None)
-                )  # fmt: skip
+                    Panel(
+                        f"actor {i}, context {s}x{s}",
+                        upsample(cells, height, width, smooth=False),
+                        [(boxes[i], "lime")],
+                        limits=None,
+                    )
+                )
             rows.append(row)
     else:  # enlarged_box
         scale = float(cast(float, head.context_scale))  # IGMNDAMHead's
         for i in range(n):
             region = enlarged(boxes[i], scale)
-            rows.append([
-                Panel(f"actor {i}, {name}",
-                      paste_in_box(attention[name][i].numpy(), region, height, width),
-                      [(boxes[i], "lime"), (region, "white")])
-                for name in picture.maps
-            ])  # fmt: skip
+            rows.append(
+                [
+                    Panel(
+                        f"actor {i}, {name}",
+                        paste_in_box(attention[name][i].numpy(), region, height, width),
+                        [(boxes[i], "lime"), (region, "white")],
+                    )
+                    for name in picture.maps
+                ]
+            )
     return rows
 
 
@@ -198,9 +216,13 @@ def store_video_id(stores: list[Path], stem: str) -> str:
 
 
 def keyframe_frame(
-    timestamp: int, offset: float, frames_per_timestamp: float | None, fps: float,
-    num_frames: int, video: Path,
-) -> int:  # fmt: skip
+    timestamp: int,
+    offset: float,
+    frames_per_timestamp: float | None,
+    fps: float,
+    num_frames: int,
+    video: Path,
+) -> int:
     """The file's frame index shown at keyframe ``timestamp`` (the clip centre extraction
     used): ``(timestamp - offset) * rate``, the rate being ``frames_per_timestamp`` (1 for
     a tube dataset's frame numbers) or, for seconds (None), the video's ``fps``."""
@@ -225,10 +247,17 @@ def _find_keyframe(
 
 
 def attention_picture(
-    run_dir: str | Path, video: str | Path, timestamp: int, out: str | Path, *,
-    store: str | Path | None = None, video_id: str | None = None, offset: float | None = None,
-    frame_numbers: bool | None = None, max_actors: int = 4,
-) -> dict[str, Any]:  # fmt: skip
+    run_dir: str | Path,
+    video: str | Path,
+    timestamp: int,
+    out: str | Path,
+    *,
+    store: str | Path | None = None,
+    video_id: str | None = None,
+    offset: float | None = None,
+    frame_numbers: bool | None = None,
+    max_actors: int = 4,
+) -> dict[str, Any]:
     """Draw the attention of the train run at ``run_dir`` on one keyframe into ``out`` (PNG).
 
     Args:
@@ -269,29 +298,34 @@ def attention_picture(
     if schema.clip.get("flip"):
         raise StageError(f"{feature_store.url}: a flipped store; draw from the unflipped view")
     head = run.build_head()
-    batch = collate([keyframe], use_roi=schema.roi_shape is not None,
-                    use_roi_t=schema.roi_t_shape is not None)  # fmt: skip
+    batch = collate(
+        [keyframe], use_roi=schema.roi_shape is not None, use_roi_t=schema.roi_t_shape is not None
+    )
     with torch.no_grad():
         output = head(batch)
     attention = {k: v.detach().cpu() for k, v in output.attention.items()}
     boxes = keyframe.boxes.astype(np.float64)
     try:
         with VideoReader(video) as reader:
-            frame = keyframe_frame(int(timestamp), offset, rate, reader.fps,
-                                   reader.num_frames, video)  # fmt: skip
+            frame = keyframe_frame(
+                int(timestamp), offset, rate, reader.fps, reader.num_frames, video
+            )
             image = reader.get_frames(np.array([frame]))[0]
     except (VideoError, ValueError) as err:
         raise StageError(f"attention: {err}") from err
     height, width = image.shape[:2]
-    rows = head_panels(run.head_name, head, attention, boxes, height, width,
-                       max_actors=max_actors)  # fmt: skip
+    rows = head_panels(run.head_name, head, attention, boxes, height, width, max_actors=max_actors)
     when = f"frame {int(timestamp)}" if frame_numbers else f"{int(timestamp):04d}"
     title = f"{run.name} ({run.head_name}) on {video_id},{when}"
     draw_figure(image, rows, out, title)
     return {
-        "head": run.head_name, "out": str(out), "image": [height, width], "frame": frame,
+        "head": run.head_name,
+        "out": str(out),
+        "image": [height, width],
+        "frame": frame,
         "video_id": video_id,
-        "actors": len(boxes), "panels": [len(r) for r in rows],
+        "actors": len(boxes),
+        "panels": [len(r) for r in rows],
         "overlays": sorted({tuple(panel.heat.shape) for row in rows for panel in row}),
         "maps": {k: list(v.shape) for k, v in attention.items()},
-    }  # fmt: skip
+    }

@@ -50,9 +50,12 @@ def inspect_checkpoint(path: str | Path, source_config: str | None = None) -> In
     out.append(f"file: {path}")
     out.append(f"format: {file.container}, {naming.scheme} naming, {len(file.tensors)} tensors")
     where = source_config or (
-        "the cfg embedded in the file" if file.pyslowfast_cfg else
-        "the config in the file's meta" if file.mmaction2_cfg else None
-    )  # fmt: skip
+        "the cfg embedded in the file"
+        if file.pyslowfast_cfg
+        else "the config in the file's meta"
+        if file.mmaction2_cfg
+        else None
+    )
     out.append(f"architecture from: {where or 'the tensors only'}")
     out.append(
         f"  {family}: depths {config.depths}, width {config.width}, alpha {config.alpha},"
@@ -81,9 +84,14 @@ def inspect_checkpoint(path: str | Path, source_config: str | None = None) -> In
     for title, items in (
         ("missing", report.missing),
         ("unexpected", report.unexpected),
-        ("mis-shaped", [f"{m.key} <- {m.source_key}: model {m.model_shape}, file"
-                        f" {m.checkpoint_shape}" for m in report.mismatched]),
-    ):  # fmt: skip
+        (
+            "mis-shaped",
+            [
+                f"{m.key} <- {m.source_key}: model {m.model_shape}, file {m.checkpoint_shape}"
+                for m in report.mismatched
+            ],
+        ),
+    ):
         out.extend(f"  {title}: {item}" for item in items[:20])
         if len(items) > 20:
             out.append(f"  ... and {len(items) - 20} more {title}")

@@ -159,19 +159,28 @@ def _run_detector(run: TrainedRun, cfg: InferConfig) -> tuple[Any, dict[str, Any
     size = cfg.detector_short_side or det.get("image_short_side")
     try:
         model = build_person_detector(
-            arch, weights_path=weights, person_class=int(det.get("person_class", 1)),
-            min_size=size, max_size=None if size is None else 2 * size,
+            arch,
+            weights_path=weights,
+            person_class=int(det.get("person_class", 1)),
+            min_size=size,
+            max_size=None if size is None else 2 * size,
             box_score_thresh=threshold,
-        )  # fmt: skip
+        )
     except DetectorCheckpointError as err:
         raise StageError(f"infer: person detector: {err}") from err
     return model, {"arch": arch, "weights": str(weights), "score_threshold": threshold}
 
 
 def detect_keyframes(
-    model: Any, reader: VideoReader, seconds: np.ndarray, *, threshold: float,
-    max_persons: int, device: torch.device, batch_size: int = 4,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    model: Any,
+    reader: VideoReader,
+    seconds: np.ndarray,
+    *,
+    threshold: float,
+    max_persons: int,
+    device: torch.device,
+    batch_size: int = 4,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Person boxes on the frame of each keyframe second.
 
     Returns:
@@ -219,9 +228,15 @@ def _recorded_weights_sha(run: TrainedRun) -> tuple[bool, str | None]:
 
 
 def extract_video_features(
-    run: TrainedRun, video: Path, video_id: str, actors: dict[str, np.ndarray], *,
-    offset: int, store_dir: Path, device: torch.device,
-) -> FeatureStore:  # fmt: skip
+    run: TrainedRun,
+    video: Path,
+    video_id: str,
+    actors: dict[str, np.ndarray],
+    *,
+    offset: int,
+    store_dir: Path,
+    device: torch.device,
+) -> FeatureStore:
     """The run's backbone over the keyframes of ``actors``, written as a one-video store."""
     ex = ExtractConfig.model_validate(run.extract_provenance["config"]["extract"])
     weights = _backbone_weights(run, ex)
@@ -240,9 +255,11 @@ def extract_video_features(
             if store_dir.exists():
                 shutil.rmtree(store_dir)
             store = FeatureStore.create(
-                store_dir, schema, provenance={"infer": str(run.path), "video": str(video)},
+                store_dir,
+                schema,
+                provenance={"infer": str(run.path), "video": str(video)},
                 expected_videos=[video_id],
-            )  # fmt: skip
+            )
             model = model.to(device)
             features = VideoExtractor(model, ex, schema).run(reader, video_id, actors, offset)
     except VideoError as err:
@@ -275,11 +292,12 @@ class VideoBank:
 
     def record(self) -> dict[str, Any]:
         return {
-            "mode": self.mode, "kind": self.kind,
+            "mode": self.mode,
+            "kind": self.kind,
             "stage1_run": None if self.stage1_dir is None else str(self.stage1_dir),
             "dump": None if self.dump_dir is None else str(self.dump_dir),
             "window": self.window.model_dump(mode="json"),
-        }  # fmt: skip
+        }
 
 
 def video_bank(run: TrainedRun) -> VideoBank | None:
@@ -293,8 +311,7 @@ def video_bank(run: TrainedRun) -> VideoBank | None:
     assert isinstance(cfg, BankRunConfig)
     if cfg.bank_mode == "online":
         kind = str(run.saved["bank_kind"])
-        return VideoBank(mode="online", kind=kind, window=cfg.window,
-                         memory_dim=run.memory_dim())  # fmt: skip
+        return VideoBank(mode="online", kind=kind, window=cfg.window, memory_dim=run.memory_dim())
     dump_dir = upstream_dir(run.path, run.provenance, "dump")
     dump_prov = read_provenance(dump_dir)
     dump_cfg = DumpStageConfig.model_validate(dump_prov["config"])
@@ -307,10 +324,15 @@ def video_bank(run: TrainedRun) -> VideoBank | None:
             "cannot be rebuilt over the video the way it was built for training"
         )
     return VideoBank(
-        mode="offline", kind=dump_cfg.bank.kind, window=cfg.window, preload=cfg.bank_preload,
-        dump_dir=dump_dir, dump=dump_cfg, stage1_dir=upstream_dir(dump_dir, dump_prov, "train"),
+        mode="offline",
+        kind=dump_cfg.bank.kind,
+        window=cfg.window,
+        preload=cfg.bank_preload,
+        dump_dir=dump_dir,
+        dump=dump_cfg,
+        stage1_dir=upstream_dir(dump_dir, dump_prov, "train"),
         stage1_key=str(dump_prov["inputs"]["train"]["key"]),
-    )  # fmt: skip
+    )
 
 
 def dump_video_bank(bank: VideoBank, store: FeatureStore, video_id: str, path: Path) -> BankStore:
@@ -326,20 +348,33 @@ def dump_video_bank(bank: VideoBank, store: FeatureStore, video_id: str, path: P
     if path.exists():
         shutil.rmtree(path)
     out = BankStore.create(
-        path, kind=bank.kind, arrays=row_shapes(rows), expected_videos=[video_id],
-        provenance={"stage": "infer", "dump": str(bank.dump_dir), "name": bank.dump.name,
-                    "stage1": bank.stage1_key, "features": store.url},
-    )  # fmt: skip
-    key = video_key(bank.dump.bank, bank.stage1_key,
-                    feature_video_digest(store.zarr_store, video_id))  # fmt: skip
+        path,
+        kind=bank.kind,
+        arrays=row_shapes(rows),
+        expected_videos=[video_id],
+        provenance={
+            "stage": "infer",
+            "dump": str(bank.dump_dir),
+            "name": bank.dump.name,
+            "stage1": bank.stage1_key,
+            "features": store.url,
+        },
+    )
+    key = video_key(
+        bank.dump.bank, bank.stage1_key, feature_video_digest(store.zarr_store, video_id)
+    )
     write_bank_video(out, store, video_id, rows, video_key=key, seconds=time.perf_counter() - t0)
     out.finalize()
     return BankStore.open(path)
 
 
 def bank_model(
-    bank: VideoBank, head: Head, data: TrainData, source: KeyframeSource, out: Path,
-) -> tuple[nn.Module, dict[str, Any]]:  # fmt: skip
+    bank: VideoBank,
+    head: Head,
+    data: TrainData,
+    source: KeyframeSource,
+    out: Path,
+) -> tuple[nn.Module, dict[str, Any]]:
     """The stage-2 model predicting ``source`` (one video), its bank windows attached to
     ``data`` (offline: a bank dumped over the video; online: the memory filled over it),
     and the bank's record for ``infer.json``."""
@@ -354,8 +389,9 @@ def bank_model(
         stored = {"store": BANK_NAME}
     else:
         if bank.memory_dim is None:
-            raise StageError(f"infer: {type(head).__name__}: the width of its online memory "
-                             "is unknown")  # fmt: skip
+            raise StageError(
+                f"infer: {type(head).__name__}: the width of its online memory is unknown"
+            )
         model = OnlineMemoryHead(head, rows, bank.memory_dim)
         windows = {id(source): (StoreIndex(source.store), video_bases(source.index), 0)}
         data.attach = online_attach(windows, bank.window)
@@ -365,9 +401,13 @@ def bank_model(
 
 
 def _labels(
-    seconds: np.ndarray, index: Any, scores: np.ndarray, tracks: np.ndarray,
-    labelmap: LabelMap, top: int,
-) -> list[KeyframeLabels]:  # fmt: skip
+    seconds: np.ndarray,
+    index: Any,
+    scores: np.ndarray,
+    tracks: np.ndarray,
+    labelmap: LabelMap,
+    top: int,
+) -> list[KeyframeLabels]:
     out = []
     for k, second in enumerate(seconds.tolist()):
         rows = index.actors(k)
@@ -415,17 +455,23 @@ def infer_video(
             seconds = keyframe_seconds(used, fps)
             detector, det_info = _run_detector(run, cfg)
             det_s, boxes, det_score = detect_keyframes(
-                detector, reader, seconds, threshold=det_info["score_threshold"],
-                max_persons=cfg.max_persons, device=device,
-            )  # fmt: skip
+                detector,
+                reader,
+                seconds,
+                threshold=det_info["score_threshold"],
+                max_persons=cfg.max_persons,
+                device=device,
+            )
     except VideoError as err:
         raise StageError(f"infer: {err}") from err
     timings["detect"] = time.perf_counter() - t0
     track_cfg = run.stage_config("track")
     tracks = link_tracks(
-        det_s, boxes.astype(np.float64), min_iou=float(track_cfg.get("min_iou", 0.3)),
+        det_s,
+        boxes.astype(np.float64),
+        min_iou=float(track_cfg.get("min_iou", 0.3)),
         max_gap=int(track_cfg.get("max_gap", 2)),
-    ).astype(np.int32)  # fmt: skip
+    ).astype(np.int32)
     log.info("infer %s: %d persons on %d keyframes", video_id, len(det_s), len(seconds))
 
     t0 = time.perf_counter()
@@ -433,12 +479,21 @@ def infer_video(
     shown: list[KeyframeLabels] = []
     bank_record = None if bank is None else {**bank.record(), "rows": 0, "seconds": 0.0}
     if len(det_s):
-        actors = {"timestamp": det_s + cfg.offset, "boxes": boxes, "score": det_score,
-                  "track": tracks}  # fmt: skip
+        actors = {
+            "timestamp": det_s + cfg.offset,
+            "boxes": boxes,
+            "score": det_score,
+            "track": tracks,
+        }
         extract_video_features(
-            run, video, video_id, actors, offset=cfg.offset, store_dir=out / STORE_NAME,
+            run,
+            video,
+            video_id,
+            actors,
+            offset=cfg.offset,
+            store_dir=out / STORE_NAME,
             device=device,
-        )  # fmt: skip
+        )
         timings["extract"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         store = open_split(out / STORE_NAME)
@@ -447,10 +502,12 @@ def infer_video(
             index.boxes = flip_boxes(index.boxes)
         source = KeyframeSource(store, index, preload=True)
         data = TrainData(
-            train=source, val=None, exclusive=exclusive,
+            train=source,
+            val=None,
+            exclusive=exclusive,
             use_roi=store.schema.roi_shape is not None,
             use_roi_t=store.schema.roi_t_shape is not None,
-        )  # fmt: skip
+        )
         model: nn.Module = head
         if bank is not None:
             model, bank_record = bank_model(bank, head, data, source, out)
@@ -460,8 +517,9 @@ def infer_video(
         table = predictions_table(index, scores, labelmap, None)
         table_rows = len(table)
         stored_track = np.asarray(store.array(video_id, "track")[:])  # index order
-        shown = _labels(index.timestamp - cfg.offset, index, scores, stored_track, labelmap,
-                        cfg.top_actions)  # fmt: skip
+        shown = _labels(
+            index.timestamp - cfg.offset, index, scores, stored_track, labelmap, cfg.top_actions
+        )
         write_predictions_csv(out / CSV_NAME, table)
         timings["predict"] = time.perf_counter() - t0
     else:
@@ -470,14 +528,28 @@ def infer_video(
     frames = write_annotated_video(video, out / VIDEO_NAME, shown, num_frames=used)
     timings["annotate"] = time.perf_counter() - t0
     report = {
-        "video": str(video), "video_id": video_id, "run": str(run.path), "run_name": run.name,
-        "head": run.head_name, "fps": fps, "frames": frames, "size": list(size),
-        "keyframes": len(seconds), "offset": cfg.offset, "persons": len(det_s),
-        "tracks": len(np.unique(tracks)), "prediction_rows": table_rows,
-        "detector": det_info, "bank": bank_record,
-        "outputs": {"csv": CSV_NAME, "video": VIDEO_NAME, "features": STORE_NAME,
-                    **({"bank": BANK_NAME} if bank_record and "store" in bank_record else {})},
+        "video": str(video),
+        "video_id": video_id,
+        "run": str(run.path),
+        "run_name": run.name,
+        "head": run.head_name,
+        "fps": fps,
+        "frames": frames,
+        "size": list(size),
+        "keyframes": len(seconds),
+        "offset": cfg.offset,
+        "persons": len(det_s),
+        "tracks": len(np.unique(tracks)),
+        "prediction_rows": table_rows,
+        "detector": det_info,
+        "bank": bank_record,
+        "outputs": {
+            "csv": CSV_NAME,
+            "video": VIDEO_NAME,
+            "features": STORE_NAME,
+            **({"bank": BANK_NAME} if bank_record and "store" in bank_record else {}),
+        },
         "seconds": {k: round(v, 3) for k, v in timings.items()},
-    }  # fmt: skip
+    }
     (out / REPORT_NAME).write_text(json.dumps(report, indent=2))
     return report

@@ -127,9 +127,11 @@ def offline_attach(readers: dict[int, BankWindowReader]):
 
 
 def bank_attach(
-    banks: Iterable[tuple[KeyframeSource, BankStore]], window: WindowConfig, *,
+    banks: Iterable[tuple[KeyframeSource, BankStore]],
+    window: WindowConfig,
+    *,
     preload: bool = False,
-):  # fmt: skip
+):
     """The loop's ``attach`` hook over offline banks, one per source: each bank checked
     aligned with its source's feature store (:func:`check_alignment`), its windows read
     by a :class:`BankWindowReader` with ``window``."""
@@ -235,8 +237,9 @@ def online_attach(sources: dict[int, tuple[StoreIndex, dict[str, int], int]], cf
     return attach
 
 
-def fill_memory(model: OnlineMemoryHead, source: KeyframeSource, data: TrainData,
-                rows: tuple[int, int]) -> None:  # fmt: skip
+def fill_memory(
+    model: OnlineMemoryHead, source: KeyframeSource, data: TrainData, rows: tuple[int, int]
+) -> None:
     """Reset the memory rows ``[start, stop)`` of ``source``'s actors ("unseen") and fill
     them with one pass of the head over ``source``: what its windows read when it is then
     predicted (the val split after training; a new video at inference)."""
@@ -267,15 +270,21 @@ def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
     cfg = ctx.config
     run = cfg.run
     if run.head not in HEADS:
-        raise StageError(f"train_bank {cfg.name}: unknown head {run.head!r}; expected one of "
-                         f"{sorted(HEADS)}")  # fmt: skip
+        raise StageError(
+            f"train_bank {cfg.name}: unknown head {run.head!r}; expected one of {sorted(HEADS)}"
+        )
     dataset = Dataset.open(cfg.dataset)
     labelmap = evaluated_labelmap(dataset, cfg.dataset)
     features_uri = ctx.input("extract").uri
     splits = open_training_splits(
-        partial(store_path, features_uri), dataset, labelmap, train_split=run.train_split,
-        val_split=run.val_split, label_iou=run.label_iou, who="train_bank",
-    )  # fmt: skip
+        partial(store_path, features_uri),
+        dataset,
+        labelmap,
+        train_split=run.train_split,
+        val_split=run.val_split,
+        label_iou=run.label_iou,
+        who="train_bank",
+    )
     train_store, val_store = splits.train_store, splits.val_store
     train_index, val_index, exclusive = splits.train_index, splits.val_index, splits.exclusive
     schema = train_store.schema
@@ -300,9 +309,12 @@ def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
                 f"({', '.join(ONLINE_KINDS)} banks); head {run.head!r} reads {kind!r} banks"
             )
     head_data = HeadData(
-        in_channels=schema.pooled_dim, num_classes=len(labelmap), exclusive=tuple(exclusive),
-        bank_arrays=bank_arrays, online_memory=run.bank_mode == "online",
-    )  # fmt: skip
+        in_channels=schema.pooled_dim,
+        num_classes=len(labelmap),
+        exclusive=tuple(exclusive),
+        bank_arrays=bank_arrays,
+        online_memory=run.bank_mode == "online",
+    )
     torch.manual_seed(run.optim.seed)
     model: Head | OnlineMemoryHead  # the head, or its online-memory wrapper (below)
     model, head_kwargs = build_from_data(run.head, head_data, run.head_kwargs)
@@ -321,8 +333,9 @@ def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
     if run.bank_mode == "offline":
         data.attach = bank_attach(
             [(data.train, banks[run.train_split]), (data.val, banks[run.val_split])],
-            run.window, preload=run.bank_preload,
-        )  # fmt: skip
+            run.window,
+            preload=run.bank_preload,
+        )
     if run.init == "stage1":
         init_from = model.init_from_stage1
         if init_from is None:
@@ -361,9 +374,13 @@ def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     history = train(
-        model, data, run.optim, ctx.staging / CHECKPOINT_DIR, evaluate=evaluate,
+        model,
+        data,
+        run.optim,
+        ctx.staging / CHECKPOINT_DIR,
+        evaluate=evaluate,
         events=ctx.staging / EVENTS_FILE,
-    )  # fmt: skip
+    )
     train_seconds = time.perf_counter() - t0
     if not is_main():
         return {}
@@ -374,16 +391,29 @@ def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
     out.mkdir(exist_ok=True)
     write_predictions_csv(out / f"{run.val_split}.csv", table)
     write_predictions_parquet(out / f"{run.val_split}.parquet", table)
-    save_head_file(ctx.staging, head=run.head, kwargs=head_kwargs, state=inner.state_dict(),
-                   in_channels=schema.pooled_dim, classes=labelmap.ids.tolist(), bank_kind=kind,
-                   bank_mode=run.bank_mode, window=run.window.model_dump(mode="json"))  # fmt: skip
+    save_head_file(
+        ctx.staging,
+        head=run.head,
+        kwargs=head_kwargs,
+        state=inner.state_dict(),
+        in_channels=schema.pooled_dim,
+        classes=labelmap.ids.tolist(),
+        bank_kind=kind,
+        bank_mode=run.bank_mode,
+        window=run.window.model_dump(mode="json"),
+    )
     (ctx.staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
     metrics = {**result.to_json(), "prior": prior.to_json()}
     (ctx.staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     log.info("%s: val mAP %.4f (prior-only baseline %.4f)", cfg.name, result.mAP, prior.mAP)
     return {
-        "name": cfg.name, "head": run.head, "bank": run.bank, "bank_kind": kind,
-        "bank_mode": run.bank_mode, "init": run.init, "window": run.window.model_dump(mode="json"),
+        "name": cfg.name,
+        "head": run.head,
+        "bank": run.bank,
+        "bank_kind": kind,
+        "bank_mode": run.bank_mode,
+        "init": run.init,
+        "window": run.window.model_dump(mode="json"),
         "parameters": int(sum(p.numel() for p in inner.parameters())),
         "train_seconds": round(train_seconds, 2),
         "val_map": result.mAP,
@@ -394,4 +424,4 @@ def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
         "epochs": len(history),
         "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
         "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.val_split}.csv"),
-    }  # fmt: skip
+    }

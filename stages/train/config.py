@@ -26,8 +26,14 @@ HEADS_CHECK = "check_heads"
 
 # The optim fields a recipe sets (epochs and batch_keyframes stay the run's: the scale).
 RECIPE_OPTIM_FIELDS = (
-    "optimizer", "lr", "momentum", "weight_decay", "warmup_epochs", "schedule", "step_epochs",
-)  # fmt: skip
+    "optimizer",
+    "lr",
+    "momentum",
+    "weight_decay",
+    "warmup_epochs",
+    "schedule",
+    "step_epochs",
+)
 
 
 def heads_checked(info: ValidationInfo) -> bool:
@@ -91,8 +97,11 @@ class HeadRunConfig(BaseModel):
         name = self.head if self.recipe == "paper" else self.recipe
         if name not in PAPER_RECIPES:
             known = ", ".join(["paper", *sorted(PAPER_RECIPES)])
-            what = f"head {self.head!r} has no paper recipe" if self.recipe == "paper" else (
-                f"unknown recipe {self.recipe!r}")  # fmt: skip
+            what = (
+                f"head {self.head!r} has no paper recipe"
+                if self.recipe == "paper"
+                else (f"unknown recipe {self.recipe!r}")
+            )
             raise ValueError(f"{what}; expected one of {known}")
         paper = scaled_recipe(
             name, batch_keyframes=self.optim.batch_keyframes, epochs=self.optim.epochs

@@ -70,9 +70,14 @@ class SplitIndex:
 
 
 def assign_labels(
-    video: str, timestamp: int, boxes: np.ndarray, gt_rows: np.ndarray, gt: BoxTable,
-    class_index: dict[int, int], iou: float,
-) -> np.ndarray:  # fmt: skip
+    video: str,
+    timestamp: int,
+    boxes: np.ndarray,
+    gt_rows: np.ndarray,
+    gt: BoxTable,
+    class_index: dict[int, int],
+    iou: float,
+) -> np.ndarray:
     """Multi-hot float32 [n, C] for the n actor boxes [n, 4] of one keyframe.
 
     Actor ``i`` gets the action of GT row ``r`` (one row per (person, action), as in AVA

@@ -78,8 +78,12 @@ def store_splits(features_uri: str | Path) -> list[str]:
 
 def video_key(bank: BankDumpConfig, stage1_key: str, features_digest: str) -> str:
     """What decides a video's bank rows: kind, stage-1 run, that video's stored features."""
-    payload = {"code_version": STAGE.code_version, "kind": bank.kind, "stage1": stage1_key,
-               "features": features_digest}  # fmt: skip
+    payload = {
+        "code_version": STAGE.code_version,
+        "kind": bank.kind,
+        "stage1": stage1_key,
+        "features": features_digest,
+    }
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:32]
 
 
@@ -113,18 +117,28 @@ def dump_video(
 
 
 def write_bank_video(
-    bank: BankStore, store: FeatureStore, video_id: str, rows: dict[str, np.ndarray], *,
-    video_key: str, seconds: float,
-) -> None:  # fmt: skip
+    bank: BankStore,
+    store: FeatureStore,
+    video_id: str,
+    rows: dict[str, np.ndarray],
+    *,
+    video_key: str,
+    seconds: float,
+) -> None:
     """Write one video's dumped ``rows`` (:func:`dump_video`) into ``bank`` with the feature
     store's index arrays (timestamps, actor_offset, track): bank row ``a`` is store actor
     ``a``."""
     timestamps, offsets = store.index(video_id)
     track = np.asarray(store.array(video_id, "track")[:])
     bank.write_video(
-        video_id, timestamps=timestamps, actor_offset=offsets, track=track, arrays=rows,
-        video_key=video_key, provenance={"seconds": round(seconds, 3)},
-    )  # fmt: skip
+        video_id,
+        timestamps=timestamps,
+        actor_offset=offsets,
+        track=track,
+        arrays=rows,
+        video_key=video_key,
+        provenance={"seconds": round(seconds, 3)},
+    )
 
 
 def row_shapes(rows: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
@@ -183,11 +197,23 @@ def _dump_split(
         raise StageError(f"dump: {store.url} holds no complete videos")
     path = bank_path(ctx.staging, split)
     assert isinstance(path, Path)  # staging is local
-    provenance = {"stage": "dump", "key": ctx.key, "split": split, "name": cfg.name,
-                  "stage1": ctx.input("train").key, "features": store.url}  # fmt: skip
+    provenance = {
+        "stage": "dump",
+        "key": ctx.key,
+        "split": split,
+        "name": cfg.name,
+        "stage1": ctx.input("train").key,
+        "features": store.url,
+    }
     bank = _resume_bank(path)
-    counts: dict[str, Any] = {"videos": len(videos), "computed": 0, "reused": 0, "resumed": 0, "keyframes": 0,
-              "actors": 0}  # fmt: skip
+    counts: dict[str, Any] = {
+        "videos": len(videos),
+        "computed": 0,
+        "reused": 0,
+        "resumed": 0,
+        "keyframes": 0,
+        "actors": 0,
+    }
     compute_s, computed_kf = 0.0, 0
     t0 = time.perf_counter()
 
@@ -195,14 +221,20 @@ def _dump_split(
         nonlocal bank
         if bank is None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            bank = BankStore.create(path, kind=cfg.bank.kind, arrays=arrays,
-                                    provenance=provenance, expected_videos=videos,
-                                    exist_ok=True)  # fmt: skip
+            bank = BankStore.create(
+                path,
+                kind=cfg.bank.kind,
+                arrays=arrays,
+                provenance=provenance,
+                expected_videos=videos,
+                exist_ok=True,
+            )
         return bank
 
     for video_id in videos:
-        key = video_key(cfg.bank, ctx.input("train").key,
-                        feature_video_digest(store.zarr_store, video_id))  # fmt: skip
+        key = video_key(
+            cfg.bank, ctx.input("train").key, feature_video_digest(store.zarr_store, video_id)
+        )
         timestamps, offsets = store.index(video_id)
         counts["keyframes"] += len(timestamps)
         counts["actors"] += int(offsets[-1])
@@ -223,11 +255,23 @@ def _dump_split(
         rows, _ = dump_video(head, cfg.bank.kind, store, video_id, cfg.bank.batch_keyframes)
         compute_s += time.perf_counter() - tv
         computed_kf += len(timestamps)
-        write_bank_video(ensure(row_shapes(rows)), store, video_id, rows, video_key=key,
-                         seconds=time.perf_counter() - tv)  # fmt: skip
+        write_bank_video(
+            ensure(row_shapes(rows)),
+            store,
+            video_id,
+            rows,
+            video_key=key,
+            seconds=time.perf_counter() - tv,
+        )
         counts["computed"] += 1
-        log.info("dump %s %s: %s (%d/%d)", cfg.name, split, video_id,
-                 sum(counts[k] for k in ("computed", "reused", "resumed")), len(videos))  # fmt: skip
+        log.info(
+            "dump %s %s: %s (%d/%d)",
+            cfg.name,
+            split,
+            video_id,
+            sum(counts[k] for k in ("computed", "reused", "resumed")),
+            len(videos),
+        )
     assert bank is not None  # videos is not empty
     if not bank.complete:
         bank.finalize()
@@ -237,9 +281,15 @@ def _dump_split(
         arrays={n: list(s) for n, s in bank.arrays.items()},
         bytes=sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
     )
-    log.info("dump %s %s: %d videos: %d computed, %d reused from earlier dumps, %d resumed",
-             cfg.name, split, len(videos), counts["computed"], counts["reused"],
-             counts["resumed"])  # fmt: skip
+    log.info(
+        "dump %s %s: %d videos: %d computed, %d reused from earlier dumps, %d resumed",
+        cfg.name,
+        split,
+        len(videos),
+        counts["computed"],
+        counts["reused"],
+        counts["resumed"],
+    )
     return counts
 
 
@@ -253,9 +303,12 @@ def compute(ctx: StageContext[DumpStageConfig]) -> dict[str, Any]:
     except ValueError as exc:  # bank_rows: the kind does not fit the head
         raise StageError(f"dump {cfg.name!r} (from {cfg.bank.from_!r}): {exc}") from exc
     return {
-        "name": cfg.name, "kind": cfg.bank.kind, "from": cfg.bank.from_, "head": saved["head"],
+        "name": cfg.name,
+        "kind": cfg.bank.kind,
+        "from": cfg.bank.from_,
+        "head": saved["head"],
         "splits": per_split,
         "computed": sum(s["computed"] for s in per_split.values()),
         "reused": sum(s["reused"] for s in per_split.values()),
         "resumed": sum(s["resumed"] for s in per_split.values()),
-    }  # fmt: skip
+    }

@@ -218,8 +218,13 @@ def step_loss(
         needs_labels = getattr(model, "needs_labels", False)
         out = model(batch, labels=targets) if needs_labels else model(batch)
     normalizers, fraction = share if share is not None else (None, 1.0)
-    loss = ava_loss(out.logits.float(), targets, exclusive=data.exclusive, mode=cfg.loss,
-                    normalizers=normalizers)  # fmt: skip
+    loss = ava_loss(
+        out.logits.float(),
+        targets,
+        exclusive=data.exclusive,
+        mode=cfg.loss,
+        normalizers=normalizers,
+    )
     for aux in out.aux_losses.values():
         loss = loss + (aux.float() if share is None else aux.float() * fraction)
     return loss
@@ -324,8 +329,12 @@ def train(
             stale.unlink()
     barrier()
     if size > 1 and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        log.warning("%s has BatchNorm: each of the %d ranks normalises its own slice of the "
-                    "batch (not the single-process result)", type(model).__name__, size)  # fmt: skip
+        log.warning(
+            "%s has BatchNorm: each of the %d ranks normalises its own slice of the "
+            "batch (not the single-process result)",
+            type(model).__name__,
+            size,
+        )
     torch.manual_seed(cfg.seed)
     scaler = grad_scaler(cfg.precision)
     optimizer = make_optimizer(model, cfg)
@@ -360,9 +369,11 @@ def train(
         # This rank's slice of each global batch (all of it in one process).
         shards = [shard(b, rank, size) for b in batches]
         mine = iter_batches(
-            data.train, [kf for kf, _ in shards if len(kf)],
-            lambda kf: get_batch(data.train, kf, data), prefetch,
-        )  # fmt: skip
+            data.train,
+            [kf for kf, _ in shards if len(kf)],
+            lambda kf: get_batch(data.train, kf, data),
+            prefetch,
+        )
         losses, loss_sum = [], 0.0
         with progress_bar(len(batches), f"epoch {epoch + 1}/{cfg.epochs}") as bar:
             for step, (keyframes, (kf, start)) in enumerate(zip(batches, shards, strict=True)):

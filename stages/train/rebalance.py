@@ -243,9 +243,11 @@ def retrain_classifier(
     params = list(classifier.parameters())
     if settings.optimizer == "sgd":
         optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=settings.lr, momentum=settings.momentum,
+            params,
+            lr=settings.lr,
+            momentum=settings.momentum,
             weight_decay=settings.weight_decay,
-        )  # fmt: skip
+        )
     else:
         optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     steps = settings.epochs * steps_per_epoch
@@ -263,8 +265,13 @@ def retrain_classifier(
                 norms = loss_normalizers(labels[torch.from_numpy(rows)], exclusive, loss_mode)
                 rows = shard(rows, rank, size)[0]
             idx = torch.from_numpy(rows)
-            loss = ava_loss(classifier(inputs[idx]), labels[idx], exclusive=exclusive,
-                            mode=loss_mode, normalizers=norms)  # fmt: skip
+            loss = ava_loss(
+                classifier(inputs[idx]),
+                labels[idx],
+                exclusive=exclusive,
+                mode=loss_mode,
+                normalizers=norms,
+            )
             total = all_reduce_sum(loss.detach())
             if not torch.isfinite(total):
                 raise StageError(f"rebalance: non-finite loss at epoch {epoch}; lower lr")
@@ -274,13 +281,15 @@ def retrain_classifier(
             optimizer.step()
             scheduler.step()
             losses.append(float(total))
-        history.append({
-            "epoch": epoch,
-            "loss": float(np.mean(losses)),
-            "samples": int(n),
-            "pools": int(sampler.num_pools),
-            "seconds": round(time.perf_counter() - t0, 3),
-        })  # fmt: skip
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": float(np.mean(losses)),
+                "samples": int(n),
+                "pools": int(sampler.num_pools),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+        )
     classifier.eval()
     return history
 
@@ -303,10 +312,14 @@ def model_data(
     """
     run_dir, run = trained.path, trained.run_config
     splits = open_training_splits(
-        partial(store_path, features_uri), dataset, labelmap,
-        train_split=run.train_split, val_split=run.val_split, label_iou=run.label_iou,
+        partial(store_path, features_uri),
+        dataset,
+        labelmap,
+        train_split=run.train_split,
+        val_split=run.val_split,
+        label_iou=run.label_iou,
         who="rebalance",
-    )  # fmt: skip
+    )
     schema = splits.train_store.schema
     # ``reads``: the arrays the head looks at (``head_reads``); None: every stored one.
     arrays = train_stage.stored_arrays(schema)
@@ -342,9 +355,10 @@ def _bank_attach(trained: TrainedRun, data: TrainData) -> Any:
     if not isinstance(run, BankRunConfig):
         raise StageError(f"rebalance: {run_dir} has a dump input but a stage-1 run config")
     assert data.val is not None  # model_data gives a val source
-    banks = [(source, BankStore.open(bank_path(dump_dir, split)))
-             for source, split in ((data.train, run.train_split),
-                                   (data.val, run.val_split))]  # fmt: skip
+    banks = [
+        (source, BankStore.open(bank_path(dump_dir, split)))
+        for source, split in ((data.train, run.train_split), (data.val, run.val_split))
+    ]
     return bank_attach(banks, run.window, preload=run.bank_preload)
 
 
@@ -364,9 +378,11 @@ def record_inputs(model: nn.Module, data: TrainData, cache: Path) -> torch.Tenso
         mine, _ = shard(np.arange(len(source.index)), rank, size)
         batches = epoch_batches(mine, 32)
         counts = np.diff(source.index.actor_offset)
-        inputs = classifier_inputs(model, lambda: iter_batches(
-            source, batches, lambda kf: read_batch(source, kf, data)),
-            rows=int(counts[mine].sum()))  # fmt: skip
+        inputs = classifier_inputs(
+            model,
+            lambda: iter_batches(source, batches, lambda kf: read_batch(source, kf, data)),
+            rows=int(counts[mine].sum()),
+        )
         parts = [cache.with_name(f".{cache.name}.rank{r}") for r in range(size)]
         torch.save(inputs, parts[rank])
         del inputs  # one copy in RAM at a time: the one loaded below
@@ -434,8 +450,9 @@ def compute_rank(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
     new_classifier = copy.deepcopy(classifier)
     for p in new_classifier.parameters():
         p.requires_grad_(True)
-    history = retrain_classifier(new_classifier, inputs, labels, settings, exclusive,
-                                 loss_mode=loss_mode)  # fmt: skip
+    history = retrain_classifier(
+        new_classifier, inputs, labels, settings, exclusive, loss_mode=loss_mode
+    )
     # In place: a head may reach its classifier through a property of a sub-module
     # (IGMN's DAM, ACAR+ACFB's ACAR); assigning an attribute would leave that one in use.
     classifier.load_state_dict(new_classifier.state_dict())
@@ -460,19 +477,34 @@ def compute_rank(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
     out.mkdir(exist_ok=True)
     write_predictions_csv(out / f"{val_split}.csv", table)
     write_predictions_parquet(out / f"{val_split}.parquet", table)
-    save_head_file(ctx.staging, **{**saved, "state": model.state_dict(),
-                                   "rebalanced_from": str(run_dir)})  # fmt: skip
+    save_head_file(
+        ctx.staging, **{**saved, "state": model.state_dict(), "rebalanced_from": str(run_dir)}
+    )
     (ctx.staging / train_stage.HISTORY_FILE).write_text(json.dumps(history, indent=2))
     metrics = {**after.to_json(), "before": before.to_json()}
     (ctx.staging / train_stage.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-    crt = {**change, "per_class": {
-        str(c): {"name": labelmap.name(c), "train_count": train_counts.get(c, 0),
-                 "before": before.per_class[c], "after": after.per_class[c]}
-        for c in sorted(set(before.per_class) & set(after.per_class))}}  # fmt: skip
+    crt = {
+        **change,
+        "per_class": {
+            str(c): {
+                "name": labelmap.name(c),
+                "train_count": train_counts.get(c, 0),
+                "before": before.per_class[c],
+                "after": after.per_class[c],
+            }
+            for c in sorted(set(before.per_class) & set(after.per_class))
+        },
+    }
     (ctx.staging / CRT_FILE).write_text(json.dumps(crt, indent=2))
     cache.unlink()  # the recorded inputs served their purpose; keep the output small
-    log.info("%s: val mAP %.4f -> %.4f (tail %+.4f, head %+.4f)", cfg.name, before.mAP,
-             after.mAP, change["tail_change"], change["head_change"])  # fmt: skip
+    log.info(
+        "%s: val mAP %.4f -> %.4f (tail %+.4f, head %+.4f)",
+        cfg.name,
+        before.mAP,
+        after.mAP,
+        change["tail_change"],
+        change["head_change"],
+    )
     source_summary = _source_summary(run_dir)
     return {
         "name": cfg.name,

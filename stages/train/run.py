@@ -45,16 +45,28 @@ POSE_LABEL_TYPE = "PERSON_MOVEMENT"
 
 
 def save_head_file(
-    directory: Path, *, head: str, kwargs: dict[str, Any], state: dict[str, Any],
-    in_channels: int, classes: list[int], **extra: Any,
-) -> Path:  # fmt: skip
+    directory: Path,
+    *,
+    head: str,
+    kwargs: dict[str, Any],
+    state: dict[str, Any],
+    in_channels: int,
+    classes: list[int],
+    **extra: Any,
+) -> Path:
     """Write ``directory/head.pt``: the head's name and build arguments (so
     :func:`models.heads.build_head` alone rebuilds it), its ``state``, ``in_channels``,
     ``classes`` (label ids in output order) and what the stage adds (``extra``: plain
     values only, as everything here, so it loads with ``weights_only=True``)."""
     path = directory / HEAD_FILE
-    record = {"head": head, "kwargs": kwargs, "state": state, "in_channels": in_channels,
-              "classes": classes, **extra}  # fmt: skip
+    record = {
+        "head": head,
+        "kwargs": kwargs,
+        "state": state,
+        "in_channels": in_channels,
+        "classes": classes,
+        **extra,
+    }
     torch.save(record, path)
     return path
 
@@ -68,9 +80,11 @@ def build_saved_head(saved: dict[str, Any], path: Path) -> Head:
     """
     try:
         model = build_head(
-            str(saved["head"]), in_channels=int(saved["in_channels"]),
-            num_classes=len(saved["classes"]), **dict(saved.get("kwargs") or {}),
-        )  # fmt: skip
+            str(saved["head"]),
+            in_channels=int(saved["in_channels"]),
+            num_classes=len(saved["classes"]),
+            **dict(saved.get("kwargs") or {}),
+        )
     except (TypeError, ValueError) as err:
         raise StageError(f"{path}: cannot rebuild its {saved['head']!r} head ({err})") from None
     missing, unexpected = model.load_state_dict(saved["state"], strict=False)
@@ -245,8 +259,11 @@ class TrainedRun:
 
         saved = self.saved
         try:
-            return int(head_class(HEADS[str(saved["head"])]).memory_dim(
-                int(saved["in_channels"]), dict(saved.get("kwargs") or {})))  # fmt: skip
+            return int(
+                head_class(HEADS[str(saved["head"])]).memory_dim(
+                    int(saved["in_channels"]), dict(saved.get("kwargs") or {})
+                )
+            )
         except (KeyError, ValueError) as err:
             raise StageError(f"{self.path}: no online memory width ({err})") from None
 
@@ -272,9 +289,10 @@ class TrainedRun:
         else:
             full = labelmap
             exclusive_ids = {
-                int(i) for i, t in zip(full.ids, full.label_types, strict=True)
+                int(i)
+                for i, t in zip(full.ids, full.label_types, strict=True)
                 if t == POSE_LABEL_TYPE
-            }  # fmt: skip
+            }
         missing = [i for i in ids if i not in full]
         if missing:
             raise StageError(

@@ -140,14 +140,19 @@ def feature_sources(
     if preload == "auto":
         held = sum(
             features_nbytes(store.schema, len(index), len(index.boxes), arrays)
-            for store, index in ((splits.train_store, splits.train_index),
-                                 (splits.val_store, splits.val_index))
-        )  # fmt: skip
+            for store, index in (
+                (splits.train_store, splits.train_index),
+                (splits.val_store, splits.val_index),
+            )
+        )
         preload = held <= preload_max_gb * 1e9
         log.info(
-            "%s: %s (%s) %s", name, ", ".join(sorted(arrays)), format_bytes(held),
+            "%s: %s (%s) %s",
+            name,
+            ", ".join(sorted(arrays)),
+            format_bytes(held),
             "preloaded into RAM" if preload else "read from the store per batch",
-        )  # fmt: skip
+        )
     return (
         KeyframeSource(splits.train_store, splits.train_index, preload=preload, arrays=arrays),
         KeyframeSource(splits.val_store, splits.val_index, preload=preload, arrays=arrays),
@@ -174,21 +179,28 @@ def compute_rank(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
     labelmap = evaluated_labelmap(dataset, cfg.dataset)
     features_uri = ctx.input("extract").uri
     splits = open_training_splits(
-        partial(store_path, features_uri), dataset, labelmap, train_split=run.train_split,
-        val_split=run.val_split, label_iou=run.label_iou, who="train",
-    )  # fmt: skip
+        partial(store_path, features_uri),
+        dataset,
+        labelmap,
+        train_split=run.train_split,
+        val_split=run.val_split,
+        label_iou=run.label_iou,
+        who="train",
+    )
     train_store = splits.train_store
     train_index, val_index, exclusive = splits.train_index, splits.val_index, splits.exclusive
     schema = train_store.schema
     torch.manual_seed(run.optim.seed)
-    head_data = HeadData(in_channels=schema.pooled_dim, num_classes=len(labelmap),
-                         exclusive=tuple(exclusive))  # fmt: skip
+    head_data = HeadData(
+        in_channels=schema.pooled_dim, num_classes=len(labelmap), exclusive=tuple(exclusive)
+    )
     model, _ = build_from_data(run.head, head_data, run.head_kwargs)
     if run.zero_init:
         from stages.train.recipes import zero_init_residual
 
-        log.info("%s: %d residual relation branches start at zero", cfg.name,
-                 zero_init_residual(model))  # fmt: skip
+        log.info(
+            "%s: %d residual relation branches start at zero", cfg.name, zero_init_residual(model)
+        )
     reads = head_reads(model)
     missing = {"roi": schema.roi_shape, "roi_t": schema.roi_t_shape}
     absent = sorted(name for name, shape in missing.items() if name in reads and shape is None)
@@ -222,9 +234,13 @@ def compute_rank(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     history = train(
-        model, data, run.optim, ctx.staging / CHECKPOINT_DIR, evaluate=evaluate,
+        model,
+        data,
+        run.optim,
+        ctx.staging / CHECKPOINT_DIR,
+        evaluate=evaluate,
         events=ctx.staging / EVENTS_FILE,
-    )  # fmt: skip
+    )
     train_seconds = time.perf_counter() - t0
     if not is_main():
         return {}
@@ -237,8 +253,14 @@ def compute_rank(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
     write_predictions_csv(out / f"{run.val_split}.csv", table)
     write_predictions_parquet(out / f"{run.val_split}.parquet", table)
     # The config's kwargs (aux_class_mask, filled from the data, only weighs training losses).
-    save_head_file(ctx.staging, head=run.head, kwargs=run.head_kwargs, state=model.state_dict(),
-                   in_channels=schema.pooled_dim, classes=labelmap.ids.tolist())  # fmt: skip
+    save_head_file(
+        ctx.staging,
+        head=run.head,
+        kwargs=run.head_kwargs,
+        state=model.state_dict(),
+        in_channels=schema.pooled_dim,
+        classes=labelmap.ids.tolist(),
+    )
     (ctx.staging / HISTORY_FILE).write_text(json.dumps(history, indent=2))
     metrics = {**result.to_json(), "prior": prior.to_json()}
     (ctx.staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -254,4 +276,4 @@ def compute_rank(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
         "epochs": len(history),
         "history": [{k: r[k] for k in ("epoch", "loss", "val_map")} for r in history],
         "predictions_csv": ctx.relpath(PREDICTIONS_DIR, f"{run.val_split}.csv"),
-    }  # fmt: skip
+    }

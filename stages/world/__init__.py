@@ -19,11 +19,17 @@ if TYPE_CHECKING:
 # Imported on first use: a pipeline config names the world (stages.world.config) without
 # the renderer and video encoder (PyAV) being loaded.
 _LAZY = {
-    "SplitSummary": "build", "WorldSummary": "build", "build_world": "build",
-    "load_world_summary": "build", "CLASSES": "classes", "LONG_TERM_IDS": "classes",
-    "POSE_IDS": "classes", "ActionClass": "classes", "WorldConfig": "config",
+    "SplitSummary": "build",
+    "WorldSummary": "build",
+    "build_world": "build",
+    "load_world_summary": "build",
+    "CLASSES": "classes",
+    "LONG_TERM_IDS": "classes",
+    "POSE_IDS": "classes",
+    "ActionClass": "classes",
+    "WorldConfig": "config",
     "class_table_text": "files",
-}  # fmt: skip
+}
 
 __all__ = [
     "CLASSES",

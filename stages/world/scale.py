@@ -45,10 +45,67 @@ AVA_LAST_TS = 1798
 AVA_KEYFRAMES_PER_VIDEO = AVA_LAST_TS - AVA_FIRST_TS + 1
 # The 60 evaluated class ids of AVA v2.x (ava_action_list_v2.2_for_activitynet_2019.pbtxt).
 AVA_EVAL_IDS = (
-    1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 20, 22, 24, 26, 27, 28, 29, 30, 34,
-    36, 37, 38, 41, 43, 45, 46, 47, 48, 49, 51, 52, 54, 56, 57, 58, 59, 60, 61, 62, 63, 64,
-    65, 66, 67, 68, 69, 70, 72, 73, 74, 76, 77, 78, 79, 80,
-)  # fmt: skip
+    1,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    17,
+    20,
+    22,
+    24,
+    26,
+    27,
+    28,
+    29,
+    30,
+    34,
+    36,
+    37,
+    38,
+    41,
+    43,
+    45,
+    46,
+    47,
+    48,
+    49,
+    51,
+    52,
+    54,
+    56,
+    57,
+    58,
+    59,
+    60,
+    61,
+    62,
+    63,
+    64,
+    65,
+    66,
+    67,
+    68,
+    69,
+    70,
+    72,
+    73,
+    74,
+    76,
+    77,
+    78,
+    79,
+    80,
+)
 POSE_IDS = (1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14)  # PERSON_MOVEMENT: one per person
 # Pose frequencies (stand, sit, walk dominate, as in AVA); the rest share the remainder.
 _POSE_WEIGHTS = {12: 0.50, 11: 0.28, 14: 0.10, 8: 0.03, 1: 0.02, 10: 0.02}
@@ -188,11 +245,20 @@ def write_dataset(root: Path, cfg: ScaleWorldConfig) -> dict[str, Any]:
     (root / "videos").mkdir(exist_ok=True)
     (ann / "action_list.pbtxt").write_text(labelmap_text())
     doc = {
-        "timestamp_offset": 0, "videos_dir": "videos", "annotations_dir": "annotations",
-        "labelmap": "action_list.pbtxt", "exclusive_classes": list(POSE_IDS),
-        "splits": {s: {"gt": f"{s}.csv", "proposals": f"person_boxes_{s}.csv",
-                       "excluded": f"excluded_timestamps_{s}.csv"} for s in ("train", "val")},
-    }  # fmt: skip
+        "timestamp_offset": 0,
+        "videos_dir": "videos",
+        "annotations_dir": "annotations",
+        "labelmap": "action_list.pbtxt",
+        "exclusive_classes": list(POSE_IDS),
+        "splits": {
+            s: {
+                "gt": f"{s}.csv",
+                "proposals": f"person_boxes_{s}.csv",
+                "excluded": f"excluded_timestamps_{s}.csv",
+            }
+            for s in ("train", "val")
+        },
+    }
     (root / "dataset.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     counts: dict[str, Any] = {}
     for split_i, split in enumerate(("train", "val")):
@@ -225,21 +291,38 @@ def pipeline_config(cfg: ScaleWorldConfig, dataset_root: Path) -> dict[str, Any]
         "detect": {"source": "proposals", "min_score": 0.2},
         "track": TRACK_SECTION,
         "extract": {"backbone": "slowfast_r50", "context_grid": [g, g], "device": "cpu"},
-        "train": {"runs": {
-            "linear": {"head": "linear", "optim": {"epochs": 1, "batch_keyframes": 16}},
-            "acar": {"head": "acar", "head_kwargs": {"reduce_dim": 64, "dim": 32},
-                     "optim": {"epochs": 1, "batch_keyframes": 16}},
-        }},
-        "dump": {"banks": {"lfb": {"from": "linear", "kind": "lfb"},
-                           "acfb": {"from": "acar", "kind": "acfb"}}},
-        "train_bank": {"runs": {"lfb": {
-            "head": "lfb", "bank": "lfb", "head_kwargs": {"fbo": "avg", "hidden_dim": 64},
-            "window": window, "optim": {"epochs": 1, "batch_keyframes": 16}}}},
+        "train": {
+            "runs": {
+                "linear": {"head": "linear", "optim": {"epochs": 1, "batch_keyframes": 16}},
+                "acar": {
+                    "head": "acar",
+                    "head_kwargs": {"reduce_dim": 64, "dim": 32},
+                    "optim": {"epochs": 1, "batch_keyframes": 16},
+                },
+            }
+        },
+        "dump": {
+            "banks": {
+                "lfb": {"from": "linear", "kind": "lfb"},
+                "acfb": {"from": "acar", "kind": "acfb"},
+            }
+        },
+        "train_bank": {
+            "runs": {
+                "lfb": {
+                    "head": "lfb",
+                    "bank": "lfb",
+                    "head_kwargs": {"fbo": "avg", "hidden_dim": 64},
+                    "window": window,
+                    "optim": {"epochs": 1, "batch_keyframes": 16},
+                }
+            }
+        },
         "evaluate": {"split": "val"},
         "rebalance": {"models": ["linear"], "epochs": 1},
         "ensemble": {"runs": {"all": {"members": ["linear", "linear_crt", "lfb"]}}},
         "report": {"title": f"scale world F={cfg.scale:g}"},
-    }  # fmt: skip
+    }
 
 
 def _noise(pool: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -260,8 +343,13 @@ def _write_store_compute(cfg: ScaleWorldConfig):
 
         ex = ctx.config.extract
         channels = cfg.context_channels or cfg.pooled_dim
-        schema = build_schema(ex, (cfg.pooled_dim, cfg.context_grid, cfg.context_grid), None,
-                              None, ctx.inputs["detect"].key)  # fmt: skip
+        schema = build_schema(
+            ex,
+            (cfg.pooled_dim, cfg.context_grid, cfg.context_grid),
+            None,
+            None,
+            ctx.inputs["detect"].key,
+        )
         if channels != cfg.pooled_dim:
             from dataclasses import replace
 
@@ -275,9 +363,12 @@ def _write_store_compute(cfg: ScaleWorldConfig):
             names, starts = np.unique(video, return_index=True)
             ends = np.r_[starts[1:], len(video)] if len(starts) else starts
             order = np.argsort(starts)
-            store = FeatureStore.create(store_path(ctx.staging, split), schema,
-                                        provenance={"synthetic": True, "scale": cfg.scale},
-                                        expected_videos=list(names))  # fmt: skip
+            store = FeatureStore.create(
+                store_path(ctx.staging, split),
+                schema,
+                provenance={"synthetic": True, "scale": cfg.scale},
+                expected_videos=list(names),
+            )
             n_kf = n_act = 0
             for i in order:
                 rows = slice(int(starts[i]), int(ends[i]))
@@ -296,13 +387,18 @@ def _write_store_compute(cfg: ScaleWorldConfig):
                     scores=part["score"].to_numpy().astype(np.float32),
                     track=part["track"].to_numpy().astype(np.int32),
                     pooled=_noise(pool, rng, n * cfg.pooled_dim).reshape(n, cfg.pooled_dim),
-                )  # fmt: skip
+                )
                 store.write_video(str(names[i]), feats, provenance={"synthetic": True})
                 n_kf, n_act = n_kf + len(uniq), n_act + n
             store.finalize()
-            summary[split] = {"videos": len(names), "keyframes": n_kf, "actors": n_act,
-                              "bytes": store.nbytes(), "synthetic": True,
-                              "context_shape": list(schema.context_shape)}  # fmt: skip
+            summary[split] = {
+                "videos": len(names),
+                "keyframes": n_kf,
+                "actors": n_act,
+                "bytes": store.nbytes(),
+                "synthetic": True,
+                "context_shape": list(schema.context_shape),
+            }
         return summary
 
     return compute
@@ -327,14 +423,26 @@ def build_scale_world(out: Path, cfg: ScaleWorldConfig) -> dict[str, Any]:
     run_pipeline(run, write=False)
     dataset, fingerprint = prepare_dataset(config)
     section = dataset_section(config, dataset, fingerprint)
-    stage = Stage(name="extract", code_version=extract.STAGE.code_version,
-                  config_type=extract.ExtractStageConfig, compute=_write_store_compute(cfg),
-                  resumable=False)  # fmt: skip
-    ref = run_stage(stage, section(extract.ExtractStageConfig, "extract"),
-                    {"track": run.refs["track"], "detect": run.refs["detect"]}, work)  # fmt: skip
+    stage = Stage(
+        name="extract",
+        code_version=extract.STAGE.code_version,
+        config_type=extract.ExtractStageConfig,
+        compute=_write_store_compute(cfg),
+        resumable=False,
+    )
+    ref = run_stage(
+        stage,
+        section(extract.ExtractStageConfig, "extract"),
+        {"track": run.refs["track"], "detect": run.refs["detect"]},
+        work,
+    )
     return {
-        "scale": cfg.scale, "dataset": counts, "store": ref.summary,
-        "config": str(config_path), "work_root": str(work), "extract_uri": ref.uri,
+        "scale": cfg.scale,
+        "dataset": counts,
+        "store": ref.summary,
+        "config": str(config_path),
+        "work_root": str(work),
+        "extract_uri": ref.uri,
         "seconds": round(time.perf_counter() - t0, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }  # fmt: skip
+    }
