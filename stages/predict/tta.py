@@ -119,13 +119,7 @@ def predict_views(
         else:
             check_aligned(reference, index, f"{k} ({store.url})")
         source = KeyframeSource(store, index, preload=preload)
-        data = TrainData(
-            train=source,
-            val=None,
-            exclusive=exclusive,
-            use_roi=store.schema.roi_shape is not None,
-            use_roi_t=store.schema.roi_t_shape is not None,
-        )
+        data = TrainData.for_prediction(source, exclusive)
         per_view.append(predict(head, source, data))
     assert reference is not None
     return reference, np.mean(per_view, axis=0).astype(np.float32), per_view

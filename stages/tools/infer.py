@@ -501,13 +501,7 @@ def infer_video(
         if store.schema.clip.get("flip"):  # report boxes where they are in the video
             index.boxes = flip_boxes(index.boxes)
         source = KeyframeSource(store, index, preload=True)
-        data = TrainData(
-            train=source,
-            val=None,
-            exclusive=exclusive,
-            use_roi=store.schema.roi_shape is not None,
-            use_roi_t=store.schema.roi_t_shape is not None,
-        )
+        data = TrainData.for_prediction(source, exclusive)
         model: nn.Module = head
         if bank is not None:
             model, bank_record = bank_model(bank, head, data, source, out)

@@ -69,6 +69,18 @@ class TrainData:
     # called where the batch is read, so a store-backed source reads it in the prefetch thread.
     attach: Callable[[KeyframeSource, np.ndarray, Any], None] | None = None
 
+    @classmethod
+    def for_prediction(cls, source: KeyframeSource, exclusive: list[int]) -> TrainData:
+        """What :func:`predict` needs to read ``source``: its RoI arrays as the store has them."""
+        schema = source.store.schema
+        return cls(
+            train=source,
+            val=None,
+            exclusive=exclusive,
+            use_roi=schema.roi_shape is not None,
+            use_roi_t=schema.roi_t_shape is not None,
+        )
+
 
 def read_batch(source: KeyframeSource, keyframes: np.ndarray, data: TrainData) -> Any:
     """The collated :class:`ActorBatch` of ``keyframes`` (with its bank window, if any)."""
