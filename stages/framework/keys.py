@@ -11,6 +11,9 @@ and settings share outputs wherever their files live and whatever machine they r
 * ``FileOrNameInKey[T]``: a file or a name (a backbone's source config: a YAML / Python
   file, or a preset / hub name): an existing file enters by its sha256, anything else by
   its value.
+* ``InKeyIfSet[T]``: like ``InKey``, but a ``None`` value stays out of the key: a field
+  added after outputs were shared (its default ``None`` = the old behaviour) keeps every
+  existing key, and enters only the keys of the configs that set it.
 * ``NotInKey[T]``: execution only (device, inference batch size, RAM budgets, worker
   counts, disk checks, where a dataset lives); left out of the key and recorded in the
   provenance with the rest of the config.
@@ -45,10 +48,12 @@ class KeyRole(enum.Enum):
     VALUE = "value"  # the value enters the key
     FILE = "file"  # the sha256 of the named file enters the key
     FILE_OR_NAME = "file_or_name"  # an existing file by its sha256, else the value
+    VALUE_IF_SET = "value_if_set"  # the value enters the key unless it is None
     EXCLUDED = "excluded"  # execution only: not in the key, recorded in provenance
 
 
 InKey = Annotated[T, KeyRole.VALUE]
+InKeyIfSet = Annotated[T, KeyRole.VALUE_IF_SET]
 FileInKey = Annotated[T, KeyRole.FILE]
 FileOrNameInKey = Annotated[T, KeyRole.FILE_OR_NAME]
 NotInKey = Annotated[T, KeyRole.EXCLUDED]
@@ -145,6 +150,8 @@ def key_payload(
             continue
         value = getattr(config, name)
         dotted = f"{where}.{name}" if where else name
+        if role is KeyRole.VALUE_IF_SET and value is None:
+            continue
         if role is KeyRole.FILE:
             payload[name] = _file_payload(value, dotted)
         elif role is KeyRole.FILE_OR_NAME:

@@ -281,7 +281,10 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 def _checkpoint_identity(cfg: OptimConfig, n: int) -> dict[str, Any]:
     """What a checkpoint must share with the run resuming it (same data order, schedule)."""
     # Not the device count: a run may resume on another number of devices.
-    return {"optim": cfg.model_dump(mode="json", exclude={"devices"}), "train_keyframes": n}
+    optim = cfg.model_dump(mode="json", exclude={"devices"})
+    if optim["max_steps_per_epoch"] is None:  # as before the field existed
+        del optim["max_steps_per_epoch"]
+    return {"optim": optim, "train_keyframes": n}
 
 
 def _resume(
@@ -352,6 +355,8 @@ def train(
     optimizer = make_optimizer(model, cfg)
     n = len(data.train.index)
     steps_per_epoch = math.ceil(n / cfg.batch_keyframes)
+    if cfg.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(cfg, s, steps_per_epoch)
     )
@@ -378,6 +383,7 @@ def train(
         t0 = time.perf_counter()
         model.train()
         batches = epoch_batches(epoch_order(n, cfg.seed, epoch), cfg.batch_keyframes)
+        batches = batches[:steps_per_epoch]  # optim.max_steps_per_epoch
         # This rank's slice of each global batch (all of it in one process).
         shards = [shard(b, rank, size) for b in batches]
         mine = iter_batches(

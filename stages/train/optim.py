@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from stages.framework.keys import InKey, NotInKey
+from stages.framework.keys import InKey, InKeyIfSet, NotInKey
 from stages.framework.precision_names import Precision
 
 
@@ -32,6 +32,9 @@ class OptimConfig(BaseModel):
     box_jitter: InKey[float] = Field(0.0, ge=0, lt=0.5)
     loss: InKey[Literal["ava", "bce"]] = "ava"
     seed: InKey[int] = 0
+    # At most this many steps per epoch (the first ones of the epoch's shuffled order): a
+    # smoke or throughput run on a large dataset. The schedule counts these steps. None: all.
+    max_steps_per_epoch: InKeyIfSet[int | None] = Field(None, ge=1)
     # Autocast of the forward pass: bf16 (CPU or CUDA), fp16 (CUDA, with a gradient scaler);
     # weights, optimizer state and the loss stay fp32 (docs/design.md, "Mixed precision").
     precision: InKey[Precision] = "fp32"

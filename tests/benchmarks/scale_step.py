@@ -9,11 +9,16 @@ Steps: ``status`` (every key, nothing run), ``train:<run>``, ``dump:<bank>``,
 ``train_bank``, ``rebalance``, ``evaluate``, ``ensemble``, ``report``. Extra train runs:
 ``linear_store`` (the linear head read from the store per batch, not preloaded) and
 ``acar_ram`` (ACAR with its context maps preloaded).
+
+``BANKFLOW_BENCH_SCALE_MAX_STEPS=N`` caps every training epoch (stage 1 and stage 2) at
+N steps (``optim.max_steps_per_epoch``): the rate and peak RSS of a run at F = 1 without
+its hours-long epoch (setup, indexing and preloading still cover the whole split).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -22,6 +27,7 @@ from pathlib import Path
 from stages.config import load_config
 from stages.framework import output_dir
 from stages.pipeline import PipelineRun, dry_runner, run_pipeline
+from stages.train.stage import HISTORY_FILE
 
 
 def narrowed(config, step: str):
@@ -41,11 +47,23 @@ def narrowed(config, step: str):
         runs, banks = {k: runs[k] for k in ("linear", "acar")}, ["acfb"]
     else:  # ACAR (hours per epoch at F = 1/4 on 2 shared cores) only where asked for
         runs = {"linear": runs["linear"]}
+    bank_runs = dict(config.train_bank.runs)
+    if cap := os.environ.get("BANKFLOW_BENCH_SCALE_MAX_STEPS"):  # capped training epochs
+        runs = {k: capped(r, int(cap)) for k, r in runs.items()}
+        bank_runs = {k: capped(r, int(cap)) for k, r in bank_runs.items()}
     update = {
         "train": config.train.model_copy(update={"runs": runs}),
         "dump": config.dump.model_copy(update={"banks": {b: config.dump.banks[b] for b in banks}}),
+        "train_bank": config.train_bank.model_copy(update={"runs": bank_runs}),
     }
     return config.model_copy(update=update)
+
+
+def capped(run, steps: int):
+    """``run`` with at most ``steps`` optimizer steps per epoch (``optim.max_steps_per_epoch``)."""
+    return run.model_copy(
+        update={"optim": run.optim.model_copy(update={"max_steps_per_epoch": steps})}
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -74,6 +92,10 @@ def main(argv: list[str]) -> int:
             "bytes": size,
             "summary": {k: v for k, v in rec["summary"].items() if not isinstance(v, dict | list)},
         }
+        history = out / HISTORY_FILE  # a training run: the loop's own seconds, per epoch
+        if history.is_file():
+            epochs = json.loads(history.read_text())
+            records[name]["loop_seconds"] = sum(e["seconds"] for e in epochs)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps({"step": step, "wall": wall, "rss": rss, "records": records}))
     return 0

@@ -185,3 +185,27 @@ def test_prior_scores_are_training_class_frequencies() -> None:
     assert prior.shape == (3, 3) and prior.dtype == np.float32
     np.testing.assert_allclose(prior, [[0.75, 0.5, 0.0]] * 3)
     assert prior_scores(np.zeros((0, 2), np.float32), 2).tolist() == [[0, 0], [0, 0]]
+
+
+def test_max_steps_per_epoch_caps_each_epoch_and_keeps_unset_keys(tmp_path: Path) -> None:
+    import torch
+
+    from models.heads import build_head
+    from stages.framework.keys import key_payload
+    from stages.train.loop import latest_checkpoint, train
+    from tests.stages.test_progress import CHANNELS, CLASSES, tiny_data
+
+    torch.manual_seed(0)
+    model = build_head("linear", in_channels=CHANNELS, num_classes=CLASSES)
+    cfg = OptimConfig(epochs=2, batch_keyframes=4, loss="bce", max_steps_per_epoch=1)
+    events = tmp_path / "events.jsonl"
+    train(model, tiny_data(), cfg, tmp_path / "ckpt", events=events)
+    start = json.loads(events.read_text().splitlines()[0])
+    assert start["steps_per_epoch"] == 1  # 10 keyframes / 4 = 3 steps uncapped
+    last = latest_checkpoint(tmp_path / "ckpt")
+    assert last is not None
+    state = torch.load(last, weights_only=True)["optimizer"]["state"]
+    assert {float(s["step"]) for s in state.values()} == {2.0}  # 2 epochs x 1 step
+    # Unset, the field stays out of the key: keys made before it existed still hold.
+    assert "max_steps_per_epoch" not in key_payload(OptimConfig())
+    assert key_payload(OptimConfig(max_steps_per_epoch=5))["max_steps_per_epoch"] == 5
