@@ -172,14 +172,16 @@ def classifier_inputs(
     (to ``check_atol``): a head that changes the logits after its classifier cannot be
     re-trained on the recorded inputs, and is refused. ``rows``: A when known; the inputs
     are then written into one [A, D] tensor as they come (the memory of one copy, not of
-    the batches' list plus their concatenation).
+    the batches' list plus their concatenation). That tensor is float16 while every input
+    is exactly a float16 value (a linear head on an fp16 store: the stored features
+    themselves), else float32: half the RAM at AVA scale (issue 22), the same values.
     """
     classifier = classifier_of(model)
     model.eval()
     captured: list[torch.Tensor] = []
     hook = classifier.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0]))
     out: list[torch.Tensor] = []
-    filled = torch.empty((rows, classifier.in_features)) if rows is not None else None
+    filled: torch.Tensor | None = None
     at = 0
     checked = False
     try:
@@ -201,16 +203,24 @@ def classifier_inputs(
                         "classifier's output can be rebalanced"
                     )
                 checked = True
-            if filled is None:
+            if rows is None:
                 out.append(x)
                 continue
+            exact = bool(torch.equal(x.half().float(), x))
+            if filled is None:
+                dtype = torch.float16 if exact else torch.float32
+                filled = torch.empty((rows, classifier.in_features), dtype=dtype)
+            elif filled.dtype == torch.float16 and not exact:
+                filled = filled.float()  # an input fp16 cannot hold: float32 from here on
             if at + len(x) > len(filled):
                 raise StageError(f"rebalance: more than the {rows} expected classifier inputs")
             filled[at : at + len(x)] = x
             at += len(x)
     finally:
         hook.remove()
-    if filled is not None:
+    if rows is not None:
+        if filled is None:  # no batch (no actors)
+            filled = torch.empty((rows, classifier.in_features))
         if at != len(filled):
             raise StageError(f"rebalance: {at} classifier inputs, expected {rows}")
         return filled
@@ -266,7 +276,7 @@ def retrain_classifier(
                 rows = shard(rows, rank, size)[0]
             idx = torch.from_numpy(rows)
             loss = ava_loss(
-                classifier(inputs[idx]),
+                classifier(inputs[idx].float()),  # float16 when exact (classifier_inputs)
                 labels[idx],
                 exclusive=exclusive,
                 mode=loss_mode,

@@ -133,6 +133,29 @@ def test_heads_without_a_plain_final_classifier_are_refused() -> None:
         rebalance.classifier_inputs(ScaledAfterClassifier(), lambda: [torch.ones(3, 4)])
 
 
+class PlainLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> HeadOutput:
+        return HeadOutput(logits=self.classifier(x))
+
+
+def test_recorded_inputs_are_float16_only_while_float16_holds_them_exactly() -> None:
+    """Inputs that are fp16 values (a linear head on an fp16 store) are kept in half the
+    RAM with the same values; one input fp16 cannot hold turns the whole tensor float32."""
+    head = PlainLinear().eval()
+    halves = [torch.randn(3, 4).half().float() for _ in range(2)]
+    kept = rebalance.classifier_inputs(head, lambda: iter(halves), rows=6)
+    assert kept.dtype == torch.float16
+    assert torch.equal(kept.float(), torch.cat(halves))
+    late = [*halves, torch.full((1, 4), 1.0 + 2**-20)]  # not a float16 value
+    kept = rebalance.classifier_inputs(head, lambda: iter(late), rows=7)
+    assert kept.dtype == torch.float32
+    assert torch.equal(kept, torch.cat(late))
+
+
 @pytest.mark.parametrize(
     "module", ["test_heads_bank_acar_acfb", "test_heads_bank_tonly_memory", "test_heads_bank_igmn"]
 )
