@@ -34,6 +34,8 @@ import numpy as np
 
 # 2018's NMS keeps scores strictly above this (``filter_scores_greater_than``).
 SCORE_FLOOR_2018 = -10.0
+# Rows per block of the heap replay (heap_keyframe_order): bounds its Python tuples' memory.
+REPLAY_BLOCK = 1 << 16
 
 
 def first_seen_position(kf: np.ndarray) -> np.ndarray:
@@ -97,22 +99,33 @@ def heap_keyframe_order(
         return result
     result = result[~replay[kf_pos[result]]]
 
-    # Replay the heap for those keyframes, all of them in one pass over Python lists.
+    # Replay the heap for those keyframes over Python lists, a block of keyframes at a
+    # time: a prior-only file ties every keyframe, and one list of tuples for all its rows
+    # held GBs at AVA scale (issue 22).
     rows_in = np.flatnonzero(replay[kf_pos])  # file order
     rows_in = rows_in[np.argsort(kf_pos[rows_in], kind="stable")]  # grouped, file order kept
-    bounds = np.flatnonzero(np.diff(kf_pos[rows_in])) + 1
-    items = list(
-        zip(
-            score[rows_in].tolist(),
-            action[rows_in].tolist(),
-            *boxes[rows_in][:, [1, 0, 3, 2]].T.tolist(),  # the official tuple: y1 x1 y2 x2
-            strict=True,
-        )
-    )
-    index = rows_in.tolist()
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(kf_pos[rows_in])) + 1])
+    ends = np.concatenate([starts[1:], [rows_in.size]])
     replayed: list[int] = []
-    for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), len(index)], strict=True):
-        replayed += _replay_heap(items[lo:hi], index[lo:hi], cap)
+    first = 0
+    while first < starts.size:  # keyframes [first, last) hold about REPLAY_BLOCK rows
+        last = max(first + 1, int(np.searchsorted(ends, starts[first] + REPLAY_BLOCK, "right")))
+        block = rows_in[starts[first] : ends[last - 1]]
+        items = list(
+            zip(
+                score[block].tolist(),
+                action[block].tolist(),
+                *boxes[block][:, [1, 0, 3, 2]].T.tolist(),  # the official tuple: y1 x1 y2 x2
+                strict=True,
+            )
+        )
+        index = block.tolist()
+        base = int(starts[first])
+        for lo, hi in zip(starts[first:last].tolist(), ends[first:last].tolist(), strict=True):
+            replayed += _replay_heap(
+                items[lo - base : hi - base], index[lo - base : hi - base], cap
+            )
+        first = last
     merged = np.concatenate([result, np.asarray(replayed, dtype=np.int64)])
     # Keyframes in first-seen order; inside one, the order each part already has.
     return merged[np.lexsort((np.arange(merged.size), kf_pos[merged]))]
