@@ -54,6 +54,18 @@ def test_csv_is_ava_format_and_reads_back(tmp_path: Path) -> None:
     assert (tmp_path / "empty.csv").read_bytes() == b""
 
 
+def test_csv_written_in_blocks_has_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stages.data import predictions
+
+    write_predictions_csv(tmp_path / "one.csv", _predictions())
+    monkeypatch.setattr(predictions, "CSV_BLOCK_ROWS", 2)  # blocks of 2 + 1 rows
+    write_predictions_csv(tmp_path / "blocks.csv", _predictions())
+    assert (tmp_path / "blocks.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+    assert (tmp_path / "one.csv").read_text().count("\n") == 3
+
+
 def test_csv_float_format_is_configurable(tmp_path: Path) -> None:
     path = tmp_path / "pred.csv"
     write_predictions_csv(path, _predictions(), float_format="%.5f", score_format="%.2f")
