@@ -59,6 +59,8 @@ CASES: dict[str, tuple[str, dict, dict | None]] = {
     "amcr": ("amcr", {"hidden_dim": 16, "num_layers": 2, "num_heads": 2,
                       "classifier_dropout": 0}, None),
     "amcr_slim": ("amcr_slim", {"hidden_dim": 16, "num_heads": 2, "pos_input_size": [4, 6]}, None),
+    "amcr-box_bias": ("amcr", {"hidden_dim": 16, "num_layers": 2, "num_heads": 2,
+                               "actor_position": "box_bias"}, None),
     "pcca": ("pcca", {"dim": 16, "num_layers": 1, "num_heads": 2}, None),
     "sonly": ("sonly", {"hidden_dim": 8, "num_heads": 2, "num_layers": 2}, None),
     "tonly": ("tonly", {"hidden_dim": 8, "num_heads": 2, "num_layers": 2}, None),
