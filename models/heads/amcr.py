@@ -3,8 +3,8 @@
 Pipeline for one batch of B keyframes with N actors:
 
 1. **PosNet** (eq. 2): a learned input ``Input_pos`` [1, 1, h0, w0] goes through narrow
-   (2-channel) stacked dilated 3x3 convolutions whose receptive field covers the map, then
-   a 1x1 convolution to C channels: ``Pos`` [1, C, H, W]. Zero padding is what lets the
+   stacked dilated 3x3 convolutions whose receptive field covers the map, then a 3x3
+   convolution to C channels: ``Pos`` [1, C, H, W]. Zero padding is what lets the
    convolutions encode absolute position (Islam et al., cited by the paper).
 2. **Actor tokens** (eq. 3): ``A_i + Pos_person_i`` where ``Pos_person_i`` is the
    average of a RoIAlign (``roi_size`` x ``roi_size``) of ``Pos`` over the actor box.
@@ -30,13 +30,28 @@ Choices where the paper is vague, with reasons:
 * Blocks are pre-norm (ViT style, as "MHSA module with MLP dilation" suggests), 8 heads
   (not given), with a final LayerNorm; no dropout inside (not mentioned), dropout 0.5 before
   the classifier as the SlowFast AVA heads use.
-* PosNet: stem 3x3 conv 1->2, ``posnet_blocks`` dilated 3x3 convs 2->2 with dilations
-  1, 2, 4, 8 (receptive field 33 > 16x22 res5 maps), ReLU between, 1x1 conv 2->C. Because
+* PosNet: the release's ``convpos`` (AMCRNet GitHub, ``pose_net.py`` and its R50 config:
+  ``dims=[1, 2, 2, 2, 2, 4, 16]``, 6 blocks of two 3x3 convs with dilations 1 and 2, each
+  conv followed by a norm and a ReLU, then a 3x3 conv + norm + ReLU to C): the paper says
+  only "narrow (channel size of 2)" dilated blocks. The norm matters: bankflow's earlier
+  reading (2-channel convs with ReLU and no norm, a linear 1x1 conv to C) starts almost
+  constant over the map and dies in training, leaving Pos one constant vector, i.e. no
+  position at all (docs/findings-probes.md). The release's BatchNorm sees a batch of one
+  map, i.e. normalises each channel over the map in training; a GroupNorm with one
+  channel per group does the same in training and evaluation. The release draws a new
+  random input (uniform 1..10) at every forward; here the input is a learned parameter
+  (the paper: "randomly initialize a tensor"), so inference is deterministic. Because
   maps differ in size across datasets, the learned input (``pos_input_size``, default the
   AVA res5 size 16x22) is bilinearly resized to the context map's H x W before PosNet;
   the paper argues against interpolating a fixed *embedding*, and resizing the *input*
   keeps the embedding computed by convolutions at the actual size.
-* Context pools are average pools ("self-adapted pooling layers", no kind given).
+* ``actor_position="box_bias"`` (opt-in, default ``"none"`` as the paper): each actor's
+  attention logits get a learned bias from where every token lies relative to its box
+  (``models/heads/position.py``, :class:`~models.heads.position.BoxBias`).
+* Context pools are average pools ("self-adapted pooling layers", no kind given), with
+  output sizes 3, 5, 7. The release's config instead pools to round(H / k) x round(W / k)
+  for k = 3, 5, 7 (``pool_ratio``; 5x7 + 3x4 + 2x3 = 53 tokens on a 16x22 map, which fits
+  the paper's "6 times" fewer tokens than kernel size 1 better than 83); not changed here.
 
 RoI pooling uses ``torchvision.ops.roi_align`` with the normalized boxes scaled by
 (W, H) into feature-map coordinates, ``spatial_scale=1.0`` and ``aligned=True``

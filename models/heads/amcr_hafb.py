@@ -51,6 +51,7 @@ from models.heads.amcr import AMCRHead
 from models.heads.bank_features import bank_window
 from models.heads.batch import ActorBatch, HeadOutput
 from models.heads.contract import Head
+from models.heads.position import TokenActorPosition
 from models.heads.ragged import pad_actors, unpad_actors
 from models.heads.relation_transformer import RelationEncoderLayer, attendable
 
@@ -128,6 +129,7 @@ class AMCRHAFBHead(Head):
         window: int = 7,
         clip_seconds: float = 1.0,
         history_layers: int = 2,
+        actor_position: TokenActorPosition = "none",
     ) -> None:
         super().__init__()
         if history_layers < 1:
@@ -146,6 +148,7 @@ class AMCRHAFBHead(Head):
             pos_input_size=pos_input_size,
             roi_size=roi_size,
             dropout=dropout,
+            actor_position=actor_position,
         )
         # The short-term part only: this head classifies [O, P] with its own layer.
         del self.amcr.classifier, self.amcr.dropout

@@ -74,6 +74,9 @@ CASES: dict[str, tuple[str, dict, dict | None]] = {
     "tonly_memory": ("tonly_memory", {"hidden_dim": 16, "num_heads": 2}, {"features": (C,)}),
     "amcr_hafb": ("amcr_hafb", {"hidden_dim": 16, "num_layers": 1, "num_heads": 2},
                   {"interaction": (16,), "movement": (C,)}),
+    "amcr_hafb-box_bias": ("amcr_hafb", {"hidden_dim": 16, "num_layers": 1, "num_heads": 2,
+                                         "actor_position": "box_bias"},
+                           {"interaction": (16,), "movement": (C,)}),
     "igmn": ("igmn", {"hidden_dim": 16, "memory_dim": 8, "num_layers": 2, "attention_hidden": 8,
                       "fuse_hidden": 16}, {"features": (C,)}),
 }  # fmt: skip
