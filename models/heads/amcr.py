@@ -3,8 +3,8 @@
 Pipeline for one batch of B keyframes with N actors:
 
 1. **PosNet** (eq. 2): a learned input ``Input_pos`` [1, 1, h0, w0] goes through narrow
-   (2-channel) stacked dilated 3x3 convolutions whose receptive field covers the map, then
-   a 1x1 convolution to C channels: ``Pos`` [1, C, H, W]. Zero padding is what lets the
+   stacked dilated 3x3 convolutions whose receptive field covers the map, then a 3x3
+   convolution to C channels: ``Pos`` [1, C, H, W]. Zero padding is what lets the
    convolutions encode absolute position (Islam et al., cited by the paper).
 2. **Actor tokens** (eq. 3): ``A_i + Pos_person_i`` where ``Pos_person_i`` is the
    average of a RoIAlign (``roi_size`` x ``roi_size``) of ``Pos`` over the actor box.
@@ -30,13 +30,28 @@ Choices where the paper is vague, with reasons:
 * Blocks are pre-norm (ViT style, as "MHSA module with MLP dilation" suggests), 8 heads
   (not given), with a final LayerNorm; no dropout inside (not mentioned), dropout 0.5 before
   the classifier as the SlowFast AVA heads use.
-* PosNet: stem 3x3 conv 1->2, ``posnet_blocks`` dilated 3x3 convs 2->2 with dilations
-  1, 2, 4, 8 (receptive field 33 > 16x22 res5 maps), ReLU between, 1x1 conv 2->C. Because
+* PosNet: the release's ``convpos`` (AMCRNet GitHub, ``pose_net.py`` and its R50 config:
+  ``dims=[1, 2, 2, 2, 2, 4, 16]``, 6 blocks of two 3x3 convs with dilations 1 and 2, each
+  conv followed by a norm and a ReLU, then a 3x3 conv + norm + ReLU to C): the paper says
+  only "narrow (channel size of 2)" dilated blocks. The norm matters: bankflow's earlier
+  reading (2-channel convs with ReLU and no norm, a linear 1x1 conv to C) starts almost
+  constant over the map and dies in training, leaving Pos one constant vector, i.e. no
+  position at all (docs/findings-probes.md). The release's BatchNorm sees a batch of one
+  map, i.e. normalises each channel over the map in training; a GroupNorm with one
+  channel per group does the same in training and evaluation. The release draws a new
+  random input (uniform 1..10) at every forward; here the input is a learned parameter
+  (the paper: "randomly initialize a tensor"), so inference is deterministic. Because
   maps differ in size across datasets, the learned input (``pos_input_size``, default the
   AVA res5 size 16x22) is bilinearly resized to the context map's H x W before PosNet;
   the paper argues against interpolating a fixed *embedding*, and resizing the *input*
   keeps the embedding computed by convolutions at the actual size.
-* Context pools are average pools ("self-adapted pooling layers", no kind given).
+* ``actor_position="box_bias"`` (opt-in, default ``"none"`` as the paper): each actor's
+  attention logits get a learned bias from where every token lies relative to its box
+  (``models/heads/position.py``, :class:`~models.heads.position.BoxBias`).
+* Context pools are average pools ("self-adapted pooling layers", no kind given), with
+  output sizes 3, 5, 7. The release's config instead pools to round(H / k) x round(W / k)
+  for k = 3, 5, 7 (``pool_ratio``; 5x7 + 3x4 + 2x3 = 53 tokens on a 16x22 map, which fits
+  the paper's "6 times" fewer tokens than kernel size 1 better than 83); not changed here.
 
 RoI pooling uses ``torchvision.ops.roi_align`` with the normalized boxes scaled by
 (W, H) into feature-map coordinates, ``spatial_scale=1.0`` and ``aligned=True``
@@ -55,6 +70,13 @@ from torch import Tensor, nn
 from models.heads.batch import ActorBatch, HeadOutput
 from models.heads.contract import Attention, Head
 from models.heads.ops import roi_align
+from models.heads.position import (
+    TOKEN_ACTOR_POSITIONS,
+    BoxBias,
+    TokenActorPosition,
+    check_actor_position,
+    pool_cell_boxes,
+)
 from models.heads.ragged import pad_actors, unpad_actors
 from models.heads.relation_transformer import RelationEncoderLayer
 
@@ -66,36 +88,58 @@ def feature_map_rois(boxes: Tensor, batch_index: Tensor, height: int, width: int
 
 
 class PosNet(nn.Module):
-    """Learned positional embedding of a feature map (AMCRNet eq. 2).
+    """Learned positional embedding of a feature map (AMCRNet eq. 2, its release's
+    ``convpos``).
+
+    Blocks of two 3x3 convolutions (dilations 1 and 2), each followed by a per-channel
+    normalisation over the map and a ReLU, widen the one-channel input through ``widths``
+    (the release: 2, 2, 2, 2, 4, 16); a 3x3 convolution + normalisation + ReLU maps the
+    last width to C. The normalisation keeps every channel alive: without it the narrow
+    ReLU stack dies (all-zero channels) and Pos collapses to a constant, i.e. no position
+    at all (docs/findings-probes.md).
 
     Args:
         out_channels: C, the width of the embedding.
-        width: channels of the narrow dilated convolutions (paper: 2).
-        num_blocks: dilated 3x3 convolutions with dilation 1, 2, 4, ... (2**k).
+        widths: output channels of the blocks (paper: "narrow (channel size of 2)").
         input_size: (h0, w0) of the learned input, resized to the requested map size.
     """
 
     def __init__(
-        self, *, out_channels: int, width: int, num_blocks: int, input_size: tuple[int, int]
+        self, *, out_channels: int, widths: Sequence[int], input_size: tuple[int, int]
     ) -> None:
         super().__init__()
+        if not widths or min(widths) < 1:
+            raise ValueError(f"posnet_widths must be positive channel counts, got {widths}")
         self.input = nn.Parameter(torch.randn(1, 1, *input_size))
-        self.stem = nn.Conv2d(1, width, kernel_size=3, padding=1)
-        self.blocks = nn.ModuleList(
-            nn.Conv2d(width, width, kernel_size=3, padding=2**k, dilation=2**k)
-            for k in range(num_blocks)
-        )
-        self.out = nn.Conv2d(width, out_channels, kernel_size=1)
+        layers: list[nn.Module] = []
+        channels = 1
+        for width in widths:
+            for k, dilation in enumerate((1, 2)):
+                layers += _conv_norm_relu(channels if k == 0 else width, width, dilation)
+            channels = width
+        self.blocks = nn.Sequential(*layers)
+        self.out = nn.Sequential(*_conv_norm_relu(channels, out_channels, 1))
 
     def forward(self, height: int, width: int) -> Tensor:
         """Returns Pos: Tensor[1, C, height, width]."""
         x: Tensor = self.input
         if tuple(x.shape[-2:]) != (height, width):
             x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
-        x = F.relu(self.stem(x))
-        for block in self.blocks:
-            x = F.relu(block(x))
-        return self.out(x)
+        return self.out(self.blocks(x))
+
+
+def _conv_norm_relu(cin: int, cout: int, dilation: int) -> list[nn.Module]:
+    """3x3 conv (same size) + per-channel normalisation over the map + ReLU.
+
+    The release normalises with BatchNorm over a batch of one map, i.e. each channel over
+    its H x W cells in training; a GroupNorm with one channel per group does the same in
+    training and in evaluation (no running statistics to drift).
+    """
+    return [
+        nn.Conv2d(cin, cout, kernel_size=3, padding=dilation, dilation=dilation),
+        nn.GroupNorm(cout, cout),
+        nn.ReLU(),
+    ]
 
 
 class AMCRHead(Head):
@@ -126,14 +170,15 @@ class AMCRHead(Head):
         num_heads: int = 8,
         mlp_ratio: float = 4.0,
         context_scales: Sequence[int] = (3, 5, 7),
-        posnet_width: int = 2,
-        posnet_blocks: int = 4,
+        posnet_widths: Sequence[int] = (2, 2, 2, 2, 4, 16),
         pos_input_size: tuple[int, int] = (16, 22),
         roi_size: int = 7,
         dropout: float = 0.0,
         classifier_dropout: float = 0.5,
+        actor_position: TokenActorPosition = "none",
     ) -> None:
         super().__init__()
+        check_actor_position(actor_position, "AMCRHead", TOKEN_ACTOR_POSITIONS)
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
         if not context_scales or min(context_scales) < 1:
@@ -142,10 +187,7 @@ class AMCRHead(Head):
         self.context_scales = tuple(int(s) for s in context_scales)
         self.roi_size = roi_size
         self.posnet = PosNet(
-            out_channels=in_channels,
-            width=posnet_width,
-            num_blocks=posnet_blocks,
-            input_size=pos_input_size,
+            out_channels=in_channels, widths=posnet_widths, input_size=pos_input_size
         )
         self.project = nn.Linear(in_channels, hidden_dim)
         self.blocks = nn.ModuleList(
@@ -159,6 +201,11 @@ class AMCRHead(Head):
             for _ in range(num_layers)
         )
         self.norm = nn.LayerNorm(hidden_dim)
+        # opt-in (default off, as the paper): each actor's attention biased by where every
+        # token lies relative to its box (models/heads/position.py)
+        self.box_bias = (
+            BoxBias(num_maps=num_layers * num_heads) if actor_position == "box_bias" else None
+        )
         self.dropout = nn.Dropout(classifier_dropout)
         self.classifier = nn.Linear(hidden_dim, num_classes)
 
@@ -197,6 +244,25 @@ class AMCRHead(Head):
         crops = roi_align(pos, rois, self.roi_size, spatial_scale=1.0, aligned=True)
         return crops.mean(dim=(2, 3))
 
+    def attention_bias(self, batch: ActorBatch, height: int, width: int, slots: int) -> Tensor:
+        """``actor_position="box_bias"``: Tensor[num_layers, B * num_heads, A + M, A + M],
+        each actor's (query row's) bias to every token from the token's region relative to
+        the actor's box (actors: their boxes; context tokens: their pooling cells); the
+        context tokens' rows get none."""
+        assert self.box_bias is not None
+        b, a = batch.num_keyframes, slots
+        boxes, _ = pad_actors(batch.boxes, batch.batch_index, b)  # (B, A, 4)
+        sizes = [(s, s) for s in self.context_scales]
+        cells = pool_cell_boxes(height, width, sizes).to(boxes)  # (M, 4)
+        keys = torch.cat([boxes, cells[None].expand(b, -1, -1)], dim=1)  # (B, A+M, 4)
+        rows = self.box_bias(boxes, keys)  # (B, A, A+M, layers*heads)
+        layers, heads = len(self.blocks), self.blocks[0].attn.num_heads
+        length = keys.shape[1]
+        rows = rows.reshape(b, a, length, layers, heads).permute(3, 0, 4, 1, 2)
+        bias = rows.new_zeros(layers, b, heads, length, length)
+        bias[:, :, :, :a] = rows
+        return bias.reshape(layers, b * heads, length, length)
+
     def bank_rows(self, kind: str, batch: ActorBatch) -> dict[str, Tensor]:
         if kind == "hrafb":
             interaction, _ = self.interaction(batch)
@@ -218,9 +284,10 @@ class AMCRHead(Head):
         x = self.project(torch.cat([padded, ctx], dim=1))  # (B, A+M, D)
         # padded actor slots are ignored as keys; context tokens are always real
         ignore = torch.cat([~mask, mask.new_zeros(mask.shape[0], m)], dim=1)
+        biases = self.attention_bias(batch, h, w, a) if self.box_bias is not None else None
         weights = x.new_zeros(x.shape[0], a + m, a + m)
-        for block in self.blocks:
-            x, weights = block(x, ignore)
+        for k, block in enumerate(self.blocks):
+            x, weights = block(x, ignore, None if biases is None else biases[k])
         x = self.norm(x)
         features = unpad_actors(x[:, :a], mask)  # (N, D)
         to_context = unpad_actors(weights[:, :a, a:], mask)  # (N, M)

@@ -51,6 +51,7 @@ from models.heads.amcr import AMCRHead
 from models.heads.bank_features import bank_window
 from models.heads.batch import ActorBatch, HeadOutput
 from models.heads.contract import Head
+from models.heads.position import TokenActorPosition
 from models.heads.ragged import pad_actors, unpad_actors
 from models.heads.relation_transformer import RelationEncoderLayer, attendable
 
@@ -118,8 +119,7 @@ class AMCRHAFBHead(Head):
         num_heads: int = 8,
         mlp_ratio: float = 4.0,
         context_scales: Sequence[int] = (3, 5, 7),
-        posnet_width: int = 2,
-        posnet_blocks: int = 4,
+        posnet_widths: Sequence[int] = (2, 2, 2, 2, 4, 16),
         pos_input_size: tuple[int, int] = (16, 22),
         roi_size: int = 7,
         dropout: float = 0.0,
@@ -129,6 +129,7 @@ class AMCRHAFBHead(Head):
         window: int = 7,
         clip_seconds: float = 1.0,
         history_layers: int = 2,
+        actor_position: TokenActorPosition = "none",
     ) -> None:
         super().__init__()
         if history_layers < 1:
@@ -143,11 +144,11 @@ class AMCRHAFBHead(Head):
             num_heads=num_heads,
             mlp_ratio=mlp_ratio,
             context_scales=context_scales,
-            posnet_width=posnet_width,
-            posnet_blocks=posnet_blocks,
+            posnet_widths=posnet_widths,
             pos_input_size=pos_input_size,
             roi_size=roi_size,
             dropout=dropout,
+            actor_position=actor_position,
         )
         # The short-term part only: this head classifies [O, P] with its own layer.
         del self.amcr.classifier, self.amcr.dropout

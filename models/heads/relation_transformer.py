@@ -76,13 +76,24 @@ class RelationEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        """x: [S, L, D]; key_padding_mask: BoolTensor[S, L], True = ignore that key.
+    def forward(
+        self, x: Tensor, key_padding_mask: Tensor | None, attn_bias: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """x: [S, L, D]; key_padding_mask: BoolTensor[S, L], True = ignore that key;
+        attn_bias: optional Tensor[S * num_heads, L, L] added to the attention logits.
 
         Returns the new tokens [S, L, D] and the head-averaged attention [S, L, L].
         """
         h = self.norm1(x) if self.norm_first else x
-        attended, weights = self.attn(h, h, h, key_padding_mask=key_padding_mask, need_weights=True)
+        if attn_bias is not None and key_padding_mask is not None:
+            # one float mask: torch refuses a float attn_mask beside a bool padding mask
+            heads = attn_bias.shape[0] // x.shape[0]
+            pad = key_padding_mask.repeat_interleave(heads, dim=0)[:, None, :]
+            attn_bias = attn_bias.masked_fill(pad, float("-inf"))
+            key_padding_mask = None
+        attended, weights = self.attn(
+            h, h, h, key_padding_mask=key_padding_mask, attn_mask=attn_bias, need_weights=True
+        )
         x = x + self.drop(attended)
         if not self.norm_first:
             x = self.norm1(x)

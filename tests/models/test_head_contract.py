@@ -59,6 +59,8 @@ CASES: dict[str, tuple[str, dict, dict | None]] = {
     "amcr": ("amcr", {"hidden_dim": 16, "num_layers": 2, "num_heads": 2,
                       "classifier_dropout": 0}, None),
     "amcr_slim": ("amcr_slim", {"hidden_dim": 16, "num_heads": 2, "pos_input_size": [4, 6]}, None),
+    "amcr-box_bias": ("amcr", {"hidden_dim": 16, "num_layers": 2, "num_heads": 2,
+                               "actor_position": "box_bias"}, None),
     "pcca": ("pcca", {"dim": 16, "num_layers": 1, "num_heads": 2}, None),
     "sonly": ("sonly", {"hidden_dim": 8, "num_heads": 2, "num_layers": 2}, None),
     "tonly": ("tonly", {"hidden_dim": 8, "num_heads": 2, "num_layers": 2}, None),
@@ -72,6 +74,9 @@ CASES: dict[str, tuple[str, dict, dict | None]] = {
     "tonly_memory": ("tonly_memory", {"hidden_dim": 16, "num_heads": 2}, {"features": (C,)}),
     "amcr_hafb": ("amcr_hafb", {"hidden_dim": 16, "num_layers": 1, "num_heads": 2},
                   {"interaction": (16,), "movement": (C,)}),
+    "amcr_hafb-box_bias": ("amcr_hafb", {"hidden_dim": 16, "num_layers": 1, "num_heads": 2,
+                                         "actor_position": "box_bias"},
+                           {"interaction": (16,), "movement": (C,)}),
     "igmn": ("igmn", {"hidden_dim": 16, "memory_dim": 8, "num_layers": 2, "attention_hidden": 8,
                       "fuse_hidden": 16}, {"features": (C,)}),
 }  # fmt: skip

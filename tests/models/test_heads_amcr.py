@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from models.heads.amcr import AMCRHead, PosNet, amcr_slim_head
 from models.heads.batch import ActorBatch
+from models.heads.position import box_offsets, pool_cell_boxes
 from tests.models.heads_testing import (
     assert_grads_reach_every_parameter,
     fit_logits,
@@ -77,7 +78,7 @@ def test_overfits_a_few_keyframes() -> None:
 
 def test_posnet_resizes_its_learned_input_to_any_map() -> None:
     torch.manual_seed(0)
-    net = PosNet(out_channels=C, width=2, num_blocks=4, input_size=(16, 22))
+    net = PosNet(out_channels=C, widths=(2, 2, 4), input_size=(16, 22))
     assert net(16, 22).shape == (1, C, 16, 22)
     assert net(5, 9).shape == (1, C, 5, 9)
     # zero padding makes the embedding position dependent even for a constant input
@@ -85,6 +86,34 @@ def test_posnet_resizes_its_learned_input_to_any_map() -> None:
         net.input.fill_(1.0)
     pos = net(8, 8)
     assert not torch.allclose(pos[..., 0, 0], pos[..., 4, 4])
+
+
+def _position_spread(head: AMCRHead) -> tuple[float, int]:
+    """(smallest per-channel spread of Pos over an 8 x 12 map, rank of the centred Pos)."""
+    with torch.no_grad():
+        pos = head.posnet(8, 12)[0].flatten(1)  # (C, H*W)
+    centred = pos - pos.mean(dim=1, keepdim=True)
+    rank = int(torch.linalg.matrix_rank(centred, rtol=1e-3))
+    return float(pos.std(dim=1).min()), rank
+
+
+def test_posnet_embedding_stays_position_dependent_in_training() -> None:
+    """Without its per-channel normalisation (the release's), the 2-wide ReLU stack of
+    PosNet starts nearly constant over the map and dies under SGD: Pos became one constant
+    vector, AMCR without any position (docs/findings-probes.md)."""
+    torch.manual_seed(0)
+    head = tiny_head()
+    spread, rank = _position_spread(head)
+    assert spread > 0.1 and rank >= 4, (spread, rank)
+    optim = torch.optim.SGD(head.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    batch = make_batch([2, 3, 1, 2], seed=1)
+    labels = (torch.rand(batch.num_actors, K) < 0.4).float()
+    for _ in range(100):
+        optim.zero_grad()
+        F.binary_cross_entropy_with_logits(head(batch).logits, labels).backward()
+        optim.step()
+    spread, rank = _position_spread(head)
+    assert spread > 0.1 and rank >= 4, (spread, rank)
 
 
 def test_slim_variant_and_defaults() -> None:
@@ -113,5 +142,53 @@ def test_wrong_channels_raise_a_clear_error() -> None:
 def test_pinned_values_under_seed_0() -> None:
     torch.manual_seed(0)
     logits = tiny_head().eval()(make_batch([2])).logits
-    expected = torch.tensor([-0.33508, -0.41611, 0.63518])
+    expected = torch.tensor([-0.50811, 0.24190, -0.06829])
     torch.testing.assert_close(logits[0, :3], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_pool_cell_boxes_are_the_regions_adaptive_pooling_averages() -> None:
+    torch.manual_seed(0)
+    h, w, sizes = 8, 12, [(3, 3), (5, 5), (7, 7), (3, 4)]
+    cells = pool_cell_boxes(h, w, sizes)
+    assert cells.shape == (sum(a * b for a, b in sizes), 4)
+    x = torch.randn(1, 1, h, w)
+    pooled = torch.cat([F.adaptive_avg_pool2d(x, s).flatten() for s in sizes])
+    ys, xs = (torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w
+    for (x1, y1, x2, y2), value in zip(cells.tolist(), pooled.tolist(), strict=True):
+        inside = ((ys > y1) & (ys < y2))[:, None] & ((xs > x1) & (xs < x2))[None]
+        assert x[0, 0][inside].mean().item() == pytest.approx(value, abs=1e-5)
+
+
+def test_box_offsets_place_a_token_relative_to_the_box() -> None:
+    box = torch.tensor([[[0.4, 0.5, 0.6, 0.9]]])
+    above = torch.tensor([[[0.4, 0.2, 0.6, 0.4], [0.0, 0.2, 0.2, 0.4]]])
+    off = box_offsets(box, above)[0, 0]  # (2 keys, 8)
+    torch.testing.assert_close(off[0, :4], torch.tensor([0.0, -0.3, 0.0, -0.5]))
+    # centre of the first key: inside the box's columns, above its top edge
+    assert off[0, 4] > 0 > off[0, 5] and off[0, 6] < 0
+    assert off[1, 5] < off[1, 4] < 0  # the second lies left of the box
+
+
+def test_box_bias_is_an_opt_in_that_starts_as_the_paper_head() -> None:
+    """With its MLP's last layer at zero the box bias adds nothing: the head computes
+    what the plain head does, whose weights load beside it; trained, it changes what
+    each actor attends to."""
+    torch.manual_seed(0)
+    plain = tiny_head().eval()
+    biased = tiny_head(actor_position="box_bias").eval()
+    missing, unexpected = biased.load_state_dict(plain.state_dict(), strict=False)
+    assert sorted(missing) == sorted(f"box_bias.{k}" for k in biased.box_bias.state_dict())
+    assert unexpected == []
+    batch = make_batch([2, 3, 1])
+    torch.nn.init.zeros_(biased.box_bias.mlp[-1].weight)
+    torch.nn.init.zeros_(biased.box_bias.mlp[-1].bias)
+    torch.testing.assert_close(biased(batch).logits, plain(batch).logits)
+    torch.nn.init.normal_(biased.box_bias.mlp[-1].weight)
+    out = biased(batch)
+    assert not torch.allclose(out.logits, plain(batch).logits)
+    assert not torch.allclose(out.attention["bhoi"], plain(batch).attention["bhoi"])
+
+
+def test_bad_actor_position() -> None:
+    with pytest.raises(ValueError, match=r"actor_position must be one of \['none', 'box_bias'\]"):
+        tiny_head(actor_position="box_mask")
