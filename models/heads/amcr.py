@@ -256,7 +256,9 @@ class AMCRHead(Head):
         cells = pool_cell_boxes(height, width, sizes).to(boxes)  # (M, 4)
         keys = torch.cat([boxes, cells[None].expand(b, -1, -1)], dim=1)  # (B, A+M, 4)
         rows = self.box_bias(boxes, keys)  # (B, A, A+M, layers*heads)
-        layers, heads = len(self.blocks), self.blocks[0].attn.num_heads
+        first = self.blocks[0]
+        assert isinstance(first, RelationEncoderLayer)
+        layers, heads = len(self.blocks), first.attn.num_heads
         length = keys.shape[1]
         rows = rows.reshape(b, a, length, layers, heads).permute(3, 0, 4, 1, 2)
         bias = rows.new_zeros(layers, b, heads, length, length)
