@@ -18,7 +18,8 @@ AVA recipe of its stage-1 linear for lfb, scaled to 32 keyframes per step, 20 ep
 of the actor's own track's bank row at the first keyframe (the bank holds the cue).
 
 ``test_identity_reach`` repeats igmn (AdamW) with longer videos (the window still the whole
-video): how far back IGMN's graph carries the first keyframe. Copied into
+video), with its AP per scored timestamp: how far back IGMN's graph carries the first
+keyframe. Copied into
 docs/findings-probes.md.
 """
 
@@ -32,6 +33,7 @@ import torch
 from stages.train.recipes import build_recipe_head, probe_recipe
 from tests.stages.bank_probes import (
     BANK_SOURCE,
+    ap_by_timestamp,
     bank_window,
     dump_world_banks,
     first_keyframe_oracle_ap,
@@ -117,6 +119,10 @@ def test_identity_reach(tmp_path, one_thread):
         )  # fmt: skip
         rows.append((k, result.chance, result.ap))
         print(f"igmn, {k} keyframes: AP {result.ap:.3f} ({result.seconds:.0f} s)", flush=True)
+        by_t = ap_by_timestamp(world.val, result.scores)
+        print("  per scored timestamp t: " + ", ".join(
+            f"t={t} {ap:.2f} (chance {chance:.2f})" for t, (ap, chance) in by_t.items()
+        ), flush=True)  # fmt: skip
     print("\n| keyframes per video | chance | igmn (adamw) |\n|---|---|---|")
     for k, chance, ap in rows:
         print(f"| {k} | {chance:.3f} | {ap:.3f} |")

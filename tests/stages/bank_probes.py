@@ -106,6 +106,13 @@ def stage2_optim(head: str, recipe: str, *, epochs: int = 20) -> OptimConfig:
 
 
 @dataclass
+class BankProbeResult(ProbeResult):
+    """A probe result with the val scores (store order, every actor)."""
+
+    scores: np.ndarray
+
+
+@dataclass
 class BankProbe:
     """A world with the banks dumped for one stage-2 head."""
 
@@ -128,7 +135,7 @@ def dump_world_banks(world: ProbeWorld, stage1: nn.Module, kind: str, root: Path
 def run_bank_probe(
     head: str, probe: BankProbe, ckpt_dir: Path, *, optim: OptimConfig,
     window: WindowConfig, init_stage1: bool = False, seed: int = 0,
-) -> ProbeResult:  # fmt: skip
+) -> BankProbeResult:  # fmt: skip
     """Train stage-2 ``head`` on the probe's train bank windows; its AP on the scored val
     actors (chance = their positive rate)."""
     torch.manual_seed(seed)
@@ -157,11 +164,24 @@ def run_bank_probe(
     scores = predict(model, data.val, data, prefetch=0)[:, 0]
     keep = world.val.scored
     labels = world.val.labels[keep, 0]
-    return ProbeResult(
+    return BankProbeResult(
         ap=average_precision(scores[keep], labels),
         chance=float(labels.mean()),
         seconds=time.perf_counter() - t0,
+        scores=scores,
     )
+
+
+def ap_by_timestamp(split: ProbeSplit, scores: np.ndarray) -> dict[int, tuple[float, float]]:
+    """(AP, chance) of the scored actors of each keyframe timestamp of ``split``."""
+    index = probe_index(split)
+    stamps = np.repeat(index.timestamp, np.diff(index.actor_offset))
+    out = {}
+    for t in np.unique(stamps[split.scored]).tolist():
+        keep = split.scored & (stamps == t)
+        labels = split.labels[keep, 0]
+        out[int(t)] = (average_precision(scores[keep], labels), float(labels.mean()))
+    return out
 
 
 def first_keyframe_oracle_ap(probe: BankProbe) -> float:
