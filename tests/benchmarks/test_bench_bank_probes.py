@@ -14,7 +14,8 @@ Banks are dumped with the dump stage's per-video code (``tests/stages/bank_probe
 linear head for ``lfb``. Each stage-2 head is trained from scratch with the project's loop
 and the bank stage's window reader. Recipes: ``paper`` (IGMN §4.1 for igmn; the SlowFast
 AVA recipe of its stage-1 linear for lfb, scaled to 32 keyframes per step, 20 epochs) and
-``adamw`` (the loop's default AdamW 1e-3, 20 epochs). ``bank oracle``: the marker channel
+``adamw`` (the loop's default AdamW 1e-3, 20 epochs). ``BANKFLOW_BANK_PROBE_KEYFRAMES=32``
+runs the stage-1 table's identity world (12 x 32 train, 6 x 32 val keyframes) instead. ``bank oracle``: the marker channel
 of the actor's own track's bank row at the first keyframe (the bank holds the cue).
 
 ``test_identity_reach`` repeats igmn (AdamW) with longer videos (the window still the whole
@@ -44,7 +45,7 @@ from tests.stages.relational_probes import CHANNELS, probe_world, run_probe
 
 pytestmark = pytest.mark.bench
 
-KEYFRAMES = 4
+KEYFRAMES = int(os.environ.get("BANKFLOW_BANK_PROBE_KEYFRAMES", "4"))  # 32: the table's world
 TRAIN_KEYFRAMES, VAL_KEYFRAMES = 384, 192  # as the stage-1 table's worlds
 
 
