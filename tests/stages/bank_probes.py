@@ -107,9 +107,11 @@ def stage2_optim(head: str, recipe: str, *, epochs: int = 20) -> OptimConfig:
 
 @dataclass
 class BankProbeResult(ProbeResult):
-    """A probe result with the val scores (store order, every actor)."""
+    """A probe result with the val scores (store order, every actor) and the AP of the
+    trained head on its own train split (how well it fits what it was trained on)."""
 
     scores: np.ndarray
+    train_ap: float
 
 
 @dataclass
@@ -164,11 +166,15 @@ def run_bank_probe(
     scores = predict(model, data.val, data, prefetch=0)[:, 0]
     keep = world.val.scored
     labels = world.val.labels[keep, 0]
+    seconds = time.perf_counter() - t0
+    fit = predict(model, data.train, data, prefetch=0)[:, 0]
+    fitted = world.train.scored
     return BankProbeResult(
         ap=average_precision(scores[keep], labels),
         chance=float(labels.mean()),
-        seconds=time.perf_counter() - t0,
+        seconds=seconds,
         scores=scores,
+        train_ap=average_precision(fit[fitted], world.train.labels[fitted, 0]),
     )
 
 
