@@ -135,3 +135,21 @@ def test_identity_reach(tmp_path, one_thread):
     for look, k, chance, ap, train_ap in rows:
         print(f"| {look} | {k} | {chance:.3f} | {ap:.3f} | {train_ap:.3f} |")
     assert all(0.0 <= ap <= 1.0 for *_, ap, _ in rows)
+
+
+def test_identity_more_tracks(tmp_path, one_thread):
+    """igmn (AdamW, 20 epochs), own look, 8-keyframe videos, with 4x the train videos of
+    ``test_identity_reach`` (192; val 96): more tracks than the head can learn by look."""
+    world = probe_world(tmp_path / "world", "identity", train_videos=192, val_videos=96,
+                        keyframes=8)  # fmt: skip
+    stage1 = build_recipe_head(
+        "igmn_dam", probe_recipe("igmn_dam"), in_channels=CHANNELS, num_classes=1
+    )
+    probe = dump_world_banks(world, stage1, "identity", tmp_path / "bank")
+    result = run_bank_probe(
+        "igmn", probe, tmp_path / "ckpt", optim=stage2_optim("igmn", "adamw"),
+        window=bank_window(8),
+    )  # fmt: skip
+    print(f"igmn, own look, 8 keyframes, 192 train videos: AP {result.ap:.3f} (chance "
+          f"{result.chance:.3f}, train {result.train_ap:.3f}, {result.seconds:.0f} s)")  # fmt: skip
+    assert 0.0 <= result.ap <= 1.0
