@@ -19,8 +19,9 @@ runs the stage-1 table's identity world (12 x 32 train, 6 x 32 val keyframes) in
 of the actor's own track's bank row at the first keyframe (the bank holds the cue).
 
 ``test_identity_reach`` repeats igmn (AdamW) with longer videos (the window still the whole
-video), with its AP per scored timestamp: how far back IGMN's graph carries the first
-keyframe. Copied into
+video), with each track's own look and with one look for all, its AP per scored
+timestamp and its train AP; ``test_identity_more_tracks`` runs 8-keyframe videos with 4x
+the training tracks. Copied into
 docs/findings-probes.md.
 """
 
