@@ -27,6 +27,10 @@ Probes (one class; the label of actor ``i`` is decided only by):
   (an object above ``i`` itself says nothing).
 - ``identity``: ``i``'s track carried the marker at the video's first keyframe; later
   keyframes show an independent marker (only later keyframes are scored).
+- ``overlap`` (IGMN-DAM's case, not in ``PROBES``): two actors whose boxes overlap (~0.3
+  wide, centres 0.2 apart: one or two of the four map columns of a box are shared); ``i``'s
+  own marker decides, but the other actor's marker is painted in the shared columns, inside
+  ``i``'s box, so a feature pooled over the box cannot tell whose marker it holds.
 
 Chance level is the positive rate of the scored actors (the AP of a constant score).
 """
@@ -51,6 +55,9 @@ from stages.train.recipes import HeadRecipe, build_recipe_head, probe_recipe
 
 PROBES = ("control", "actor_actor", "actor_context", "actor_context_actor", "identity")
 RELATIONAL = PROBES[1:]
+# Probes outside the stage-1 table: overlapping boxes (IGMN-DAM's interfering actors).
+OVERLAP = "overlap"
+ALL_PROBES = (*PROBES, OVERLAP)
 
 MARKER, OBJECT, PERSON = 0, 1, 2
 CHANNELS, HEIGHT, WIDTH, ROI_T = 16, 8, 12, 2
@@ -108,8 +115,12 @@ def _keyframe(
     boxes = np.zeros((n, 4), np.float32)
     for i, t in enumerate(tracks):
         slot = t["slot"]
-        width = rng.uniform(0.17, 0.24)
-        cx = (slot + 0.5) / 3 + rng.uniform(-0.03, 0.03)
+        if probe == OVERLAP:  # two boxes sharing one or two map columns
+            width = rng.uniform(0.28, 0.32)
+            cx = 0.4 + 0.2 * slot + rng.uniform(-0.01, 0.01)
+        else:
+            width = rng.uniform(0.17, 0.24)
+            cx = (slot + 0.5) / 3 + rng.uniform(-0.03, 0.03)
         y1 = rng.uniform(0.45, 0.5)
         y2 = rng.uniform(0.9, 0.95)
         boxes[i] = (cx - width / 2, y1, cx + width / 2, y2)
@@ -123,7 +134,7 @@ def _keyframe(
             fmap[OBJECT, 1:3, max(col - 1, 0) : col + 1] += OBJ
     others = lambda v: np.array([v[np.arange(n) != i].any() for i in range(n)])  # noqa: E731
     scored = np.ones(n, bool)
-    if probe == "control":
+    if probe in ("control", OVERLAP):
         labels = marks
     elif probe == "actor_actor":
         labels = others(marks)
@@ -135,7 +146,7 @@ def _keyframe(
         labels = np.array([t["bit"] for t in tracks])
         scored[:] = not first
     else:
-        raise ValueError(f"unknown probe {probe!r}; expected one of {PROBES}")
+        raise ValueError(f"unknown probe {probe!r}; expected one of {ALL_PROBES}")
     return fmap, boxes, labels.astype(np.float32), scored
 
 
@@ -145,14 +156,14 @@ def write_probe(
 ) -> ProbeSplit:  # fmt: skip
     """Write a probe world of ``videos`` x ``keyframes`` keyframes (2-3 actors each) to a
     feature store at ``root``; returns it with the labels of its actors in store order."""
-    rng = np.random.default_rng([seed, PROBES.index(probe)])
+    rng = np.random.default_rng([seed, ALL_PROBES.index(probe)])
     store = FeatureStore.create(root, _schema(), provenance={"probe": probe, "seed": seed})
     names = [f"v{v:03d}" for v in range(videos)]
     look = np.ones(CHANNELS - 3)  # every actor's appearance with ``same_look``
     labels, scored = [], []
     for name in names:
-        n = int(rng.integers(2, 4))
-        slots = rng.permutation(3)[:n]
+        n = 2 if probe == OVERLAP else int(rng.integers(2, 4))
+        slots = rng.permutation(2) if probe == OVERLAP else rng.permutation(3)[:n]
         tracks = [
             {
                 "slot": int(s),

@@ -15,10 +15,14 @@ from models.roi import actor_rois
 from stages.train.loop import OptimConfig
 from stages.train.recipes import probe_recipe
 from tests.stages.relational_probes import (
+    HEIGHT,
     MARKER,
     OBJECT,
+    OVERLAP,
     PROBES,
     RELATIONAL,
+    WIDTH,
+    _cells,
     average_precision,
     probe_index,
     probe_world,
@@ -149,3 +153,27 @@ def test_scene_level_score_is_between_chance_and_perfect(worlds):
     world = worlds("actor_context")
     ap = scene_level_ap(world)
     assert world.val.labels.mean() + 0.15 < ap < 0.9
+
+
+def test_overlap_boxes_share_columns_and_the_label_is_the_own_marker(tmp_path):
+    """overlap: the two boxes of a keyframe share one or two map columns, the other actor's
+    marker lies in them (inside the actor's box), and the label is the actor's own marker."""
+    split = write_probe(tmp_path / "ov", OVERLAP, videos=3, keyframes=4)
+    index = probe_index(split)
+    row = 0
+    for video in split.store.videos():
+        context = np.asarray(split.store.array(video, "context")[:])
+        offsets = np.asarray(split.store.array(video, "actor_offset")[:])
+        for k in range(len(offsets) - 1):
+            assert offsets[k + 1] - offsets[k] == 2
+            a, b = (index.boxes[row], index.boxes[row + 1])
+            cols = [set(range(_cells(x[0], x[2], WIDTH).start, _cells(x[0], x[2], WIDTH).stop))
+                    for x in (a, b)]  # fmt: skip
+            assert 1 <= len(cols[0] & cols[1]) <= 2, (video, k)
+            rows = _cells(max(a[1], b[1]), min(a[3], b[3]), HEIGHT)
+            for i, own in enumerate(cols):
+                only = sorted(own - cols[1 - i])
+                marked = context[k, MARKER, rows, only].mean() > 1.0
+                assert marked == bool(index.labels[row + i, 0]), (video, k, i)
+            row += 2
+    assert row == len(index.boxes)
