@@ -191,10 +191,10 @@ _CHANNEL_BASE = np.arange(0, 768, 256, dtype=np.intp)  # where each channel's 25
 class VideoExtractor:
     """Runs the backbone over the keyframe clips of one video and gathers its features.
 
-    The work splits in two so that callers can overlap it (docs/design.md, "Extraction"):
-    :meth:`plan` and :meth:`batches` (decoding, batch preparation: a background thread)
-    and :meth:`collector` (backbone, RoIAlign, casts to the store's dtype: the caller's
-    thread). :meth:`run` does both for one video.
+    The work splits in two so that callers can overlap it (docs/design.md §3,
+    "Extraction runs in three threads"): :meth:`plan` and :meth:`batches` (decoding,
+    batch preparation: a background thread) and :meth:`collector` (backbone, RoIAlign,
+    casts to the store's dtype: the caller's thread). :meth:`run` does both for one video.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: ExtractConfig, schema: StoreSchema) -> None:

@@ -115,10 +115,10 @@ def _open_store(path: Path, schema: StoreSchema, key: str, split: str, videos: l
 class _SplitRun:
     """Extraction of one split into its staging store, shared with concurrent processes.
 
-    Three threads work on three videos at once (docs/design.md, "Extraction"): a
-    background thread claims the next video, opens it, decodes its keyframe clips and
-    prepares the batches, up to two batches ahead of the backbone, across video
-    boundaries; the caller's thread runs the backbone, RoIAlign and the casts; a writer
+    Three threads work on three videos at once (docs/design.md §3, "Extraction runs in
+    three threads"): a background thread claims the next video, opens it, decodes its
+    keyframe clips and prepares the batches, up to two batches ahead of the backbone,
+    across video boundaries; the caller's thread runs the backbone, RoIAlign and the casts; a writer
     thread writes the previous video (at most one write in flight). A claim is taken
     just before its video is decoded and released only once the video is written.
     """
