@@ -118,9 +118,9 @@ class _SplitRun:
     Three threads work on three videos at once (docs/design.md §3, "Extraction runs in
     three threads"): a background thread claims the next video, opens it, decodes its
     keyframe clips and prepares the batches, up to two batches ahead of the backbone,
-    across video boundaries; the caller's thread runs the backbone, RoIAlign and the casts; a writer
-    thread writes the previous video (at most one write in flight). A claim is taken
-    just before its video is decoded and released only once the video is written.
+    across video boundaries; the caller's thread runs the backbone, RoIAlign and the
+    casts; a writer thread writes the previous video (at most one write in flight). A
+    claim is taken just before its video is decoded and released once it is written.
     """
 
     def __init__(
