@@ -1,14 +1,17 @@
 """extract: backbone features of every actor of every keyframe, into Zarr feature stores.
 
-For each split, each video is decoded once (the decode-once clip iterator; decoding and
-batch preparation run in a background thread so they overlap the backbone), the backbone
+For each split, each video is decoded once (the decode-once clip iterator), the backbone
 runs on the clip around every keyframe (batched), each actor box is RoIAligned (7×7) and
-max-pooled, and the video is written to ``features/<split>.zarr`` as one group (docs/design.md §3)
-by a writer thread while the next video is computed. The stage is resumable per video: a
-killed run restarted with the same config finds its staging store, skips complete videos
-and rewrites unfinished ones (taking over claims of killed processes on this host at
-once, of other hosts after the claim TTL); inference is deterministic on CPU for a fixed
-torch thread count, so the result is bitwise equal to an uninterrupted run.
+max-pooled, and the video is written to ``features/<split>.zarr`` as one group (docs/design.md §3).
+Three threads overlap (docs/design.md §3, "Extraction runs in three threads"): a decode
+thread claims, opens and decodes the videos in turn and prepares their batches, the
+caller's runs the backbone, and a writer thread writes the previous video.
+
+The stage is resumable per video: a killed run restarted with the same config finds its
+staging store, skips complete videos and rewrites unfinished ones (taking over claims of
+killed processes on this host at once, of other hosts after the claim TTL); inference is
+deterministic on CPU for a fixed torch thread count, so the result is bitwise equal to an
+uninterrupted run.
 
 Which keyframes a video has comes from the track stage's actors: a keyframe with no
 person box has nothing to pool and is not stored (readers see a gap in ``timestamps``).

@@ -11,8 +11,9 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from featurestore.backend import LockFiles
 from stages.data import Dataset
 from stages.extract.config import ExtractConfig, ExtractStageConfig
 from stages.framework import COMPLETE_MARKER, StageContext, StageError, output_dir
+from stages.framework.background import in_background
 from stages.video import VideoError, VideoReader
 
 # Waiting on other processes of the same stage: how often to look, and for how long at
@@ -113,9 +115,12 @@ def _open_store(path: Path, schema: StoreSchema, key: str, split: str, videos: l
 class _SplitRun:
     """Extraction of one split into its staging store, shared with concurrent processes.
 
-    A video's features are written by a background thread while the next video is
-    computed (at most one write in flight: two videos in memory); its claim is released
-    only once it is written.
+    Three threads work on three videos at once (docs/design.md §3, "Extraction runs in
+    three threads"): a background thread claims the next video, opens it, decodes its
+    keyframe clips and prepares the batches, up to two batches ahead of the backbone,
+    across video boundaries; the caller's thread runs the backbone, RoIAlign and the
+    casts; a writer thread writes the previous video (at most one write in flight). A
+    claim is taken just before its video is decoded and released once it is written.
     """
 
     def __init__(
@@ -134,8 +139,13 @@ class _SplitRun:
         self.locks = LockFiles(store.url)
         self.published = published
         self.done = 0
+        self._complete_before = 0  # videos complete when this run started
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-write")
         self._writing: Future | None = None
+        # Claims taken by the decode thread and not yet handed to the writer.
+        self._claims: dict[str, Claim] = {}
+        self._claims_lock = threading.Lock()
+        self._stopped = False  # the decode thread saw the stage published
 
     def _write(self, video_id: str, claim: Claim, features: VideoFeatures, prov: dict) -> None:
         try:
@@ -149,7 +159,10 @@ class _SplitRun:
         finally:
             claim.release()
         self.done += 1
-        finished = sum(self.store.is_complete_video(v) for v in self.by_video)
+        # Counted, not listed: listing every video's state after each one is quadratic in
+        # the videos (and one request per video on object storage). Videos that other
+        # processes complete meanwhile are not counted here.
+        finished = self._complete_before + self.done
         log.info("extract %s: %s (%d/%d)", self.split, video_id, finished, len(self.by_video))
 
     def _wait_for_write(self) -> None:
@@ -157,31 +170,89 @@ class _SplitRun:
             writing, self._writing = self._writing, None
             writing.result()  # re-raises a failed write here
 
-    def extract_video(self, video_id: str, claim: Claim) -> None:
-        """Compute ``video_id`` and hand it to the writer, which releases ``claim``."""
+    def _claimed_batches(self, pending: list[str], held: dict[str, dict | None]) -> Iterator:
+        """In the decode thread: claim each pending video, open it and yield its batches.
+
+        Yields ``("start", video_id, plan, t0)``, then ``("batch", video_id, x)`` per batch,
+        then ``("end", video_id, decoded_frames)``. Videos another live process holds go
+        into ``held``; a published stage stops it (``self._stopped``).
+        """
         ex: ExtractConfig = self.ctx.config.extract
-        path: Path | str = video_id
+        for video_id in pending:
+            # Another process may have finished everything and published the staging
+            # dir: its path is gone, and claiming there would recreate it.
+            if self.published():
+                self._stopped = True
+                return
+            claim = self.store.try_claim(video_id, owner=self.owner)
+            if claim is None:
+                if not self.store.is_complete_video(video_id):
+                    held[video_id] = _break_lock_if_dead(self.locks, f"{video_id}.json")
+                continue
+            # Checked again after claiming: the claim saw the video incomplete, so if
+            # nothing is published now, nothing can be until we write it.
+            if self.published():
+                claim.release()
+                self._stopped = True
+                return
+            with self._claims_lock:
+                self._claims[video_id] = claim
+            path: Path | str = video_id
+            t0 = time.perf_counter()
+            try:
+                path = self.dataset.video_path(video_id)
+                with VideoReader(path, short_side=ex.short_side) as reader:
+                    plan = self.extractor.plan(self.by_video[video_id])
+                    yield ("start", video_id, plan, t0)
+                    offset = self.dataset.offset_of(video_id)
+                    fps = self.dataset.frames_per_timestamp
+                    for x in self.extractor.batches(reader, plan, offset, fps):
+                        yield ("batch", video_id, x)
+                    decoded = reader.decode_counter
+            except (VideoError, ValueError) as exc:
+                raise StageError(
+                    f"extract {self.split}: video {video_id!r} ({path}): {exc}"
+                ) from exc
+            yield ("end", video_id, decoded)
+
+    def _extract(self, pending: list[str], held: dict[str, dict | None]) -> None:
+        """Extract the pending videos this process can claim; ``held`` gets the others."""
+        events = in_background(
+            self._claimed_batches(pending, held), depth=2, name=f"decode {self.split}"
+        )
+        collector, t0 = None, 0.0
         try:
-            path = self.dataset.video_path(video_id)
-            tv = time.perf_counter()
-            with VideoReader(path, short_side=ex.short_side) as reader:
-                features = self.extractor.run(
-                    reader,
-                    video_id,
-                    self.by_video[video_id],
-                    self.dataset.offset_of(video_id),
-                    fps=self.dataset.frames_per_timestamp,
-                )
-                decoded = reader.decode_counter
-        except (VideoError, ValueError) as exc:
+            for event in events:
+                kind, video_id = event[0], event[1]
+                if kind == "start":
+                    _, _, plan, t0 = event
+                    collector = self.extractor.collector(plan)
+                    continue
+                assert collector is not None
+                if kind == "batch":
+                    try:
+                        collector.add(event[2])
+                    except ValueError as exc:
+                        raise StageError(
+                            f"extract {self.split}: video {video_id!r}: {exc}"
+                        ) from exc
+                    continue
+                features = collector.features()
+                prov = {"seconds": round(time.perf_counter() - t0, 3), "decoded_frames": event[2]}
+                self._wait_for_write()
+                with self._claims_lock:
+                    claim = self._claims.pop(video_id)
+                self._writing = self._writer.submit(self._write, video_id, claim, features, prov)
+                collector = None
+        finally:
+            events.close()  # stops and joins the decode thread: no claim is taken after this
+
+    def _release_claims(self) -> None:
+        """Release the claims of videos that were not handed to the writer (a failure)."""
+        with self._claims_lock:
+            claims, self._claims = list(self._claims.values()), {}
+        for claim in claims:
             claim.release()
-            raise StageError(f"extract {self.split}: video {video_id!r} ({path}): {exc}") from exc
-        except BaseException:
-            claim.release()
-            raise
-        prov = {"seconds": round(time.perf_counter() - tv, 3), "decoded_frames": decoded}
-        self._wait_for_write()
-        self._writing = self._writer.submit(self._write, video_id, claim, features, prov)
 
     def run(self) -> int:
         """Extract every video not yet complete; returns how many were already complete."""
@@ -191,30 +262,19 @@ class _SplitRun:
             try:
                 self._wait_for_write()
             finally:
+                self._release_claims()
                 self._writer.shutdown()
 
     def _run(self) -> int:
         pending = [v for v in self.by_video if not self.store.is_complete_video(v)]
         resumed = len(self.by_video) - len(pending)
+        self._complete_before = resumed
         deadline = time.monotonic() + WAIT_FOR_OTHERS_S
         while pending:
             held: dict[str, dict | None] = {}
-            for video_id in pending:
-                # Another process may have finished everything and published the staging
-                # dir: its path is gone, and claiming there would recreate it.
-                if self.published():
-                    return resumed
-                claim = self.store.try_claim(video_id, owner=self.owner)
-                if claim is None:
-                    if not self.store.is_complete_video(video_id):
-                        held[video_id] = _break_lock_if_dead(self.locks, f"{video_id}.json")
-                    continue
-                # Checked again after claiming: the claim saw the video incomplete, so if
-                # nothing is published now, nothing can be until we write it.
-                if self.published():
-                    claim.release()
-                    return resumed
-                self.extract_video(video_id, claim)
+            self._extract(pending, held)
+            if self._stopped:
+                return resumed
             pending = list(held)
             if not pending:
                 break

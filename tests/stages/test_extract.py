@@ -33,6 +33,7 @@ from featurestore.backend import LockFiles
 from stages.data import Dataset
 from stages.detect.track import ACTORS_FILE, read_actors
 from stages.extract import stage as extract
+from stages.extract import video as extract_video
 from stages.extract import workers as extract_workers
 from stages.framework import (
     COMPLETE_MARKER,
@@ -286,6 +287,26 @@ def test_undecodable_video_is_named(tiny_world: Path, tmp_path: Path, one_thread
     key = stage_key(extract.STAGE, cfg, {"track": tracks})
     partial = FeatureStore.open(_staging_store(work, key, "train"), allow_incomplete=True)
     assert partial.videos() == ["w0_train_00"]
+    assert not any(Path(partial.url, "locks").glob("*.json"))  # no claim left behind
+
+
+def test_a_failed_backbone_releases_the_claim_decoded_ahead(
+    tiny_world: Path, tracks: StageRef, tmp_path: Path, monkeypatch, one_thread
+) -> None:
+    """The decode thread claims and decodes the next video while the backbone runs; when
+    the backbone fails, that claim is released too (a rerun must not wait for it)."""
+    _, _, cfg = stage_configs(tiny_world, splits=["train"])
+
+    def fail(self, x):
+        raise ValueError("the backbone failed")
+
+    monkeypatch.setattr(extract_video.FeatureCollector, "add", fail)
+    with pytest.raises(StageError, match=r"w0_train_00.*the backbone failed"):
+        run_stage(extract.STAGE, cfg, {"track": tracks}, tmp_path)
+    key = stage_key(extract.STAGE, cfg, {"track": tracks})
+    staging = _staging_store(tmp_path, key, "train")
+    assert FeatureStore.open(staging, allow_incomplete=True).videos() == []
+    assert not any(Path(staging, "locks").glob("*.json"))  # both claims released
 
 
 def test_staging_store_with_another_schema_is_refused(
