@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -25,7 +25,7 @@ class _Failure:
 
 def in_background(
     items: Iterable[T], *, depth: int = 2, name: str = "bankflow-prefetch"
-) -> Iterator[T]:
+) -> Generator[T, None, None]:
     """Yield ``items`` in order, produced by a daemon thread up to ``depth`` ahead."""
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
