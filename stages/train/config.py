@@ -281,8 +281,9 @@ def crt_name(model: str) -> str:
 TRAIN = Stage(
     name="train",
     # 2: events.jsonl, prior in metrics.json; 4: tensorboard scalars; 5: acar and acrn are
-    # the released heads, and the val mAP orders equal scores as the official evaluator
-    code_version="5",
+    # the released heads, and the val mAP orders equal scores as the official evaluator;
+    # 6: AMCR's PosNet as released (the earlier one collapsed to a constant)
+    code_version="6",
     config_type=TrainStageConfig,
     compute="stages.train.stage:compute",
     resumable=True,
@@ -300,7 +301,9 @@ DUMP = Stage(
 )
 TRAIN_BANK = Stage(
     name="train_bank",
-    code_version="2",  # 2: acar_acfb wraps the released ACAR head; official tie order in the val mAP
+    # 2: acar_acfb wraps the released ACAR head; official tie order in the val mAP;
+    # 3: amcr_hafb wraps AMCR with the released PosNet
+    code_version="3",
     config_type=TrainBankStageConfig,
     compute="stages.train.bank:compute",
     resumable=True,
