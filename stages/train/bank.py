@@ -382,6 +382,7 @@ def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
         events=ctx.staging / EVENTS_FILE,
     )
     train_seconds = time.perf_counter() - t0
+    data.train.release()  # the training split's preloaded rows: not needed to evaluate
     if not is_main():
         return {}
     result, table = val_map(val_scores(model))

@@ -164,6 +164,11 @@ class KeyframeSource:
             # Video by video (whole ranges), not keyframe by keyframe: issue 22.
             self._cache = store.read_keyframes_by_video(items, arrays=self.arrays)
 
+    def release(self) -> None:
+        """Drop the preloaded features (their RAM back, e.g. before a stage evaluates on
+        another split); later reads go to the store."""
+        self._cache, self.preload = None, False
+
     def get(self, keyframes: np.ndarray) -> list[KeyframeFeatures]:
         if self._cache is not None:
             return [self._cache[int(k)] for k in keyframes]

@@ -451,6 +451,7 @@ def compute_rank(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
     t0 = time.perf_counter()
     cache = ctx.staging / INPUTS_CACHE
     inputs = record_inputs(model, data, cache)
+    data.train.release()  # recorded: the training split's preloaded rows are not read again
     if len(inputs) != len(train_index.boxes):
         raise StageError(
             f"rebalance: recorded {len(inputs)} classifier inputs for "
@@ -466,6 +467,7 @@ def compute_rank(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
     # In place: a head may reach its classifier through a property of a sub-module
     # (IGMN's DAM, ACAR+ACFB's ACAR); assigning an attribute would leave that one in use.
     classifier.load_state_dict(new_classifier.state_dict())
+    del inputs, labels  # before the val evaluation: its RAM, not theirs (issue 22)
     train_seconds = time.perf_counter() - t0
     if not is_main():
         return {}

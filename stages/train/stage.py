@@ -242,6 +242,7 @@ def compute_rank(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
         events=ctx.staging / EVENTS_FILE,
     )
     train_seconds = time.perf_counter() - t0
+    data.train.release()  # the training split's preloaded rows: not needed to evaluate
     if not is_main():
         return {}
     assert data.val is not None
