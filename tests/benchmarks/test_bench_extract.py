@@ -8,6 +8,8 @@ Run: ``.venv/bin/python -m pytest tests/benchmarks/test_bench_extract.py -m benc
    decoder and the writer take cores from the backbone, so the same run is repeated with a
    stand-in backbone that waits the measured forward time without using the CPU (as the
    host waits for a GPU): that ratio measures the overlap alone.
+   ``BANKFLOW_BENCH_EXTRACT_SECONDS=N``: a world of 4 videos of N s instead of the tiny
+   world's 20 s (the fixed costs amortised over more keyframes per video).
 2. Peak RSS of an extraction process at two world sizes (it must not grow with videos).
 3. Store bytes per keyframe on the demo world, and projected AVA v2.2 store sizes.
 """
@@ -129,8 +131,14 @@ def test_bench_extract_overhead_over_backbone(
     load_backbone = extract.load_backbone
     monkeypatch.setattr(extract, "load_backbone", timed("build", load_backbone))
     monkeypatch.setattr(extract, "_probe_shapes", timed("probe", extract._probe_shapes))
-    tracks = track_input(tiny_world, tmp_path / "inputs")
-    _, _, cfg = stage_configs(tiny_world, **overrides)
+    world = tiny_world
+    if seconds := int(os.environ.get("BANKFLOW_BENCH_EXTRACT_SECONDS", "0")):
+        # Longer videos than the tiny world's 20 s: the per-split and per-video costs
+        # amortised over more keyframes, as on AVA's 15-min videos.
+        world = tmp_path / "long"
+        build_world(world, WorldConfig.tiny(seed=0).model_copy(update={"duration_s": seconds}))
+    tracks = track_input(world, tmp_path / "inputs")
+    _, _, cfg = stage_configs(world, **overrides)
     warm_up = _forward_only_seconds(cfg, tracks.uri)[0]  # allocator, oneDNN kernels
     # Interleaved repeats, best of each: the machine is shared, contention only adds time.
     backbones, walls, backbone_cpus, cpus, steady = [], [], [], [], []
