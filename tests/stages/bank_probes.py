@@ -37,9 +37,8 @@ from featurestore.banks import BankStore, feature_video_digest
 from models.heads.contract import HeadData, build_from_data, head_reads
 from stages.train.bank import bank_attach
 from stages.train.config import WindowConfig
-from stages.train.data import KeyframeSource
 from stages.train.dump import dump_video, row_shapes, write_bank_video
-from stages.train.loop import TrainData, predict, train
+from stages.train.loop import predict, train
 from stages.train.optim import OptimConfig
 from stages.train.recipes import scaled_recipe
 from tests.stages.relational_probes import (
@@ -49,6 +48,7 @@ from tests.stages.relational_probes import (
     ProbeSplit,
     ProbeWorld,
     average_precision,
+    probe_data,
     probe_index,
 )
 
@@ -147,16 +147,8 @@ def run_bank_probe(
         init = model.init_from_stage1
         assert init is not None, head
         init(probe.stage1.state_dict())
-    arrays = set(head_reads(model))
     world = probe.world
-
-    def source(split: ProbeSplit) -> KeyframeSource:
-        return KeyframeSource(split.store, probe_index(split), preload=True, arrays=arrays)
-
-    data = TrainData(
-        train=source(world.train), val=source(world.val), exclusive=[],
-        use_roi="roi" in arrays, use_roi_t="roi_t" in arrays,
-    )  # fmt: skip
+    data = probe_data(world, set(head_reads(model)))
     assert data.val is not None
     data.attach = bank_attach(
         [(data.train, probe.train_bank), (data.val, probe.val_bank)], window, preload=True

@@ -211,6 +211,18 @@ def write_probe(
     )
 
 
+def probe_data(world: ProbeWorld, arrays: set[str]) -> TrainData:
+    """Both splits of ``world`` preloaded, with the arrays a head reads (``arrays``)."""
+
+    def source(split: ProbeSplit) -> KeyframeSource:
+        return KeyframeSource(split.store, probe_index(split), preload=True, arrays=arrays)
+
+    return TrainData(
+        train=source(world.train), val=source(world.val), exclusive=[],
+        use_roi="roi" in arrays, use_roi_t="roi_t" in arrays,
+    )  # fmt: skip
+
+
 def probe_index(split: ProbeSplit) -> SplitIndex:
     """The :class:`SplitIndex` of a probe store (what :func:`stages.train.data.build_index`
     builds from a GT table), labelled with the probe's labels."""
@@ -271,15 +283,7 @@ def run_probe(
     torch.manual_seed(recipe.optim.seed)
     if model is None:
         model = build_recipe_head(head, recipe, in_channels=CHANNELS, num_classes=1)
-    arrays = set(head_reads(model))
-
-    def source(split: ProbeSplit) -> KeyframeSource:
-        return KeyframeSource(split.store, probe_index(split), preload=True, arrays=arrays)
-
-    data = TrainData(
-        train=source(world.train), val=source(world.val), exclusive=[],
-        use_roi="roi" in arrays, use_roi_t="roi_t" in arrays,
-    )  # fmt: skip
+    data = probe_data(world, set(head_reads(model)))
     t0 = time.perf_counter()
     train(model, data, recipe.optim, ckpt_dir, prefetch=0)
     assert data.val is not None
