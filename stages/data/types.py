@@ -47,8 +47,8 @@ class BoxTable:
     def __len__(self) -> int:
         return int(self.timestamp.shape[0])
 
-    def take(self, index: np.ndarray) -> BoxTable:
-        """Rows selected by a boolean mask or an integer index array."""
+    def take(self, index: np.ndarray | slice) -> BoxTable:
+        """Rows selected by a boolean mask, an integer index array or a slice (views)."""
         return BoxTable(
             video=self.video[index],
             timestamp=self.timestamp[index],

@@ -37,6 +37,7 @@ the GT instead of counting them as false positives.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -69,6 +70,12 @@ PROTOCOLS: tuple[str, ...] = ("2018", "2019", "2020")
 Ties = Literal["official", "stable"]
 TIES: tuple[str, ...] = ("official", "stable")
 DEFAULT_CAP: dict[str, int | None] = {"2018": None, "2019": 50, "2020": 50}
+# Detection rows per block of whole keyframes (evaluate_ava): bounds the intermediates.
+EVAL_BLOCK_ROWS = 1 << 18
+# Rows per block when video names become keyframe ids (_keyframe_ids).
+KEYFRAME_ID_BLOCK = 1 << 18
+# One block's rows of a class: score, true positive, file row (stable ties only).
+ClassPart = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 
 def evaluate_ava(
@@ -108,6 +115,7 @@ def evaluate_ava(
     if protocol == "2020":
         excluded = None
     counts = {"gt_rows": len(gt), "detection_rows": len(detections)}
+    official = ties == "official"
 
     ids = np.asarray(labelmap.ids, dtype=np.int64)
     ex_video = excluded.video if excluded is not None else np.empty(0, dtype=object)
@@ -117,50 +125,79 @@ def evaluate_ava(
     )
     # Keyframes of the GT file, rows of every class: "absent from the GT" (2020).
     gt_file_kf = np.unique(gt_kf)
-    gt_in, det_in = np.isin(gt.action, ids), np.isin(detections.action, ids)
+
+    # Ground truth, whole (it is a few rows per keyframe): its evaluated classes, in the
+    # official heap's order when asked, outside the excluded keyframes.
+    gt_in = np.isin(gt.action, ids)
     gt, gt_kf = gt.take(gt_in), gt_kf[gt_in]
-    detections, det_kf = detections.take(det_in), det_kf[det_in]
-
-    if ties == "official":
-        det_order, gt_order = _official_order(gt, gt_kf, detections, det_kf, cap, protocol)
-        detections, det_kf = detections.take(det_order), det_kf[det_order]
+    if official and protocol != "2018":
+        gt_order = _official_gt_order(gt, gt_kf)
         gt, gt_kf = gt.take(gt_order), gt_kf[gt_order]
-        if protocol == "2018":  # its NMS step keeps scores above -10 only
-            above = detections.score > SCORE_FLOOR_2018
-            detections, det_kf = detections.take(above), det_kf[above]
-    elif cap is not None:
-        keep = _top_per_keyframe(det_kf, detections.score, cap)
-        detections, det_kf = detections.take(keep), det_kf[keep]
-
     if ex_kf.size:
-        gt_in = ~np.isin(gt_kf, ex_kf)
-        det_in = ~np.isin(det_kf, ex_kf)
-        counts["excluded_gt_rows"] = int((~gt_in).sum())
-        counts["excluded_detection_rows"] = int((~det_in).sum())
-        gt, gt_kf = gt.take(gt_in), gt_kf[gt_in]
-        detections, det_kf = detections.take(det_in), det_kf[det_in]
-
-    b = detections.boxes
-    valid = (b[:, 0] < b[:, 2]) & (b[:, 1] < b[:, 3])
-    counts["invalid_detection_rows"] = int((~valid).sum())
-    detections, det_kf = detections.take(valid), det_kf[valid]
-
+        keep = ~np.isin(gt_kf, ex_kf)
+        counts["excluded_gt_rows"] = int((~keep).sum())
+        counts["excluded_detection_rows"] = 0
+        gt, gt_kf = gt.take(keep), gt_kf[keep]
+    counts["invalid_detection_rows"] = 0
     if protocol == "2020":
-        on_gt = np.isin(det_kf, gt_file_kf)
-        counts["detections_off_gt_keyframes"] = int((~on_gt).sum())
-        detections, det_kf = detections.take(on_gt), det_kf[on_gt]
+        counts["detections_off_gt_keyframes"] = 0
     counts["gt_keyframes"] = int(np.unique(gt_kf).size)
+    n_cls = int(max(ids.max(initial=0), 0)) + 1
+    gt_count = np.bincount(gt.action, minlength=n_cls) if len(gt) else np.zeros(n_cls, int)
+    scored = [int(c) for c in sorted(ids.tolist()) if c >= 0 and gt_count[c] > 0]
+    gt_by_kf = np.argsort(gt_kf, kind="stable")
+    gt_kf_sorted = gt_kf[gt_by_kf]
 
-    per_class, num_gt, num_det = _per_class_ap(
-        gt,
-        gt_kf,
-        detections,
-        det_kf,
-        ids,
-        iou_threshold,
-        official=ties == "official",
-        protocol=protocol,
-    )
+    # Detections a block of whole keyframes at a time, keyframes in the order they first
+    # appear: every rule but the ranking is per keyframe, and a class's ranking needs only
+    # its (score, true positive) pairs, in the order the whole table would give them. The
+    # peak holds one block's rows, not every row's intermediates (issue 22).
+    parts: dict[int, list[ClassPart]] = {c: [] for c in scored}
+    for rows in _keyframe_blocks(det_kf, np.isin(detections.action, ids)):
+        # File rows break equal scores in the stable ranking; the official one needs none.
+        row = None
+        if not official:
+            row = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+        block = _detection_block(
+            detections.take(rows),
+            det_kf[rows],
+            row,
+            gt_file_kf,
+            ex_kf,
+            cap,
+            protocol=protocol,
+            official=official,
+            counts=counts,
+        )
+        if block is None:
+            continue
+        det, kf, row = block
+        # The block's GT rows, each keyframe's in GT order (it breaks equal IoUs).
+        gt_rows = gt_by_kf[_rows_of_keyframes(gt_kf_sorted, np.unique(kf))]
+        for cid, part in _class_parts(
+            det, kf, row, gt.take(gt_rows), gt_kf[gt_rows], n_cls, iou_threshold, official, protocol
+        ):
+            if cid in parts:
+                parts[cid].append(part)
+
+    per_class: dict[int, float] = {}
+    num_gt: dict[int, int] = {}
+    num_det: dict[int, int] = {}
+    for cid in scored:
+        pieces = parts.pop(cid)
+        score = np.concatenate([p[0] for p in pieces]) if pieces else np.empty(0)
+        tp = np.concatenate([p[1] for p in pieces]) if pieces else np.empty(0, dtype=bool)
+        # official: np.argsort(scores)[::-1] over the class's rows in the official
+        # concatenation order; stable: descending score, equal scores in file order.
+        if official:
+            ranking = class_ranking(score)
+        else:
+            row = np.concatenate([p[2] for p in pieces]) if pieces else np.empty(0, np.int64)
+            ranking = np.lexsort((row, -score))
+        precision, recall = precision_recall(tp[ranking], int(gt_count[cid]))
+        per_class[cid] = voc_ap(precision, recall)
+        num_gt[cid] = int(gt_count[cid])
+        num_det[cid] = int(score.size)
     return AvaResult(
         mAP=float(np.mean(list(per_class.values()))) if per_class else float("nan"),
         per_class=per_class,
@@ -220,16 +257,39 @@ def group_map(per_class: dict[int, float], labelmap: LabelMap) -> dict[str, floa
 
 def _keyframe_ids(*tables: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
     """Dense int64 keyframe ids for several (video [n], timestamp [n]) pairs, shared
-    across them: equal (video, integer timestamp) gives an equal id."""
-    videos = np.concatenate([np.asarray(v, dtype=str) for v, _ in tables])
-    times = np.concatenate([np.asarray(t, dtype=np.int64) for _, t in tables])
-    if videos.size == 0:
+    across them: equal (video, integer timestamp) gives an equal id, and ids follow the
+    videos' sorted names. Video names are read ``KEYFRAME_ID_BLOCK`` rows at a time, so
+    no fixed-width string copy of a whole AVA-sized table is made."""
+    times = [np.asarray(t, dtype=np.int64) for _, t in tables]
+    if sum(t.size for t in times) == 0:
         return [np.empty(0, dtype=np.int64) for _ in tables]
-    _, video_code = np.unique(videos, return_inverse=True)
-    span = int(times.max()) - int(times.min()) + 1
-    key = video_code.astype(np.int64) * span + (times - times.min())
-    bounds = np.cumsum([0] + [len(t) for _, t in tables])
-    return [key[bounds[i] : bounds[i + 1]] for i in range(len(tables))]
+    names: list[np.ndarray] = []
+    local: list[np.ndarray] = []  # per block: each row's index into that block's names
+    for video, _ in tables:
+        for lo in range(0, len(video), KEYFRAME_ID_BLOCK):
+            u, inverse = np.unique(
+                np.asarray(video[lo : lo + KEYFRAME_ID_BLOCK], dtype=str), return_inverse=True
+            )
+            names.append(u)
+            local.append(inverse.reshape(-1).astype(np.int32))
+    every, code_of = np.unique(np.concatenate(names), return_inverse=True)
+    code_of = code_of.reshape(-1)
+    t_min = min(int(t.min()) for t in times if t.size)
+    span = max(int(t.max()) for t in times if t.size) - t_min + 1
+    out: list[np.ndarray] = []
+    block, first_name = 0, 0
+    for t in times:
+        key = np.empty(t.size, dtype=np.int64)
+        for lo in range(0, t.size, KEYFRAME_ID_BLOCK):
+            codes = code_of[first_name : first_name + names[block].size]
+            key[lo : lo + KEYFRAME_ID_BLOCK] = codes[local[block]] * span + (
+                t[lo : lo + KEYFRAME_ID_BLOCK] - t_min
+            )
+            first_name += names[block].size
+            block += 1
+        out.append(key)
+    del every
+    return out
 
 
 def _top_per_keyframe(kf: np.ndarray, score: np.ndarray, cap: int) -> np.ndarray:
@@ -244,50 +304,107 @@ def _top_per_keyframe(kf: np.ndarray, score: np.ndarray, cap: int) -> np.ndarray
     return keep
 
 
-def _official_order(
-    gt: BoxTable,
-    gt_kf: np.ndarray,
+def _keyframe_blocks(kf: np.ndarray, evaluated: np.ndarray) -> Iterator[np.ndarray | slice]:
+    """The ``evaluated`` rows, a block of whole keyframes at a time: keyframes in the
+    order they first appear, each keyframe's rows in file order, about ``EVAL_BLOCK_ROWS``
+    rows per block (one keyframe may exceed it). A block is an index array, or a slice
+    when every row is evaluated and each keyframe's rows are together (a prediction
+    table's layout), so no per-row index is held."""
+    rows = None if evaluated.all() else np.flatnonzero(evaluated)
+    kf_rows = kf if rows is None else kf[rows]
+    if kf_rows.size == 0:
+        return
+    starts = np.flatnonzero(np.r_[True, kf_rows[1:] != kf_rows[:-1]])
+    if np.unique(kf_rows[starts]).size != starts.size:  # a keyframe's rows are apart
+        order = np.argsort(first_seen_position(kf_rows), kind="stable")
+        rows, kf_rows = (order if rows is None else rows[order]), kf_rows[order]
+        starts = np.flatnonzero(np.r_[True, kf_rows[1:] != kf_rows[:-1]])
+    ends = np.r_[starts[1:], kf_rows.size]
+    first = 0
+    while first < starts.size:
+        last = max(first + 1, int(np.searchsorted(ends, starts[first] + EVAL_BLOCK_ROWS, "right")))
+        lo, hi = int(starts[first]), int(ends[last - 1])
+        yield slice(lo, hi) if rows is None else rows[lo:hi]
+        first = last
+
+
+def _rows_of_keyframes(sorted_kf: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Positions in ``sorted_kf`` (ascending) of every row whose keyframe is in ``keys``."""
+    lo = np.searchsorted(sorted_kf, keys, side="left")
+    hi = np.searchsorted(sorted_kf, keys, side="right")
+    count = hi - lo
+    return np.repeat(lo - np.cumsum(count) + count, count) + np.arange(int(count.sum()))
+
+
+def _detection_block(
     det: BoxTable,
-    det_kf: np.ndarray,
+    kf: np.ndarray,
+    row: np.ndarray | None,
+    gt_file_kf: np.ndarray,
+    ex_kf: np.ndarray,
     cap: int | None,
+    *,
     protocol: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Index arrays putting detections (capped) and GT rows in the official code's order.
+    official: bool,
+    counts: dict[str, int],
+) -> tuple[BoxTable, np.ndarray, np.ndarray | None] | None:
+    """One block's detections through the per-keyframe rules (cap, exclusions, box
+    validity, 2020's GT keyframes); returns them with their keyframe ids and file rows
+    (None stays None), in the official order when ``official``. Adds to ``counts``."""
 
-    2019/2020 read both files through the per-keyframe heap; 2018 keeps file order
-    (its detections grouped by keyframe, as its dict of lists holds them).
-    """
-    if protocol == "2018" and cap is None:
-        det_order = np.lexsort((np.arange(len(det)), first_seen_position(det_kf)))
-        return det_order, np.arange(len(gt))
-    det_order = heap_keyframe_order(det_kf, det.score, det.action, det.boxes, cap)
-    if protocol == "2018":
-        return det_order, np.arange(len(gt))
-    # An 8-column GT row's 8th column (the person id) is the official heap's score.
+    def take(index: np.ndarray) -> tuple[BoxTable, np.ndarray, np.ndarray | None]:
+        return det.take(index), kf[index], None if row is None else row[index]
+
+    if official:
+        if protocol != "2018" or cap is not None:
+            # The official per-keyframe heap (2018 with a cap: the heap, no GT heap).
+            det, kf, row = take(heap_keyframe_order(kf, det.score, det.action, det.boxes, cap))
+        if protocol == "2018":  # its NMS step keeps scores above -10 only
+            det, kf, row = take(det.score > SCORE_FLOOR_2018)
+    elif cap is not None:
+        det, kf, row = take(_top_per_keyframe(kf, det.score, cap))
+    if ex_kf.size:
+        keep = ~np.isin(kf, ex_kf)
+        counts["excluded_detection_rows"] += int((~keep).sum())
+        det, kf, row = take(keep)
+    b = det.boxes
+    valid = (b[:, 0] < b[:, 2]) & (b[:, 1] < b[:, 3])
+    counts["invalid_detection_rows"] += int((~valid).sum())
+    det, kf, row = take(valid)
+    if protocol == "2020":
+        on_gt = np.isin(kf, gt_file_kf)
+        counts["detections_off_gt_keyframes"] += int((~on_gt).sum())
+        det, kf, row = take(on_gt)
+    return (det, kf, row) if len(det) else None
+
+
+def _official_gt_order(gt: BoxTable, gt_kf: np.ndarray) -> np.ndarray:
+    """GT rows in the official heap's order (2019, 2020): an 8-column GT row's 8th
+    column (the person id) is the heap's score."""
     gt_key = np.where(gt.person != NO_PERSON, gt.person.astype(np.float64), 1.0)
-    return det_order, heap_keyframe_order(gt_kf, gt_key, gt.action, gt.boxes, None)
+    return heap_keyframe_order(gt_kf, gt_key, gt.action, gt.boxes, None)
 
 
-def _per_class_ap(
-    gt: BoxTable,
-    gt_kf: np.ndarray,
+def _class_parts(
     det: BoxTable,
     det_kf: np.ndarray,
-    class_ids: np.ndarray,
+    det_row: np.ndarray | None,
+    gt: BoxTable,
+    gt_kf: np.ndarray,
+    n_cls: int,
     iou_threshold: float,
-    *,
     official: bool,
     protocol: str,
-) -> tuple[dict[int, float], dict[int, int], dict[int, int]]:
-    """Match all detections at once, then one AP per class that has GT.
+) -> Iterator[tuple[int, ClassPart]]:
+    """Match one block's detections, then yield per class (score, true positive, file
+    row) in the order the class's ranking starts from.
 
-    ``official``: rows arrive in the official order (:func:`_official_order`); a
+    ``official``: rows arrive in the official order (:func:`_detection_block`); a
     keyframe's detections are visited in that order (2018: ``argsort[::-1]`` per
-    keyframe and class) and each class is ranked by ``np.argsort(scores)[::-1]``.
+    keyframe and class) and a class's rows are concatenated keyframe by keyframe.
     Otherwise ties keep file order throughout.
     """
     # Group = (keyframe, class); class ids are small non-negative ints.
-    n_cls = int(max(class_ids.max(initial=0), 0)) + 1
     det_group = det_kf * n_cls + det.action
     if not official:
         rank = np.empty(len(det), dtype=np.int64)
@@ -302,25 +419,9 @@ def _per_class_ap(
     tp = match_to_best_gt(
         det_group, det.boxes, rank, gt_kf * n_cls + gt.action, gt.boxes, iou_threshold
     )
-
-    per_class: dict[int, float] = {}
-    num_gt: dict[int, int] = {}
-    num_det: dict[int, int] = {}
-    gt_count = np.bincount(gt.action, minlength=n_cls) if len(gt) else np.zeros(n_cls, int)
-    # Detections sorted by class; each class's block in rank order (stable) or in the
-    # official concatenation order (official).
     cls_sorted = det.action[by_class]
-    for cid in sorted(int(c) for c in class_ids):
-        n_gt = int(gt_count[cid]) if cid >= 0 else 0
-        if n_gt == 0:
-            continue
-        lo, hi = np.searchsorted(cls_sorted, [cid, cid + 1])
-        block = by_class[lo:hi]
-        if official:
-            block = block[class_ranking(det.score[block])]
-        ranked_tp = tp[block]
-        precision, recall = precision_recall(ranked_tp, n_gt)
-        per_class[cid] = voc_ap(precision, recall)
-        num_gt[cid] = n_gt
-        num_det[cid] = int(hi - lo)
-    return per_class, num_gt, num_det
+    bounds = np.flatnonzero(np.r_[True, cls_sorted[1:] != cls_sorted[:-1], True])
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+        members = by_class[lo:hi]
+        tie = None if det_row is None else det_row[members]
+        yield int(cls_sorted[lo]), (det.score[members], tp[members], tie)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -235,3 +237,34 @@ def test_heap_replay_in_blocks_keeps_the_official_order(monkeypatch: pytest.Monk
         assert np.array_equal(
             official_order.heap_keyframe_order(kf, score, action, boxes, 50), whole
         )
+
+
+@pytest.mark.parametrize("name", ["ties", "cut", "large"])
+def test_evaluation_in_keyframe_blocks_equals_the_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+):
+    """Detections are evaluated a block of whole keyframes at a time and video names are
+    coded a block of rows at a time (bounded memory at AVA scale, issue 22): any block
+    size gives the same APs, counts and detection numbers, under both tie orders and
+    every protocol, on files whose keyframes are interleaved (``ties``, ``large``) or
+    grouped (``cut``), with excluded keyframes."""
+    from stages.evaluate import ava
+    from tests.evaluate.official_cases import write_case
+
+    files = write_case(name, tmp_path)
+    args = (files["gt"], files["det"], files["labelmap"], files["excluded"])
+    settings = [(p, t) for p in ("2018", "2019", "2020") for t in ("official", "stable")]
+
+    def results() -> list[tuple]:
+        out = []
+        for protocol, ties in settings:
+            r = evaluate_ava_files(*args, protocol=protocol, ties=ties)
+            out.append((r.per_class, r.num_detections, r.num_gt, r.counts))
+        return out
+
+    whole = results()
+    assert any(r[3].get("excluded_detection_rows") for r in whole)
+    for rows in (1, 7, 500):
+        monkeypatch.setattr(ava, "EVAL_BLOCK_ROWS", rows)
+        monkeypatch.setattr(ava, "KEYFRAME_ID_BLOCK", rows)
+        assert results() == whole, rows
