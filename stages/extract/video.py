@@ -9,7 +9,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -193,8 +195,9 @@ class VideoExtractor:
 
     The work splits in two so that callers can overlap it (docs/design.md §3,
     "Extraction runs in three threads"): :meth:`plan` and :meth:`batches` (decoding,
-    batch preparation: a background thread) and :meth:`collector` (backbone, RoIAlign,
-    casts to the store's dtype: the caller's thread). :meth:`run` does both for one video.
+    batch preparation: a background thread) and :meth:`collector` (the backbone on the
+    caller's thread; RoIAlign and the casts to the store's dtype on the collector's pool
+    thread). :meth:`run` does both for one video.
     """
 
     def __init__(self, model: torch.nn.Module, cfg: ExtractConfig, schema: StoreSchema) -> None:
@@ -226,36 +229,52 @@ class VideoExtractor:
         return torch.from_numpy(out).permute(0, 4, 1, 2, 3)
 
     def _forward(self, x: torch.Tensor, boxes: list[np.ndarray]):
-        x = x.to(self.device)  # (B, 3, T, H, W)
+        """Backbone, RoIAlign and pooling of one batch: :meth:`_backbone` then :meth:`_pool`."""
+        return self._pool(self._backbone(x), tuple(x.shape[3:]), boxes)
+
+    def _backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The backbone on a batch (B, 3, T, H, W): its map (B, C, h, w) as float32 and,
+        with ``store_roi_t``, the fast pathway (the slow one is then the first item)."""
+        x = x.to(self.device)
+        # autocast: the backbone only
+        with torch.inference_mode(), autocast(self.cfg.precision, self.device):
+            if self.cfg.store_roi_t:
+                slow, fast = self.model(x, return_temporal=True)
+                return slow.float(), fast.float()
+            return self.model(x).float(), None
+
+    def _pool(
+        self,
+        maps: tuple[torch.Tensor, torch.Tensor | None],
+        size: tuple[int, ...],
+        boxes: list[np.ndarray],
+    ):
+        """RoIAlign, pooling and context of one batch's backbone output (``size``: the
+        clips' (H, W)); CPU tensors (context, roi, pooled, roi_t or None)."""
         counts = [len(b) for b in boxes]
         box_t = torch.from_numpy(np.concatenate(boxes).astype(np.float32)).to(self.device)
         index = torch.repeat_interleave(torch.arange(len(boxes)), torch.tensor(counts))
         with torch.inference_mode():
-            with autocast(self.cfg.precision, self.device):  # the backbone only
-                if self.cfg.store_roi_t:
-                    slow, fast = self.model(x, return_temporal=True)
-                else:
-                    fmap = self.model(x)  # (B, C, h, w)
-            if self.cfg.store_roi_t:
+            slow, fast = maps
+            if fast is not None:
                 from models.backbones import pool_pathways
 
-                slow, fast = slow.float(), fast.float()
                 fmap = pool_pathways(slow, fast)
             else:
-                fmap = fmap.float()
+                fmap = slow
             roi, pooled = actor_rois(
                 fmap,
                 box_t,
                 index.to(self.device),
-                input_size=(x.shape[3], x.shape[4]),
+                input_size=(size[0], size[1]),
                 spec=self.roi_spec,
             )
             context = fmap
             if self.cfg.context_grid is not None:
                 context = torch.nn.functional.adaptive_avg_pool2d(fmap, self.cfg.context_grid)
             roi_t = None
-            if self.cfg.store_roi_t:
-                roi_t = self._temporal_rois(slow, fast, box_t, index, x.shape[3:])
+            if fast is not None:
+                roi_t = self._temporal_rois(slow, fast, box_t, index, size)
         return context.cpu(), roi.cpu(), pooled.cpu(), None if roi_t is None else roi_t.cpu()
 
     def _temporal_rois(self, slow, fast, boxes, index, size) -> torch.Tensor:
@@ -340,9 +359,12 @@ class VideoExtractor:
         # Decoding and batch preparation run in a background thread (decord and the
         # table lookup release the GIL), so they overlap the backbone on the previous batch.
         batches = self.batches(reader, plan, offset, fps)
-        for x in in_background(batches, depth=2, name=f"decode {video_id}"):
-            collector.add(x)
-        return collector.features()
+        try:
+            for x in in_background(batches, depth=2, name=f"decode {video_id}"):
+                collector.add(x)
+            return collector.features()
+        finally:
+            collector.close()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,7 +379,16 @@ class VideoPlan:
 
 
 class FeatureCollector:
-    """The features of one video's batches, fed in order (:meth:`VideoExtractor.collector`)."""
+    """The features of one video's batches, fed in order (:meth:`VideoExtractor.collector`).
+
+    :meth:`add` runs the backbone on the caller's thread and hands its output to a pool
+    thread for RoIAlign, pooling, the copy to the host and the casts, so the next batch's
+    forward starts at once (on an accelerator, the copy of one batch overlaps the forward
+    of the next); at most ``IN_FLIGHT`` batches wait there, in order. Errors of the pool
+    thread surface in a later :meth:`add` or in :meth:`features`.
+    """
+
+    IN_FLIGHT = 2
 
     def __init__(self, extractor: VideoExtractor, plan: VideoPlan) -> None:
         self.extractor, self.plan = extractor, plan
@@ -368,23 +399,52 @@ class FeatureCollector:
             "roi_t": [],
         }
         self.done = 0  # keyframes done so far
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-pool")
+        self._pending: deque[Future] = deque()
 
     def add(self, x: torch.Tensor) -> None:
-        """Backbone, RoIAlign and the casts to the store's dtype for the next batch."""
-        ex, plan, dtype = self.extractor, self.plan, self.extractor.schema.np_dtype
+        """The backbone on the next batch; RoIAlign and the casts follow on the pool thread."""
+        ex, plan = self.extractor, self.plan
         k0, k1 = self.done, self.done + len(x)
         per_kf = [plan.boxes[plan.offsets[k] : plan.offsets[k + 1]] for k in range(k0, k1)]
-        context, roi, pooled, roi_t = ex._forward(x, per_kf)
-        self.parts["context"].append(context.numpy().astype(dtype))
-        self.parts["pooled"].append(pooled.numpy().astype(dtype))
-        if ex.cfg.store_roi:
-            self.parts["roi"].append(roi.numpy().astype(dtype))
-        if roi_t is not None:
-            self.parts["roi_t"].append(roi_t.numpy().astype(dtype))
+        maps = ex._backbone(x)
+        self._pending.append(self._pool.submit(self._cast, maps, tuple(x.shape[3:]), per_kf))
         self.done = k1
+        while len(self._pending) > self.IN_FLIGHT:
+            self._collect(self._pending.popleft())
+
+    def _cast(
+        self, maps, size: tuple[int, ...], per_kf: list[np.ndarray]
+    ) -> list[np.ndarray | None]:
+        dtype = self.extractor.schema.np_dtype
+        return [
+            None if t is None else t.numpy().astype(dtype)
+            for t in self.extractor._pool(maps, size, per_kf)
+        ]
+
+    def _collect(self, future: Future) -> None:
+        context, roi, pooled, roi_t = future.result()  # re-raises the pool thread's error
+        self.parts["context"].append(context)
+        self.parts["pooled"].append(pooled)
+        if self.extractor.cfg.store_roi:
+            self.parts["roi"].append(roi)
+        if roi_t is not None:
+            self.parts["roi_t"].append(roi_t)
+
+    def close(self) -> None:
+        """Drop what is in flight and stop the pool thread (after a failure)."""
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
 
     def features(self) -> VideoFeatures:
         """The video's arrays, once every batch was added."""
+        try:
+            while self._pending:
+                self._collect(self._pending.popleft())
+        finally:
+            self.close()
         plan, schema = self.plan, self.extractor.schema
         dtype = schema.np_dtype
         shapes = expected_shapes(schema, len(plan.timestamps), len(plan.boxes))

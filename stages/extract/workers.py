@@ -118,8 +118,8 @@ class _SplitRun:
     Three threads work on three videos at once (docs/design.md §3, "Extraction runs in
     three threads"): a background thread claims the next video, opens it, decodes its
     keyframe clips and prepares the batches, up to two batches ahead of the backbone,
-    across video boundaries; the caller's thread runs the backbone, RoIAlign and the
-    casts; a writer thread writes the previous video (at most one write in flight). A
+    across video boundaries; the caller's thread runs the backbone (RoIAlign and the
+    casts follow on the collector's pool thread); a writer thread writes the previous video (at most one write in flight). A
     claim is taken just before its video is decoded and released once it is written.
     """
 
@@ -229,15 +229,13 @@ class _SplitRun:
                     collector = self.extractor.collector(plan)
                     continue
                 assert collector is not None
-                if kind == "batch":
-                    try:
+                try:
+                    if kind == "batch":
                         collector.add(event[2])
-                    except ValueError as exc:
-                        raise StageError(
-                            f"extract {self.split}: video {video_id!r}: {exc}"
-                        ) from exc
-                    continue
-                features = collector.features()
+                        continue
+                    features = collector.features()  # waits for the pool thread's batches
+                except ValueError as exc:
+                    raise StageError(f"extract {self.split}: video {video_id!r}: {exc}") from exc
                 prov = {"seconds": round(time.perf_counter() - t0, 3), "decoded_frames": event[2]}
                 self._wait_for_write()
                 with self._claims_lock:
@@ -245,6 +243,8 @@ class _SplitRun:
                 self._writing = self._writer.submit(self._write, video_id, claim, features, prov)
                 collector = None
         finally:
+            if collector is not None:  # a failure: stop its pool thread
+                collector.close()
             events.close()  # stops and joins the decode thread: no claim is taken after this
 
     def _release_claims(self) -> None:

@@ -108,3 +108,78 @@ def test_bench_ava_val_sized(tmp_path):
     print(f"read {read_s:.2f} s, evaluate {eval_s:.2f} s, mAP {result.mAP:.4f}")
     assert len(det) > 900_000 and len(result.per_class) == 60
     assert eval_s < 10.0
+
+
+def _prediction_tables(n_keyframes: int, rng: np.random.Generator, tied: bool) -> tuple:
+    """GT and a predictions table laid out as the training stages make it (every actor
+    of every keyframe × 60 classes, grouped by actor), 2.7 actors per keyframe."""
+    from stages.data.types import BoxTable
+
+    n_act = int(n_keyframes * 2.7)
+    kf = np.sort(rng.integers(0, n_keyframes, n_act))
+    videos = np.array([f"vid{v:08d}xyz" for v in range(n_keyframes // 897 + 1)], dtype=object)
+    video, time_s = videos[kf // 897], (902 + kf % 897).astype(np.int64)
+    xy = rng.uniform(0, 0.6, (n_act, 2))
+    boxes = np.column_stack([xy, xy + 0.3])
+    acts = rng.integers(1, 4, n_act)
+    g = np.repeat(np.arange(n_act), acts)
+    gt = BoxTable(video[g], time_s[g], boxes[g], rng.choice(CLASSES, g.size),
+                  np.full(g.size, -1), np.ones(g.size), np.arange(1, g.size + 1))  # fmt: skip
+    # tied: the prior-only baseline (every actor the same score per class).
+    c = CLASSES.size
+    scores = (
+        np.tile(rng.random(c, dtype=np.float32), (n_act, 1))
+        if tied
+        else rng.random((n_act, c), dtype=np.float32)
+    )
+    actor, cls = np.repeat(np.arange(n_act), c), np.tile(np.arange(c), n_act)
+    det = BoxTable(video[actor], time_s[actor], boxes[actor], CLASSES[cls],
+                   np.full(actor.size, -1), scores.reshape(-1).astype(np.float64),
+                   np.arange(1, actor.size + 1))  # fmt: skip
+    return gt, det
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) * 1024
+
+
+@pytest.mark.bench
+def test_bench_eval_memory_per_row():
+    """Peak RSS that ``evaluate_ava`` adds above its inputs, per detection row, at 1/4 and
+    all of AVA v2.2 val's size (57 k keyframes × 2.7 actors × 60 classes = 9.2 M rows):
+    the evaluation's own intermediates should grow no faster than the rows (issue 22),
+    and stay a fraction of the input table (80 bytes per row)."""
+    import threading
+
+    labelmap = LabelMap(ids=CLASSES.copy(), names=tuple(f"c{i}" for i in CLASSES),
+                        label_types=(None,) * CLASSES.size)  # fmt: skip
+    per_row = {}
+    for fraction in (0.25, 1.0):
+        for tied in (False, True):
+            gt, det = _prediction_tables(int(57_000 * fraction), np.random.default_rng(0), tied)
+            base, peak, done = _rss_bytes(), [0], threading.Event()
+
+            def sample(peak: list[int] = peak, done: threading.Event = done) -> None:
+                while not done.wait(0.01):
+                    peak[0] = max(peak[0], _rss_bytes())
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            start = time.perf_counter()
+            evaluate_ava(gt, det, labelmap)
+            seconds = time.perf_counter() - start
+            done.set()
+            sampler.join()
+            extra = max(peak[0] - base, 0)
+            per_row[fraction, tied] = extra / len(det)
+            print(
+                f"\n{len(det) / 1e6:.1f} M rows ({'prior-only, all tied' if tied else 'random'}"
+                f"): input {base / 1e9:.2f} GB RSS, evaluation adds {extra / 1e9:.2f} GB = "
+                f"{extra / len(det):.0f} bytes/row, {seconds:.1f} s"
+            )
+            del gt, det
+    for tied in (False, True):
+        growth = per_row[1.0, tied] * 4 / max(per_row[0.25, tied], 1e-9)
+        print(f"{'tied' if tied else 'random'}: added peak at 4× the rows = {growth:.2f}×")
+    assert all(v < 80 for v in per_row.values()), per_row
