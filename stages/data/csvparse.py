@@ -12,6 +12,7 @@ import csv
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -165,7 +166,7 @@ def parse_csv(
     for column in columns:
         values = table.column(column.name)
         if column.kind == "str":
-            out[column.name] = np.asarray(values.to_numpy(zero_copy_only=False), dtype=object)
+            out[column.name] = shared_strings(values)
             continue
         if values.null_count and not column.nullable:
             # Only reachable for empty required numbers: locate and name them.
@@ -175,3 +176,19 @@ def parse_csv(
         else:
             out[column.name] = values.to_numpy(zero_copy_only=False).astype(np.float64)
     return ParsedCsv(columns=out, lines=_line_numbers(data, table.num_rows), ncols=ncols)
+
+
+def shared_strings(values: Any) -> np.ndarray:
+    """A string column as an object array [N] holding one Python ``str`` per distinct
+    value, shared by its rows: an AVA-scale predictions table repeats a few hundred video
+    ids over millions of rows, and a string object per row took ~60 bytes each (issue 22).
+    ``values``: a pyarrow string Array or ChunkedArray."""
+    import pyarrow as pa  # here: importing the readers needs no Arrow
+
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if len(values) == 0:
+        return np.empty(0, dtype=object)
+    encoded = values.dictionary_encode()
+    distinct = np.asarray(encoded.dictionary.to_pylist(), dtype=object).reshape(-1)
+    return distinct[encoded.indices.to_numpy(zero_copy_only=False)]

@@ -7,10 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .csvparse import shared_strings
 from .errors import DataError
 from .types import NO_ACTION, BoxTable
 
-CSV_BLOCK_ROWS = 1 << 18  # rows formatted per write by write_predictions_csv
+CSV_BLOCK_ROWS = 1 << 18  # rows per write (CSV) or row group (Parquet) of the writers below
 _PARQUET_COLUMNS = ("video", "timestamp", "x1", "y1", "x2", "y2", "action", "person", "score")
 
 
@@ -53,21 +54,27 @@ def write_predictions_parquet(path: str | Path, table: BoxTable) -> None:
     import pyarrow as pa  # here: importing the readers of a dataset needs no Arrow
     import pyarrow.parquet as pq
 
-    arrow = pa.table(
-        {
-            "video": pa.array(table.video.tolist(), type=pa.string()),
-            "timestamp": pa.array(table.timestamp, type=pa.int64()),
-            "x1": pa.array(table.boxes[:, 0], type=pa.float64()),
-            "y1": pa.array(table.boxes[:, 1], type=pa.float64()),
-            "x2": pa.array(table.boxes[:, 2], type=pa.float64()),
-            "y2": pa.array(table.boxes[:, 3], type=pa.float64()),
-            "action": pa.array(table.action, type=pa.int64()),
-            "person": pa.array(table.person, type=pa.int64()),
-            "score": pa.array(table.score, type=pa.float64()),
-        }
-    )
-    with atomic_path(path) as tmp:
-        pq.write_table(arrow, tmp)
+    def block(rows: slice) -> pa.Table:
+        boxes = table.boxes[rows]
+        return pa.table(
+            {
+                "video": pa.array(table.video[rows], type=pa.string()),
+                "timestamp": pa.array(table.timestamp[rows], type=pa.int64()),
+                **{
+                    name: pa.array(boxes[:, k], type=pa.float64())
+                    for k, name in enumerate(("x1", "y1", "x2", "y2"))
+                },
+                "action": pa.array(table.action[rows], type=pa.int64()),
+                "person": pa.array(table.person[rows], type=pa.int64()),
+                "score": pa.array(table.score[rows], type=pa.float64()),
+            }
+        )
+
+    # A block of rows (one row group) at a time: Arrow copies of a whole AVA-scale table
+    # (9 M rows) held GBs (issue 22).
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, block(slice(0, 0)).schema) as writer:
+        for lo in range(0, len(table), CSV_BLOCK_ROWS):
+            writer.write_table(block(slice(lo, lo + CSV_BLOCK_ROWS)))
 
 
 def read_predictions_parquet(path: str | Path) -> BoxTable:
@@ -94,7 +101,7 @@ def read_predictions_parquet(path: str | Path) -> BoxTable:
 
     n = arrow.num_rows
     return BoxTable(
-        video=np.asarray(arrow.column("video").to_pylist(), dtype=object).reshape(n),
+        video=shared_strings(arrow.column("video")),
         timestamp=col("timestamp", np.int64),
         boxes=np.stack([col(c, np.float64) for c in ("x1", "y1", "x2", "y2")], axis=1).reshape(
             n, 4

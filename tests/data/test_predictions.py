@@ -89,6 +89,31 @@ def test_parquet_round_trip_is_exact(tmp_path: Path) -> None:
     assert len(read_predictions_parquet(empty)) == 0
 
 
+def test_parquet_in_row_groups_reads_back_whole_with_shared_video_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written a block of rows (a row group) at a time, read back as one table whose
+    rows share one string object per video id (bounded memory at AVA scale)."""
+    import pyarrow.parquet as pq
+
+    from stages.data import predictions
+
+    monkeypatch.setattr(predictions, "CSV_BLOCK_ROWS", 2)  # row groups of 2 + 1 rows
+    path = tmp_path / "pred.parquet"
+    original = _predictions()
+    write_predictions_parquet(path, original)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 2
+    back = read_predictions_parquet(path)
+    assert back.video.tolist() == original.video.tolist()
+    for name in ("timestamp", "boxes", "action", "person", "score"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(original, name))
+    assert back.video[1] is back.video[2]  # "0042" twice, one object
+    csv = tmp_path / "pred.csv"
+    write_predictions_csv(csv, original)
+    read = read_detections_csv(csv, strict=False)
+    assert read.video.tolist() == original.video.tolist() and read.video[1] is read.video[2]
+
+
 def test_parquet_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.parquet"
     bad.write_text("not parquet")
