@@ -19,7 +19,14 @@ if TYPE_CHECKING:
     from .dataset import Dataset, DatasetConfig, SplitFiles
     from .errors import DataError, DataErrors
     from .labelmap import read_labelmap, write_labelmap
-    from .types import NO_ACTION, NO_PERSON, BoxTable, ExcludedKeyframes, LabelMap
+    from .types import (
+        NO_ACTION,
+        NO_PERSON,
+        BoxTable,
+        ExcludedKeyframes,
+        LabelMap,
+        PredictionRows,
+    )
 
 # Imported on first use: a pipeline config (stages.data.dataset) loads no CSV parser,
 # no checker.
@@ -45,6 +52,7 @@ _LAZY = {
     "BoxTable": "stages.data.types",
     "ExcludedKeyframes": "stages.data.types",
     "LabelMap": "stages.data.types",
+    "PredictionRows": "stages.data.types",
 }
 
 __all__ = [
@@ -58,6 +66,7 @@ __all__ = [
     "DatasetReport",
     "ExcludedKeyframes",
     "LabelMap",
+    "PredictionRows",
     "SplitFiles",
     "check_dataset",
     "read_detections_csv",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,15 +10,25 @@ import numpy as np
 from .atomic import atomic_path
 from .csvparse import shared_strings
 from .errors import DataError
-from .types import NO_ACTION, BoxTable
+from .types import NO_ACTION, BoxTable, PredictionRows
 
 CSV_BLOCK_ROWS = 1 << 18  # rows per write (CSV) or row group (Parquet) of the writers below
 _PARQUET_COLUMNS = ("video", "timestamp", "x1", "y1", "x2", "y2", "action", "person", "score")
 
 
+def row_blocks(table: BoxTable | PredictionRows, rows: int) -> Iterator[BoxTable]:
+    """``table``'s rows in order, about ``rows`` at a time (views of a BoxTable; a
+    PredictionRows makes each block as it goes, whole keyframes)."""
+    if isinstance(table, PredictionRows):
+        yield from table.blocks(rows)
+        return
+    for lo in range(0, len(table), rows):
+        yield table.take(slice(lo, lo + rows))
+
+
 def write_predictions_csv(
     path: str | Path,
-    table: BoxTable,
+    table: BoxTable | PredictionRows,
     *,
     float_format: str = "%.3f",
     score_format: str = "%.6g",
@@ -33,48 +44,49 @@ def write_predictions_csv(
     with atomic_path(path) as tmp, tmp.open("wb") as out:
         # A block of rows at a time: the Python objects of a whole AVA-scale table (8 M
         # rows) held several GB (issue 22). Same bytes as one join over every row.
-        for lo in range(0, len(table), CSV_BLOCK_ROWS):
-            block = slice(lo, lo + CSV_BLOCK_ROWS)
-            actions = ["" if a == NO_ACTION else str(a) for a in table.action[block].tolist()]
+        for block in row_blocks(table, CSV_BLOCK_ROWS):
+            if not len(block):
+                continue
+            actions = ["" if a == NO_ACTION else str(a) for a in block.action.tolist()]
             # Column lists zipped into row tuples: about twice as fast as row by row.
             columns = (
-                table.video[block].tolist(),
-                table.timestamp[block].tolist(),
-                *(table.boxes[block, k].tolist() for k in range(4)),
+                block.video.tolist(),
+                block.timestamp.tolist(),
+                *(block.boxes[:, k].tolist() for k in range(4)),
                 actions,
-                table.score[block].tolist(),
+                block.score.tolist(),
             )
             text = "\n".join(map(row_format.__mod__, zip(*columns, strict=True))) + "\n"
             out.write(text.encode("utf-8"))
 
 
-def write_predictions_parquet(path: str | Path, table: BoxTable) -> None:
+def write_predictions_parquet(path: str | Path, table: BoxTable | PredictionRows) -> None:
     """Write ``table`` as Parquet (columns video, timestamp, x1, y1, x2, y2, action,
     person, score; full float64 precision), atomically."""
     import pyarrow as pa  # here: importing the readers of a dataset needs no Arrow
     import pyarrow.parquet as pq
 
-    def block(rows: slice) -> pa.Table:
-        boxes = table.boxes[rows]
+    def arrow(block: BoxTable) -> pa.Table:
         return pa.table(
             {
-                "video": pa.array(table.video[rows], type=pa.string()),
-                "timestamp": pa.array(table.timestamp[rows], type=pa.int64()),
+                "video": pa.array(block.video, type=pa.string()),
+                "timestamp": pa.array(block.timestamp, type=pa.int64()),
                 **{
-                    name: pa.array(boxes[:, k], type=pa.float64())
+                    name: pa.array(block.boxes[:, k], type=pa.float64())
                     for k, name in enumerate(("x1", "y1", "x2", "y2"))
                 },
-                "action": pa.array(table.action[rows], type=pa.int64()),
-                "person": pa.array(table.person[rows], type=pa.int64()),
-                "score": pa.array(table.score[rows], type=pa.float64()),
+                "action": pa.array(block.action, type=pa.int64()),
+                "person": pa.array(block.person, type=pa.int64()),
+                "score": pa.array(block.score, type=pa.float64()),
             }
         )
 
     # A block of rows (one row group) at a time: Arrow copies of a whole AVA-scale table
     # (9 M rows) held GBs (issue 22).
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, block(slice(0, 0)).schema) as writer:
-        for lo in range(0, len(table), CSV_BLOCK_ROWS):
-            writer.write_table(block(slice(lo, lo + CSV_BLOCK_ROWS)))
+    schema = arrow(BoxTable.empty()).schema
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for block in row_blocks(table, CSV_BLOCK_ROWS):
+            writer.write_table(arrow(block))
 
 
 def read_predictions_parquet(path: str | Path) -> BoxTable:

@@ -8,6 +8,7 @@ Python loops.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,80 @@ class BoxTable:
             line=np.empty(0, dtype=np.int64),
             source=source,
         )
+
+
+@dataclass(frozen=True)
+class PredictionRows:
+    """Predictions held per box, the AVA rows (one per box and class) made a block at a
+    time: a split's 9.2 M rows at AVA scale are never all in memory at once (issue 22).
+
+    Rows are grouped by box, boxes by keyframe in order: the table :meth:`table` gives
+    equals ``predictions_table`` of the training stages. With ``top_k`` each box keeps
+    its k best classes, best first (equal scores: class order).
+
+    Attributes:
+        video: ``str`` object array [K], the keyframes' videos; timestamp: int64 [K].
+        offset: int64 [K + 1], keyframe k's boxes are rows ``offset[k]:offset[k + 1]``.
+        boxes: [N, 4] x1 y1 x2 y2 (any float dtype; rows hold them as float64).
+        scores: float [N, C], classes in ``class_ids`` order.
+        class_ids: int64 [C], the action id of each score column.
+        top_k: classes kept per box (None or >= C: all).
+    """
+
+    video: np.ndarray
+    timestamp: np.ndarray
+    offset: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    top_k: int | None = None
+
+    @property
+    def per_box(self) -> int:
+        c = self.scores.shape[1]
+        return c if self.top_k is None or self.top_k >= c else self.top_k
+
+    def __len__(self) -> int:
+        return self.scores.shape[0] * self.per_box
+
+    def rows(self, first: int, last: int) -> BoxTable:
+        """The rows of boxes ``first:last`` (``line`` counts from the first row of all)."""
+        c, per_box = self.scores.shape[1], self.per_box
+        boxes = np.arange(first, last)
+        keyframe = np.searchsorted(self.offset, boxes, side="right") - 1
+        if per_box < c:
+            order = np.argsort(-self.scores[first:last], axis=1, kind="stable")[:, :per_box]
+            cls = order.reshape(-1)
+        else:
+            cls = np.tile(np.arange(c), last - first)
+        local = np.repeat(np.arange(last - first), per_box)
+        actor = boxes[local]
+        n = actor.size
+        return BoxTable(
+            video=self.video[keyframe[local]],
+            timestamp=self.timestamp[keyframe[local]].astype(np.int64),
+            boxes=self.boxes[actor].astype(np.float64),
+            action=np.asarray(self.class_ids, dtype=np.int64)[cls],
+            person=np.full(n, NO_PERSON, dtype=np.int64),
+            score=self.scores[actor, cls].astype(np.float64),
+            line=np.arange(first * per_box + 1, first * per_box + n + 1, dtype=np.int64),
+        )
+
+    def blocks(self, rows: int) -> Iterator[BoxTable]:
+        """The rows in order, about ``rows`` at a time, each block whole keyframes (a
+        keyframe with more rows is a block of its own)."""
+        ends = self.offset[1:] * self.per_box  # row after each keyframe
+        k, n_kf = 0, len(self.timestamp)
+        while k < n_kf:
+            first_row = int(self.offset[k]) * self.per_box
+            last = max(k + 1, int(np.searchsorted(ends, first_row + rows, side="right")))
+            if self.offset[last] > self.offset[k]:  # keyframes without boxes have no rows
+                yield self.rows(int(self.offset[k]), int(self.offset[last]))
+            k = last
+
+    def table(self) -> BoxTable:
+        """Every row at once."""
+        return self.rows(0, self.scores.shape[0])
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from stages.data import (
     DataError,
     ExcludedKeyframes,
     LabelMap,
+    PredictionRows,
     read_detections_csv,
     read_excluded_csv,
     read_gt_csv,
@@ -80,7 +81,7 @@ ClassPart = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 def evaluate_ava(
     gt: BoxTable,
-    detections: BoxTable,
+    detections: BoxTable | PredictionRows,
     labelmap: LabelMap,
     excluded: ExcludedKeyframes | None = None,
     *,
@@ -93,7 +94,8 @@ def evaluate_ava(
 
     Args:
         gt: GT rows (score and person columns ignored).
-        detections: detection rows with scores.
+        detections: detection rows with scores, or predictions per box
+            (:class:`stages.data.types.PredictionRows`, evaluated a block at a time).
         labelmap: the evaluated classes (e.g. the 60-class AVA v2.2 list).
         excluded: keyframes to drop from both (ignored under protocol 2020).
         protocol: ``"2018"``, ``"2019"`` or ``"2020"``.
@@ -118,11 +120,11 @@ def evaluate_ava(
     official = ties == "official"
 
     ids = np.asarray(labelmap.ids, dtype=np.int64)
-    ex_video = excluded.video if excluded is not None else np.empty(0, dtype=object)
-    ex_time = excluded.timestamp if excluded is not None else np.empty(0, dtype=np.int64)
-    gt_kf, det_kf, ex_kf = _keyframe_ids(
-        (gt.video, gt.timestamp), (detections.video, detections.timestamp), (ex_video, ex_time)
-    )
+    keys = _KeyframeKeys()
+    gt_kf = keys(gt.video, gt.timestamp)
+    ex_kf = np.empty(0, dtype=np.int64)
+    if excluded is not None:
+        ex_kf = keys(excluded.video, excluded.timestamp)
     # Keyframes of the GT file, rows of every class: "absent from the GT" (2020).
     gt_file_kf = np.unique(gt_kf)
 
@@ -153,14 +155,14 @@ def evaluate_ava(
     # its (score, true positive) pairs, in the order the whole table would give them. The
     # peak holds one block's rows, not every row's intermediates (issue 22).
     parts: dict[int, list[ClassPart]] = {c: [] for c in scored}
-    for rows in _keyframe_blocks(det_kf, np.isin(detections.action, ids)):
+    for rows_table, rows_kf, rows in _detection_rows(detections, keys, ids):
         # File rows break equal scores in the stable ranking; the official one needs none.
         row = None
         if not official:
             row = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
         block = _detection_block(
-            detections.take(rows),
-            det_kf[rows],
+            rows_table,
+            rows_kf,
             row,
             gt_file_kf,
             ex_kf,
@@ -172,10 +174,21 @@ def evaluate_ava(
         if block is None:
             continue
         det, kf, row = block
-        # The block's GT rows, each keyframe's in GT order (it breaks equal IoUs).
-        gt_rows = gt_by_kf[_rows_of_keyframes(gt_kf_sorted, np.unique(kf))]
+        # The block's keyframes numbered 0.. (small group ids for matching), and its GT
+        # rows, each keyframe's in GT order (it breaks equal IoUs).
+        block_kf, det_local = np.unique(kf, return_inverse=True)
+        gt_rows = gt_by_kf[_rows_of_keyframes(gt_kf_sorted, block_kf)]
+        gt_local = np.searchsorted(block_kf, gt_kf[gt_rows])
         for cid, part in _class_parts(
-            det, kf, row, gt.take(gt_rows), gt_kf[gt_rows], n_cls, iou_threshold, official, protocol
+            det,
+            det_local.reshape(-1),
+            row,
+            gt.take(gt_rows),
+            gt_local,
+            n_cls,
+            iou_threshold,
+            official,
+            protocol,
         ):
             if cid in parts:
                 parts[cid].append(part)
@@ -302,6 +315,59 @@ def _top_per_keyframe(kf: np.ndarray, score: np.ndarray, cap: int) -> np.ndarray
     keep = np.zeros(kf.size, dtype=bool)
     keep[order[(rows - group_start) < cap]] = True
     return keep
+
+
+class _KeyframeKeys:
+    """int64 keys of (video, timestamp) pairs, equal for equal pairs, whatever table they
+    come from: a video's code (in the order first seen) times 2**32 plus the timestamp
+    offset by 2**31. Names are read ``KEYFRAME_ID_BLOCK`` rows at a time, so no
+    fixed-width string copy of a whole AVA-sized table is made."""
+
+    def __init__(self) -> None:
+        self._codes: dict[str, int] = {}
+
+    def __call__(self, video: np.ndarray, timestamp: np.ndarray) -> np.ndarray:
+        times = np.asarray(timestamp, dtype=np.int64)
+        if times.size and (times.min() < -(2**31) or times.max() >= 2**31):
+            raise ValueError(f"timestamps must fit in 32 bits, got {times.min()}..{times.max()}")
+        out = np.empty(times.size, dtype=np.int64)
+        for lo in range(0, times.size, KEYFRAME_ID_BLOCK):
+            hi = lo + KEYFRAME_ID_BLOCK
+            names, inverse = np.unique(np.asarray(video[lo:hi], dtype=str), return_inverse=True)
+            codes = np.array(
+                [self._codes.setdefault(n, len(self._codes)) for n in names.tolist()],
+                dtype=np.int64,
+            )
+            out[lo:hi] = codes[inverse.reshape(-1)] * 2**32 + (times[lo:hi] + 2**31)
+        return out
+
+
+def _detection_rows(
+    detections: BoxTable | PredictionRows, keys: _KeyframeKeys, ids: np.ndarray
+) -> Iterator[tuple[BoxTable, np.ndarray, np.ndarray | slice]]:
+    """The detections of evaluated classes, a block of whole keyframes at a time in the
+    order keyframes first appear: (rows, their keyframe keys, their file rows).
+
+    A BoxTable is grouped first (:func:`_keyframe_blocks`); a PredictionRows makes its
+    rows block by block, already grouped, unless one keyframe appears twice in it (then
+    its rows are made at once and grouped like a file's)."""
+    if isinstance(detections, PredictionRows):
+        unique = np.unique(keys(detections.video, detections.timestamp)).size
+        if unique == len(detections.timestamp):
+            first = 0
+            for block in detections.blocks(EVAL_BLOCK_ROWS):
+                kf, evaluated = keys(block.video, block.timestamp), np.isin(block.action, ids)
+                if evaluated.all():
+                    yield block, kf, slice(first, first + len(block))
+                else:
+                    kept = np.flatnonzero(evaluated)
+                    yield block.take(kept), kf[kept], first + kept
+                first += len(block)
+            return
+        detections = detections.table()
+    det_kf = keys(detections.video, detections.timestamp)
+    for rows in _keyframe_blocks(det_kf, np.isin(detections.action, ids)):
+        yield detections.take(rows), det_kf[rows], rows
 
 
 def _keyframe_blocks(kf: np.ndarray, evaluated: np.ndarray) -> Iterator[np.ndarray | slice]:

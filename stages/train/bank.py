@@ -74,7 +74,7 @@ from stages.train.stage import (
     METRICS_FILE,
     evaluated_labelmap,
     feature_sources,
-    predictions_table,
+    prediction_rows,
     prior_scores,
     stored_arrays,
 )
@@ -365,7 +365,7 @@ def compute_rank(ctx: StageContext[TrainBankStageConfig]) -> dict[str, Any]:
         return predict(m, data.val, data)
 
     def val_map(scores: np.ndarray) -> Any:
-        table = predictions_table(val_index, scores, labelmap, run.top_k)
+        table = prediction_rows(val_index, scores, labelmap, run.top_k)  # made per block
         return evaluate_ava(gt_val, table, labelmap, excluded_val), table
 
     def evaluate(m: nn.Module) -> dict[str, float]:

@@ -474,7 +474,7 @@ def compute_rank(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
 
     val_index = data.val.index
     scores = predict(model, data.val, data)
-    table = train_stage.predictions_table(val_index, scores, labelmap, run.top_k)
+    table = train_stage.prediction_rows(val_index, scores, labelmap, run.top_k)  # made per block
     gt_val, excluded_val = dataset.gt(val_split), dataset.excluded(val_split)
     after = evaluate_ava(gt_val, table, labelmap, excluded_val)
     before_path = run_dir / PREDICTIONS_DIR / f"{val_split}.parquet"

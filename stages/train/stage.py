@@ -27,7 +27,7 @@ import torch
 
 from featurestore import format_bytes
 from models.heads import HeadData, build_from_data, head_reads
-from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap
+from stages.data import BoxTable, Dataset, DatasetConfig, LabelMap, PredictionRows
 from stages.data.predictions import write_predictions_csv, write_predictions_parquet
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.stage import PREDICTIONS_DIR
@@ -66,14 +66,15 @@ def evaluated_labelmap(dataset: Dataset, config: DatasetConfig) -> LabelMap:
     return labelmap
 
 
-def predictions_table(
+def prediction_rows(
     index: SplitIndex, scores: np.ndarray, labelmap: LabelMap, top_k: int | None
-) -> BoxTable:
-    """One row per (actor box, class) — AVA's prediction format — optionally top-k only.
+) -> PredictionRows:
+    """One row per (actor box, class) — AVA's prediction format — optionally top-k only,
+    made a block at a time by whoever reads them (evaluation, the writers).
 
     ``scores`` float [A, C] for the A actors of ``index`` (classes in label-map order).
     Rows are grouped by actor in index order; with ``top_k`` each actor keeps its k best
-    classes, best first (ties: label-map order), so the table has A × min(k, C) rows.
+    classes, best first (ties: label-map order), so there are A × min(k, C) rows.
     """
     n_actors, n_classes = scores.shape
     if n_actors != len(index.boxes) or n_classes != len(labelmap):
@@ -81,26 +82,22 @@ def predictions_table(
             f"scores have shape {scores.shape}; expected ({len(index.boxes)} actors, "
             f"{len(labelmap)} classes)"
         )
-    counts = np.diff(index.actor_offset)
-    video = np.repeat(index.video, counts)
-    timestamp = np.repeat(index.timestamp, counts)
-    if top_k is not None and top_k < n_classes:
-        keep = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
-        actor = np.repeat(np.arange(n_actors), top_k)
-        cls = keep.reshape(-1)
-    else:
-        actor = np.repeat(np.arange(n_actors), n_classes)
-        cls = np.tile(np.arange(n_classes), n_actors)
-    rows = len(actor)
-    return BoxTable(
-        video=video[actor],
-        timestamp=timestamp[actor],
-        boxes=index.boxes[actor].astype(np.float64),
-        action=np.asarray(labelmap.ids, dtype=np.int64)[cls],
-        person=np.full(rows, -1, dtype=np.int64),
-        score=scores[actor, cls].astype(np.float64),
-        line=np.arange(1, rows + 1, dtype=np.int64),
+    return PredictionRows(
+        video=index.video,
+        timestamp=index.timestamp,
+        offset=np.asarray(index.actor_offset, dtype=np.int64),
+        boxes=index.boxes,
+        scores=scores,
+        class_ids=np.asarray(labelmap.ids, dtype=np.int64),
+        top_k=top_k,
     )
+
+
+def predictions_table(
+    index: SplitIndex, scores: np.ndarray, labelmap: LabelMap, top_k: int | None
+) -> BoxTable:
+    """:func:`prediction_rows`, every row at once."""
+    return prediction_rows(index, scores, labelmap, top_k).table()
 
 
 def prior_scores(train_labels: np.ndarray, n_actors: int) -> np.ndarray:
@@ -224,7 +221,7 @@ def compute_rank(ctx: StageContext[TrainStageConfig]) -> dict[str, Any]:
     excluded_val = dataset.excluded(run.val_split)
 
     def val_map(scores: np.ndarray) -> Any:
-        table = predictions_table(val_index, scores, labelmap, run.top_k)
+        table = prediction_rows(val_index, scores, labelmap, run.top_k)  # made per block
         return evaluate_ava(gt_val, table, labelmap, excluded_val), table
 
     def evaluate(m: torch.nn.Module) -> dict[str, float]:

@@ -13,6 +13,7 @@ from stages.data import (
     NO_PERSON,
     BoxTable,
     DataError,
+    PredictionRows,
     read_detections_csv,
     read_mmaction_proposals,
     read_predictions_parquet,
@@ -184,3 +185,54 @@ def test_mmaction_proposal_errors(tmp_path: Path, data: object, message: str) ->
     path.write_bytes(pickle.dumps(data))
     with pytest.raises(DataError, match=message):
         read_mmaction_proposals(path, trust_pickle=True)
+
+
+def _rows(top_k: int | None) -> PredictionRows:
+    """5 keyframes (one without boxes), 9 boxes, 4 classes, equal scores included."""
+    rng = np.random.default_rng(5)
+    offset = np.array([0, 2, 2, 5, 8, 9])
+    return PredictionRows(
+        video=np.array(["a", "a", "b", "b", "c"], dtype=object),
+        timestamp=np.array([902, 903, 902, 1000, 7], dtype=np.int32),
+        offset=offset,
+        boxes=rng.random((9, 4), dtype=np.float32),
+        scores=np.round(rng.random((9, 4), dtype=np.float32), 1),
+        class_ids=np.array([3, 1, 12, 80]),
+        top_k=top_k,
+    )
+
+
+@pytest.mark.parametrize("top_k", [None, 2, 9])
+def test_prediction_rows_in_blocks_are_the_table(tmp_path: Path, top_k: int | None) -> None:
+    """Blocks of whole keyframes, any size, concatenate to the whole table; the writers
+    give the same CSV bytes and Parquet rows from either."""
+    from stages.data import predictions
+
+    rows = _rows(top_k)
+    whole = rows.table()
+    assert len(whole) == len(rows) == 9 * (2 if top_k == 2 else 4)
+    for size in (1, 5, 1000):
+        blocks = list(rows.blocks(size))
+        for block in blocks:  # whole keyframes: no keyframe in two blocks
+            assert not {(v, t) for v, t in zip(block.video, block.timestamp, strict=True)} & {
+                (v, t)
+                for other in blocks
+                if other is not block
+                for v, t in zip(other.video, other.timestamp, strict=True)
+            }
+        for name in ("video", "timestamp", "boxes", "action", "person", "score", "line"):
+            got = np.concatenate([getattr(b, name) for b in blocks])
+            np.testing.assert_array_equal(got, getattr(whole, name), err_msg=f"{size} {name}")
+    write_predictions_csv(tmp_path / "table.csv", whole)
+    for size in (1, 5):
+        predictions.CSV_BLOCK_ROWS = size
+        try:
+            write_predictions_csv(tmp_path / "rows.csv", rows)
+            write_predictions_parquet(tmp_path / "rows.parquet", rows)
+        finally:
+            predictions.CSV_BLOCK_ROWS = 1 << 18
+        assert (tmp_path / "rows.csv").read_bytes() == (tmp_path / "table.csv").read_bytes()
+        back = read_predictions_parquet(tmp_path / "rows.parquet")
+        assert back.video.tolist() == whole.video.tolist()
+        for name in ("timestamp", "boxes", "action", "person", "score"):
+            np.testing.assert_array_equal(getattr(back, name), getattr(whole, name))

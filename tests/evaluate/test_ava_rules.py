@@ -268,3 +268,64 @@ def test_evaluation_in_keyframe_blocks_equals_the_whole(
         monkeypatch.setattr(ava, "EVAL_BLOCK_ROWS", rows)
         monkeypatch.setattr(ava, "KEYFRAME_ID_BLOCK", rows)
         assert results() == whole, rows
+
+
+def _prediction_rows(duplicate: bool) -> tuple:
+    """Predictions per box on 30 keyframes (scores on a coarse grid: ties everywhere, and
+    the cap of 50 cuts keyframes of 13+ boxes × 4 classes), GT boxes near some of them."""
+    from stages.data.types import PredictionRows
+
+    rng = np.random.default_rng(11)
+    n_kf = 30
+    video = np.array([f"v{k // 10}" for k in range(n_kf)], dtype=object)
+    timestamp = np.array([900 + k % 10 for k in range(n_kf)], dtype=np.int64)
+    if duplicate:  # keyframe 25 is keyframe 3 again, far from it in the index
+        video[25], timestamp[25] = video[3], timestamp[3]
+    counts = rng.integers(0, 16, n_kf)
+    offset = np.r_[0, np.cumsum(counts)]
+    xy = rng.uniform(0, 0.6, (offset[-1], 2))
+    boxes = np.column_stack([xy, xy + rng.uniform(0.1, 0.4, (offset[-1], 2))])
+    classes = np.array([1, 2, 3, 5])
+    scores = rng.integers(0, 5, (offset[-1], classes.size)) / 4
+    rows = PredictionRows(video, timestamp, offset, boxes, scores, classes)
+    pick = rng.random(offset[-1]) < 0.5
+    kf_of_box = np.repeat(np.arange(n_kf), counts)
+    gt_rows = [
+        (video[k], int(timestamp[k]), *(boxes[b] + 0.02), int(rng.choice(classes)))
+        for b, k in enumerate(kf_of_box)
+        if pick[b]
+    ]
+    return rows, table(gt_rows)
+
+
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_prediction_rows_evaluate_as_their_table(
+    monkeypatch: pytest.MonkeyPatch, duplicate: bool
+) -> None:
+    """Predictions per box (made and evaluated a block of keyframes at a time) score
+    exactly as the table of all their rows, under both tie orders, every protocol, a
+    class subset, exclusions, any block size; a keyframe listed twice falls back to the
+    table (its rows are not together)."""
+    from stages.evaluate import ava
+
+    rows, gt = _prediction_rows(duplicate)
+    whole = rows.table()
+    settings = [
+        (p, t, lm, ex)
+        for p in ("2018", "2019", "2020")
+        for t in ("official", "stable")
+        for lm, ex in ((labelmap([1, 2, 3, 5]), None), (labelmap([2, 5]), excluded([("v1", 904)])))
+    ]
+
+    def results(detections) -> list[tuple]:
+        out = []
+        for protocol, ties, lm, ex in settings:
+            r = evaluate_ava(gt, detections, lm, ex, protocol=protocol, ties=ties)
+            out.append((r.per_class, r.num_detections, r.counts))
+        return out
+
+    want = results(whole)
+    assert any(r[2]["detection_rows"] > r[1].get(1, 0) for r in want)
+    for size in (1, 7, 500):
+        monkeypatch.setattr(ava, "EVAL_BLOCK_ROWS", size)
+        assert results(rows) == want, size
