@@ -335,9 +335,12 @@ def model_data(
     arrays = train_stage.stored_arrays(schema)
     if reads is not None:
         arrays &= set(reads)
+    # Read from the store, whatever the run's ``preload``: cRT reads each split once (one
+    # pass records the training inputs, one predicts val), and a preloaded copy beside
+    # the recorded inputs doubled its peak (issue 22).
     data = TrainData(
         *train_stage.feature_sources(
-            splits, arrays, run.preload, run.preload_max_gb, f"rebalance {run_dir.name}"
+            splits, arrays, False, run.preload_max_gb, f"rebalance {run_dir.name}"
         ),
         exclusive=splits.exclusive,
         use_roi="roi" in arrays,
