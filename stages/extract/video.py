@@ -381,14 +381,18 @@ class VideoPlan:
 class FeatureCollector:
     """The features of one video's batches, fed in order (:meth:`VideoExtractor.collector`).
 
-    :meth:`add` runs the backbone on the caller's thread and hands its output to a pool
-    thread for RoIAlign, pooling, the copy to the host and the casts, so the next batch's
-    forward starts at once (on an accelerator, the copy of one batch overlaps the forward
-    of the next); at most ``IN_FLIGHT`` batches wait there, in order. Errors of the pool
-    thread surface in a later :meth:`add` or in :meth:`features`.
+    :meth:`add` runs the backbone on the caller's thread. On an accelerator it hands the
+    output to a pool thread for RoIAlign, pooling, the copy to the host and the casts, so
+    the next batch's forward starts at once (the copy of one batch overlaps the forward of
+    the next); at most ``IN_FLIGHT`` batches wait there, in order, and errors of the pool
+    thread surface in a later :meth:`add` or in :meth:`features`. On a CPU that work
+    follows the forward on the caller's thread: a second thread would only take cores
+    from the backbone (docs/findings.md, "Extraction overhead").
     """
 
     IN_FLIGHT = 2
+    # None: the pool thread on accelerators only; True / False: always / never.
+    POOL_THREAD: bool | None = None
 
     def __init__(self, extractor: VideoExtractor, plan: VideoPlan) -> None:
         self.extractor, self.plan = extractor, plan
@@ -399,7 +403,14 @@ class FeatureCollector:
             "roi_t": [],
         }
         self.done = 0  # keyframes done so far
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-pool")
+        threaded = self.POOL_THREAD
+        if threaded is None:
+            threaded = extractor.device.type != "cpu"
+        self._pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="extract-pool")
+            if threaded
+            else None
+        )
         self._pending: deque[Future] = deque()
 
     def add(self, x: torch.Tensor) -> None:
@@ -408,7 +419,12 @@ class FeatureCollector:
         k0, k1 = self.done, self.done + len(x)
         per_kf = [plan.boxes[plan.offsets[k] : plan.offsets[k + 1]] for k in range(k0, k1)]
         maps = ex._backbone(x)
-        self._pending.append(self._pool.submit(self._cast, maps, tuple(x.shape[3:]), per_kf))
+        if self._pool is None:
+            done: Future = Future()
+            done.set_result(self._cast(maps, tuple(x.shape[3:]), per_kf))
+            self._pending.append(done)
+        else:
+            self._pending.append(self._pool.submit(self._cast, maps, tuple(x.shape[3:]), per_kf))
         self.done = k1
         while len(self._pending) > self.IN_FLIGHT:
             self._collect(self._pending.popleft())
@@ -436,7 +452,8 @@ class FeatureCollector:
         for future in self._pending:
             future.cancel()
         self._pending.clear()
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
     def features(self) -> VideoFeatures:
         """The video's arrays, once every batch was added."""

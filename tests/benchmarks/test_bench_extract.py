@@ -31,6 +31,7 @@ from featurestore import FeatureStore, StoreSchema, estimate_store_bytes, format
 from stages.data import Dataset
 from stages.detect.track import read_actors
 from stages.extract import stage as extract
+from stages.extract.video import FeatureCollector
 from stages.framework import run_stage
 from stages.video import ClipSpec, VideoReader, iter_keyframe_clips
 from stages.world import WorldConfig, build_world
@@ -160,6 +161,8 @@ def test_bench_extract_overhead_over_backbone(
         standin = _WaitingBackbone(real, min(warm_up, *backbones) / n_clips, clip_shape)
         with monkeypatch.context() as m:
             m.setattr(extract, "load_backbone", timed("build", lambda *a, s=standin: (s, None)))
+            # As on an accelerator: RoIAlign and the casts on the collector's pool thread.
+            m.setattr(FeatureCollector, "POOL_THREAD", True)
             fixed.clear()
             waiting = run_stage(extract.STAGE, cfg, {"track": tracks}, tmp_path / f"wait{attempt}")
         probe_wait = standin.seconds_per_clip  # the shape probe's one-clip forward

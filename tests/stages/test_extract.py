@@ -453,3 +453,26 @@ def test_bf16_extraction_stays_fp16_and_close_to_fp32(
     print(f"bf16 vs fp32 extraction: max |diff| / max |fp32| = {worst:.3g}")
     # bf16 keeps 8 mantissa bits (relative error 2^-9 per rounding) through a few layers.
     assert 0 < worst < 0.05
+
+
+def test_pool_thread_gives_the_same_store_and_names_the_video_on_failure(
+    tiny_world: Path, tracks: StageRef, reference: StageRef, tmp_path: Path, monkeypatch, one_thread
+) -> None:
+    """RoIAlign and the casts on the collector's pool thread (as on an accelerator) write
+    the same stores bit for bit; an error there fails the stage naming the video."""
+    _, _, cfg = stage_configs(tiny_world)
+    monkeypatch.setattr(extract_video.FeatureCollector, "POOL_THREAD", True)
+    monkeypatch.setattr(extract_video.FeatureCollector, "IN_FLIGHT", 1)
+    got = run_stage(extract.STAGE, cfg, {"track": tracks}, tmp_path / "pooled")
+    for split in ("train", "val"):
+        _assert_same_store(
+            Path(extract.store_path(got.uri, split)), Path(extract.store_path(reference.uri, split))
+        )
+
+    def fail(self, maps, size, boxes):
+        raise ValueError("RoIAlign failed")
+
+    monkeypatch.setattr(extract_video.VideoExtractor, "_pool", fail)
+    _, _, cfg = stage_configs(tiny_world, splits=["train"])
+    with pytest.raises(StageError, match=r"w0_train_00.*RoIAlign failed"):
+        run_stage(extract.STAGE, cfg, {"track": tracks}, tmp_path / "failing")
