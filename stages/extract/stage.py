@@ -55,7 +55,7 @@ from stages.extract.config import (  # noqa: F401 (re-exported)
 )
 from stages.extract.video import VideoExtractor, _device, _probe_shapes, build_schema, load_backbone
 from stages.extract.workers import _become_publisher, _open_store, _published, _SplitRun
-from stages.framework import StageContext, StageError, output_file
+from stages.framework import COMPLETE_MARKER, StageContext, StageError, output_dir, output_file
 from stages.framework.diskspace import bytes_under
 from stages.video import VideoError, VideoReader
 
@@ -101,6 +101,21 @@ def _check_disk(target: Path, needed: int, allow: bool) -> None:
 def compute(ctx: StageContext[ExtractStageConfig]) -> dict[str, Any]:
     cfg = ctx.config
     ex = cfg.extract
+    # The staging dir is recognised by its inode once the framework renames it into place;
+    # taken first, as another process of this key may publish it at any moment.
+    try:
+        inode = ctx.staging.stat().st_ino
+    except FileNotFoundError:
+        final = output_dir(ctx.work_root, ctx.stage, ctx.key)
+        if not (final / COMPLETE_MARKER).is_file():
+            raise StageError(
+                f"extract: the staging dir {ctx.staging} is gone and no output of key "
+                f"{ctx.key} is published in {final.parent}; rerun"
+            ) from None
+        # Another process published it between its creation and here (the framework then
+        # writes into a re-created dir, finds that output, drops the dir and returns it).
+        ctx.staging.mkdir(parents=True, exist_ok=True)
+        return {}
     dataset = Dataset.open(cfg.dataset)
     # A fine-tuned backbone wins; extract.weights is then where the fine-tuning started.
     if "finetune" in ctx.inputs:
@@ -114,8 +129,6 @@ def compute(ctx: StageContext[ExtractStageConfig]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     stores: list[FeatureStore] = []
     probed: dict[tuple[int, int], tuple[tuple[int, int, int], int | None]] = {}
-    # The staging dir is recognised by its inode once the framework renames it into place.
-    inode = ctx.staging.stat().st_ino
     published = functools.partial(_published, ctx, inode)
     plans = []
     for split in ex.splits:

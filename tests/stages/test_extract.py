@@ -476,3 +476,31 @@ def test_pool_thread_gives_the_same_store_and_names_the_video_on_failure(
     _, _, cfg = stage_configs(tiny_world, splits=["train"])
     with pytest.raises(StageError, match=r"w0_train_00.*RoIAlign failed"):
         run_stage(extract.STAGE, cfg, {"track": tracks}, tmp_path / "failing")
+
+
+def test_staging_published_by_another_process_before_compute_starts(
+    tiny_world: Path, tracks: StageRef, tmp_path: Path
+) -> None:
+    """Several workers on one key (the server's load test): the framework creates the
+    staging dir, and another process may publish (rename) it before this one's compute
+    looks at it. Compute then returns at once and the framework returns that output; a
+    staging dir gone with nothing published is an error, not an empty output."""
+    from stages.framework import StageContext
+
+    _, _, cfg = stage_configs(tiny_world, splits=["train"])
+    published = run_stage(extract.STAGE, cfg, {"track": tracks}, tmp_path)
+    staging = tmp_path / "extract" / STAGING_DIR / published.key
+    assert not staging.exists()  # renamed into place
+    ctx = StageContext(
+        stage="extract", key=published.key, config=cfg, inputs={"track": tracks},
+        staging=staging, work_root=tmp_path,
+    )  # fmt: skip
+    assert extract.compute(ctx) == {}
+    assert staging.is_dir()  # for the framework's provenance, then dropped
+    shutil.rmtree(staging)
+    lost = StageContext(
+        stage="extract", key="0" * 16, config=cfg, inputs={"track": tracks},
+        staging=tmp_path / "extract" / STAGING_DIR / ("0" * 16), work_root=tmp_path,
+    )  # fmt: skip
+    with pytest.raises(StageError, match="is gone and no output"):
+        extract.compute(lost)
