@@ -12,6 +12,8 @@ if TYPE_CHECKING:
         read_gt_csv,
         read_mmaction_proposals,
         read_predictions_parquet,
+        stream_detections_csv,
+        stream_predictions_parquet,
         write_predictions_csv,
         write_predictions_parquet,
     )
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
         ExcludedKeyframes,
         LabelMap,
         PredictionRows,
+        RowBlocks,
     )
 
 # Imported on first use: a pipeline config (stages.data.dataset) loads no CSV parser,
@@ -36,6 +39,8 @@ _LAZY = {
     "read_gt_csv": "stages.data.ava",
     "read_mmaction_proposals": "stages.data.ava",
     "read_predictions_parquet": "stages.data.ava",
+    "stream_detections_csv": "stages.data.ava",
+    "stream_predictions_parquet": "stages.data.ava",
     "write_predictions_csv": "stages.data.ava",
     "write_predictions_parquet": "stages.data.ava",
     "DatasetReport": "stages.data.check",
@@ -53,6 +58,7 @@ _LAZY = {
     "ExcludedKeyframes": "stages.data.types",
     "LabelMap": "stages.data.types",
     "PredictionRows": "stages.data.types",
+    "RowBlocks": "stages.data.types",
 }
 
 __all__ = [
@@ -67,6 +73,7 @@ __all__ = [
     "ExcludedKeyframes",
     "LabelMap",
     "PredictionRows",
+    "RowBlocks",
     "SplitFiles",
     "check_dataset",
     "read_detections_csv",
@@ -75,6 +82,8 @@ __all__ = [
     "read_labelmap",
     "read_mmaction_proposals",
     "read_predictions_parquet",
+    "stream_detections_csv",
+    "stream_predictions_parquet",
     "write_labelmap",
     "write_predictions_csv",
     "write_predictions_parquet",

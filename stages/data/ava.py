@@ -9,16 +9,21 @@ Every reader returns a :class:`~stages.data.types.BoxTable` with rows in file or
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from .csvparse import Column, ParsedCsv, parse_csv, scan_rows
+from .csvparse import Column, ParsedCsv, iter_csv, parse_csv, scan_rows
 from .errors import DataError
 from .names import name_problem
-from .predictions import read_predictions_parquet, write_predictions_csv, write_predictions_parquet
-from .types import NO_ACTION, NO_PERSON, BoxTable, ExcludedKeyframes, LabelMap
+from .predictions import (
+    read_predictions_parquet,
+    stream_predictions_parquet,
+    write_predictions_csv,
+    write_predictions_parquet,
+)
+from .types import NO_ACTION, NO_PERSON, BoxTable, ExcludedKeyframes, LabelMap, RowBlocks
 
 __all__ = [
     "BOX_TOLERANCE",
@@ -31,6 +36,8 @@ __all__ = [
     "read_gt_csv",
     "read_mmaction_proposals",
     "read_predictions_parquet",
+    "stream_detections_csv",
+    "stream_predictions_parquet",
     "write_predictions_csv",
     "write_predictions_parquet",
 ]
@@ -38,6 +45,8 @@ __all__ = [
 # Boxes may exceed [0, 1] by this much: float32 detector output rounds 1.0 to 1.0000001,
 # but anything larger is a real error (pixel boxes, swapped columns).
 BOX_TOLERANCE = 1e-6
+# Bytes of a CSV parsed at a time by stream_detections_csv (about 270 k prediction rows).
+STREAM_BLOCK_BYTES = 1 << 24
 
 _BOX = [Column("x1", "float"), Column("y1", "float"), Column("x2", "float"), Column("y2", "float")]
 _HEAD = [Column("video_id", "str"), Column("timestamp", "int")]
@@ -123,15 +132,32 @@ def read_detections_csv(
     parsed = parse_csv(path, _DET_LAYOUTS, null_int=NO_ACTION)
     if parsed is None:
         return _empty(path, strict, "AVA detection rows")
+    table = _detection_table(parsed, str(path))
+    if strict:
+        _raise_first(box_table_problems(table, labelmap=labelmap, require_action=False))
+    return table
+
+
+def stream_detections_csv(path: str | Path, *, block_bytes: int | None = None) -> RowBlocks:
+    """:func:`read_detections_csv` with ``strict=False``, a block of about ``block_bytes``
+    (default ``STREAM_BLOCK_BYTES``) of the file at a time
+    (:class:`~stages.data.types.RowBlocks`): an AVA-scale predictions CSV (9.2 M rows) is
+    never held whole. ``line`` is the line number."""
+
+    def blocks() -> Iterator[BoxTable]:
+        size = STREAM_BLOCK_BYTES if block_bytes is None else block_bytes
+        for parsed in iter_csv(path, _DET_LAYOUTS, null_int=NO_ACTION, block_bytes=size):
+            yield _detection_table(parsed, str(path))
+
+    return RowBlocks(blocks, str(path))
+
+
+def _detection_table(parsed: ParsedCsv, source: str) -> BoxTable:
     n = parsed.lines.shape[0]
     score = parsed.columns.get("score")
     if score is None:
         score = np.ones(n, dtype=np.float64)
-    person = np.full(n, NO_PERSON, dtype=np.int64)
-    table = _table(parsed, str(path), person=person, score=score)
-    if strict:
-        _raise_first(box_table_problems(table, labelmap=labelmap, require_action=False))
-    return table
+    return _table(parsed, source, person=np.full(n, NO_PERSON, dtype=np.int64), score=score)
 
 
 def read_excluded_csv(path: str | Path) -> ExcludedKeyframes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,13 @@ def _line_numbers(data: bytes, nrows: int) -> np.ndarray:
 
 
 def scan_rows(
-    path: str | Path, data: bytes, layouts: dict[int, list[Column]], *, limit: int | None = None
+    path: str | Path,
+    data: bytes,
+    layouts: dict[int, list[Column]],
+    *,
+    limit: int | None = None,
+    first_line: int = 1,
+    expected: int | None = None,
 ) -> list[DataError]:
     """Every structural problem in the file, line by line (the slow path).
 
@@ -77,12 +84,13 @@ def scan_rows(
         layouts: allowed column counts, each with its column list. All rows must have the
             count of the first row.
         limit: stop after this many problems (None: find them all).
+        first_line: the line number of ``data``'s first line (a part of a file).
+        expected: the column count of the file's first row, when ``data`` is a later part.
     """
     problems: list[DataError] = []
-    expected: int | None = None
     text = data.decode("utf-8", errors="replace")
     allowed = " or ".join(str(n) for n in sorted(layouts))
-    for number, raw in enumerate(io.StringIO(text), start=1):
+    for number, raw in enumerate(io.StringIO(text), start=first_line):
         if limit is not None and len(problems) >= limit:
             break
         if not raw.strip("\r\n"):
@@ -142,10 +150,69 @@ def parse_csv(
         return None
     if ncols not in layouts:
         raise scan_rows(path, data, layouts, limit=1)[0]
+    return _parse_part(path, data, layouts, ncols, null_int=null_int, first_line=1)
+
+
+def iter_csv(
+    path: str | Path,
+    layouts: dict[int, list[Column]],
+    *,
+    null_int: int,
+    block_bytes: int = 1 << 24,
+) -> Iterator[ParsedCsv]:
+    """:func:`parse_csv` a part of the file at a time: about ``block_bytes`` of whole lines
+    per part, so a file of millions of rows is never held whole (issue 22). Parts come in
+    file order with their own line numbers; a file without rows yields none. The same
+    errors as :func:`parse_csv`, raised when the pass reaches the bad line (quoted fields
+    spanning lines are not supported here)."""
+    ncols: int | None = None
+    line = 1  # number of the part's first line
+    try:
+        with Path(path).open("rb") as f:
+            rest = b""
+            while True:
+                chunk = f.read(block_bytes)
+                data = rest + chunk
+                cut = data.rfind(b"\n") + 1 if chunk else len(data)
+                if chunk and cut == 0:  # no whole line yet: read on
+                    rest = data
+                    continue
+                part, rest = data[:cut], data[cut:]
+                if part:
+                    if ncols is None:
+                        ncols = _first_row_width(part)
+                        if ncols is not None and ncols not in layouts:
+                            raise scan_rows(path, part, layouts, limit=1, first_line=line)[0]
+                    if ncols is not None and _first_row_width(part) is not None:
+                        yield _parse_part(
+                            path, part, layouts, ncols, null_int=null_int, first_line=line
+                        )
+                    line += part.count(b"\n")
+                if not chunk:
+                    return
+    except OSError as err:
+        raise DataError(path, None, f"cannot read file: {err.strerror or err}") from err
+
+
+def _parse_part(
+    path: str | Path,
+    data: bytes,
+    layouts: dict[int, list[Column]],
+    ncols: int,
+    *,
+    null_int: int,
+    first_line: int,
+) -> ParsedCsv:
+    """Parse ``data`` (whole lines of the file from line ``first_line``, every row of
+    ``ncols`` columns)."""
     columns = layouts[ncols]
     # Imported here: reading a config (stages.data.dataset) needs no CSV parser.
     import pyarrow as pa
     import pyarrow.csv as pacsv
+
+    def first_problem(otherwise: str) -> DataError:
+        problems = scan_rows(path, data, layouts, limit=1, first_line=first_line, expected=ncols)
+        return problems[0] if problems else DataError(path, None, otherwise)
 
     arrow_types = {"str": pa.string(), "int": pa.int64(), "float": pa.float64()}
     convert = pacsv.ConvertOptions(
@@ -158,10 +225,7 @@ def parse_csv(
     try:
         table = pacsv.read_csv(io.BytesIO(data), read_options=read, convert_options=convert)
     except (pa.ArrowInvalid, UnicodeDecodeError) as err:
-        problems = scan_rows(path, data, layouts, limit=1)
-        if problems:
-            raise problems[0] from err
-        raise DataError(path, None, f"cannot parse as CSV: {err}") from err
+        raise first_problem(f"cannot parse as CSV: {err}") from err
     out: dict[str, np.ndarray] = {}
     for column in columns:
         values = table.column(column.name)
@@ -170,12 +234,13 @@ def parse_csv(
             continue
         if values.null_count and not column.nullable:
             # Only reachable for empty required numbers: locate and name them.
-            raise scan_rows(path, data, layouts, limit=1)[0]
+            raise first_problem(f"column {column.name} has empty values")
         if column.kind == "int":
             out[column.name] = values.fill_null(null_int).to_numpy().astype(np.int64, copy=False)
         else:
             out[column.name] = values.to_numpy(zero_copy_only=False).astype(np.float64)
-    return ParsedCsv(columns=out, lines=_line_numbers(data, table.num_rows), ncols=ncols)
+    lines = _line_numbers(data, table.num_rows) + (first_line - 1)
+    return ParsedCsv(columns=out, lines=lines, ncols=ncols)
 
 
 def shared_strings(values: Any) -> np.ndarray:

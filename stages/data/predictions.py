@@ -10,7 +10,7 @@ import numpy as np
 from .atomic import atomic_path
 from .csvparse import shared_strings
 from .errors import DataError
-from .types import NO_ACTION, BoxTable, PredictionRows
+from .types import NO_ACTION, BoxTable, PredictionRows, RowBlocks
 
 CSV_BLOCK_ROWS = 1 << 18  # rows per write (CSV) or row group (Parquet) of the writers below
 _PARQUET_COLUMNS = ("video", "timestamp", "x1", "y1", "x2", "y2", "action", "person", "score")
@@ -124,3 +124,58 @@ def read_predictions_parquet(path: str | Path) -> BoxTable:
         line=np.arange(1, n + 1, dtype=np.int64),
         source=str(path),
     )
+
+
+def stream_predictions_parquet(path: str | Path) -> RowBlocks:
+    """:func:`read_predictions_parquet` a row group at a time
+    (:class:`~stages.data.types.RowBlocks`): an AVA-scale file (9.2 M rows) is never held
+    whole (issue 22)."""
+    return RowBlocks(lambda: _parquet_blocks(path), str(path))
+
+
+def _parquet_blocks(path: str | Path) -> Iterator[BoxTable]:
+    import pyarrow as pa  # here: importing the readers of a dataset needs no Arrow
+    import pyarrow.parquet as pq
+
+    def fail(err: Exception) -> DataError:
+        return DataError(path, None, f"cannot read Parquet predictions: {err}")
+
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise fail(err) from err
+    missing = [c for c in _PARQUET_COLUMNS if c not in file.schema_arrow.names]
+    if missing:
+        raise DataError(
+            path, None, f"missing columns {missing} (expected {', '.join(_PARQUET_COLUMNS)})"
+        )
+    first = 1
+    with file:
+        for group in range(file.num_row_groups):
+            try:
+                arrow = file.read_row_group(group, columns=list(_PARQUET_COLUMNS))
+            except (OSError, pa.ArrowInvalid) as err:
+                raise fail(err) from err
+            n = arrow.num_rows
+            if not n:
+                continue
+
+            def col(name: str, dtype: type, arrow: pa.Table = arrow) -> np.ndarray:
+                column = arrow.column(name)
+                if column.null_count:
+                    raise DataError(
+                        path, None, f"column {name!r} has {column.null_count} null values"
+                    )
+                return column.to_numpy().astype(dtype, copy=False)
+
+            yield BoxTable(
+                video=shared_strings(arrow.column("video")),
+                timestamp=col("timestamp", np.int64),
+                boxes=np.stack([col(c, np.float64) for c in ("x1", "y1", "x2", "y2")], axis=1),
+                action=col("action", np.int64),
+                person=col("person", np.int64),
+                score=col("score", np.float64),
+                line=np.arange(first, first + n, dtype=np.int64),
+                source=str(path),
+            )
+            first += n

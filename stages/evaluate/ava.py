@@ -50,11 +50,13 @@ from stages.data import (
     ExcludedKeyframes,
     LabelMap,
     PredictionRows,
-    read_detections_csv,
+    RowBlocks,
     read_excluded_csv,
     read_gt_csv,
     read_labelmap,
+    stream_detections_csv,
 )
+from stages.data.types import concat_tables
 from stages.evaluate.ap import precision_recall, rank_by_score, voc_ap
 from stages.evaluate.matching import match_to_best_gt
 from stages.evaluate.official_order import (
@@ -81,7 +83,7 @@ ClassPart = tuple[np.ndarray, np.ndarray, np.ndarray | None]
 
 def evaluate_ava(
     gt: BoxTable,
-    detections: BoxTable | PredictionRows,
+    detections: BoxTable | PredictionRows | RowBlocks,
     labelmap: LabelMap,
     excluded: ExcludedKeyframes | None = None,
     *,
@@ -94,8 +96,11 @@ def evaluate_ava(
 
     Args:
         gt: GT rows (score and person columns ignored).
-        detections: detection rows with scores, or predictions per box
-            (:class:`stages.data.types.PredictionRows`, evaluated a block at a time).
+        detections: detection rows with scores, predictions per box
+            (:class:`stages.data.types.PredictionRows`, evaluated a block at a time), or a
+            file read a block at a time (:class:`stages.data.types.RowBlocks`, from
+            ``stream_detections_csv`` / ``stream_predictions_parquet``); a file whose
+            keyframes' rows are not together is read whole.
         labelmap: the evaluated classes (e.g. the 60-class AVA v2.2 list).
         excluded: keyframes to drop from both (ignored under protocol 2020).
         protocol: ``"2018"``, ``"2019"`` or ``"2020"``.
@@ -116,7 +121,7 @@ def evaluate_ava(
         raise ValueError(f"max_per_keyframe must be >= 0, got {max_per_keyframe}")
     if protocol == "2020":
         excluded = None
-    counts = {"gt_rows": len(gt), "detection_rows": len(detections)}
+    counts = {"gt_rows": len(gt), "detection_rows": 0}  # detections: counted as read
     official = ties == "official"
 
     ids = np.asarray(labelmap.ids, dtype=np.int64)
@@ -154,44 +159,58 @@ def evaluate_ava(
     # appear: every rule but the ranking is per keyframe, and a class's ranking needs only
     # its (score, true positive) pairs, in the order the whole table would give them. The
     # peak holds one block's rows, not every row's intermediates (issue 22).
-    parts: dict[int, list[ClassPart]] = {c: [] for c in scored}
-    for rows_table, rows_kf, rows in _detection_rows(detections, keys, ids):
-        # File rows break equal scores in the stable ranking; the official one needs none.
-        row = None
-        if not official:
-            row = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
-        block = _detection_block(
-            rows_table,
-            rows_kf,
-            row,
-            gt_file_kf,
-            ex_kf,
-            cap,
-            protocol=protocol,
-            official=official,
-            counts=counts,
-        )
-        if block is None:
-            continue
-        det, kf, row = block
-        # The block's keyframes numbered 0.. (small group ids for matching), and its GT
-        # rows, each keyframe's in GT order (it breaks equal IoUs).
-        block_kf, det_local = np.unique(kf, return_inverse=True)
-        gt_rows = gt_by_kf[_rows_of_keyframes(gt_kf_sorted, block_kf)]
-        gt_local = np.searchsorted(block_kf, gt_kf[gt_rows])
-        for cid, part in _class_parts(
-            det,
-            det_local.reshape(-1),
-            row,
-            gt.take(gt_rows),
-            gt_local,
-            n_cls,
-            iou_threshold,
-            official,
-            protocol,
-        ):
-            if cid in parts:
-                parts[cid].append(part)
+    def class_parts(
+        detections: BoxTable | PredictionRows | RowBlocks, counts: dict[str, int]
+    ) -> dict[int, list[ClassPart]]:
+        parts: dict[int, list[ClassPart]] = {c: [] for c in scored}
+        for rows_table, rows_kf, rows in _detection_rows(detections, keys, ids, counts):
+            # File rows break equal scores in the stable ranking; the official one needs none.
+            row = None
+            if not official:
+                row = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+            block = _detection_block(
+                rows_table,
+                rows_kf,
+                row,
+                gt_file_kf,
+                ex_kf,
+                cap,
+                protocol=protocol,
+                official=official,
+                counts=counts,
+            )
+            if block is None:
+                continue
+            det, kf, row = block
+            # The block's keyframes numbered 0.. (small group ids for matching), and its GT
+            # rows, each keyframe's in GT order (it breaks equal IoUs).
+            block_kf, det_local = np.unique(kf, return_inverse=True)
+            gt_rows = gt_by_kf[_rows_of_keyframes(gt_kf_sorted, block_kf)]
+            gt_local = np.searchsorted(block_kf, gt_kf[gt_rows])
+            for cid, part in _class_parts(
+                det,
+                det_local.reshape(-1),
+                row,
+                gt.take(gt_rows),
+                gt_local,
+                n_cls,
+                iou_threshold,
+                official,
+                protocol,
+            ):
+                if cid in parts:
+                    parts[cid].append(part)
+        return parts
+
+    detection_counts = dict(counts)
+    try:
+        parts = class_parts(detections, detection_counts)
+    except NotGrouped:
+        # A file whose keyframe's rows are apart: grouped like a whole table, at once.
+        assert isinstance(detections, RowBlocks)
+        detection_counts = dict(counts)
+        parts = class_parts(detections.table(), detection_counts)
+    counts = detection_counts
 
     per_class: dict[int, float] = {}
     num_gt: dict[int, int] = {}
@@ -239,7 +258,10 @@ def evaluate_ava_files(
     # Structural parse only: rows of other classes and degenerate detection boxes are
     # part of the protocol (dropped), not errors. Non-finite numbers are errors.
     gt = _finite(read_gt_csv(gt_path, strict=False))
-    detections = _finite(read_detections_csv(detections_path, strict=False))
+    # The detections a part of the file at a time (a predictions file at AVA scale is
+    # 9.2 M rows, issue 22), each part checked as it is read.
+    stream = stream_detections_csv(detections_path)
+    detections = RowBlocks(lambda: map(_finite, stream), stream.source)
     excluded = read_excluded_csv(excluded_path) if excluded_path is not None else None
     return evaluate_ava(gt, detections, labelmap, excluded, **kw)  # type: ignore[arg-type]
 
@@ -342,21 +364,36 @@ class _KeyframeKeys:
         return out
 
 
+class NotGrouped(Exception):
+    """A file read a block at a time has a keyframe whose rows are apart
+    (:func:`whole_keyframes`)."""
+
+
 def _detection_rows(
-    detections: BoxTable | PredictionRows, keys: _KeyframeKeys, ids: np.ndarray
+    detections: BoxTable | PredictionRows | RowBlocks,
+    keys: _KeyframeKeys,
+    ids: np.ndarray,
+    counts: dict[str, int],
 ) -> Iterator[tuple[BoxTable, np.ndarray, np.ndarray | slice]]:
     """The detections of evaluated classes, a block of whole keyframes at a time in the
-    order keyframes first appear: (rows, their keyframe keys, their file rows).
+    order keyframes first appear: (rows, their keyframe keys, their file rows). Adds the
+    rows read to ``counts["detection_rows"]``.
 
     A BoxTable is grouped first (:func:`_keyframe_blocks`); a PredictionRows makes its
     rows block by block, already grouped, unless one keyframe appears twice in it (then
-    its rows are made at once and grouped like a file's)."""
+    its rows are made at once and grouped like a file's); a file read a block at a time
+    (RowBlocks) must keep each keyframe's rows together (every writer here does), else
+    :class:`NotGrouped` is raised for the caller to read it whole."""
+    if isinstance(detections, RowBlocks):
+        yield from _file_rows(detections, keys, ids, counts)
+        return
     if isinstance(detections, PredictionRows):
         unique = np.unique(keys(detections.video, detections.timestamp)).size
         if unique == len(detections.timestamp):
             first = 0
             for block in detections.blocks(EVAL_BLOCK_ROWS):
                 kf, evaluated = keys(block.video, block.timestamp), np.isin(block.action, ids)
+                counts["detection_rows"] += len(block)
                 if evaluated.all():
                     yield block, kf, slice(first, first + len(block))
                 else:
@@ -365,9 +402,62 @@ def _detection_rows(
                 first += len(block)
             return
         detections = detections.table()
+    counts["detection_rows"] += len(detections)
     det_kf = keys(detections.video, detections.timestamp)
     for rows in _keyframe_blocks(det_kf, np.isin(detections.action, ids)):
         yield detections.take(rows), det_kf[rows], rows
+
+
+def _file_rows(
+    blocks: RowBlocks, keys: _KeyframeKeys, ids: np.ndarray, counts: dict[str, int]
+) -> Iterator[tuple[BoxTable, np.ndarray, np.ndarray | slice]]:
+    """:func:`_detection_rows` of a file read a block at a time (:func:`whole_keyframes`)."""
+    for table, kf, rows in whole_keyframes(blocks, keys, counts):
+        for sel in _keyframe_blocks(kf, np.isin(table.action, ids)):
+            yield table.take(sel), kf[sel], rows[sel]
+
+
+def whole_keyframes(
+    blocks: RowBlocks, keys: _KeyframeKeys | None = None, counts: dict[str, int] | None = None
+) -> Iterator[tuple[BoxTable, np.ndarray, np.ndarray]]:
+    """A file read a block at a time, as parts of whole keyframes in file order: (rows,
+    their keyframe keys, their file rows). A block's last keyframe is carried into the
+    next block; a keyframe whose rows are apart in the file raises :class:`NotGrouped`
+    (read such a file whole). Adds the rows read to ``counts["detection_rows"]``."""
+    keys = _KeyframeKeys() if keys is None else keys
+    done = np.empty(0, dtype=np.int64)  # keys of the keyframes yielded, sorted
+    carry: tuple[BoxTable, np.ndarray, np.ndarray] | None = None
+    first = 0  # file row of the next block's first row
+    read = iter(blocks)
+    ended = False
+    while not ended:
+        block = next(read, None)
+        if block is None:
+            if carry is None:
+                return
+            table, kf, rows = carry
+            ended = True
+        else:
+            table = block
+            kf = keys(block.video, block.timestamp)
+            rows = np.arange(first, first + len(block), dtype=np.int64)
+            first += len(block)
+            if counts is not None:
+                counts["detection_rows"] += len(block)
+            if carry is not None:
+                table = concat_tables([carry[0], block])
+                kf, rows = np.concatenate([carry[1], kf]), np.concatenate([carry[2], rows])
+        if not len(table):
+            continue
+        starts = np.flatnonzero(np.r_[True, kf[1:] != kf[:-1]])
+        run_keys = kf[starts]
+        if np.unique(run_keys).size != run_keys.size or np.isin(run_keys, done).any():
+            raise NotGrouped(f"{blocks.source}: the rows of a keyframe are apart")
+        cut = len(kf) if ended else int(starts[-1])
+        carry = None if ended else (table.take(slice(cut, None)), kf[cut:], rows[cut:])
+        done = np.union1d(done, run_keys if ended else run_keys[:-1])
+        if cut:
+            yield table.take(slice(0, cut)), kf[:cut], rows[:cut]
 
 
 def _keyframe_blocks(kf: np.ndarray, evaluated: np.ndarray) -> Iterator[np.ndarray | slice]:

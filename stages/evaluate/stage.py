@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from stages.data import BoxTable, Dataset, read_detections_csv
+from stages.data import BoxTable, Dataset, RowBlocks, read_detections_csv, stream_detections_csv
 from stages.evaluate.ava import evaluate_ava
 from stages.evaluate.config import EVALUATE as STAGE  # noqa: F401 (the stage, for stages.catalog)
 from stages.evaluate.config import EvaluateConfig, EvaluateStageConfig  # noqa: F401 (re-exported)
@@ -56,9 +56,10 @@ def compute(ctx: StageContext[EvaluateStageConfig]) -> dict[str, Any]:
     labelmap = dataset.labelmap
     if cfg.dataset.evaluated_classes:
         labelmap = labelmap.subset(cfg.dataset.evaluated_classes)
-    preds = read_detections_csv(pred_path, strict=False)
+    # Read a part at a time as it is evaluated: 9.2 M rows at AVA scale (issue 22).
+    preds = stream_detections_csv(pred_path)
 
-    def evaluate(gt_rows: BoxTable, pred_rows: BoxTable) -> Any:
+    def evaluate(gt_rows: BoxTable, pred_rows: RowBlocks) -> Any:
         return evaluate_ava(
             gt_rows,
             pred_rows,
@@ -78,10 +79,11 @@ def compute(ctx: StageContext[EvaluateStageConfig]) -> dict[str, Any]:
         parts = {}
         for source in sorted(set(sources.values())):
             videos = [v for v, s in sources.items() if s == source]
-            part = evaluate(
-                gt.take(np.isin(gt.video.astype(str), videos)),
-                preds.take(np.isin(preds.video.astype(str), videos)),
-            )
+
+            def of_part(rows: BoxTable, videos: list[str] = videos) -> np.ndarray:
+                return np.isin(rows.video.astype(str), videos)
+
+            part = evaluate(gt.take(of_part(gt)), preds.where(of_part))
             parts[source] = {"mAP": part.mAP, "groups": part.groups}
         summary["parts"] = parts
         (ctx.staging / "parts.json").write_text(json.dumps(parts, indent=2))

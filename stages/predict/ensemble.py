@@ -43,13 +43,20 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from models.boxes import iou_matrix
-from stages.data import BoxTable, Dataset, LabelMap, read_detections_csv
+from stages.data import (
+    BoxTable,
+    Dataset,
+    LabelMap,
+    PredictionRows,
+    RowBlocks,
+    stream_detections_csv,
+)
 from stages.data.predictions import (
-    read_predictions_parquet,
+    stream_predictions_parquet,
     write_predictions_csv,
     write_predictions_parquet,
 )
-from stages.evaluate.ava import _keyframe_ids, evaluate_ava
+from stages.evaluate.ava import NotGrouped, _keyframe_ids, evaluate_ava, whole_keyframes
 from stages.evaluate.result import AvaResult
 from stages.evaluate.stage import PREDICTIONS_DIR
 from stages.framework import (
@@ -137,20 +144,56 @@ class BoxScores:
             scores=scores,
         )
 
-    def to_table(self, labelmap: LabelMap) -> BoxTable:
-        """One row per (box, class), grouped by box (AVA's prediction layout)."""
-        n, c = self.scores.shape
-        counts = np.diff(self.offset)
-        box = np.repeat(np.arange(n), c)
-        return BoxTable(
-            video=np.repeat(np.repeat(self.video, counts), c),
-            timestamp=np.repeat(np.repeat(self.timestamp, counts), c),
-            boxes=self.boxes[box],
-            action=np.tile(np.asarray(labelmap.ids, dtype=np.int64), n),
-            person=np.full(n * c, -1, dtype=np.int64),
-            score=self.scores.reshape(-1),
-            line=np.arange(1, n * c + 1, dtype=np.int64),
+    @staticmethod
+    def from_file(rows: RowBlocks, labelmap: LabelMap, *, source: str = "") -> BoxScores:
+        """:meth:`from_table` of a predictions file read a part of whole keyframes at a
+        time (a member's file is 9.2 M rows at AVA scale, issue 22); the same result. A
+        file whose keyframe's rows are apart is read whole."""
+        try:
+            parts = [
+                BoxScores.from_table(table, labelmap, source=source)
+                for table, _, _ in whole_keyframes(rows)
+            ]
+        except NotGrouped:
+            return BoxScores.from_table(rows.table(), labelmap, source=source)
+        return BoxScores.concat(parts, len(labelmap))
+
+    @staticmethod
+    def concat(parts: Sequence[BoxScores], classes: int) -> BoxScores:
+        """Parts with no keyframe in common, one after the other."""
+        if not parts:
+            return BoxScores(
+                np.empty(0, object),
+                np.empty(0, np.int64),
+                np.zeros(1, np.int64),
+                np.zeros((0, 4)),
+                np.zeros((0, classes)),
+            )
+        starts = np.cumsum([0] + [len(p.boxes) for p in parts[:-1]])
+        return BoxScores(
+            video=np.concatenate([p.video for p in parts]),
+            timestamp=np.concatenate([p.timestamp for p in parts]),
+            offset=np.concatenate(
+                [[0]] + [p.offset[1:] + start for p, start in zip(parts, starts, strict=True)]
+            ).astype(np.int64),
+            boxes=np.concatenate([p.boxes for p in parts]).reshape(-1, 4),
+            scores=np.concatenate([p.scores for p in parts]).reshape(-1, classes),
         )
+
+    def rows(self, labelmap: LabelMap) -> PredictionRows:
+        """The AVA rows, one per (box, class), grouped by box, made a block at a time."""
+        return PredictionRows(
+            video=self.video,
+            timestamp=self.timestamp,
+            offset=self.offset,
+            boxes=self.boxes,
+            scores=self.scores,
+            class_ids=np.asarray(labelmap.ids, dtype=np.int64),
+        )
+
+    def to_table(self, labelmap: LabelMap) -> BoxTable:
+        """Every row of :meth:`rows` at once."""
+        return self.rows(labelmap).table()
 
 
 def match_boxes(reference: BoxScores, other: BoxScores, match_iou: float) -> np.ndarray:
@@ -212,17 +255,18 @@ def average(members: Sequence[BoxScores], weights: Sequence[float], match_iou: f
     )
 
 
-def member_predictions(ref: StageRef, split: str, name: str) -> BoxTable:
-    """A member's prediction rows for ``split`` (Parquet, else the AVA CSV)."""
+def member_predictions(ref: StageRef, split: str, name: str) -> RowBlocks:
+    """A member's prediction rows for ``split`` (Parquet, else the AVA CSV), read a part
+    at a time."""
     base = Path(ref.uri) / PREDICTIONS_DIR
     parquet, csv = base / f"{split}.parquet", base / f"{split}.csv"
     if parquet.is_file():
-        return read_predictions_parquet(
+        return stream_predictions_parquet(
             verify_published_file(ref.uri, f"{PREDICTIONS_DIR}/{parquet.name}")
         )
     if csv.is_file():
-        return read_detections_csv(
-            verify_published_file(ref.uri, f"{PREDICTIONS_DIR}/{csv.name}"), strict=False
+        return stream_detections_csv(
+            verify_published_file(ref.uri, f"{PREDICTIONS_DIR}/{csv.name}")
         )
     raise StageError(
         f"ensemble: member {name!r} ({ref.stage} output {ref.uri}) has no {split!r} predictions "
@@ -285,7 +329,7 @@ def compute(ctx: StageContext[EnsembleStageConfig]) -> dict[str, Any]:
 
     def load(split: str) -> dict[str, BoxScores]:
         return {
-            name: BoxScores.from_table(
+            name: BoxScores.from_file(
                 member_predictions(ref, split, name), labelmap, source=f"{name} {split}"
             )
             for name, ref in refs.items()
@@ -293,21 +337,20 @@ def compute(ctx: StageContext[EnsembleStageConfig]) -> dict[str, Any]:
 
     def evaluate(split: str, scores: BoxScores) -> AvaResult:
         return evaluate_ava(
-            dataset.gt(split), scores.to_table(labelmap), labelmap, dataset.excluded(split)
+            dataset.gt(split), scores.rows(labelmap), labelmap, dataset.excluded(split)
         )
 
     weights = {name: float(run.weights.get(name, 1.0)) for name in cfg.members}
-    # Members as they wrote their predictions (their own mAP, top_k rows and all), each
-    # evaluated as it is read; only its boxes' scores are kept (a member's AVA table is
-    # 9.2 M rows at AVA scale, issue 22).
+    # Members as they wrote their predictions (their own mAP, top_k rows and all). A
+    # member's AVA table is 9.2 M rows at AVA scale (issue 22): its file is read a part at
+    # a time, once for its evaluation and once for its boxes' scores, the only thing kept.
     member_maps: dict[str, float] = {}
     members: dict[str, BoxScores] = {}
+    gt, excluded = dataset.gt(run.split), dataset.excluded(run.split)
     for name, ref in refs.items():
-        table = member_predictions(ref, run.split, name)
-        gt, excluded = dataset.gt(run.split), dataset.excluded(run.split)
-        members[name] = BoxScores.from_table(table, labelmap, source=f"{name} {run.split}")
-        member_maps[name] = evaluate_ava(gt, table, labelmap, excluded).mAP
-        del table
+        rows = member_predictions(ref, run.split, name)
+        members[name] = BoxScores.from_file(rows, labelmap, source=f"{name} {run.split}")
+        member_maps[name] = evaluate_ava(gt, rows, labelmap, excluded).mAP
     trace: list[dict[str, Any]] = []
     order = list(cfg.members)
     if run.select:
@@ -323,7 +366,7 @@ def compute(ctx: StageContext[EnsembleStageConfig]) -> dict[str, Any]:
     result = evaluate(run.split, ensemble)
     best = max(cfg.members, key=lambda n: (member_maps[n], -cfg.members.index(n)))
 
-    table = ensemble.to_table(labelmap)
+    table = ensemble.rows(labelmap)  # rows made a block at a time as they are written
     out = ctx.staging / PREDICTIONS_DIR
     out.mkdir(exist_ok=True)
     write_predictions_csv(out / f"{run.split}.csv", table)

@@ -48,7 +48,7 @@ from models.losses import ava_loss, loss_normalizers
 from stages.catalog import STAGES  # the catalog holds specs only: no cycle
 from stages.data import Dataset
 from stages.data.predictions import (
-    read_predictions_parquet,
+    stream_predictions_parquet,
     write_predictions_csv,
     write_predictions_parquet,
 )
@@ -484,7 +484,7 @@ def compute_rank(ctx: StageContext[RebalanceStageConfig]) -> dict[str, Any]:
     if not before_path.is_file():
         raise StageError(f"rebalance: {before_path} does not exist (no predictions before cRT)")
     verify_published_file(run_dir, f"{PREDICTIONS_DIR}/{before_path.name}")
-    before = evaluate_ava(gt_val, read_predictions_parquet(before_path), labelmap, excluded_val)
+    before = evaluate_ava(gt_val, stream_predictions_parquet(before_path), labelmap, excluded_val)
     train_counts = class_counts(dataset.gt(train_split).action, labelmap.ids)
     change = crt_change(before.per_class, after.per_class, train_counts)
 

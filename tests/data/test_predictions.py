@@ -236,3 +236,89 @@ def test_prediction_rows_in_blocks_are_the_table(tmp_path: Path, top_k: int | No
         assert back.video.tolist() == whole.video.tolist()
         for name in ("timestamp", "boxes", "action", "person", "score"):
             np.testing.assert_array_equal(getattr(back, name), getattr(whole, name))
+
+
+_CSV_ROWS = [
+    "vid-a,0902,0.1,0.2,0.5,0.6,12,0.91",
+    "vid-a,0902,0.1,0.2,0.5,0.6,80,0.5",
+    "vid-b,1798,0.0,0.0,1.0,1.0,,0.25",
+    "vid-b,1799,0.25,0.3,0.75,0.9,12,1e-05",
+]
+
+
+def _same_rows(a: BoxTable, b: BoxTable) -> None:
+    assert a.video.tolist() == b.video.tolist()
+    for name in ("timestamp", "boxes", "action", "person", "score", "line"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+@pytest.mark.parametrize("part_bytes", [1, 20, 37, 80, 1 << 20])
+def test_csv_read_a_part_at_a_time_is_the_whole_read(tmp_path: Path, part_bytes: int) -> None:
+    """stream_detections_csv cuts the file at line ends, parts of about ``part_bytes``:
+    rows, values and line numbers (blank lines, CRLF, no final newline, a line longer
+    than a part) are those of the whole read."""
+    from stages.data import stream_detections_csv
+    from stages.data.types import concat_tables
+
+    path = tmp_path / "det.csv"
+    text = "\r\n".join([_CSV_ROWS[0], "", _CSV_ROWS[1], _CSV_ROWS[2], "", "", _CSV_ROWS[3]])
+    path.write_bytes(text.encode())
+    whole = read_detections_csv(path, strict=False)
+    stream = stream_detections_csv(path, block_bytes=part_bytes)
+    parts = list(stream)
+    assert len(parts) > 1 or part_bytes > len(text)
+    _same_rows(concat_tables(parts), whole)
+    assert whole.line.tolist() == [1, 3, 4, 7]
+    # A 7-column file (score 1.0) and a file without rows read the same way too.
+    seven = tmp_path / "seven.csv"
+    seven.write_text("\n".join(r.rsplit(",", 1)[0] for r in _CSV_ROWS) + "\n")
+    _same_rows(
+        concat_tables(list(stream_detections_csv(seven, block_bytes=part_bytes))),
+        read_detections_csv(seven, strict=False),
+    )
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n\n")
+    assert list(stream_detections_csv(blank, block_bytes=part_bytes)) == []
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ("vid-c,0903,0.1,0.2,0.5,0.6,12", r"det\.csv:4: expected 8 \(like the first row\)"),
+        ("vid-c,0903,0.1,0.2,0.5,oops,12,0.5", r"det\.csv:4: y2 'oops' is not a number"),
+        ("vid-c,,0.1,0.2,0.5,0.6,12,0.5", r"det\.csv:4: timestamp is empty"),
+    ],
+)
+def test_csv_read_a_part_at_a_time_names_the_bad_line(
+    tmp_path: Path, bad_line: str, message: str
+) -> None:
+    """A bad row in a later part is named with its line in the file, as the whole read
+    names it."""
+    from stages.data import stream_detections_csv
+
+    path = tmp_path / "det.csv"
+    path.write_text("\n".join([*_CSV_ROWS[:2], "", bad_line, _CSV_ROWS[3]]) + "\n")
+    with pytest.raises(DataError, match=message):
+        read_detections_csv(path, strict=False)
+    with pytest.raises(DataError, match=message):
+        list(stream_detections_csv(path, block_bytes=30))
+
+
+def test_parquet_read_a_row_group_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stream_predictions_parquet yields one block per row group, rows numbered over
+    the file, the same rows as the whole read; its errors are the whole read's."""
+    from stages.data import predictions, stream_predictions_parquet
+    from stages.data.types import concat_tables
+
+    monkeypatch.setattr(predictions, "CSV_BLOCK_ROWS", 2)
+    path = tmp_path / "pred.parquet"
+    write_predictions_parquet(path, _predictions())
+    parts = list(stream_predictions_parquet(path))
+    assert [len(p) for p in parts] == [2, 1]
+    _same_rows(concat_tables(parts), read_predictions_parquet(path))
+    bad = tmp_path / "bad.parquet"
+    bad.write_text("not parquet")
+    with pytest.raises(DataError, match=r"bad.parquet: cannot read Parquet predictions"):
+        list(stream_predictions_parquet(bad))

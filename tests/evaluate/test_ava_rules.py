@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from stages.data.types import BoxTable
 from stages.evaluate.ava import evaluate_ava, evaluate_ava_files
 from tests.evaluate.cases import excluded, labelmap, table
 
@@ -243,31 +245,45 @@ def test_heap_replay_in_blocks_keeps_the_official_order(monkeypatch: pytest.Monk
 def test_evaluation_in_keyframe_blocks_equals_the_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
 ):
-    """Detections are evaluated a block of whole keyframes at a time and video names are
-    coded a block of rows at a time (bounded memory at AVA scale, issue 22): any block
-    size gives the same APs, counts and detection numbers, under both tie orders and
-    every protocol, on files whose keyframes are interleaved (``ties``, ``large``) or
-    grouped (``cut``), with excluded keyframes."""
+    """Detections are evaluated a block of whole keyframes at a time, video names are
+    coded a block of rows at a time and the file is read a part at a time (bounded memory
+    at AVA scale, issue 22): any block size gives the APs, counts and detection numbers of
+    the whole tables, under both tie orders and every protocol, on files whose keyframes
+    are interleaved (``ties``, ``large``: read whole after all) or grouped (``cut``), with
+    excluded keyframes."""
+    from stages.data import ava as data_ava
+    from stages.data import read_detections_csv, read_excluded_csv, read_gt_csv, read_labelmap
     from stages.evaluate import ava
     from tests.evaluate.official_cases import write_case
 
     files = write_case(name, tmp_path)
     args = (files["gt"], files["det"], files["labelmap"], files["excluded"])
     settings = [(p, t) for p in ("2018", "2019", "2020") for t in ("official", "stable")]
+    tables = (
+        read_gt_csv(files["gt"], strict=False),
+        read_detections_csv(files["det"], strict=False),
+        read_labelmap(files["labelmap"]),
+        read_excluded_csv(files["excluded"]),
+    )
 
-    def results() -> list[tuple]:
+    def results(files: bool) -> list[tuple]:
         out = []
         for protocol, ties in settings:
-            r = evaluate_ava_files(*args, protocol=protocol, ties=ties)
+            if files:
+                r = evaluate_ava_files(*args, protocol=protocol, ties=ties)
+            else:
+                r = evaluate_ava(*tables, protocol=protocol, ties=ties)
             out.append((r.per_class, r.num_detections, r.num_gt, r.counts))
         return out
 
-    whole = results()
+    whole = results(files=False)
     assert any(r[3].get("excluded_detection_rows") for r in whole)
-    for rows in (1, 7, 500):
+    assert results(files=True) == whole
+    for rows, part_bytes in ((1, 300), (7, 997), (500, 4096)):
         monkeypatch.setattr(ava, "EVAL_BLOCK_ROWS", rows)
         monkeypatch.setattr(ava, "KEYFRAME_ID_BLOCK", rows)
-        assert results() == whole, rows
+        monkeypatch.setattr(data_ava, "STREAM_BLOCK_BYTES", part_bytes)
+        assert results(files=True) == whole, rows
 
 
 def _prediction_rows(duplicate: bool) -> tuple:
@@ -329,3 +345,58 @@ def test_prediction_rows_evaluate_as_their_table(
     for size in (1, 7, 500):
         monkeypatch.setattr(ava, "EVAL_BLOCK_ROWS", size)
         assert results(rows) == want, size
+
+
+@pytest.mark.parametrize("duplicate", [False, True])
+def test_prediction_files_read_a_part_at_a_time_evaluate_as_their_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, duplicate: bool
+) -> None:
+    """A predictions file (Parquet row groups, CSV parts of a few hundred bytes) is
+    evaluated as it is read and scores exactly as its whole table, under both tie orders
+    and every protocol; a keyframe listed twice (its rows apart) is read whole."""
+    from stages.data import ava as data_ava
+    from stages.data import (
+        predictions,
+        read_detections_csv,
+        read_predictions_parquet,
+        stream_detections_csv,
+        stream_predictions_parquet,
+        write_predictions_csv,
+        write_predictions_parquet,
+    )
+    from stages.data.types import RowBlocks
+    from stages.evaluate import ava
+
+    rows, gt = _prediction_rows(duplicate)
+    monkeypatch.setattr(predictions, "CSV_BLOCK_ROWS", 37)  # row groups and CSV writes
+    write_predictions_parquet(tmp_path / "p.parquet", rows)
+    write_predictions_csv(tmp_path / "p.csv", rows)
+    lm, ex = labelmap([1, 2, 5]), excluded([("v1", 904)])
+    settings = [(p, t) for p in ("2018", "2019", "2020") for t in ("official", "stable")]
+
+    def results(detections) -> list[tuple]:
+        out = []
+        for protocol, ties in settings:
+            r = evaluate_ava(gt, detections, lm, ex, protocol=protocol, ties=ties)
+            out.append((r.per_class, r.num_detections, r.counts))
+        return out
+
+    parquet_want = results(read_predictions_parquet(tmp_path / "p.parquet"))
+    csv_want = results(read_detections_csv(tmp_path / "p.csv", strict=False))
+    parquet = stream_predictions_parquet(tmp_path / "p.parquet")
+    assert len(list(parquet)) > 5  # read a row group at a time
+    passes = []
+
+    def counted() -> Iterator[BoxTable]:
+        passes.append(1)
+        yield from parquet
+
+    counting = RowBlocks(counted, parquet.source)
+    for size in (1, 7, 500):
+        monkeypatch.setattr(ava, "EVAL_BLOCK_ROWS", size)
+        monkeypatch.setattr(data_ava, "STREAM_BLOCK_BYTES", 200 * size)
+        passes.clear()
+        assert results(counting) == parquet_want, size
+        # One pass per evaluation; a second (the whole table) only when a keyframe repeats.
+        assert len(passes) == len(settings) * (2 if duplicate else 1)
+        assert results(stream_detections_csv(tmp_path / "p.csv")) == csv_want, size

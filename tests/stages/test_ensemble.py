@@ -69,6 +69,35 @@ def test_from_table_groups_rows_by_keyframe_and_box() -> None:
     assert len(back) == 4 * 3 and back.action[:3].tolist() == [1, 2, 3]
 
 
+@pytest.mark.parametrize("grouped", [True, False])
+def test_from_file_read_a_row_group_at_a_time_is_from_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grouped: bool
+) -> None:
+    """A member's file is turned into per-box scores a part of whole keyframes at a time
+    (row groups of 2 rows here; keyframes cut across them): the same BoxScores as from the
+    whole table. A file whose keyframe's rows are apart is read whole, with the same
+    result."""
+    from stages.data import predictions
+    from stages.data.predictions import stream_predictions_parquet
+
+    rows = [
+        ("v", 2, B, 2, 0.4), ("v", 2, B, 1, 0.3), ("v", 2, A, 2, 0.7),
+        ("v", 1, A, 1, 0.9), ("v", 1, A, 3, 0.1), ("v", 1, A, 99, 0.8),  # 99: not a class
+        ("w", 1, A, 2, 0.5), ("w", 1, C, 1, 0.2), ("w", 3, C, 3, 0.6),
+    ]  # fmt: skip
+    if not grouped:
+        rows.append(("v", 2, C, 1, 0.25))  # keyframe (v, 2) again, after others
+    monkeypatch.setattr(predictions, "CSV_BLOCK_ROWS", 2)
+    path = tmp_path / "member.parquet"
+    write_predictions_parquet(path, table(rows))
+    whole = BoxScores.from_table(read_predictions_parquet(path), LABELS)
+    parts = BoxScores.from_file(stream_predictions_parquet(path), LABELS)
+    for name in ("video", "timestamp", "offset", "boxes", "scores"):
+        np.testing.assert_array_equal(getattr(parts, name), getattr(whole, name), err_msg=name)
+    assert len(whole.timestamp) == 4
+    assert parts.rows(LABELS).table().score.tolist() == whole.to_table(LABELS).score.tolist()
+
+
 def test_identical_boxes_average_exactly_whatever_the_row_order() -> None:
     one = dense({("v", 1): [(A, [0.2, 0.4, 0.6]), (B, [0.1, 0.1, 0.1])]})
     two = dense({("v", 1): [(B, [0.3, 0.5, 0.7]), (A, [0.4, 0.0, 0.2])]})
