@@ -269,7 +269,32 @@ def read_published_bytes(output: Path | str, relpath: str) -> bytes:
             is missing or not in the manifest, its sha256 differs, or the output was
             published before bankflow recorded checksums (rerun that stage with --force).
     """
-    output = Path(output)
+    path, recorded = _recorded_sha256(Path(output), relpath)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise StageError(f"{path}: cannot read: {err.strerror or err}") from None
+    _check_sha256(path, hashlib.sha256(data).hexdigest(), recorded)
+    return data
+
+
+def verify_published_file(output: Path | str, relpath: str) -> Path:
+    """``<output>/<relpath>`` after checking it against its recorded sha256 (for readers
+    that parse a file by path: predictions CSV/Parquet). The file is hashed a block at a
+    time, not held: a predictions CSV is 0.5 GB at AVA scale (issue 22). Errors as
+    :func:`read_published_bytes`."""
+    path, recorded = _recorded_sha256(Path(output), relpath)
+    try:
+        with path.open("rb") as f:
+            actual = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as err:
+        raise StageError(f"{path}: cannot read: {err.strerror or err}") from None
+    _check_sha256(path, actual, recorded)
+    return path
+
+
+def _recorded_sha256(output: Path, relpath: str) -> tuple[Path, str]:
+    """The file and the sha256 its output's manifest records for it."""
     path = output / relpath
     marker = output / COMPLETE_MARKER
     try:
@@ -289,25 +314,16 @@ def read_published_bytes(output: Path | str, relpath: str) -> bytes:
             f"{path}: its output was published without checksums (by an older bankflow); "
             "rerun the stage that wrote it with --force"
         )
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise StageError(f"{path}: cannot read: {err.strerror or err}") from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != entry[1]:
+    return path, str(entry[1])
+
+
+def _check_sha256(path: Path, actual: str, recorded: str) -> None:
+    if actual != recorded:
         raise StageError(
-            f"{path}: sha256 {actual[:16]}… differs from {str(entry[1])[:16]}… recorded at "
+            f"{path}: sha256 {actual[:16]}… differs from {recorded[:16]}… recorded at "
             "publication; the file was changed afterwards (remove the output or rerun its "
             "stage with --force)"
         )
-    return data
-
-
-def verify_published_file(output: Path | str, relpath: str) -> Path:
-    """``<output>/<relpath>`` after checking it against its recorded sha256 (for readers
-    that parse a file by path: predictions CSV/Parquet)."""
-    read_published_bytes(output, relpath)
-    return Path(output) / relpath
 
 
 def read_published_json(output: Path | str, relpath: str) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -45,6 +46,15 @@ def test_unsafe_names(name: str, problem: str) -> None:
 @pytest.mark.parametrize("name", ["-5KQ66BBWC4", "_145Aa_xkuE", "w0_train_00", "a.b", "x y"])
 def test_real_ids_pass(name: str) -> None:
     assert name_problem(name) is None
+
+
+def test_each_unsafe_video_id_is_named_at_its_first_row() -> None:
+    """One problem per unsafe id, at the first of its rows, whatever its place."""
+    from stages.data.ava import _unsafe_video_rows
+
+    video = np.array(["ok", "a/b", "ok", "../x", "a/b", "fine", "../x"], dtype=object)
+    assert np.flatnonzero(_unsafe_video_rows(video)).tolist() == [1, 3]
+    assert not _unsafe_video_rows(np.empty(0, dtype=object)).any()
 
 
 def test_escaping_video_id_is_refused_at_its_row(world: Path) -> None:
