@@ -183,3 +183,81 @@ def test_bench_eval_memory_per_row():
         growth = per_row[1.0, tied] * 4 / max(per_row[0.25, tied], 1e-9)
         print(f"{'tied' if tied else 'random'}: added peak at 4× the rows = {growth:.2f}×")
     assert all(v < 80 for v in per_row.values()), per_row
+
+
+@pytest.mark.bench
+def test_bench_eval_from_file_memory(tmp_path: Path) -> None:
+    """Peak RSS above the GT that evaluating a predictions file adds, per file row, read a
+    part at a time (``stream_detections_csv`` / ``stream_predictions_parquet``, what the
+    evaluate stage, ``bankflow eval`` and the ensemble do) against read whole first, at AVA
+    v2.2 val's size (9.2 M rows, issue 22). Each in its own process. Same mAP both ways."""
+    import json
+    import subprocess
+    import sys
+
+    from stages.data import write_predictions_csv, write_predictions_parquet
+
+    gt, det = _prediction_tables(57_000, np.random.default_rng(0), tied=False)
+    rows = len(det)
+    write_predictions_csv(tmp_path / "gt.csv", gt)  # 8th column "1": every person id 1
+    write_predictions_csv(tmp_path / "p.csv", det)
+    write_predictions_parquet(tmp_path / "p.parquet", det)
+    del gt, det
+    repo = Path(__file__).resolve().parents[2]
+    figures = {}
+    for kind in ("csv-stream", "parquet-stream", "csv-whole", "parquet-whole"):
+        out = subprocess.run(
+            [sys.executable, "-m", "tests.benchmarks.test_bench_eval", kind, str(tmp_path)],
+            capture_output=True, text=True, check=True, cwd=repo,
+        ).stdout  # fmt: skip
+        figures[kind] = json.loads(out.strip().splitlines()[-1])
+    print(f"\n{rows / 1e6:.1f} M rows, peak RSS added while evaluating a file (own process):")
+    for kind, f in figures.items():
+        print(f"  {kind:16s} {f['added'] / rows:6.0f} bytes/row  {f['added'] / 1e9:5.2f} GB  "
+              f"{f['seconds']:5.1f} s  mAP {f['mAP']:.6f}")  # fmt: skip
+    for fmt in ("csv", "parquet"):
+        assert figures[f"{fmt}-stream"]["mAP"] == figures[f"{fmt}-whole"]["mAP"], figures
+        assert figures[f"{fmt}-stream"]["added"] < figures[f"{fmt}-whole"]["added"], figures
+
+
+def _measure_file(kind: str, root: Path) -> dict:
+    """One evaluation of ``root``'s predictions file (``kind``: csv|parquet-stream|whole):
+    peak RSS above the process with its GT read, seconds, mAP."""
+    import threading
+
+    from stages.data import (
+        read_predictions_parquet,
+        stream_detections_csv,
+        stream_predictions_parquet,
+    )
+
+    labelmap = LabelMap(ids=CLASSES.copy(), names=tuple(f"c{i}" for i in CLASSES),
+                        label_types=(None,) * CLASSES.size)  # fmt: skip
+    gt = read_gt_csv(root / "gt.csv", strict=False)
+    read = {
+        "csv-stream": lambda: stream_detections_csv(root / "p.csv"),
+        "parquet-stream": lambda: stream_predictions_parquet(root / "p.parquet"),
+        "csv-whole": lambda: read_detections_csv(root / "p.csv", strict=False),
+        "parquet-whole": lambda: read_predictions_parquet(root / "p.parquet"),
+    }[kind]
+    base, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            peak[0] = max(peak[0], _rss_bytes())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    start = time.perf_counter()
+    result = evaluate_ava(gt, read(), labelmap)
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    return {"added": max(peak[0] - base, 0), "seconds": seconds, "mAP": result.mAP}
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(_measure_file(sys.argv[1], Path(sys.argv[2]))))
