@@ -93,6 +93,17 @@ class BoxScores:
     scores: np.ndarray
 
     @staticmethod
+    def empty(classes: int) -> BoxScores:
+        """No keyframe, no box."""
+        return BoxScores(
+            np.empty(0, object),
+            np.empty(0, np.int64),
+            np.zeros(1, np.int64),
+            np.zeros((0, 4)),
+            np.zeros((0, classes)),
+        )
+
+    @staticmethod
     def from_table(table: BoxTable, labelmap: LabelMap, *, source: str = "") -> BoxScores:
         """Group prediction rows by (keyframe, exact box). Rows of classes outside the
         label map are ignored; a (box, class) absent from the table scores 0; two rows
@@ -101,13 +112,7 @@ class BoxScores:
         table = table.take(keep)
         c = len(labelmap)
         if not len(table):
-            return BoxScores(
-                np.empty(0, object),
-                np.empty(0, np.int64),
-                np.zeros(1, np.int64),
-                np.zeros((0, 4)),
-                np.zeros((0, c)),
-            )
+            return BoxScores.empty(c)
         bad = ~(np.isfinite(table.score) & np.isfinite(table.boxes).all(axis=1))
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
@@ -162,13 +167,7 @@ class BoxScores:
     def concat(parts: Sequence[BoxScores], classes: int) -> BoxScores:
         """Parts with no keyframe in common, one after the other."""
         if not parts:
-            return BoxScores(
-                np.empty(0, object),
-                np.empty(0, np.int64),
-                np.zeros(1, np.int64),
-                np.zeros((0, 4)),
-                np.zeros((0, classes)),
-            )
+            return BoxScores.empty(classes)
         starts = np.cumsum([0] + [len(p.boxes) for p in parts[:-1]])
         return BoxScores(
             video=np.concatenate([p.video for p in parts]),
