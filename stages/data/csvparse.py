@@ -178,16 +178,16 @@ def iter_csv(
                     rest = data
                     continue
                 part, rest = data[:cut], data[cut:]
-                if part:
-                    if ncols is None:
-                        ncols = _first_row_width(part)
-                        if ncols is not None and ncols not in layouts:
+                width = _first_row_width(part) if part else None
+                if width is not None:  # a part with rows (not only blank lines)
+                    if ncols is None:  # the file's first row
+                        ncols = width
+                        if ncols not in layouts:
                             raise scan_rows(path, part, layouts, limit=1, first_line=line)[0]
-                    if ncols is not None and _first_row_width(part) is not None:
-                        yield _parse_part(
-                            path, part, layouts, ncols, null_int=null_int, first_line=line
-                        )
-                    line += part.count(b"\n")
+                    yield _parse_part(
+                        path, part, layouts, ncols, null_int=null_int, first_line=line
+                    )
+                line += part.count(b"\n")
                 if not chunk:
                     return
     except OSError as err:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,18 +93,60 @@ def write_predictions_parquet(path: str | Path, table: BoxTable | PredictionRows
 def read_predictions_parquet(path: str | Path) -> BoxTable:
     """Read a file written by :func:`write_predictions_parquet`; ``line`` is the 1-based
     row number."""
-    import pyarrow as pa
+    import pyarrow as pa  # here: importing the readers of a dataset needs no Arrow
     import pyarrow.parquet as pq
 
     try:
         arrow = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as err:
-        raise DataError(path, None, f"cannot read Parquet predictions: {err}") from err
-    missing = [c for c in _PARQUET_COLUMNS if c not in arrow.column_names]
+        raise _unreadable(path, err) from err
+    _check_columns(path, arrow.column_names)
+    return _parquet_rows(path, arrow, first_line=1)
+
+
+def stream_predictions_parquet(path: str | Path) -> RowBlocks:
+    """:func:`read_predictions_parquet` a row group at a time
+    (:class:`~stages.data.types.RowBlocks`): an AVA-scale file (9.2 M rows) is never held
+    whole (issue 22)."""
+    return RowBlocks(lambda: _parquet_blocks(path), str(path))
+
+
+def _parquet_blocks(path: str | Path) -> Iterator[BoxTable]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        file = pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as err:
+        raise _unreadable(path, err) from err
+    _check_columns(path, file.schema_arrow.names)
+    first = 1
+    with file:
+        for group in range(file.num_row_groups):
+            try:
+                arrow = file.read_row_group(group, columns=list(_PARQUET_COLUMNS))
+            except (OSError, pa.ArrowInvalid) as err:
+                raise _unreadable(path, err) from err
+            if arrow.num_rows:
+                yield _parquet_rows(path, arrow, first_line=first)
+                first += arrow.num_rows
+
+
+def _unreadable(path: str | Path, err: Exception) -> DataError:
+    return DataError(path, None, f"cannot read Parquet predictions: {err}")
+
+
+def _check_columns(path: str | Path, names: list[str]) -> None:
+    missing = [c for c in _PARQUET_COLUMNS if c not in names]
     if missing:
         raise DataError(
             path, None, f"missing columns {missing} (expected {', '.join(_PARQUET_COLUMNS)})"
         )
+
+
+def _parquet_rows(path: str | Path, arrow: Any, *, first_line: int) -> BoxTable:
+    """The rows of an Arrow table of :data:`_PARQUET_COLUMNS` (the whole file or a row
+    group starting at row ``first_line``)."""
 
     def col(name: str, dtype: type) -> np.ndarray:
         column = arrow.column(name)
@@ -121,61 +164,6 @@ def read_predictions_parquet(path: str | Path) -> BoxTable:
         action=col("action", np.int64),
         person=col("person", np.int64),
         score=col("score", np.float64),
-        line=np.arange(1, n + 1, dtype=np.int64),
+        line=np.arange(first_line, first_line + n, dtype=np.int64),
         source=str(path),
     )
-
-
-def stream_predictions_parquet(path: str | Path) -> RowBlocks:
-    """:func:`read_predictions_parquet` a row group at a time
-    (:class:`~stages.data.types.RowBlocks`): an AVA-scale file (9.2 M rows) is never held
-    whole (issue 22)."""
-    return RowBlocks(lambda: _parquet_blocks(path), str(path))
-
-
-def _parquet_blocks(path: str | Path) -> Iterator[BoxTable]:
-    import pyarrow as pa  # here: importing the readers of a dataset needs no Arrow
-    import pyarrow.parquet as pq
-
-    def fail(err: Exception) -> DataError:
-        return DataError(path, None, f"cannot read Parquet predictions: {err}")
-
-    try:
-        file = pq.ParquetFile(path)
-    except (OSError, pa.ArrowInvalid) as err:
-        raise fail(err) from err
-    missing = [c for c in _PARQUET_COLUMNS if c not in file.schema_arrow.names]
-    if missing:
-        raise DataError(
-            path, None, f"missing columns {missing} (expected {', '.join(_PARQUET_COLUMNS)})"
-        )
-    first = 1
-    with file:
-        for group in range(file.num_row_groups):
-            try:
-                arrow = file.read_row_group(group, columns=list(_PARQUET_COLUMNS))
-            except (OSError, pa.ArrowInvalid) as err:
-                raise fail(err) from err
-            n = arrow.num_rows
-            if not n:
-                continue
-
-            def col(name: str, dtype: type, arrow: pa.Table = arrow) -> np.ndarray:
-                column = arrow.column(name)
-                if column.null_count:
-                    raise DataError(
-                        path, None, f"column {name!r} has {column.null_count} null values"
-                    )
-                return column.to_numpy().astype(dtype, copy=False)
-
-            yield BoxTable(
-                video=shared_strings(arrow.column("video")),
-                timestamp=col("timestamp", np.int64),
-                boxes=np.stack([col(c, np.float64) for c in ("x1", "y1", "x2", "y2")], axis=1),
-                action=col("action", np.int64),
-                person=col("person", np.int64),
-                score=col("score", np.float64),
-                line=np.arange(first, first + n, dtype=np.int64),
-                source=str(path),
-            )
-            first += n
